@@ -1,0 +1,136 @@
+//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `POST /admin/drain`): a small
+//! blocking server on its own thread, off the shards' cores' hot path. It only reads counters
+//! and sends control messages; it never touches shard state.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cue_origin::metrics::{single, header, sample};
+
+use crate::relay_link::{Control, LinkStats};
+use crate::stats::{render, ShardStats};
+
+/// What the admin server reads and controls.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Every shard's counters.
+    pub shards: Vec<Arc<ShardStats>>,
+    /// Relay link counters.
+    pub link: Arc<LinkStats>,
+    /// Control channel to the shards (through the link thread).
+    pub control: crossbeam_channel::Sender<Control>,
+    /// Set once a drain started.
+    pub draining: AtomicBool,
+    /// Default drain window.
+    pub drain_window: Duration,
+    /// Connections this process can hold (from its fd limit and config).
+    pub capacity: u64,
+}
+
+/// Serves admin requests on `listener` forever (the thread ends with the process).
+pub fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    for conn in listener.incoming() {
+        let Ok(mut sock) = conn else { continue };
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = sock.set_write_timeout(Some(Duration::from_secs(2)));
+        if let Err(e) = handle(&mut sock, &state) {
+            tracing::debug!(error = %e, "admin request failed");
+        }
+    }
+}
+
+fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let (method, path) = loop {
+        let n = sock.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string())
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
+            _ => return respond(sock, 400, "text/plain", "bad request\n"),
+        }
+    };
+    let (route, query) = path.split_once('?').unwrap_or((&path, ""));
+    match (method.as_str(), route) {
+        ("GET", "/metrics") => respond(sock, 200, "text/plain; version=0.0.4", &metrics(st)),
+        ("GET", "/healthz") => {
+            let draining = st.draining.load(Ordering::Relaxed);
+            let linked = st.link.linked.get();
+            let body = format!(
+                "{{\"status\":\"{}\",\"origins_linked\":{linked},\"draining\":{draining}}}\n",
+                if draining { "draining" } else { "ok" }
+            );
+            // 503 while draining so load balancers stop sending devices here.
+            respond(sock, if draining { 503 } else { 200 }, "application/json", &body)
+        }
+        ("POST", "/admin/drain") => {
+            let window = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("window_s="))
+                .map(|v| v.parse::<u64>().map(Duration::from_secs));
+            let window = match window {
+                None => st.drain_window,
+                Some(Ok(w)) if w <= Duration::from_secs(3600) => w,
+                Some(_) => return respond(sock, 400, "text/plain", "window_s: must be 0..=3600 seconds\n"),
+            };
+            st.draining.store(true, Ordering::Relaxed);
+            let _ = st.control.try_send(Control::Drain(window));
+            respond(
+                sock,
+                202,
+                "application/json",
+                &format!("{{\"draining\":true,\"window_s\":{}}}\n", window.as_secs()),
+            )
+        }
+        (_, "/metrics" | "/healthz" | "/admin/drain") => respond(sock, 405, "text/plain", "method not allowed\n"),
+        _ => respond(sock, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn metrics(st: &AdminState) -> String {
+    let mut s = String::with_capacity(16 * 1024);
+    render(&st.shards, &mut s);
+    let l = &st.link;
+    single(&mut s, "cue_edge_origins_linked", "gauge", "Origin relay links up.", l.linked.get());
+    single(&mut s, "cue_edge_relay_dials_total", "counter", "Relay dial attempts.", l.dials.get());
+    single(&mut s, "cue_edge_relay_dial_failures_total", "counter", "Relay dials that failed.", l.dial_failures.get());
+    single(&mut s, "cue_edge_relay_drops_total", "counter", "Relay links that went down.", l.drops.get());
+    single(&mut s, "cue_edge_relay_cues_received_total", "counter", "Cues received from origins.", l.cues_received.get());
+    single(&mut s, "cue_edge_relay_cues_forwarded_total", "counter", "New cues sent to shards.", l.cues_forwarded.get());
+    single(&mut s, "cue_edge_last_cue_timestamp_ms", "gauge", "Origin ts of the newest cue.", l.last_cue_ts.get());
+    single(&mut s, "cue_edge_capacity_connections", "gauge", "Connections this process can hold (fd limit).", st.capacity);
+    header(&mut s, "cue_edge_draining", "gauge", "1 while draining.");
+    sample(&mut s, "cue_edge_draining", "", st.draining.load(Ordering::Relaxed) as u8);
+    if let Some(rss) = rss_bytes() {
+        single(&mut s, "cue_edge_resident_memory_bytes", "gauge", "Resident set size.", rss);
+    }
+    s
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn respond(sock: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+    let reason = crate::ws::handshake::reason_phrase(status);
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes())?;
+    sock.write_all(body.as_bytes())
+}

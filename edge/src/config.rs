@@ -1,0 +1,232 @@
+//! `cue-edge` configuration: one typed struct with embedded loopback defaults, loaded from TOML
+//! (`--config`) with flags on top, and a `validate()` that reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::CoreConfig;
+use crate::ws::query::QueryLimits;
+
+/// Edge settings. Every field has a default; each says its trade-off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Origin relay addresses to link to (all of them; cues are de-duplicated by seq).
+    /// Default `["127.0.0.1:7001"]`.
+    pub origins: Vec<SocketAddr>,
+    /// Device WebSocket listener, shared by every shard and every `cue-edge` process on the host
+    /// (SO_REUSEPORT). Default `127.0.0.1:8080`.
+    pub ws: SocketAddr,
+    /// Admin/metrics HTTP listener. Default `127.0.0.1:9100`. Several processes on one host
+    /// need distinct admin addresses.
+    pub admin: SocketAddr,
+    /// Shards (executors), default one per core. More shards than cores only adds switching.
+    pub shards: Option<usize>,
+    /// Cores to pin shards to, in order (shard i -> cpus[i % len]). Default: shard i on core
+    /// i % cores. Empty list = no pinning.
+    pub cpus: Option<Vec<usize>>,
+    /// Shared token secret (prefer `CUE_AUTH_SECRET` or `auth_secret_file`).
+    pub auth_secret: Option<String>,
+    /// Secret file. Default `./cue-data/auth.secret` (what `cue-origin` writes on first start).
+    pub auth_secret_file: Option<PathBuf>,
+    /// Token checks off (local experiments; logged as a warning). Default false.
+    pub no_auth: bool,
+    /// Device input poll interval in ms (upgrades, pongs, closes; never cue delivery).
+    /// Default 1. Larger saves wake-ups and adds that much to handshake latency.
+    pub poll_ms: u64,
+    /// Idle seconds before a ping; silent devices are closed one interval later. Default 30.
+    pub ping_interval_s: u64,
+    /// Seconds allowed for the upgrade request. Default 10.
+    pub handshake_timeout_s: u64,
+    /// Seconds allowed for a device's close frame after ours. Default 5.
+    pub close_timeout_s: u64,
+    /// Most sessions this process holds (default: what its fd limit allows). Beyond: 503.
+    pub max_connections: Option<usize>,
+    /// Most events one device may subscribe to. Default 16.
+    pub max_events_per_device: usize,
+    /// Most distinct events per shard. Default 4096.
+    pub max_events: usize,
+    /// Largest frame a device may send, bytes. Default 4096 (devices send only control frames).
+    pub max_frame: usize,
+    /// Largest message a device may send, bytes. Default 16384.
+    pub max_message: usize,
+    /// Unsent bytes held per device before it is closed as a slow consumer. Default 65536.
+    pub max_output: usize,
+    /// Largest upgrade request head, bytes. Default 8192.
+    pub max_request: usize,
+    /// Drain window in seconds (SIGTERM, `POST /admin/drain`). Default 30.
+    pub drain_window_s: u64,
+    /// Retry-After / retry-after hint range in seconds, low end. Default 5.
+    pub retry_after_min_s: u32,
+    /// Retry-After / retry-after hint range in seconds, high end. Default 60.
+    pub retry_after_max_s: u32,
+    /// Relay heartbeat, ms. Default 1000.
+    pub relay_heartbeat_ms: u64,
+    /// Drop an origin link silent this long, ms. Default 5000.
+    pub relay_dead_after_ms: u64,
+    /// First re-dial delay, ms. Default 100.
+    pub backoff_base_ms: u64,
+    /// Longest re-dial delay, ms. Default 10000.
+    pub backoff_max_ms: u64,
+    /// Edge id in HELLO (logs/metrics at the origin). Default `edge-<pid>`.
+    pub edge_id: Option<String>,
+    /// glommio io_uring registered memory per ring, KiB. Default 256. glommio registers it in
+    /// three rings per shard, and it counts against RLIMIT_MEMLOCK.
+    pub io_memory_kib: usize,
+    /// Listen backlog. Default 4096 (the kernel caps it at net.core.somaxconn).
+    pub backlog: i32,
+    /// Cues queued per shard from the relay link. Default 1024.
+    pub shard_queue: usize,
+    /// Seed for jitter (retry hints, backoff). Default: from the pid and time.
+    pub seed: Option<u64>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            origins: vec!["127.0.0.1:7001".parse().expect("literal")],
+            ws: "127.0.0.1:8080".parse().expect("literal"),
+            admin: "127.0.0.1:9100".parse().expect("literal"),
+            shards: None,
+            cpus: None,
+            auth_secret: None,
+            auth_secret_file: None,
+            no_auth: false,
+            poll_ms: 1,
+            ping_interval_s: 30,
+            handshake_timeout_s: 10,
+            close_timeout_s: 5,
+            max_connections: None,
+            max_events_per_device: 16,
+            max_events: 4096,
+            max_frame: 4096,
+            max_message: 16384,
+            max_output: 65536,
+            max_request: 8192,
+            drain_window_s: 30,
+            retry_after_min_s: 5,
+            retry_after_max_s: 60,
+            relay_heartbeat_ms: 1000,
+            relay_dead_after_ms: 5000,
+            backoff_base_ms: 100,
+            backoff_max_ms: 10_000,
+            edge_id: None,
+            io_memory_kib: 256,
+            backlog: 4096,
+            shard_queue: 1024,
+            seed: None,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Every problem, one line each; empty when valid.
+    pub fn validate(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                e.push(msg)
+            }
+        };
+        check(!self.origins.is_empty(), "origins: at least one origin relay address is needed".into());
+        check(self.ws != self.admin, format!("ws and admin: both are {}; they must differ", self.ws));
+        check(self.shards != Some(0), "shards: must be at least 1".into());
+        check(self.shards.unwrap_or(1) <= 1024, "shards: at most 1024".into());
+        check((1..=1000).contains(&self.poll_ms), format!("poll_ms: {} must be 1..=1000", self.poll_ms));
+        check(self.ping_interval_s >= 1, "ping_interval_s: must be >= 1".into());
+        check(self.handshake_timeout_s >= 1, "handshake_timeout_s: must be >= 1".into());
+        check(self.close_timeout_s >= 1, "close_timeout_s: must be >= 1".into());
+        check(self.max_connections != Some(0), "max_connections: must be > 0".into());
+        check(
+            (1..=256).contains(&self.max_events_per_device),
+            format!("max_events_per_device: {} must be 1..=256", self.max_events_per_device),
+        );
+        check((1..=65535).contains(&self.max_events), format!("max_events: {} must be 1..=65535", self.max_events));
+        check((125..=1 << 20).contains(&self.max_frame), format!("max_frame: {} must be 125..=1048576", self.max_frame));
+        check(self.max_message >= self.max_frame, "max_message: must be >= max_frame".into());
+        check(self.max_output >= 1024, "max_output: must be >= 1024".into());
+        check((1024..=65536).contains(&self.max_request), format!("max_request: {} must be 1024..=65536", self.max_request));
+        check(
+            self.retry_after_min_s >= 1 && self.retry_after_min_s <= self.retry_after_max_s,
+            format!(
+                "retry_after_min_s/retry_after_max_s: need 1 <= min ({}) <= max ({})",
+                self.retry_after_min_s, self.retry_after_max_s
+            ),
+        );
+        check(self.relay_heartbeat_ms >= 10, "relay_heartbeat_ms: must be >= 10".into());
+        check(
+            self.relay_dead_after_ms > self.relay_heartbeat_ms,
+            "relay_dead_after_ms: must exceed relay_heartbeat_ms".into(),
+        );
+        check(
+            self.backoff_base_ms >= 1 && self.backoff_base_ms <= self.backoff_max_ms,
+            "backoff_base_ms/backoff_max_ms: need 1 <= base <= max".into(),
+        );
+        check((16..=65536).contains(&self.io_memory_kib), format!("io_memory_kib: {} must be 16..=65536", self.io_memory_kib));
+        check(self.backlog >= 16, "backlog: must be >= 16".into());
+        check((16..=1 << 20).contains(&self.shard_queue), "shard_queue: must be 16..=1048576".into());
+        if let Some(s) = &self.auth_secret {
+            check(
+                s.len() >= cue_origin::token::MIN_SECRET_LEN,
+                format!("auth_secret: {} bytes, needs at least {}", s.len(), cue_origin::token::MIN_SECRET_LEN),
+            );
+        }
+        if let Some(id) = &self.edge_id {
+            check((1..=64).contains(&id.len()), "edge_id: must be 1-64 bytes".into());
+        }
+        e
+    }
+
+    /// The secret file path.
+    pub fn secret_file(&self) -> PathBuf {
+        self.auth_secret_file.clone().unwrap_or_else(|| PathBuf::from("./cue-data/auth.secret"))
+    }
+
+    /// The device-logic part, given the token keys and this shard's session limit.
+    pub fn core(&self, auth: Option<cue_origin::token::TokenKeys>, max_connections: usize) -> CoreConfig {
+        CoreConfig {
+            auth,
+            max_request: self.max_request,
+            query: QueryLimits { max_events: self.max_events_per_device, ..QueryLimits::default() },
+            max_frame: self.max_frame,
+            max_message: self.max_message,
+            max_output: self.max_output,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_s),
+            ping_interval: Duration::from_secs(self.ping_interval_s),
+            close_timeout: Duration::from_secs(self.close_timeout_s),
+            max_connections,
+            max_events: self.max_events,
+            retry_after_s: (self.retry_after_min_s, self.retry_after_max_s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_valid_on_loopback() {
+        let c = EdgeConfig::default();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert!(c.ws.ip().is_loopback() && c.admin.ip().is_loopback());
+    }
+
+    #[test]
+    fn every_problem_reported() {
+        let c = EdgeConfig {
+            origins: vec![],
+            shards: Some(0),
+            poll_ms: 0,
+            retry_after_min_s: 9,
+            retry_after_max_s: 3,
+            ..Default::default()
+        };
+        let e = c.validate();
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e.iter().any(|l| l.starts_with("poll_ms")));
+    }
+}

@@ -1,0 +1,339 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use cue_origin::cue::Cue;
+use cue_origin::token::TokenKeys;
+use proptest::prelude::*;
+use rand::SeedableRng;
+
+use super::testkit::{client_frame, connect, pump_writable, Clock, FakeIo};
+use super::{CoreConfig, ShardCore};
+use crate::encoded::EncodedCue;
+use crate::stats::{CloseReason, ShardStats};
+use crate::ws::frame::Opcode;
+
+fn core_with(cfg: CoreConfig, clock: &Clock) -> ShardCore {
+    ShardCore::new(
+        cfg,
+        Arc::new(ShardStats::default()),
+        rand::rngs::SmallRng::seed_from_u64(7),
+        clock.base,
+    )
+}
+
+fn core(clock: &Clock) -> ShardCore {
+    core_with(CoreConfig::default(), clock)
+}
+
+fn cue(event: &str, key: &str, seq: u64) -> Arc<EncodedCue> {
+    Arc::new(EncodedCue::new(Cue::new(event, key, seq, 1_700_000_000_000 + seq).unwrap()))
+}
+
+#[test]
+fn upgrade_then_live_cues_in_both_formats() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut j = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=fight", None);
+    let mut b = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=fight&format=binary", None);
+    assert_eq!((j.status, b.status), (Some(101), Some(101)));
+    assert!(j.cues.is_empty(), "no current cue yet, so no catch-up");
+    c.on_cue(cue("fight", "round-1", 1), &mut io);
+    c.on_cue(cue("fight", "round-2", 2), &mut io);
+    j.read(&mut io);
+    b.read(&mut io);
+    assert_eq!(j.cues, vec![("fight".into(), 1), ("fight".into(), 2)]);
+    assert_eq!(b.cues, j.cues);
+    assert_eq!(j.newest["fight"].1, "round-2");
+    assert_eq!(c.stats.deliveries.get(), 4);
+    assert_eq!(c.open_sessions(), 2);
+}
+
+#[test]
+fn catch_up_honours_since() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    c.on_cue(cue("a", "k5", 5), &mut io);
+    c.on_cue(cue("b", "k2", 2), &mut io);
+    let d = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=a,b&since=a:5,b:1", None);
+    assert_eq!(d.cues, vec![("b".into(), 2)], "a is current at 5, b is behind");
+    let d2 = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=a", None);
+    assert_eq!(d2.cues, vec![("a".into(), 5)], "no since: gets the current cue");
+    // A duplicate or older cue from the relay is ignored.
+    c.on_cue(cue("a", "old", 4), &mut io);
+    c.on_cue(cue("a", "dup", 5), &mut io);
+    let mut d2 = d2;
+    d2.read(&mut io);
+    assert_eq!(d2.cues.len(), 1);
+}
+
+#[test]
+fn auth_refusals() {
+    let clock = Clock::new();
+    let keys = TokenKeys::new(&[9u8; 32]).unwrap();
+    let now_s = clock.now().unix_ms / 1000;
+    let cfg = CoreConfig { auth: Some(keys.clone()), ..Default::default() };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let good = keys.mint_device("d1", &["fight".into()], now_s, 60);
+    let expired = keys.mint_device("d1", &["fight".into()], now_s - 120, 60);
+    let other = TokenKeys::new(&[8u8; 32]).unwrap().mint_device("d1", &["fight".into()], now_s, 60);
+    let cases: [(&str, Option<&str>, u16); 7] = [
+        ("/v1/subscribe?events=fight", None, 401),
+        ("/v1/subscribe?events=fight", Some(expired.as_str()), 401),
+        ("/v1/subscribe?events=fight", Some(other.as_str()), 401),
+        ("/v1/subscribe?events=fight,other", Some(good.as_str()), 403),
+        ("/v1/subscribe?events=Bad!", Some(good.as_str()), 400),
+        ("/v2/nope?events=fight", Some(good.as_str()), 404),
+        ("/v1/subscribe?events=fight", Some(good.as_str()), 101),
+    ];
+    for (i, (path, bearer, want)) in cases.iter().enumerate() {
+        let d = connect(&mut c, &mut io, &clock, 100 + i as i32, path, *bearer);
+        assert_eq!(d.status, Some(*want), "{path} {bearer:?}: {}", d.refusal);
+        assert_eq!(io.peers[&d.fd].closed, *want != 101);
+    }
+    // Browser style: the token in the query.
+    let d = connect(&mut c, &mut io, &clock, 200, &format!("/v1/subscribe?events=fight&token={good}"), None);
+    assert_eq!(d.status, Some(101));
+    assert_eq!(c.stats.refused.iter().map(|x| x.get()).sum::<u64>(), 6);
+}
+
+#[test]
+fn blocked_device_is_conflated_to_newest() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut slow = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    let mut fast = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=e", None);
+    c.on_cue(cue("e", "k1", 1), &mut io);
+    io.peers.get_mut(&10).unwrap().room = Some(0);
+    for s in 2..=50 {
+        c.on_cue(cue("e", &format!("k{s}"), s), &mut io);
+    }
+    // Still blocked: writability reported but no room yet.
+    c.on_writable(slow.key.unwrap(), &mut io);
+    io.peers.get_mut(&10).unwrap().room = None;
+    pump_writable(&mut c, &mut io);
+    slow.read(&mut io);
+    fast.read(&mut io);
+    assert_eq!(fast.cues.len(), 50);
+    assert_eq!(slow.cues, vec![("e".into(), 1), ("e".into(), 50)], "no backlog, just the newest");
+    assert!(!io.peers[&10].want_write, "writability interest dropped once drained");
+}
+
+#[test]
+fn partial_writes_keep_frames_whole() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut d = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    io.peers.get_mut(&10).unwrap().room = Some(7);
+    c.on_cue(cue("e", "k1", 1), &mut io);
+    c.on_cue(cue("e", "k2", 2), &mut io);
+    for _ in 0..20 {
+        io.peers.get_mut(&10).unwrap().room = Some(5);
+        pump_writable(&mut c, &mut io);
+    }
+    io.peers.get_mut(&10).unwrap().room = None;
+    pump_writable(&mut c, &mut io);
+    d.read(&mut io);
+    assert_eq!(d.cues, vec![("e".into(), 1), ("e".into(), 2)]);
+}
+
+#[test]
+fn pings_idle_devices_and_closes_silent_ones() {
+    let mut clock = Clock::new();
+    let cfg = CoreConfig { ping_interval: Duration::from_secs(2), ..Default::default() };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let mut talker = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    let mut silent = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=e", None);
+    let tick = Duration::from_millis(100);
+    for _ in 0..60 {
+        clock.advance(tick);
+        c.tick(clock.now(), tick, &mut io);
+        talker.read(&mut io);
+        if talker.pings > 0 {
+            // Answer with a pong (any frame counts as liveness).
+            c.on_input(talker.key.unwrap(), &client_frame(Opcode::Pong, b""), clock.now(), &mut io);
+            talker.pings = 0;
+        }
+    }
+    silent.read(&mut io);
+    assert!(silent.pings >= 1);
+    assert!(io.peers[&11].closed, "silent device closed");
+    assert!(!io.peers[&10].closed, "device answering pings kept");
+    assert_eq!(c.stats.closes[CloseReason::PingTimeout as usize].get(), 1);
+}
+
+#[test]
+fn close_handshake_and_ping_reply() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut d = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    let mut input = client_frame(Opcode::Ping, b"hi");
+    input.extend(client_frame(Opcode::Close, &[0x03, 0xe8]));
+    // Delivered in two pieces, split inside the first frame.
+    c.on_input(d.key.unwrap(), &input[..3], clock.now(), &mut io);
+    c.on_input(d.key.unwrap(), &input[3..], clock.now(), &mut io);
+    d.read(&mut io);
+    assert_eq!(d.closes, vec![(1000, String::new())]);
+    assert!(io.peers[&10].closed);
+    assert_eq!(c.open_sessions(), 0);
+    assert_eq!(c.stats.closes[CloseReason::Client as usize].get(), 1);
+}
+
+#[test]
+fn protocol_errors_close_with_rfc_codes() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    // Unmasked client frame: 1002.
+    let mut d = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    let mut unmasked = Vec::new();
+    crate::ws::frame::encode_frame(Opcode::Text, b"x", None, &mut unmasked);
+    c.on_input(d.key.unwrap(), &unmasked, clock.now(), &mut io);
+    d.read(&mut io);
+    assert_eq!(d.closes[0].0, 1002);
+    // Oversized frame: 1009.
+    let mut d = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=e", None);
+    c.on_input(d.key.unwrap(), &client_frame(Opcode::Binary, &[0u8; 5000]), clock.now(), &mut io);
+    d.read(&mut io);
+    assert_eq!(d.closes[0].0, 1009);
+    // Invalid UTF-8 text: 1007.
+    let mut d = connect(&mut c, &mut io, &clock, 12, "/v1/subscribe?events=e", None);
+    c.on_input(d.key.unwrap(), &client_frame(Opcode::Text, &[0xff, 0xfe]), clock.now(), &mut io);
+    d.read(&mut io);
+    assert_eq!(d.closes[0].0, 1007);
+    assert_eq!(c.stats.closes[CloseReason::ProtocolError as usize].get(), 3);
+    assert_eq!(c.open_sessions(), 0);
+}
+
+#[test]
+fn handshake_timeout_and_oversized_request() {
+    let mut clock = Clock::new();
+    let cfg = CoreConfig { handshake_timeout: Duration::from_secs(1), ..Default::default() };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    io.peers.insert(10, Default::default());
+    let k = c.accept(10, clock.now());
+    c.on_input(k, b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\n", clock.now(), &mut io);
+    for _ in 0..30 {
+        clock.advance(Duration::from_millis(100));
+        c.tick(clock.now(), Duration::from_millis(100), &mut io);
+    }
+    assert!(io.peers[&10].closed);
+    assert_eq!(c.stats.closes[CloseReason::HandshakeTimeout as usize].get(), 1);
+    io.peers.insert(11, Default::default());
+    let k = c.accept(11, clock.now());
+    c.on_input(k, &[b'a'; 9000], clock.now(), &mut io);
+    assert!(io.peers[&11].closed);
+    assert!(String::from_utf8_lossy(&io.peers[&11].inbox).starts_with("HTTP/1.1 431"));
+}
+
+#[test]
+fn drain_spreads_closes_with_jittered_hints() {
+    let mut clock = Clock::new();
+    let cfg = CoreConfig { retry_after_s: (5, 60), ..Default::default() };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let mut devs: Vec<_> =
+        (0..100).map(|i| connect(&mut c, &mut io, &clock, 10 + i, "/v1/subscribe?events=e", None)).collect();
+    c.start_drain(Duration::from_secs(10), clock.now());
+    let mut closed_at_half = 0;
+    for step in 1..=100 {
+        clock.advance(Duration::from_millis(100));
+        c.tick(clock.now(), Duration::from_millis(100), &mut io);
+        if step == 50 {
+            for d in devs.iter_mut() {
+                d.read(&mut io);
+            }
+            closed_at_half = devs.iter().filter(|d| !d.closes.is_empty()).count();
+        }
+    }
+    assert!((45..=55).contains(&closed_at_half), "half the window, about half closed: {closed_at_half}");
+    // New devices are refused with 503 and Retry-After while draining.
+    let late = connect(&mut c, &mut io, &clock, 999, "/v1/subscribe?events=e", None);
+    assert_eq!(late.status, Some(503));
+    let mut hints = std::collections::HashSet::new();
+    for d in &mut devs {
+        d.read(&mut io);
+        let (code, reason) = &d.closes[0];
+        assert_eq!(*code, 1001);
+        let s: u32 = reason.strip_prefix("retry-after=").unwrap().parse().unwrap();
+        assert!((5..=60).contains(&s));
+        hints.insert(s);
+        // The device answers our close; the edge then closes TCP.
+        c.on_input(d.key.unwrap(), &client_frame(Opcode::Close, &[0x03, 0xe9]), clock.now(), &mut io);
+    }
+    assert!(hints.len() > 20, "hints are jittered: {} distinct", hints.len());
+    assert!(c.drained());
+}
+
+#[test]
+fn full_shard_sheds_with_503() {
+    let clock = Clock::new();
+    let cfg = CoreConfig { max_connections: 2, ..Default::default() };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    for fd in 10..12 {
+        assert_eq!(connect(&mut c, &mut io, &clock, fd, "/v1/subscribe?events=e", None).status, Some(101));
+    }
+    let d = connect(&mut c, &mut io, &clock, 12, "/v1/subscribe?events=e", None);
+    assert_eq!(d.status, Some(503));
+    assert!(d.refusal.contains("full"), "{}", d.refusal);
+}
+
+#[test]
+fn unsubscribe_keeps_lists_consistent() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut devs: Vec<_> =
+        (0..20).map(|i| connect(&mut c, &mut io, &clock, 10 + i, "/v1/subscribe?events=a,b", None)).collect();
+    // Close every third device (client close), then publish: the rest all get it.
+    for d in devs.iter().step_by(3) {
+        c.on_eof(d.key.unwrap(), &mut io);
+    }
+    c.on_cue(cue("a", "k", 1), &mut io);
+    c.on_cue(cue("b", "k", 1), &mut io);
+    for (i, d) in devs.iter_mut().enumerate() {
+        d.read(&mut io);
+        let want = if i % 3 == 0 { 0 } else { 2 };
+        assert_eq!(d.cues.len(), want, "device {i}");
+    }
+    assert_eq!(c.snapshot().iter().map(|s| s.2).sum::<usize>(), 2 * 13);
+}
+
+proptest! {
+    /// Whatever the interleaving of cues, blocked sockets, partial writes and writability, a
+    /// device always ends on the newest cue of each event it follows, and never sees a seq go
+    /// backwards.
+    #[test]
+    fn device_always_ends_on_newest(ops in proptest::collection::vec((0u8..4, 0usize..4, 0usize..40), 1..200)) {
+        let clock = Clock::new();
+        let (mut c, mut io) = (core(&clock), FakeIo::default());
+        let mut devs: Vec<_> = (0..4)
+            .map(|i| connect(&mut c, &mut io, &clock, 10 + i as i32, "/v1/subscribe?events=a,b", None))
+            .collect();
+        let mut seqs = [0u64; 2];
+        for (op, dev, n) in ops {
+            match op {
+                0 | 1 => {
+                    let ev = op as usize;
+                    seqs[ev] += 1;
+                    c.on_cue(cue(["a", "b"][ev], "k", seqs[ev]), &mut io);
+                }
+                2 => io.peers.get_mut(&(10 + dev as i32)).unwrap().room = Some(n),
+                _ => {
+                    io.peers.get_mut(&(10 + dev as i32)).unwrap().room = None;
+                    pump_writable(&mut c, &mut io);
+                }
+            }
+            devs[dev].read(&mut io);
+        }
+        for p in io.peers.values_mut() {
+            p.room = None;
+        }
+        pump_writable(&mut c, &mut io);
+        for d in &mut devs {
+            d.read(&mut io);
+            prop_assert_eq!(d.seq("a"), seqs[0]);
+            prop_assert_eq!(d.seq("b"), seqs[1]);
+            for ev in ["a", "b"] {
+                let s: Vec<u64> = d.cues.iter().filter(|c| c.0 == ev).map(|c| c.1).collect();
+                prop_assert!(s.windows(2).all(|w| w[0] < w[1]), "{:?}", s);
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! `cue-edge`: thread-per-core device fanout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use cue_edge::admin::{self, AdminState};
+use cue_edge::config::EdgeConfig;
+use cue_edge::relay_link::{self, Control, LinkConfig, LinkStats};
+use cue_edge::shard::{self, ShardSpec};
+use cue_edge::stats::ShardStats;
+use cue_origin::config::{load_toml, resolve_secret};
+use cue_origin::token::TokenKeys;
+
+/// Cue edge: holds device WebSocket connections on pinned thread-per-core shards and fans cues
+/// from the origin out to them.
+///
+/// Settings come from `--config FILE` (TOML, keys as in docs/config.md), then flags override
+/// them. With neither, it runs on loopback with embedded defaults.
+#[derive(Parser, Debug)]
+#[command(name = "cue-edge", version)]
+struct Cli {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Origin relay address; repeat for several origins [default: 127.0.0.1:7001].
+    #[arg(long = "origin")]
+    origins: Vec<SocketAddr>,
+    /// Device WebSocket listen address (SO_REUSEPORT: shared by shards and processes)
+    /// [default: 127.0.0.1:8080].
+    #[arg(long)]
+    ws: Option<SocketAddr>,
+    /// Admin/metrics listen address [default: 127.0.0.1:9100].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Shards (pinned executors) [default: one per core].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Cores to pin shards to, comma-separated; 'none' disables pinning [default: 0..cores].
+    #[arg(long)]
+    cpus: Option<String>,
+    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: ./cue-data/auth.secret].
+    #[arg(long)]
+    auth_secret_file: Option<PathBuf>,
+    /// Turn token checks off: any device may subscribe. Local experiments only.
+    #[arg(long)]
+    no_auth: bool,
+    /// Most sessions this process holds [default: what the fd limit allows].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Device input poll interval, ms [default: 1].
+    #[arg(long)]
+    poll_ms: Option<u64>,
+    /// Idle seconds before a ping; silent devices close one interval later [default: 30].
+    #[arg(long)]
+    ping_interval_s: Option<u64>,
+    /// Drain window, seconds (SIGTERM, POST /admin/drain) [default: 30].
+    #[arg(long)]
+    drain_window_s: Option<u64>,
+    /// Edge id sent to origins [default: edge-PID].
+    #[arg(long)]
+    edge_id: Option<String>,
+    /// Seed for jitter (retry hints, backoff) [default: from pid and time].
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn config(cli: &Cli) -> Result<EdgeConfig, String> {
+    let mut c: EdgeConfig = load_toml(cli.config.as_deref())?;
+    if !cli.origins.is_empty() {
+        c.origins = cli.origins.clone();
+    }
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = cli.$f.clone() { c.$f = v; } )* };
+    }
+    over!(ws, admin, poll_ms, ping_interval_s, drain_window_s);
+    if cli.shards.is_some() {
+        c.shards = cli.shards;
+    }
+    if cli.max_connections.is_some() {
+        c.max_connections = cli.max_connections;
+    }
+    if cli.edge_id.is_some() {
+        c.edge_id = cli.edge_id.clone();
+    }
+    if cli.seed.is_some() {
+        c.seed = cli.seed;
+    }
+    if cli.auth_secret_file.is_some() {
+        c.auth_secret_file = cli.auth_secret_file.clone();
+    }
+    c.no_auth |= cli.no_auth;
+    if let Some(s) = &cli.cpus {
+        c.cpus = Some(if s == "none" {
+            vec![]
+        } else {
+            s.split(',')
+                .map(|x| x.trim().parse::<usize>().map_err(|_| format!("--cpus: '{x}' is not a core number")))
+                .collect::<Result<_, _>>()?
+        });
+    }
+    let errs = c.validate();
+    if !errs.is_empty() {
+        return Err(errs.join("; "));
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cue-edge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cue-edge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cfg: EdgeConfig) -> Result<(), String> {
+    let keys = if cfg.no_auth {
+        tracing::warn!("auth is OFF (--no-auth): any device may subscribe; local experiments only");
+        None
+    } else {
+        let secret = resolve_secret(
+            std::env::var("CUE_AUTH_SECRET").ok(),
+            cfg.auth_secret.as_deref(),
+            &cfg.secret_file(),
+            false,
+        )?;
+        Some(TokenKeys::new(&secret).map_err(|e| e.to_string())?)
+    };
+
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let nshards = cfg.shards.unwrap_or(ncpu);
+    let cpus: Vec<usize> = cfg.cpus.clone().unwrap_or_else(|| (0..ncpu).collect());
+
+    // Raise soft limits to hard and say what caps this process.
+    let reserved = 64 + 8 * nshards as u64;
+    let limits = cue_tune::limits::raise_soft_limits().map_err(|e| format!("limits: {e}"))?;
+    for r in &limits.raised {
+        tracing::info!("raised {r}");
+    }
+    let fd_cap = limits.max_connections(reserved) as usize;
+    tracing::info!("{}", limits.capacity_line(reserved));
+    let capacity = cfg.max_connections.map_or(fd_cap, |m| m.min(fd_cap));
+    if cfg.max_connections.is_some_and(|m| m > fd_cap) {
+        tracing::warn!(configured = cfg.max_connections, fd_cap, "max_connections exceeds what the fd limit allows; capped");
+    }
+    let per_shard = capacity.div_ceil(nshards).max(1);
+
+    let seed = cfg.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        t ^ (std::process::id() as u64) << 32
+    });
+    let shard_stats: Vec<Arc<ShardStats>> = (0..nshards).map(|_| Arc::new(ShardStats::default())).collect();
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for (i, stats) in shard_stats.iter().enumerate() {
+        let (tx, rx) = glommio::channels::shared_channel::new_bounded(cfg.shard_queue);
+        senders.push(tx);
+        let spec = ShardSpec {
+            id: i,
+            cpu: if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) },
+            listen: cfg.ws,
+            backlog: cfg.backlog,
+            core: cfg.core(keys.clone(), per_shard),
+            poll: Duration::from_millis(cfg.poll_ms),
+            io_memory: cfg.io_memory_kib * 1024,
+            stats: stats.clone(),
+            rx,
+            seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
+            max_sockets: per_shard,
+        };
+        handles.push(shard::spawn(spec).map_err(|e| format!("ws {}: shard {i}: {e}", cfg.ws))?);
+    }
+
+    let link_stats = Arc::new(LinkStats::default());
+    let (ctl_tx, ctl_rx) = crossbeam_channel::bounded(16);
+    let link = relay_link::spawn(
+        LinkConfig {
+            origins: cfg.origins.clone(),
+            edge_id: cfg.edge_id.clone().unwrap_or_else(|| format!("edge-{}", std::process::id())),
+            heartbeat: Duration::from_millis(cfg.relay_heartbeat_ms),
+            dead_after: Duration::from_millis(cfg.relay_dead_after_ms),
+            backoff_base: Duration::from_millis(cfg.backoff_base_ms),
+            backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+            seed,
+        },
+        senders,
+        ctl_rx,
+        link_stats.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let admin_listener =
+        std::net::TcpListener::bind(cfg.admin).map_err(|e| format!("admin {}: {e}", cfg.admin))?;
+    let admin_state = Arc::new(AdminState {
+        shards: shard_stats,
+        link: link_stats,
+        control: ctl_tx.clone(),
+        draining: AtomicBool::new(false),
+        drain_window: Duration::from_secs(cfg.drain_window_s),
+        capacity: capacity as u64,
+    });
+    {
+        let st = admin_state.clone();
+        std::thread::Builder::new()
+            .name("cue-admin".into())
+            .spawn(move || admin::serve(admin_listener, st))
+            .map_err(|e| format!("admin thread: {e}"))?;
+    }
+    tracing::info!(ws = %cfg.ws, admin = %cfg.admin, shards = nshards, capacity, origins = ?cfg.origins, "cue-edge running");
+
+    // SIGTERM/SIGINT: drain over the window, then stop; a second signal stops at once.
+    let window = Duration::from_secs(cfg.drain_window_s);
+    {
+        let st = admin_state.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .map_err(|e| format!("signals: {e}"))?;
+        std::thread::Builder::new()
+            .name("cue-signals".into())
+            .spawn(move || {
+                let mut n = 0;
+                for sig in signals.forever() {
+                    n += 1;
+                    if n == 1 {
+                        tracing::info!(signal = sig, ?window, "draining, then stopping");
+                        st.draining.store(true, Ordering::Relaxed);
+                        let _ = st.control.send(Control::Drain(window));
+                        let ctl = st.control.clone();
+                        std::thread::spawn(move || {
+                            // Give the close frames a moment to be answered after the window.
+                            std::thread::sleep(window + Duration::from_secs(1));
+                            let _ = ctl.send(Control::Stop);
+                        });
+                    } else {
+                        tracing::info!(signal = sig, "second signal: stopping now");
+                        let _ = st.control.send(Control::Stop);
+                    }
+                }
+            })
+            .map_err(|e| format!("signal thread: {e}"))?;
+    }
+    let _ = link.join();
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("cue-edge stopped");
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The edge's links to its origins: one glommio executor thread (not pinned, it does little)
+//! that dials every `--origin`, says what the edge holds, takes catch-up and live cues, keeps
+//! only the newest per event (several origins may send the same cue), encodes each new cue once
+//! per format and hands it to every shard over its channel. Links are re-dialled with jittered
+//! exponential backoff and resume from the seqs the edge holds.
+//!
+//! The same executor forwards control messages (drain, stop) from the admin thread and the
+//! signal handler to the shards, since each shard channel has exactly one sender: this thread.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cue_origin::metrics::{Counter, Gauge};
+use cue_origin::relay::proto::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::{Rng, SeedableRng};
+
+use crate::encoded::EncodedCue;
+use crate::shard::ShardMsg;
+
+/// Control requests for the shards.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// Drain over this window.
+    Drain(Duration),
+    /// Stop the shards and the links.
+    Stop,
+}
+
+/// Relay-link counters.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Origins linked now.
+    pub linked: Gauge,
+    /// Dial attempts.
+    pub dials: Counter,
+    /// Dials that failed.
+    pub dial_failures: Counter,
+    /// Links that ended after being up.
+    pub drops: Counter,
+    /// Cues received (before de-duplication).
+    pub cues_received: Counter,
+    /// Cues that were new and went to the shards.
+    pub cues_forwarded: Counter,
+    /// Unix ms of the newest cue forwarded.
+    pub last_cue_ts: Gauge,
+}
+
+/// Settings of the links.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Origins' relay addresses.
+    pub origins: Vec<SocketAddr>,
+    /// Edge identity sent in HELLO.
+    pub edge_id: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Drop a link silent this long.
+    pub dead_after: Duration,
+    /// First re-dial delay.
+    pub backoff_base: Duration,
+    /// Longest re-dial delay.
+    pub backoff_max: Duration,
+    /// RNG seed for backoff jitter.
+    pub seed: u64,
+}
+
+/// Starts the link thread. It forwards cues to `shards` until it gets [`Control::Stop`].
+pub fn spawn(
+    cfg: LinkConfig,
+    shards: Vec<SharedSender<ShardMsg>>,
+    control: crossbeam_channel::Receiver<Control>,
+    stats: Arc<LinkStats>,
+) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("cue-relay-link")
+        .io_memory(64 * 1024)
+        .spawn(move || async move {
+            let mut senders = Vec::with_capacity(shards.len());
+            for s in shards {
+                senders.push(s.connect().await);
+            }
+            let senders = Rc::new(senders);
+            let newest = Rc::new(RefCell::new(Newest::new()));
+            let stop = Rc::new(std::cell::Cell::new(false));
+            let mut tasks = Vec::new();
+            for (i, addr) in cfg.origins.iter().enumerate() {
+                let (cfg, senders, newest, stats, stop) =
+                    (cfg.clone(), senders.clone(), newest.clone(), stats.clone(), stop.clone());
+                let addr = *addr;
+                tasks.push(glommio::spawn_local(async move {
+                    let mut rng = rand::rngs::SmallRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
+                    let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
+                    while !stop.get() {
+                        stats.dials.inc();
+                        let up = Instant::now();
+                        match link_once(addr, &cfg, &senders, &newest, &stats, &stop).await {
+                            Ok(()) => {}
+                            Err(e) => {
+                                tracing::warn!(origin = %addr, error = %e, "relay link down");
+                            }
+                        }
+                        if stop.get() {
+                            break;
+                        }
+                        if up.elapsed() > cfg.dead_after {
+                            backoff.reset();
+                        }
+                        let delay = backoff.next_delay(rng.gen::<f64>());
+                        tracing::info!(origin = %addr, ?delay, "re-dialling origin");
+                        sleep_unless_stopped(delay, &stop).await;
+                    }
+                }));
+            }
+            // Control: drain/stop requests from other threads, checked every 20 ms.
+            loop {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                match control.try_recv() {
+                    Ok(Control::Drain(w)) => {
+                        for s in senders.iter() {
+                            let _ = s.send(ShardMsg::Drain(w)).await;
+                        }
+                    }
+                    Ok(Control::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                }
+            }
+            stop.set(true);
+            for s in senders.iter() {
+                let _ = s.send(ShardMsg::Stop).await;
+            }
+            for t in tasks {
+                t.await;
+            }
+        })
+        .map_err(|e| std::io::Error::other(format!("starting relay link executor: {e}")))
+}
+
+async fn sleep_unless_stopped(d: Duration, stop: &std::cell::Cell<bool>) {
+    let end = Instant::now() + d;
+    while !stop.get() && Instant::now() < end {
+        glommio::timer::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("protocol: {0}")]
+    Proto(#[from] proto::RelayError),
+    #[error("origin closed the link")]
+    Closed,
+    #[error("origin silent for {0:?}")]
+    Dead(Duration),
+}
+
+async fn link_once(
+    addr: SocketAddr,
+    cfg: &LinkConfig,
+    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    newest: &Rc<RefCell<Newest>>,
+    stats: &LinkStats,
+    stop: &std::cell::Cell<bool>,
+) -> Result<(), LinkError> {
+    let mut sock = TcpStream::connect_timeout(addr, cfg.dead_after).await.map_err(|e| {
+        stats.dial_failures.inc();
+        LinkError::Connect(e.to_string())
+    })?;
+    let _ = sock.set_nodelay(true);
+    // Reads wake at least every heartbeat so liveness is checked even when nothing arrives.
+    sock.set_read_timeout(Some(cfg.heartbeat / 2)).map_err(|e| LinkError::Connect(e.to_string()))?;
+    let mut out = Vec::with_capacity(1024);
+    let since = newest.borrow().since();
+    proto::encode(&Frame::Hello { edge_id: cfg.edge_id.clone(), since }, &mut out);
+    sock.write_all(&out).await?;
+    out.clear();
+    stats.linked.add(1);
+    tracing::info!(origin = %addr, "relay link up");
+    let result = read_loop(&mut sock, cfg, senders, newest, stats, stop, &mut out).await;
+    stats.linked.add(-1);
+    stats.drops.inc();
+    result
+}
+
+async fn read_loop(
+    sock: &mut TcpStream,
+    cfg: &LinkConfig,
+    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    newest: &Rc<RefCell<Newest>>,
+    stats: &LinkStats,
+    stop: &std::cell::Cell<bool>,
+    out: &mut Vec<u8>,
+) -> Result<(), LinkError> {
+    let mut live = Liveness::new(Instant::now(), cfg.heartbeat, cfg.dead_after);
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut nonce = 0u64;
+    while !stop.get() {
+        match sock.read(&mut chunk).await {
+            Ok(0) => return Err(LinkError::Closed),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                live.heard(Instant::now());
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut used = 0;
+        while let Some((frame, n)) = proto::decode(&buf[used..])? {
+            used += n;
+            match frame {
+                Frame::Cue(cue) => {
+                    stats.cues_received.inc();
+                    if newest.borrow_mut().offer(&cue) {
+                        stats.cues_forwarded.inc();
+                        stats.last_cue_ts.set(cue.ts() as i64);
+                        let enc = Arc::new(EncodedCue::new(cue));
+                        for s in senders.iter() {
+                            // Awaits when a shard's queue is full: backpressure to the origin,
+                            // which resynchronises a lagging edge from its newest state.
+                            let _ = s.send(ShardMsg::Cue(enc.clone())).await;
+                        }
+                    }
+                }
+                Frame::Ping(n) => proto::encode(&Frame::Pong(n), out),
+                Frame::CaughtUp(n) => tracing::info!(cues = n, "relay catch-up done"),
+                Frame::Pong(_) => {}
+                Frame::Hello { .. } => tracing::warn!("unexpected HELLO from origin, ignored"),
+            }
+        }
+        buf.drain(..used);
+        match live.poll(Instant::now()) {
+            LivenessAction::Dead => return Err(LinkError::Dead(cfg.dead_after)),
+            LivenessAction::SendPing => {
+                nonce += 1;
+                proto::encode(&Frame::Ping(nonce), out);
+            }
+            LivenessAction::Idle => {}
+        }
+        if !out.is_empty() {
+            sock.write_all(out).await?;
+            out.clear();
+            live.sent(Instant::now());
+        }
+    }
+    Ok(())
+}

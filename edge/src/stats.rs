@@ -1,0 +1,139 @@
+//! Per-shard counters. Each shard is the only writer of its own [`ShardStats`] (relaxed
+//! atomics, no contention); the admin thread reads them all to render `/metrics`.
+
+use cue_origin::metrics::{header, sample, Counter, Gauge, Histogram};
+
+/// Why a device connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// The device sent a close frame (or closed after ours).
+    Client = 0,
+    /// The device closed the TCP connection without a close frame.
+    PeerGone,
+    /// No pong (or anything) after a ping.
+    PingTimeout,
+    /// No complete upgrade request in time.
+    HandshakeTimeout,
+    /// A WebSocket protocol violation (1002/1007/1009).
+    ProtocolError,
+    /// A socket error while sending.
+    IoError,
+    /// Closed by drain (1001 with a retry-after hint).
+    Drain,
+    /// Our close frame was not answered in time.
+    CloseTimeout,
+    /// Unsent output for the device exceeded its limit.
+    SlowConsumer,
+    /// The upgrade was refused (counted by status in `refused`).
+    Refused,
+}
+
+/// Labels of [`CloseReason`], by discriminant.
+pub const CLOSE_REASONS: [&str; 10] = [
+    "client",
+    "peer_gone",
+    "ping_timeout",
+    "handshake_timeout",
+    "protocol_error",
+    "io_error",
+    "drain",
+    "close_timeout",
+    "slow_consumer",
+    "refused",
+];
+
+/// HTTP statuses the edge refuses upgrades with, in the order of [`ShardStats::refused`].
+pub const REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 404, 405, 426, 431, 503];
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Open WebSocket sessions.
+    pub connections: Gauge,
+    /// TCP connections accepted.
+    pub accepted: Counter,
+    /// Accepts refused at once because the shard is at `max_connections` (no handshake read).
+    pub accept_shed: Counter,
+    /// Upgrades completed.
+    pub upgrades: Counter,
+    /// Cues received from the relay link.
+    pub cues_in: Counter,
+    /// Cue frames written to devices (catch-up and live).
+    pub deliveries: Counter,
+    /// Deliveries skipped because the device was blocked and later got a newer cue instead.
+    pub conflated: Counter,
+    /// Times a device's socket would not take a whole frame.
+    pub write_blocked: Counter,
+    /// Pings sent to idle devices.
+    pub pings: Counter,
+    /// Origin publish time to the shard's last write of that cue (shard-local fanout done).
+    pub delivery_lag: Histogram,
+    /// Time the shard spent writing one cue to all its subscribers.
+    pub fanout_time: Histogram,
+    /// Closes by [`CloseReason`].
+    pub closes: [Counter; 10],
+    /// Refusals by status, see [`REFUSAL_STATUSES`].
+    pub refused: [Counter; 8],
+}
+
+impl ShardStats {
+    /// Counts a close.
+    pub fn close(&self, r: CloseReason) {
+        self.closes[r as usize].inc();
+    }
+    /// Counts a refusal with `status`.
+    pub fn refuse(&self, status: u16) {
+        if let Some(i) = REFUSAL_STATUSES.iter().position(|&s| s == status) {
+            self.refused[i].inc();
+        }
+    }
+}
+
+/// Renders every shard's stats in Prometheus text format, labelled `shard="N"`.
+pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
+    let gauges: [(&str, &str, fn(&ShardStats) -> i64); 1] =
+        [("cue_edge_connections", "Open device sessions.", |s| s.connections.get())];
+    for (name, help, f) in gauges {
+        header(out, name, "gauge", help);
+        for (i, s) in shards.iter().enumerate() {
+            sample(out, name, &format!("shard=\"{i}\""), f(s));
+        }
+    }
+    let counters: [(&str, &str, fn(&ShardStats) -> u64); 8] = [
+        ("cue_edge_accepted_total", "TCP connections accepted.", |s| s.accepted.get()),
+        ("cue_edge_accept_shed_total", "Connections closed at accept (shard full).", |s| s.accept_shed.get()),
+        ("cue_edge_upgrades_total", "WebSocket upgrades completed.", |s| s.upgrades.get()),
+        ("cue_edge_cues_in_total", "Cues received from the origin relay.", |s| s.cues_in.get()),
+        ("cue_edge_deliveries_total", "Cue frames written to devices.", |s| s.deliveries.get()),
+        ("cue_edge_conflated_total", "Cues a blocked device skipped for a newer one.", |s| s.conflated.get()),
+        ("cue_edge_write_blocked_total", "Writes a device socket did not fully take.", |s| s.write_blocked.get()),
+        ("cue_edge_pings_total", "Pings sent to idle devices.", |s| s.pings.get()),
+    ];
+    for (name, help, f) in counters {
+        header(out, name, "counter", help);
+        for (i, s) in shards.iter().enumerate() {
+            sample(out, name, &format!("shard=\"{i}\""), f(s));
+        }
+    }
+    header(out, "cue_edge_closes_total", "counter", "Device connections closed, by reason.");
+    for (i, s) in shards.iter().enumerate() {
+        for (r, label) in CLOSE_REASONS.iter().enumerate() {
+            sample(out, "cue_edge_closes_total", &format!("shard=\"{i}\",reason=\"{label}\""), s.closes[r].get());
+        }
+    }
+    header(out, "cue_edge_refused_total", "counter", "Upgrades refused, by HTTP status.");
+    for (i, s) in shards.iter().enumerate() {
+        for (r, st) in REFUSAL_STATUSES.iter().enumerate() {
+            sample(out, "cue_edge_refused_total", &format!("shard=\"{i}\",status=\"{st}\""), s.refused[r].get());
+        }
+    }
+    header(out, "cue_edge_delivery_lag_seconds", "histogram", "Origin publish time to the shard's last write of the cue.");
+    for (i, s) in shards.iter().enumerate() {
+        s.delivery_lag.render(out, "cue_edge_delivery_lag_seconds", &format!("shard=\"{i}\""));
+    }
+    header(out, "cue_edge_fanout_seconds", "histogram", "Time a shard spent writing one cue to all its devices.");
+    for (i, s) in shards.iter().enumerate() {
+        s.fanout_time.render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
+    }
+}

@@ -1,0 +1,317 @@
+//! The cue: Cue's broadcast unit, `{event, key, seq, ts}`, and its two wire encodings.
+//!
+//! * JSON: `{"event":"fight-night","key":"round-3","seq":42,"ts":1764460800123}`. Event and key
+//!   are restricted to characters that never need escaping, so the encoder writes bytes directly.
+//! * Binary (`format=binary` on WebSocket, binary QUIC records, the origin-edge relay and the
+//!   durable log), version 1, all integers big-endian:
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     version = 1
+//! 1       1     E = event length (1..=64)
+//! 2       E     event bytes ([a-z0-9._-])
+//! 2+E     1     K = key length (1..=64)
+//! 3+E     K     key bytes ([A-Za-z0-9._:-])
+//! 3+E+K   8     seq (u64)
+//! 11+E+K  8     ts  (u64, ms since the Unix epoch)
+//! ```
+//!
+//! Total length is `19 + E + K` bytes (21..=147).
+
+use std::fmt;
+
+/// Longest event name, in bytes.
+pub const MAX_EVENT_LEN: usize = 64;
+/// Longest stage key, in bytes.
+pub const MAX_KEY_LEN: usize = 64;
+/// Version byte of the binary encoding.
+pub const BINARY_VERSION: u8 = 1;
+/// Longest binary encoding of a cue.
+pub const MAX_BINARY_LEN: usize = 19 + MAX_EVENT_LEN + MAX_KEY_LEN;
+
+/// Why an event name, stage key or encoded cue was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CueError {
+    /// The event name is empty, too long, or has a character outside `[a-z0-9._-]`.
+    #[error("event must be 1-64 chars of [a-z0-9._-]")]
+    BadEvent,
+    /// The stage key is empty, too long, or has a character outside `[A-Za-z0-9._:-]`.
+    #[error("key must be 1-64 chars of [A-Za-z0-9._:-]")]
+    BadKey,
+    /// A binary cue is shorter than its lengths say, or has trailing bytes.
+    #[error("binary cue has the wrong length")]
+    BadLength,
+    /// A binary cue carries a version this build does not know.
+    #[error("binary cue version {0} is not supported")]
+    BadVersion(u8),
+}
+
+/// An event name: 1-64 chars of `[a-z0-9._-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventName(Box<str>);
+
+impl EventName {
+    /// Validates and wraps an event name.
+    pub fn new(s: &str) -> Result<Self, CueError> {
+        if valid_event(s) {
+            Ok(Self(s.into()))
+        } else {
+            Err(CueError::BadEvent)
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// True when `s` is a valid event name.
+pub fn valid_event(s: &str) -> bool {
+    (1..=MAX_EVENT_LEN).contains(&s.len())
+        && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+/// True when `s` is a valid stage key.
+pub fn valid_key(s: &str) -> bool {
+    (1..=MAX_KEY_LEN).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// One cue. Constructed only through [`Cue::new`] or a decoder, so its fields are always valid.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Cue {
+    event: EventName,
+    key: Box<str>,
+    seq: u64,
+    ts: u64,
+}
+
+impl fmt::Debug for Cue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cue({}#{} {} @{})", self.event, self.seq, self.key, self.ts)
+    }
+}
+
+impl Cue {
+    /// Builds a cue, validating the event and key.
+    pub fn new(event: &str, key: &str, seq: u64, ts: u64) -> Result<Self, CueError> {
+        let event = EventName::new(event)?;
+        if !valid_key(key) {
+            return Err(CueError::BadKey);
+        }
+        Ok(Self { event, key: key.into(), seq, ts })
+    }
+
+    /// The event this cue belongs to.
+    pub fn event(&self) -> &EventName {
+        &self.event
+    }
+    /// The stage key the device looks up in its prefetched map.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Per-event sequence number assigned by the origin.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Publish time at the origin, ms since the Unix epoch.
+    pub fn ts(&self) -> u64 {
+        self.ts
+    }
+
+    /// Appends the JSON form to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Event and key never need escaping: their alphabets exclude '"' and '\\'.
+        out.extend_from_slice(b"{\"event\":\"");
+        out.extend_from_slice(self.event.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"key\":\"");
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(self.ts.to_string().as_bytes());
+        out.push(b'}');
+    }
+
+    /// The JSON form as a new string.
+    pub fn to_json(&self) -> String {
+        let mut v = Vec::with_capacity(64 + self.key.len());
+        self.write_json(&mut v);
+        String::from_utf8(v).expect("cue JSON is ASCII")
+    }
+
+    /// The JSON form as a `serde_json::Value` (for APIs that embed a cue in a larger object).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "event": self.event.as_str(),
+            "key": &*self.key,
+            "seq": self.seq,
+            "ts": self.ts,
+        })
+    }
+
+    /// Parses the JSON form (any field order, extra fields refused).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CueJsonError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            event: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            key: std::borrow::Cow<'a, str>,
+            seq: u64,
+            ts: u64,
+        }
+        let raw: Raw<'_> = serde_json::from_slice(bytes).map_err(CueJsonError::Json)?;
+        Cue::new(&raw.event, &raw.key, raw.seq, raw.ts).map_err(CueJsonError::Cue)
+    }
+
+    /// Length of the binary form.
+    pub fn binary_len(&self) -> usize {
+        19 + self.event.as_str().len() + self.key.len()
+    }
+
+    /// Appends the binary form to `out`.
+    pub fn write_binary(&self, out: &mut Vec<u8>) {
+        out.reserve(self.binary_len());
+        out.push(BINARY_VERSION);
+        out.push(self.event.as_str().len() as u8);
+        out.extend_from_slice(self.event.as_str().as_bytes());
+        out.push(self.key.len() as u8);
+        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.ts.to_be_bytes());
+    }
+
+    /// The binary form as a new vector.
+    pub fn to_binary(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.binary_len());
+        self.write_binary(&mut v);
+        v
+    }
+
+    /// Parses exactly one binary cue; trailing bytes are an error.
+    pub fn from_binary(b: &[u8]) -> Result<Self, CueError> {
+        let (&version, rest) = b.split_first().ok_or(CueError::BadLength)?;
+        if version != BINARY_VERSION {
+            return Err(CueError::BadVersion(version));
+        }
+        let (&elen, rest) = rest.split_first().ok_or(CueError::BadLength)?;
+        let elen = elen as usize;
+        if rest.len() < elen + 1 {
+            return Err(CueError::BadLength);
+        }
+        let (event, rest) = rest.split_at(elen);
+        let (&klen, rest) = rest.split_first().ok_or(CueError::BadLength)?;
+        let klen = klen as usize;
+        if rest.len() != klen + 16 {
+            return Err(CueError::BadLength);
+        }
+        let (key, rest) = rest.split_at(klen);
+        let event = std::str::from_utf8(event).map_err(|_| CueError::BadEvent)?;
+        let key = std::str::from_utf8(key).map_err(|_| CueError::BadKey)?;
+        let seq = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        let ts = u64::from_be_bytes(rest[8..16].try_into().expect("8 bytes"));
+        Cue::new(event, key, seq, ts)
+    }
+}
+
+/// Why a JSON cue was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CueJsonError {
+    /// Not JSON of the cue's shape.
+    #[error("bad cue JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON of the right shape whose values are invalid.
+    #[error("bad cue: {0}")]
+    Cue(CueError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn json_matches_contract_example() {
+        let c = Cue::new("fight-night", "round-3", 42, 1764460800123).unwrap();
+        assert_eq!(
+            c.to_json(),
+            r#"{"event":"fight-night","key":"round-3","seq":42,"ts":1764460800123}"#
+        );
+        assert_eq!(Cue::from_json(c.to_json().as_bytes()).unwrap(), c);
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(Cue::new("", "k", 1, 1).unwrap_err(), CueError::BadEvent);
+        assert_eq!(Cue::new("Fight", "k", 1, 1).unwrap_err(), CueError::BadEvent);
+        assert_eq!(Cue::new(&"a".repeat(65), "k", 1, 1).unwrap_err(), CueError::BadEvent);
+        assert!(Cue::new(&"a".repeat(64), &"K".repeat(64), 1, 1).is_ok());
+        assert_eq!(Cue::new("e", "a b", 1, 1).unwrap_err(), CueError::BadKey);
+        assert_eq!(Cue::new("e", "", 1, 1).unwrap_err(), CueError::BadKey);
+        assert_eq!(Cue::new("e", "a\"", 1, 1).unwrap_err(), CueError::BadKey);
+    }
+
+    #[test]
+    fn binary_layout_is_exact() {
+        let c = Cue::new("ev", "k:1", 0x0102, 0x0304).unwrap();
+        let b = c.to_binary();
+        assert_eq!(b.len(), 19 + 2 + 3);
+        assert_eq!(&b[..3], &[1, 2, b'e']);
+        assert_eq!(b[4], 3);
+        assert_eq!(&b[8..16], &0x0102u64.to_be_bytes());
+        assert_eq!(&b[16..24], &0x0304u64.to_be_bytes());
+    }
+
+    #[test]
+    fn binary_refuses_truncation_and_trailing_bytes() {
+        let b = Cue::new("ev", "k", 7, 9).unwrap().to_binary();
+        for n in 0..b.len() {
+            assert!(Cue::from_binary(&b[..n]).is_err(), "prefix {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(Cue::from_binary(&long).unwrap_err(), CueError::BadLength);
+        let mut v2 = b;
+        v2[0] = 2;
+        assert_eq!(Cue::from_binary(&v2).unwrap_err(), CueError::BadVersion(2));
+    }
+
+    fn arb_cue() -> impl Strategy<Value = Cue> {
+        ("[a-z0-9._-]{1,64}", "[A-Za-z0-9._:-]{1,64}", any::<u64>(), any::<u64>())
+            .prop_map(|(e, k, s, t)| Cue::new(&e, &k, s, t).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn binary_round_trip(c in arb_cue()) {
+            let b = c.to_binary();
+            prop_assert_eq!(b.len(), c.binary_len());
+            prop_assert_eq!(Cue::from_binary(&b).unwrap(), c);
+        }
+
+        #[test]
+        fn json_round_trip(c in arb_cue()) {
+            prop_assert_eq!(Cue::from_json(c.to_json().as_bytes()).unwrap(), c);
+        }
+
+        #[test]
+        fn binary_decoder_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Cue::from_binary(&b);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The origin's HTTP/1.1 API: publish, current cue, metrics, health.
+//!
+//! * `POST /v1/events/{event}/cues` `{"key":"..."}` with a publisher token -> `201` with the
+//!   cue once durable; `400` bad input, `401` missing/invalid/expired token, `403` a token that
+//!   is not a publisher's, `413` body too large, `503` (with `Retry-After`) when the cue could
+//!   not be made durable or the queue is full.
+//! * `GET /v1/events/{event}` -> `{"event":"...","current":CUE|null}`.
+//! * `GET /metrics`, `GET /healthz`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::cue::{valid_key, EventName};
+use crate::publish::{Latest, PublishError, Publisher};
+use crate::token::{unix_now_s, TokenKeys};
+
+/// Largest publish body accepted.
+pub const MAX_BODY: usize = 4096;
+
+/// What the HTTP handlers need.
+pub struct Api {
+    /// Publish queue.
+    pub publisher: Publisher,
+    /// Newest cue per event.
+    pub latest: Latest,
+    /// Token keys; `None` when auth is off (`--no-auth`).
+    pub keys: Option<TokenKeys>,
+    /// Renders `/metrics`.
+    pub render_metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// Counts requests by route and status.
+    pub requests: crate::metrics::Counter,
+    /// Counts refused publishes by status.
+    pub refused: [crate::metrics::Counter; 5],
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Api")
+    }
+}
+
+/// Statuses counted in [`Api::refused`], in order.
+pub const REFUSED_STATUSES: [u16; 5] = [400, 401, 403, 413, 503];
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .expect("valid response")
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+/// Routes one request.
+pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    api.requests.inc();
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match (req.method(), segs.as_slice()) {
+        (&Method::POST, ["v1", "events", event, "cues"]) => {
+            let event = event.to_string();
+            publish(&api, &event, req).await
+        }
+        (&Method::GET, ["v1", "events", event]) => current(&api, event),
+        (&Method::GET, ["metrics"]) => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(render_metrics(&api))))
+            .expect("valid response"),
+        (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status":"ok"})),
+        (_, ["v1", "events", _, "cues"]) | (_, ["v1", "events", _]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such route"),
+    };
+    if let Some(i) = REFUSED_STATUSES.iter().position(|&s| s == resp.status().as_u16()) {
+        api.refused[i].inc();
+    }
+    Ok(resp)
+}
+
+fn current(api: &Api, event: &str) -> Resp {
+    let Ok(event) = EventName::new(event) else {
+        return error(StatusCode::BAD_REQUEST, "event must be 1-64 chars of [a-z0-9._-]");
+    };
+    let cur = api.latest.read().expect("latest lock").get(&event).map(|c| c.to_value());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "event": event.as_str(), "current": cur }),
+    )
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
+    if let Some(keys) = &api.keys {
+        let Some(token) = bearer(&req) else {
+            return error(StatusCode::UNAUTHORIZED, "missing token (Authorization: Bearer)");
+        };
+        match keys.verify(token, unix_now_s()) {
+            Ok(c) if c.is_publisher() => {}
+            Ok(_) => return error(StatusCode::FORBIDDEN, "token is not a publisher token"),
+            Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
+        }
+    }
+    let Ok(event) = EventName::new(event) else {
+        return error(StatusCode::BAD_REQUEST, "event must be 1-64 chars of [a-z0-9._-]");
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 4096 bytes")
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        key: String,
+    }
+    let key = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => b.key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body must be {{\"key\":\"...\"}}: {e}")),
+    };
+    if !valid_key(&key) {
+        return error(StatusCode::BAD_REQUEST, "key must be 1-64 chars of [A-Za-z0-9._:-]");
+    }
+    match api.publisher.publish(event, &key).await {
+        Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            let retry = match e {
+                PublishError::Overloaded => "1",
+                PublishError::Log(_) | PublishError::ShuttingDown => "2",
+            };
+            r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static(retry));
+            r
+        }
+    }
+}
+
+fn render_metrics(api: &Api) -> String {
+    use crate::metrics::{header, sample, single};
+    let mut s = (api.render_metrics)();
+    single(&mut s, "cue_origin_http_requests_total", "counter", "HTTP requests.", api.requests.get());
+    header(&mut s, "cue_origin_http_refused_total", "counter", "HTTP requests refused, by status.");
+    for (i, st) in REFUSED_STATUSES.iter().enumerate() {
+        sample(&mut s, "cue_origin_http_refused_total", &format!("status=\"{st}\""), api.refused[i].get());
+    }
+    s
+}

@@ -1,0 +1,205 @@
+//! `cue-origin`: publish API, durable cue log, relay to edges; `cue-origin token ...` mints tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use cue_origin::config::{load_toml, resolve_secret, OriginConfig};
+use cue_origin::token::{unix_now_s, TokenKeys};
+
+/// Cue origin: publish API, durable cue log, relay to edges.
+///
+/// Settings come from `--config FILE` (TOML, keys as in docs/config.md), then flags override
+/// them. With neither, it runs on loopback with embedded defaults.
+#[derive(Parser, Debug)]
+#[command(name = "cue-origin", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Publish/admin HTTP listen address [default: 127.0.0.1:7000].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Relay listen address that edges dial [default: 127.0.0.1:7001].
+    #[arg(long)]
+    relay: Option<SocketAddr>,
+    /// Directory of the durable cue log [default: ./cue-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: DATA_DIR/auth.secret,
+    /// created on first start].
+    #[arg(long, global = true)]
+    auth_secret_file: Option<PathBuf>,
+    /// Turn token checks off: anyone may publish. Local experiments only.
+    #[arg(long)]
+    no_auth: bool,
+    /// Compact the cue log beyond this many bytes [default: 67108864].
+    #[arg(long)]
+    log_max_bytes: Option<u64>,
+    /// Skip fdatasync (breaks 201-means-durable; benchmarks only).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Publishes queued for the log writer before 503 [default: 4096].
+    #[arg(long)]
+    publish_queue: Option<usize>,
+    /// Live cues buffered per edge before it is resynchronised [default: 1024].
+    #[arg(long)]
+    relay_buffer: Option<usize>,
+    /// Relay heartbeat interval, ms [default: 1000].
+    #[arg(long)]
+    relay_heartbeat_ms: Option<u64>,
+    /// Drop an edge silent for this long, ms [default: 5000].
+    #[arg(long)]
+    relay_dead_after_ms: Option<u64>,
+    /// Drop an edge that takes no bytes for this long, ms [default: 5000].
+    #[arg(long)]
+    relay_write_timeout_ms: Option<u64>,
+    /// Most edges linked at once [default: 1024].
+    #[arg(long)]
+    max_edges: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mint a token with the shared secret and print it.
+    Token {
+        #[command(subcommand)]
+        kind: TokenKind,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenKind {
+    /// A device token.
+    Device {
+        /// Device id (the `sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Events the device may follow, comma-separated, or '*' for all.
+        #[arg(long)]
+        events: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+    /// A publisher token.
+    Publisher {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
+    let mut c: OriginConfig = load_toml(a.config.as_deref())?;
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    over!(http, relay, data_dir, log_max_bytes, publish_queue, relay_buffer, relay_heartbeat_ms);
+    over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
+    if a.auth_secret_file.is_some() {
+        c.auth_secret_file = a.auth_secret_file.clone();
+    }
+    c.no_auth |= a.no_auth;
+    if a.no_fsync {
+        c.fsync = false;
+    }
+    let errs = c.validate();
+    if !errs.is_empty() {
+        return Err(errs.join("; "));
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match config(&cli.serve) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cue-origin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.cmd {
+        Some(Cmd::Token { kind }) => token(&cfg, kind),
+        None => serve(cfg),
+    }
+}
+
+fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
+    let secret = match resolve_secret(
+        std::env::var("CUE_AUTH_SECRET").ok(),
+        cfg.auth_secret.as_deref(),
+        &cfg.secret_file(),
+        false,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cue-origin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = TokenKeys::new(&secret).expect("resolve_secret checked the length");
+    let now = unix_now_s();
+    let t = match kind {
+        TokenKind::Device { sub, events, ttl } => {
+            let evs: Vec<String> = events.split(',').map(|s| s.trim().to_string()).collect();
+            for e in &evs {
+                if e != "*" && !cue_origin::cue::valid_event(e) {
+                    eprintln!("cue-origin: --events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'");
+                    return ExitCode::from(2);
+                }
+            }
+            if sub.is_empty() || sub.len() > 256 {
+                eprintln!("cue-origin: --sub: must be 1-256 bytes");
+                return ExitCode::from(2);
+            }
+            keys.mint_device(&sub, &evs, now, ttl)
+        }
+        TokenKind::Publisher { ttl } => keys.mint_publisher(now, ttl),
+    };
+    println!("{t}");
+    ExitCode::SUCCESS
+}
+
+fn serve(cfg: OriginConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cue-origin: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(cue_origin::server::run(cfg, async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cue-origin: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The relay listener: edges dial in, say what they hold, get caught up, then get live cues.
+//!
+//! One tokio task per edge. Live cues come from a bounded broadcast channel; an edge that falls
+//! more than its capacity behind is not waited for (the publisher never blocks on an edge): it
+//! gets `Lagged`, and is re-synchronised from the newest state, which is the same catch-up a
+//! reconnecting edge gets. Writes have a deadline; an edge that does not take bytes for that long
+//! is dropped, and its re-dial catches it up. So a slow edge cannot stall the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio::time::{timeout, Instant};
+
+use super::proto::{self, Frame, Liveness, LivenessAction};
+use crate::cue::{Cue, EventName};
+use crate::metrics::{Counter, Gauge};
+use crate::publish::Latest;
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Send a PING after this long without sending.
+    pub heartbeat: Duration,
+    /// Drop an edge heard nothing from for this long.
+    pub dead_after: Duration,
+    /// Drop an edge that does not accept a write for this long.
+    pub write_timeout: Duration,
+    /// Most edges connected at once; more are refused (closed at once).
+    pub max_edges: usize,
+}
+
+/// Relay metrics.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    /// Edges connected now.
+    pub edges: Gauge,
+    /// Edge links accepted since start.
+    pub accepted: Counter,
+    /// Links refused for `max_edges`.
+    pub refused: Counter,
+    /// Cues sent to edges (catch-up and live).
+    pub cues_sent: Counter,
+    /// Catch-up cues sent after HELLOs.
+    pub catch_up_cues: Counter,
+    /// Re-synchronisations of an edge that lagged behind the broadcast channel.
+    pub resyncs: Counter,
+    /// Links ended by a protocol error, a dead peer or a write timeout.
+    pub dropped: Counter,
+}
+
+/// Runs the relay listener until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    latest: Latest,
+    live: broadcast::Sender<Cue>,
+    opts: RelayOptions,
+    metrics: Arc<RelayMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        if metrics.edges.get() as usize >= opts.max_edges {
+            metrics.refused.inc();
+            tracing::warn!(%peer, max = opts.max_edges, "relay: too many edges, refusing link");
+            continue;
+        }
+        let _ = sock.set_nodelay(true);
+        metrics.accepted.inc();
+        metrics.edges.add(1);
+        let (latest, rx, opts, m, sd) =
+            (latest.clone(), live.subscribe(), opts.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            match edge_link(sock, latest, rx, &opts, &m, sd).await {
+                Ok(id) => tracing::info!(%peer, edge = %id, "relay: edge link closed"),
+                Err(e) => {
+                    m.dropped.inc();
+                    tracing::warn!(%peer, error = %e, "relay: edge link dropped");
+                }
+            }
+            m.edges.add(-1);
+        });
+    }
+}
+
+/// Why an edge link ended abnormally.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Proto(#[from] proto::RelayError),
+    #[error("no HELLO within {0:?}")]
+    NoHello(Duration),
+    #[error("first frame was not HELLO")]
+    NotHello,
+    #[error("edge silent for {0:?}")]
+    Dead(Duration),
+    #[error("edge did not accept a write within {0:?}")]
+    WriteTimeout(Duration),
+}
+
+struct Conn {
+    sock: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+impl Conn {
+    /// Reads until one frame is complete.
+    async fn read_frame(&mut self) -> Result<Option<Frame>, LinkError> {
+        loop {
+            if let Some((f, n)) = proto::decode(&self.rbuf)? {
+                self.rbuf.drain(..n);
+                return Ok(Some(f));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn flush(&mut self, deadline: Duration) -> Result<(), LinkError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        timeout(deadline, self.sock.write_all(&self.wbuf))
+            .await
+            .map_err(|_| LinkError::WriteTimeout(deadline))??;
+        self.wbuf.clear();
+        Ok(())
+    }
+}
+
+async fn edge_link(
+    sock: TcpStream,
+    latest: Latest,
+    mut live: broadcast::Receiver<Cue>,
+    opts: &RelayOptions,
+    m: &RelayMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<String, LinkError> {
+    let mut c = Conn { sock, rbuf: Vec::new(), wbuf: Vec::new() };
+    let hello = timeout(opts.dead_after, c.read_frame())
+        .await
+        .map_err(|_| LinkError::NoHello(opts.dead_after))??;
+    let (edge_id, since) = match hello {
+        Some(Frame::Hello { edge_id, since }) => (edge_id, since),
+        None => return Ok("(closed before HELLO)".into()),
+        Some(_) => return Err(LinkError::NotHello),
+    };
+    // What this edge holds, updated as cues go out: live cues at or below it are skipped.
+    let mut held: HashMap<EventName, u64> = since.into_iter().collect();
+    let n = send_catch_up(&mut c, &latest, &mut held, m);
+    c.wbuf.reserve(16);
+    proto::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
+    c.flush(opts.write_timeout).await?;
+    tracing::info!(edge = %edge_id, catch_up = n, "relay: edge linked");
+
+    let mut liveness = Liveness::new(Instant::now().into_std(), opts.heartbeat, opts.dead_after);
+    let mut nonce = 0u64;
+    loop {
+        let wake = Instant::from_std(liveness.next_deadline());
+        tokio::select! {
+            r = live.recv() => {
+                match r {
+                    Ok(cue) => {
+                        if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
+                            held.insert(cue.event().clone(), cue.seq());
+                            proto::encode(&Frame::Cue(cue), &mut c.wbuf);
+                            m.cues_sent.inc();
+                        }
+                        // Take whatever else is already waiting, then write once.
+                        while let Ok(cue) = live.try_recv() {
+                            if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
+                                held.insert(cue.event().clone(), cue.seq());
+                                proto::encode(&Frame::Cue(cue), &mut c.wbuf);
+                                m.cues_sent.inc();
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        m.resyncs.inc();
+                        tracing::warn!(edge = %edge_id, skipped, "relay: edge lagged, resyncing from newest state");
+                        send_catch_up(&mut c, &latest, &mut held, m);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(edge_id),
+                }
+                c.flush(opts.write_timeout).await?;
+                liveness.sent(Instant::now().into_std());
+            }
+            r = c.read_frame() => {
+                match r? {
+                    None => return Ok(edge_id),
+                    Some(Frame::Ping(n)) => {
+                        proto::encode(&Frame::Pong(n), &mut c.wbuf);
+                        c.flush(opts.write_timeout).await?;
+                        liveness.sent(Instant::now().into_std());
+                    }
+                    Some(Frame::Pong(_)) => {}
+                    Some(other) => {
+                        tracing::warn!(edge = %edge_id, frame = ?other, "relay: unexpected frame from edge, ignored");
+                    }
+                }
+                liveness.heard(Instant::now().into_std());
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                match liveness.poll(Instant::now().into_std()) {
+                    LivenessAction::Dead => return Err(LinkError::Dead(opts.dead_after)),
+                    LivenessAction::SendPing => {
+                        nonce += 1;
+                        proto::encode(&Frame::Ping(nonce), &mut c.wbuf);
+                        c.flush(opts.write_timeout).await?;
+                        liveness.sent(Instant::now().into_std());
+                    }
+                    LivenessAction::Idle => {}
+                }
+            }
+            _ = shutdown.changed() => return Ok(edge_id),
+        }
+    }
+}
+
+fn send_catch_up(
+    c: &mut Conn,
+    latest: &Latest,
+    held: &mut HashMap<EventName, u64>,
+    m: &RelayMetrics,
+) -> usize {
+    let cues = {
+        let l = latest.read().expect("latest lock");
+        proto::catch_up(l.values(), held)
+    };
+    for cue in &cues {
+        held.insert(cue.event().clone(), cue.seq());
+        proto::encode(&Frame::Cue(cue.clone()), &mut c.wbuf);
+    }
+    m.cues_sent.add(cues.len() as u64);
+    m.catch_up_cues.add(cues.len() as u64);
+    cues.len()
+}

@@ -1,0 +1,160 @@
+//! Wires the origin together on a tokio runtime: log recovery, the writer thread, the HTTP API,
+//! the relay listener, metrics and graceful shutdown.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::{resolve_secret, OriginConfig};
+use crate::http::Api;
+use crate::log::{CueLog, LogOptions};
+use crate::metrics::{header, single};
+use crate::publish::{PublishMetrics, Publisher};
+use crate::relay::server::{RelayMetrics, RelayOptions};
+use crate::token::TokenKeys;
+
+/// Milliseconds since the Unix epoch (the publish time stamped on cues).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the origin until `shutdown` resolves, then stops accepting, lets in-flight publishes
+/// finish, and returns.
+pub async fn run(cfg: OriginConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let keys = if cfg.no_auth {
+        tracing::warn!("auth is OFF (--no-auth): anyone can publish; local experiments only");
+        None
+    } else {
+        let secret = resolve_secret(
+            std::env::var("CUE_AUTH_SECRET").ok(),
+            cfg.auth_secret.as_deref(),
+            &cfg.secret_file(),
+            true,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Some(TokenKeys::new(&secret).map_err(anyhow::Error::msg)?)
+    };
+
+    let opts = LogOptions { max_bytes: cfg.log_max_bytes, sync: cfg.fsync };
+    let (log, rec) = CueLog::open(&cfg.data_dir, opts)
+        .with_context(|| format!("data_dir {}: opening the cue log", cfg.data_dir.display()))?;
+    tracing::info!(
+        records = rec.records,
+        torn_bytes = rec.torn_bytes,
+        events = log.events(),
+        dir = %cfg.data_dir.display(),
+        "cue log recovered"
+    );
+    if rec.torn_bytes > 0 {
+        tracing::warn!(torn_bytes = rec.torn_bytes, "dropped a torn tail from the cue log (never served)");
+    }
+    let latest = Arc::new(RwLock::new(log.latest().clone()));
+    let (live, _) = broadcast::channel(cfg.relay_buffer);
+    let pm = Arc::new(PublishMetrics::default());
+    let rm = Arc::new(RelayMetrics::default());
+    let (publisher, writer) =
+        Publisher::start(log, latest.clone(), live.clone(), pm.clone(), cfg.publish_queue, unix_now_ms);
+
+    let http = TcpListener::bind(cfg.http).await.with_context(|| format!("http: binding {}", cfg.http))?;
+    let relay = TcpListener::bind(cfg.relay).await.with_context(|| format!("relay: binding {}", cfg.relay))?;
+    tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let relay_task = tokio::spawn(crate::relay::server::serve(
+        relay,
+        latest.clone(),
+        live.clone(),
+        RelayOptions {
+            heartbeat: Duration::from_millis(cfg.relay_heartbeat_ms),
+            dead_after: Duration::from_millis(cfg.relay_dead_after_ms),
+            write_timeout: Duration::from_millis(cfg.relay_write_timeout_ms),
+            max_edges: cfg.max_edges,
+        },
+        rm.clone(),
+        stop_rx.clone(),
+    ));
+
+    let api = Arc::new(Api {
+        publisher,
+        latest,
+        keys,
+        render_metrics: {
+            let (pm, rm) = (pm.clone(), rm.clone());
+            Box::new(move || render(&pm, &rm))
+        },
+        requests: Default::default(),
+        refused: Default::default(),
+    });
+    let api2 = api.clone();
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (sock, _) = tokio::select! {
+                r = http.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = http_stop.changed() => break,
+            };
+            let api = api2.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |req| crate::http::handle(api.clone(), req));
+                let _ = http1::Builder::new()
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+        // Let in-flight requests (publishes waiting for fsync) finish, bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: closing listeners, finishing in-flight publishes");
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let _ = relay_task.await;
+    // The writer stops once every publisher handle is gone.
+    drop(api);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::info!("cue-origin stopped");
+    Ok(())
+}
+
+fn render(pm: &PublishMetrics, rm: &RelayMetrics) -> String {
+    let mut s = String::with_capacity(4096);
+    single(&mut s, "cue_origin_published_total", "counter", "Cues made durable.", pm.published.get());
+    single(&mut s, "cue_origin_publish_failed_total", "counter", "Publishes refused because the log failed.", pm.failed.get());
+    single(&mut s, "cue_origin_publish_batches_total", "counter", "Group commits written.", pm.batches.get());
+    header(&mut s, "cue_origin_publish_durable_seconds", "histogram", "Publish request to durable.");
+    pm.durable_latency.render(&mut s, "cue_origin_publish_durable_seconds", "");
+    single(&mut s, "cue_origin_log_bytes", "gauge", "Size of the cue log.", pm.log_bytes.get());
+    single(&mut s, "cue_origin_log_compactions", "gauge", "Log compactions since start.", pm.compactions.get());
+    single(&mut s, "cue_origin_events", "gauge", "Events with a current cue.", pm.events.get());
+    single(&mut s, "cue_origin_edges", "gauge", "Edges linked now.", rm.edges.get());
+    single(&mut s, "cue_origin_edge_links_total", "counter", "Edge links accepted.", rm.accepted.get());
+    single(&mut s, "cue_origin_edge_links_refused_total", "counter", "Edge links refused (max_edges).", rm.refused.get());
+    single(&mut s, "cue_origin_edge_links_dropped_total", "counter", "Edge links ended by error, silence or write timeout.", rm.dropped.get());
+    single(&mut s, "cue_origin_relay_cues_sent_total", "counter", "Cues sent to edges.", rm.cues_sent.get());
+    single(&mut s, "cue_origin_relay_catch_up_cues_total", "counter", "Catch-up cues sent after HELLO or resync.", rm.catch_up_cues.get());
+    single(&mut s, "cue_origin_relay_resyncs_total", "counter", "Edges that lagged and were resynchronised.", rm.resyncs.get());
+    s
+}

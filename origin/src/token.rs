@@ -1,0 +1,231 @@
+//! Device and publisher tokens: HS256 JWTs signed with the shared secret (`CUE_AUTH_SECRET`).
+//!
+//! * Device token: `sub` = device id, `events` = the events it may follow (or `["*"]`), `exp`.
+//! * Publisher token: `role` = `"publisher"`, `exp`.
+//!
+//! Verification takes `now` (seconds since the Unix epoch) from the caller, so expiry is
+//! testable without a clock, and it never allows a token without `exp`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Longest token accepted, in bytes. A JWT for a device with a handful of events is ~250 bytes.
+pub const MAX_TOKEN_LEN: usize = 2048;
+/// Shortest secret accepted: HS256 wants at least 256 bits.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The claims Cue reads. Unknown claims are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Device id (device tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Events a device may follow; `"*"` allows every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// `"publisher"` for publisher tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Claims {
+    /// True when this token allows following `event`.
+    pub fn allows_event(&self, event: &str) -> bool {
+        self.events.as_ref().is_some_and(|evs| evs.iter().any(|e| e == "*" || e == event))
+    }
+    /// True when this is a publisher token.
+    pub fn is_publisher(&self) -> bool {
+        self.role.as_deref() == Some("publisher")
+    }
+}
+
+/// Why a token was refused. All of these map to HTTP 401 (a valid token for the wrong event is
+/// the caller's 403, decided with [`Claims::allows_event`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token was presented.
+    #[error("missing token")]
+    Missing,
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("token too long")]
+    TooLong,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, bad encoding, wrong algorithm or missing claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Signs and verifies tokens with one HS256 secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    enc: EncodingKey,
+    dec: DecodingKey,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+/// Why a secret was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("auth secret must be at least {MIN_SECRET_LEN} bytes (got {0})")]
+pub struct WeakSecret(pub usize);
+
+impl TokenKeys {
+    /// Keys from a shared secret of at least [`MIN_SECRET_LEN`] bytes.
+    pub fn new(secret: &[u8]) -> Result<Self, WeakSecret> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(WeakSecret(secret.len()));
+        }
+        Ok(Self { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret) })
+    }
+
+    /// Mints a token with these claims.
+    pub fn mint(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.enc)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// A device token for `sub` allowed `events`, valid for `ttl_s` from `now_s`.
+    pub fn mint_device(&self, sub: &str, events: &[String], now_s: u64, ttl_s: u64) -> String {
+        self.mint(&Claims {
+            sub: Some(sub.to_string()),
+            events: Some(events.to_vec()),
+            role: None,
+            exp: now_s.saturating_add(ttl_s),
+        })
+    }
+
+    /// A publisher token valid for `ttl_s` from `now_s`.
+    pub fn mint_publisher(&self, now_s: u64, ttl_s: u64) -> String {
+        self.mint(&Claims {
+            sub: None,
+            events: None,
+            role: Some("publisher".into()),
+            exp: now_s.saturating_add(ttl_s),
+        })
+    }
+
+    /// Verifies signature, algorithm and expiry against `now_s`.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong);
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        // Expiry is checked below against the caller's clock, not the library's.
+        v.validate_exp = false;
+        v.required_spec_claims = ["exp"].into_iter().map(String::from).collect();
+        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if data.claims.exp <= now_s {
+            return Err(TokenError::Expired);
+        }
+        Ok(data.claims)
+    }
+
+    /// Verifies a device token and checks it may follow every event in `events`.
+    /// `Err(Ok(event))` names the first event the token does not allow (HTTP 403).
+    pub fn verify_device<'a>(
+        &self,
+        token: &str,
+        now_s: u64,
+        events: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Claims, Result<String, TokenError>> {
+        let claims = self.verify(token, now_s).map_err(Err)?;
+        if claims.events.is_none() {
+            return Err(Err(TokenError::Invalid("not a device token (no events claim)".into())));
+        }
+        for e in events {
+            if !claims.allows_event(e) {
+                return Err(Ok(e.to_string()));
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// Seconds since the Unix epoch, for binaries (logic takes `now` as a parameter).
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn weak_secret_refused() {
+        assert_eq!(TokenKeys::new(b"short").unwrap_err(), WeakSecret(5));
+    }
+
+    #[test]
+    fn device_token_round_trip_and_events() {
+        let k = keys();
+        let t = k.mint_device("dev-1", &["fight".into()], 1000, 60);
+        let c = k.verify(&t, 1000).unwrap();
+        assert_eq!(c.sub.as_deref(), Some("dev-1"));
+        assert!(c.allows_event("fight"));
+        assert!(!c.allows_event("other"));
+        assert!(k.verify_device(&t, 1000, ["fight"]).is_ok());
+        assert_eq!(k.verify_device(&t, 1000, ["fight", "other"]).unwrap_err(), Ok("other".into()));
+        let star = k.mint_device("d", &["*".into()], 1000, 60);
+        assert!(k.verify_device(&star, 1000, ["anything"]).is_ok());
+    }
+
+    #[test]
+    fn expiry_uses_callers_clock() {
+        let k = keys();
+        let t = k.mint_publisher(1000, 60);
+        assert!(k.verify(&t, 1059).unwrap().is_publisher());
+        assert_eq!(k.verify(&t, 1060).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn bad_tokens_refused() {
+        let k = keys();
+        let other = TokenKeys::new(&[8u8; 32]).unwrap();
+        let t = other.mint_publisher(1000, 60);
+        assert!(matches!(k.verify(&t, 1000), Err(TokenError::Invalid(_))));
+        assert!(matches!(k.verify("abc.def.ghi", 1000), Err(TokenError::Invalid(_))));
+        assert_eq!(k.verify("", 1000).unwrap_err(), TokenError::Missing);
+        assert_eq!(k.verify(&"a".repeat(3000), 1000).unwrap_err(), TokenError::TooLong);
+        // A publisher token is not a device token.
+        let p = k.mint_publisher(1000, 60);
+        assert!(matches!(k.verify_device(&p, 1000, ["e"]), Err(Err(TokenError::Invalid(_)))));
+        // alg=none is refused.
+        let none = format!(
+            "{}.{}.",
+            base64url(br#"{"alg":"none","typ":"JWT"}"#),
+            base64url(br#"{"role":"publisher","exp":99999999999}"#)
+        );
+        assert!(matches!(k.verify(&none, 1000), Err(TokenError::Invalid(_))));
+    }
+
+    fn base64url(b: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}

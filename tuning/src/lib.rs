@@ -1,0 +1,1 @@
+//! `cue-tune`: host checks and tuning. Being built (issue 5).
