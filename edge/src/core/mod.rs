@@ -744,3 +744,5 @@ fn block(c: &mut Conn, idx: u32, io: &mut impl Io, stats: &ShardStats) {
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod sim_tests;
