@@ -1,1 +1,179 @@
-fn main() {}
+//! `cue-bench`: synthetic device fleet and scenarios. The last line of every run is one JSON
+//! object with the figures of the run.
+
+mod fanout;
+mod floor;
+mod stack;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Cue bench: starts the stack on loopback, drives a synthetic device fleet, prints figures.
+#[derive(Parser, Debug)]
+#[command(name = "cue-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Devices in the fleet.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// cue-edge processes (several share the port with SO_REUSEPORT) [default: devices/18000, at least 1].
+    #[arg(long)]
+    edges: Option<usize>,
+    /// Shards per cue-edge process.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Core the edges (and the floor) are pinned to; the fleet gets the next core.
+    #[arg(long, default_value_t = 0)]
+    edge_cpu: usize,
+    /// Devices per fleet worker process (<= 18000 under a 20000 fd limit).
+    #[arg(long, default_value_t = 15_000)]
+    per_worker: usize,
+    /// Directory holding cue-origin and cue-edge [default: next to cue-bench].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Output/scratch directory (logs, origin data).
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Progress on stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Fan cues out to a fleet; measures delivery, latency, rate per core vs the write() floor,
+    /// and bytes per connection.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Cues to publish.
+        #[arg(long, default_value_t = 10)]
+        cues: usize,
+        /// Gap between cues, ms [default: devices/40, within 200..5000].
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// Peer mode: drive any WebSocket server that pushes text frames (ws://IP:PORT/path).
+        #[arg(long, requires = "publish_url")]
+        target_url: Option<String>,
+        /// Peer mode: URL the cue payload is POSTed to (http://IP:PORT/path).
+        #[arg(long, requires = "target_url")]
+        publish_url: Option<String>,
+        /// Skip the write() floor measurement.
+        #[arg(long)]
+        no_floor: bool,
+    },
+    /// Connect an idle fleet; measures connect rate and memory per connection.
+    Density {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Internal: a fleet worker process.
+    #[command(hide = true)]
+    Worker { spec: String },
+    /// Internal: a write() floor process.
+    #[command(hide = true)]
+    FloorWorker { spec: String },
+}
+
+fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
+    fanout::RunOpts {
+        devices: c.devices,
+        cues,
+        edges: c.edges,
+        shards: c.shards,
+        interval_ms: None,
+        edge_cpu: c.edge_cpu,
+        per_worker: c.per_worker,
+        bin_dir: c.bin_dir.clone(),
+        out: c.out.clone(),
+        target_url: None,
+        publish_url: None,
+        no_floor: false,
+        verbose: c.verbose,
+    }
+}
+
+fn validate(c: &Common) -> Result<(), String> {
+    let mut e = Vec::new();
+    if c.devices == 0 {
+        e.push("--devices: must be > 0".to_string());
+    }
+    if !(1..=18_000).contains(&c.per_worker) {
+        e.push("--per-worker: must be 1..=18000 (fd limit)".into());
+    }
+    if c.shards == 0 {
+        e.push("--shards: must be > 0".into());
+    }
+    if c.edges == Some(0) {
+        e.push("--edges: must be > 0".into());
+    }
+    if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Worker { spec } => {
+            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(worker::run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cue-bench worker: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::FloorWorker { spec } => {
+            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(|s| floor::run(&s)) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).expect("serialize"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cue-bench floor: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Fanout { common, cues, interval_ms, target_url, publish_url, no_floor } => {
+            if let Err(e) = validate(&common) {
+                eprintln!("cue-bench: {e}");
+                return ExitCode::from(2);
+            }
+            if cues == 0 {
+                eprintln!("cue-bench: --cues: must be > 0");
+                return ExitCode::from(2);
+            }
+            let mut o = opts(&common, cues);
+            o.interval_ms = interval_ms;
+            o.target_url = target_url;
+            o.publish_url = publish_url;
+            o.no_floor = no_floor;
+            fanout::run(&o, "fanout")
+        }
+        Cmd::Density { common } => {
+            if let Err(e) = validate(&common) {
+                eprintln!("cue-bench: {e}");
+                return ExitCode::from(2);
+            }
+            fanout::run(&opts(&common, 0), "density")
+        }
+    };
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cue-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

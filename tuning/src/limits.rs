@@ -149,6 +149,20 @@ impl LimitReport {
         line
     }
 
+    /// Logs what was raised and the capacity line: a warning when the nofile limit is below
+    /// Cue's design target, info otherwise.
+    pub fn log(&self, reserved_fds: u64) {
+        for raised in &self.raised {
+            tracing::info!("raised {raised}");
+        }
+        let line = self.capacity_line(reserved_fds);
+        if self.max_connections(reserved_fds) < DESIGN_TARGET_CONNECTIONS {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+
     /// Memlock in force versus what `shards` glommio shards register; `None` when enough.
     /// `has_ipc_lock` is whether the process holds `CAP_IPC_LOCK` (then memlock is not
     /// enforced for io_uring buffers, but glommio still wants 512 KiB soft at start-up).

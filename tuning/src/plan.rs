@@ -146,9 +146,9 @@ pub fn render(r: &Requirements) -> String {
             m.inflight,
         ),
         (
-            "shards",
+            "shards (allowance)",
             format!(
-                "{} x ({} allowance + {} io_memory)",
+                "{} x ({} + {} io_memory)",
                 r.shards(),
                 units::bytes(model::SHARD_BASE_BYTES),
                 units::bytes(r.io_memory)
@@ -157,17 +157,18 @@ pub fn render(r: &Requirements) -> String {
         ),
     ];
     for (what, how, bytes) in rows {
-        push(format!("  {what:<22} {how:<40} {:>10}", units::bytes(bytes)));
+        push(format!("  {what:<22} {how:<42} {:>10}", units::bytes(bytes)));
     }
-    push(format!("  {:<22} {:<40} {:>10}", "total", "", units::bytes(m.total)));
+    push(format!("  {:<22} {:<42} {:>10}", "total", "", units::bytes(m.total)));
     push(format!(
-        "  {:<22} {:<40} {:>10}",
+        "  {:<22} {:<42} {:>10}",
         format!("with {}% headroom", model::MEMORY_HEADROOM_PERCENT),
         "(MemAvailable should cover this)",
         units::bytes(m.with_headroom)
     ));
     push(format!(
-        "  memlock               {} shards x {} (io_memory in 3 io_uring rings + rings) = {}",
+        "  {:<22} {} shards x {} (io_memory in 3 io_uring rings, + rings) = {}",
+        "memlock",
         r.shards(),
         units::bytes(r.memlock_per_shard),
         units::bytes(r.memlock)

@@ -36,29 +36,28 @@ fn capabilities(f: &HostFacts) -> CheckLine {
     let Some(&caps) = f.cap_eff.value() else {
         return l.not_read(&f.cap_eff, false);
     };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
     let named = [
         (CAP_IPC_LOCK, "IPC_LOCK"),
         (CAP_SYS_RESOURCE, "SYS_RESOURCE"),
         (CAP_NET_ADMIN, "NET_ADMIN"),
         (CAP_SYS_ADMIN, "SYS_ADMIN"),
     ];
-    let list: Vec<String> = named
-        .iter()
-        .map(|(bit, name)| format!("{name} {}", if caps & (1 << bit) != 0 { "yes" } else { "no" }))
-        .collect();
+    let held: Vec<&str> = named.iter().filter(|(bit, _)| has(*bit)).map(|(_, name)| *name).collect();
     let mut why = Vec::new();
-    if caps & (1 << CAP_SYS_RESOURCE) == 0 {
-        why.push("no SYS_RESOURCE: hard rlimits cannot be raised from here");
+    if !has(CAP_SYS_RESOURCE) {
+        why.push("lacks SYS_RESOURCE: hard rlimits cannot be raised from here");
     }
-    if caps & (1 << CAP_IPC_LOCK) != 0 {
+    if has(CAP_IPC_LOCK) {
         why.push("IPC_LOCK: io_uring buffers are not charged to memlock");
     }
-    if caps & (1 << CAP_SYS_ADMIN) == 0 {
-        why.push("no SYS_ADMIN: apply cannot write sysctls");
+    if !has(CAP_SYS_ADMIN) {
+        why.push("lacks SYS_ADMIN: apply cannot write sysctls live");
     }
-    l.current(list.join(", "))
+    let current = if held.is_empty() { "none".to_string() } else { held.join(" ") };
+    l.current(current)
         .needed("-")
-        .ok(if why.is_empty() { "what this process may change".to_string() } else { why.join("; ") })
+        .ok(if why.is_empty() { "may change every setting".to_string() } else { why.join("; ") })
 }
 
 fn io_uring_disabled(f: &HostFacts) -> CheckLine {

@@ -1,0 +1,317 @@
+//! `fanout` and `density`: start the stack (or target a peer), connect a synthetic fleet, publish
+//! cues, and measure delivery, latency, rate per core against the write() floor, and memory per
+//! connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::floor::{FloorResult, FloorSpec};
+use crate::stack::{self, free_port, Proc};
+use crate::worker::{WorkerProc, WorkerReport, WorkerSpec};
+
+/// Options shared by `fanout` and `density`.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Devices.
+    pub devices: usize,
+    /// Cues to publish (0 for density).
+    pub cues: usize,
+    /// Edge processes (default: enough for the fd limit).
+    pub edges: Option<usize>,
+    /// Shards per edge process.
+    pub shards: usize,
+    /// Gap between cues, ms (default: scaled to the fleet).
+    pub interval_ms: Option<u64>,
+    /// Core for the edges and the floor; the fleet and origin get the other core(s).
+    pub edge_cpu: usize,
+    /// Devices per worker process.
+    pub per_worker: usize,
+    /// Directory of cue-origin / cue-edge.
+    pub bin_dir: Option<PathBuf>,
+    /// Scratch/output directory.
+    pub out: PathBuf,
+    /// Peer mode: WebSocket URL of a peer server.
+    pub target_url: Option<String>,
+    /// Peer mode: URL the payload is POSTed to.
+    pub publish_url: Option<String>,
+    /// Skip the floor measurement.
+    pub no_floor: bool,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+/// Most sockets one process holds here (hard RLIMIT_NOFILE is 20000; keep headroom).
+pub const PER_PROCESS: usize = 18_000;
+
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    token: Option<String>,
+    publish: Box<dyn FnMut(u64) -> anyhow::Result<()>>,
+    edge_pids: Vec<u32>,
+    _procs: Vec<Proc>,
+}
+
+fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, String)> {
+    let rest = url.strip_prefix(scheme).with_context(|| format!("{url}: must start with {scheme}"))?;
+    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr: SocketAddr = hostport
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .with_context(|| format!("{url}: host must be IP:PORT on loopback"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{url}: only loopback targets are allowed");
+    }
+    Ok((addr, hostport.to_string(), if path.is_empty() { "/".into() } else { path.into() }))
+}
+
+fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result<Target> {
+    let secret = stack::random_secret();
+    let env = vec![("CUE_AUTH_SECRET", secret.clone())];
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
+    let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
+    let data = o.out.join("origin-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut procs = Vec::new();
+    let args: Vec<String> = vec![
+        "--http".into(), http.to_string(), "--relay".into(), relay.to_string(),
+        "--data-dir".into(), data.display().to_string(),
+    ];
+    procs.push(Proc::start("cue-origin", &origin_bin, &args, &env, &o.out.join("origin.log"))?);
+    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true).context("cue-origin did not start")?;
+    let mut admins = Vec::new();
+    let mut edge_pids = Vec::new();
+    for i in 0..edges {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let args: Vec<String> = vec![
+            "--origin".into(), relay.to_string(), "--ws".into(), ws.to_string(),
+            "--admin".into(), admin.to_string(), "--shards".into(), o.shards.to_string(),
+            "--cpus".into(), o.edge_cpu.to_string(), "--edge-id".into(), format!("bench-edge-{i}"),
+        ];
+        let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}.log")))?;
+        edge_pids.push(p.pid());
+        procs.push(p);
+        admins.push(admin);
+    }
+    for a in &admins {
+        stack::wait_http(*a, "/healthz", Duration::from_secs(15), |b| b.contains("\"origins_linked\":1"))
+            .context("cue-edge did not link to the origin")?;
+    }
+    log.push(format!("stack: origin {http} relay {relay}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.shards, o.edge_cpu));
+    let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let now = cue_origin::token::unix_now_s();
+    let device_token = keys.mint_device("bench-fleet", &["bench".into()], now, 3600);
+    let pub_token = format!("Bearer {}", keys.mint_publisher(now, 3600));
+    let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
+        let body = format!("{{\"key\":\"stage-{seq}\"}}");
+        let (st, b) = stack::http(http, "POST", "/v1/events/bench/cues", &[("Authorization", &pub_token), ("Content-Type", "application/json")], body.as_bytes())?;
+        if st != 201 {
+            bail!("publish: {st} {b}");
+        }
+        Ok(())
+    });
+    Ok(Target {
+        addr: ws,
+        host: ws.to_string(),
+        path: "/v1/subscribe?events=bench".into(),
+        token: Some(device_token),
+        publish,
+        edge_pids,
+        _procs: procs,
+    })
+}
+
+fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
+    let (addr, host, path) = parse_url(o.target_url.as_deref().expect("peer mode"), "ws://")?;
+    let (paddr, _, ppath) = parse_url(o.publish_url.as_deref().context("--publish-url is needed with --target-url")?, "http://")?;
+    let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
+        let body = format!("{{\"event\":\"bench\",\"key\":\"stage-{seq}\",\"seq\":{seq},\"ts\":{}}}", stack::unix_us() / 1000);
+        let (st, b) = stack::http(paddr, "POST", &ppath, &[("Content-Type", "application/json")], body.as_bytes())?;
+        if !(200..300).contains(&st) {
+            bail!("publish: {st} {b}");
+        }
+        Ok(())
+    });
+    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], _procs: vec![] })
+}
+
+/// Runs the scenario; returns the JSON figures.
+pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
+    std::fs::create_dir_all(&o.out)?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
+    let edges = o.edges.unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
+    let mut log = Vec::new();
+    let peer = o.target_url.is_some();
+    let slab0 = stack::slab_bytes();
+    let mut target = if peer { start_peer(o)? } else { start_cue(o, edges, &mut log)? };
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    let slab1 = stack::slab_bytes();
+
+    // The fleet.
+    let nworkers = o.devices.div_ceil(o.per_worker).max(1);
+    let mut workers = Vec::new();
+    let t_connect = Instant::now();
+    let mut left = o.devices;
+    for w in 0..nworkers {
+        let n = left.min(o.per_worker);
+        left -= n;
+        let spec = WorkerSpec {
+            target: target.addr,
+            host: target.host.clone(),
+            path: target.path.clone(),
+            token: target.token.clone(),
+            devices: n,
+            source_base: (w * o.per_worker.div_ceil(10_000)) as u32,
+            per_source: 10_000,
+            concurrency: 256,
+            cpu: fleet_cpu,
+            connect_timeout_s: 120,
+        };
+        workers.push(WorkerProc::start(&spec)?);
+    }
+    let mut connected = 0;
+    for w in &mut workers {
+        let l: serde_json::Value = serde_json::from_str(&w.line()?)?;
+        connected += l["ready"].as_u64().unwrap_or(0) as usize;
+    }
+    let connect_s = t_connect.elapsed().as_secs_f64();
+    if o.verbose {
+        eprintln!("{connected}/{} devices connected in {connect_s:.2}s", o.devices);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    let slab2 = stack::slab_bytes();
+
+    // Cues.
+    let interval = Duration::from_millis(o.interval_ms.unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)));
+    let mut published: HashMap<u64, u64> = HashMap::new();
+    for seq in 1..=o.cues as u64 {
+        let t = stack::unix_us();
+        (target.publish)(seq).with_context(|| format!("publishing cue {seq}"))?;
+        published.insert(seq, t);
+        std::thread::sleep(interval);
+    }
+    if o.cues > 0 {
+        std::thread::sleep(interval.max(Duration::from_secs(1)));
+    }
+    // Reports.
+    let mut reports: Vec<WorkerReport> = Vec::new();
+    for w in &mut workers {
+        w.send("report")?;
+        reports.push(serde_json::from_str(&w.line()?).context("worker report")?);
+    }
+    for w in workers {
+        w.wait();
+    }
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut delivered = 0u64;
+    let mut spans = Vec::new();
+    let mut per_cue = Vec::new();
+    let mut first_last: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+    for r in &reports {
+        delivered += r.frames;
+        for (seq, arr) in &r.arrivals {
+            let Some(&p) = published.get(seq) else { continue };
+            let e = first_last.entry(*seq).or_insert((u64::MAX, 0, 0));
+            for &a in arr {
+                hist.record(a.saturating_sub(p).max(1))?;
+                e.0 = e.0.min(a);
+                e.1 = e.1.max(a);
+                e.2 += 1;
+            }
+        }
+    }
+    let mut seqs: Vec<_> = first_last.keys().copied().collect();
+    seqs.sort();
+    for s in seqs {
+        let (f, l, n) = first_last[&s];
+        let p = published[&s];
+        per_cue.push(json!({"seq": s, "devices": n, "first_ms": (f - p) as f64 / 1e3, "last_ms": (l - p) as f64 / 1e3}));
+        if n > 1 && l > f {
+            spans.push((n as f64, (l - f) as f64 / 1e6));
+        }
+    }
+    let last_seq = o.cues as u64;
+    let missed: usize = reports.iter().map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count()).sum::<usize>()
+        + (o.devices - reports.iter().map(|r| r.final_seqs.len()).sum::<usize>());
+    // Delivery rate per edge core: every edge process shares one core, so a cue's fanout span
+    // (first to last device) is that core's work for that cue. Median over cues.
+    let mut rates: Vec<f64> = spans.iter().map(|(n, s)| n / s).collect();
+    rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let rate = if rates.is_empty() { 0.0 } else { rates[rates.len() / 2] };
+
+    // The floor, same core, as many sockets (split over processes of <= 9000 pairs).
+    let mut floor = FloorResult::default();
+    if !o.no_floor && o.cues > 0 {
+        let mut left = o.devices;
+        let mut base = 200u32;
+        while left > 0 {
+            let n = left.min(9_000);
+            left -= n;
+            let spec = FloorSpec { sockets: n, rounds: o.cues.min(5), bytes: frame_len(), cpu: Some(o.edge_cpu), source_base: base };
+            base += 1;
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .arg("floor-worker")
+                .arg(serde_json::to_string(&spec)?)
+                .output()?;
+            if !out.status.success() {
+                bail!("floor worker failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let r: FloorResult = serde_json::from_slice(&out.stdout)?;
+            floor.writes += r.writes;
+            floor.seconds += r.seconds;
+            floor.cpu_s += r.cpu_s;
+        }
+    }
+    let floor_rate = if floor.seconds > 0.0 { floor.writes as f64 / floor.seconds } else { 0.0 };
+    let n = connected.max(1) as f64;
+    let user_bytes = if peer { None } else { Some((rss1.saturating_sub(rss0)) as f64 / n) };
+    // Both ends of every connection are on this host; the edge's share is half the growth.
+    let kernel_bytes = (slab2 as f64 - slab1 as f64) / n / 2.0;
+    let _ = slab0;
+    let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    Ok(json!({
+        "scenario": scenario,
+        "target": if peer { o.target_url.clone().unwrap_or_default() } else { "cue".into() },
+        "devices": o.devices,
+        "connected": connected,
+        "edges": if peer { 0 } else { edges },
+        "shards_per_edge": o.shards,
+        "cues": o.cues,
+        "delivered": delivered,
+        "missed": missed,
+        "connect_s": connect_s,
+        "connects_per_s": connected as f64 / connect_s,
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": hist.max() as f64 / 1e3},
+        "deliveries_per_s_per_core": rate,
+        "floor_deliveries_per_s_per_core": floor_rate,
+        "ratio_to_floor": if floor_rate > 0.0 { rate / floor_rate } else { 0.0 },
+        "edge_user_bytes_per_conn": user_bytes,
+        "kernel_bytes_per_conn": kernel_bytes,
+        "edge_rss_bytes": rss1,
+        "interval_ms": interval.as_millis() as u64,
+        "per_cue": per_cue,
+        "closed_by_server": reports.iter().map(|r| r.closed).sum::<usize>(),
+        "refusals": reports.iter().flat_map(|r| r.refusals.iter()).fold(HashMap::<u16, usize>::new(), |mut m, (k, v)| { *m.entry(*k).or_default() += v; m }),
+        "notes": log,
+    }))
+}
+
+/// Size of the JSON text frame of a bench cue (what the floor writes).
+fn frame_len() -> usize {
+    let c = cue_origin::cue::Cue::new("bench", "stage-10", 10, 1_764_460_800_123).expect("valid");
+    cue_edge::encoded::EncodedCue::new(c).ws_json.len()
+}

@@ -1,0 +1,159 @@
+//! Starting the real Cue binaries on loopback for a run, plus the process readings the bench
+//! reports (RSS, CPU time, kernel slab memory) and a minimal blocking HTTP client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the Cue binaries are: next to this executable unless `dir` says otherwise.
+pub fn bin(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    let d = match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+    };
+    let p = d.join(name);
+    if !p.exists() {
+        bail!("{} not found (build it: cargo build --release --workspace, or pass --bin-dir)", p.display());
+    }
+    Ok(p)
+}
+
+/// A child process killed (SIGKILL) when dropped unless stopped first.
+pub struct Proc {
+    /// Name for messages.
+    pub name: String,
+    /// The child.
+    pub child: Child,
+}
+
+impl Proc {
+    /// Starts `exe args` with `env`, stderr to `log`.
+    pub fn start(name: &str, exe: &Path, args: &[String], env: &[(&str, String)], log: &Path) -> anyhow::Result<Self> {
+        let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+        Ok(Self { name: name.to_string(), child })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait up to `grace`, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One HTTP/1.1 request; returns status and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let _ = s.set_nodelay(true);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|x| x.parse().ok()).context("bad HTTP response")?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `GET path` until it answers 200 and `ok(body)` holds, or `timeout` passes.
+pub fn wait_http(addr: SocketAddr, path: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        if let Ok((200, body)) = http(addr, "GET", path, &[], b"") {
+            if ok(&body) {
+                return Ok(());
+            }
+        }
+        if t.elapsed() > timeout {
+            bail!("{addr}{path} not ready after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Resident set size of `pid` in bytes.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |p| p * 4096)
+}
+
+/// User + system CPU time of `pid` (all threads), seconds.
+pub fn cpu_s(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    (ut + st) / ticks
+}
+
+/// Kernel slab memory (SReclaimable + SUnreclaim) in bytes, from /proc/meminfo: where socket,
+/// file, dentry, inode and epoll structures live.
+pub fn slab_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    s.lines()
+        .filter(|l| l.starts_with("Slab:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
+}
+
+/// Unix time in microseconds.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A 64-hex-digit random secret.
+pub fn random_secret() -> String {
+    let b: [u8; 32] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
