@@ -56,7 +56,7 @@ struct Target {
     token: Option<String>,
     publish: Box<dyn FnMut(u64) -> anyhow::Result<()>>,
     edge_pids: Vec<u32>,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
 }
 
 fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, String)> {
@@ -97,6 +97,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             "--origin".into(), relay.to_string(), "--ws".into(), ws.to_string(),
             "--admin".into(), admin.to_string(), "--shards".into(), o.shards.to_string(),
             "--cpus".into(), o.edge_cpu.to_string(), "--edge-id".into(), format!("bench-edge-{i}"),
+            "--drain-window-s".into(), "1".into(),
         ];
         let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}.log")))?;
         edge_pids.push(p.pid());
@@ -127,7 +128,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         token: Some(device_token),
         publish,
         edge_pids,
-        _procs: procs,
+        procs,
     })
 }
 
@@ -142,7 +143,7 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         }
         Ok(())
     });
-    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], _procs: vec![] })
+    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], procs: vec![] })
 }
 
 /// Runs the scenario; returns the JSON figures.
@@ -275,6 +276,10 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             floor.seconds += r.seconds;
             floor.cpu_s += r.cpu_s;
         }
+    }
+    // Graceful stop of the stack (edges drain on SIGTERM; the bench does not wait for that).
+    for p in &mut target.procs {
+        p.stop(Duration::from_secs(2));
     }
     let floor_rate = if floor.seconds > 0.0 { floor.writes as f64 / floor.seconds } else { 0.0 };
     let n = connected.max(1) as f64;

@@ -1,8 +1,7 @@
 //! Starting the real Cue binaries on loopback for a run, plus the process readings the bench
 //! reports (RSS, CPU time, kernel slab memory) and a minimal blocking HTTP client.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,6 +62,7 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        eprintln!("{} did not stop within {grace:?} of SIGTERM; killing it", self.name);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -82,22 +82,8 @@ impl Drop for Proc {
 
 /// One HTTP/1.1 request; returns status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let _ = s.set_nodelay(true);
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp);
-    let status: u16 = text.split_whitespace().nth(1).and_then(|x| x.parse().ok()).context("bad HTTP response")?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let r = cue_origin::client::request(addr, method, path, headers, body)?;
+    Ok((r.status, r.body))
 }
 
 /// Polls `GET path` until it answers 200 and `ok(body)` holds, or `timeout` passes.
@@ -122,18 +108,6 @@ pub fn rss(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |p| p * 4096)
-}
-
-/// User + system CPU time of `pid` (all threads), seconds.
-pub fn cpu_s(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
-    let rest = s.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    (ut + st) / ticks
 }
 
 /// Kernel slab memory (SReclaimable + SUnreclaim) in bytes, from /proc/meminfo: where socket,

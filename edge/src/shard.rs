@@ -159,8 +159,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
                 stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
             }
             ShardMsg::Drain(window) => {
+                // Keep accepting: new devices get 503 with a jittered Retry-After (the contract),
+                // which also spreads their return; the listener closes at Stop.
                 let mut drv = d.borrow_mut();
-                drv.stop_accepting();
                 drv.core.start_drain(window, now());
                 tracing::info!(shard = spec.id, ?window, sessions = drv.core.open_sessions(), "draining");
             }
@@ -170,6 +171,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
     stop.set(true);
     let _ = poller.await;
     let mut drv = d.borrow_mut();
+    drv.stop_accepting();
     drv.close_all();
     drop(epoll);
     tracing::info!(shard = spec.id, "shard stopped");

@@ -8,6 +8,7 @@
 //! commit), [`relay`] (sans-IO protocol + TCP server), [`http`] (publish/admin API),
 //! [`config`], [`metrics`], [`server`] (wires it all on a tokio runtime).
 
+pub mod client;
 pub mod cue;
 pub mod log;
 pub mod token;

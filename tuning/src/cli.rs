@@ -166,7 +166,10 @@ pub fn main() -> ExitCode {
 /// clap's errors span several lines; the contract wants one.
 fn parse_error(err: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
@@ -174,7 +177,9 @@ fn parse_error(err: clap::Error) -> ExitCode {
     let parts: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
         .map(|l| l.trim_start_matches("error: "))
         .collect();
     eprintln!("cue-tune: {} (see --help)", parts.join("; "));
@@ -190,7 +195,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             .value()
             .map(|cpus| cpus.len() as u32)
             .filter(|&n| n > 0)
-            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get() as u32))
+            .or_else(|| {
+                std::thread::available_parallelism()
+                    .ok()
+                    .map(|n| n.get() as u32)
+            })
             .unwrap_or(1)
     };
     let cores = config.cores.unwrap_or_else(host_cores);
@@ -249,7 +258,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
             }
-            Ok(if set.cannot.is_empty() && !failed { 0 } else { 1 })
+            Ok(if set.cannot.is_empty() && !failed {
+                0
+            } else {
+                1
+            })
         }
         Command::Revert => match apply::revert(&config.root)? {
             None => {

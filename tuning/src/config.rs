@@ -99,7 +99,11 @@ pub struct Problems(pub Vec<Problem>);
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|p| format!("{}: {}", p.setting, p.problem)).collect();
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|p| format!("{}: {}", p.setting, p.problem))
+            .collect();
         write!(f, "{}", parts.join("; "))
     }
 }
@@ -164,14 +168,19 @@ impl Config {
     /// Checks every setting and reports all problems at once.
     pub fn validate(&self) -> Result<(), Problems> {
         let mut problems = Vec::new();
-        let mut bad = |setting: &'static str, problem: String| problems.push(Problem { setting, problem });
+        let mut bad =
+            |setting: &'static str, problem: String| problems.push(Problem { setting, problem });
         if self.connections == 0 {
             bad("connections", "must be at least 1".into());
         }
         if self.connections > model::MAX_NR_OPEN {
             bad(
                 "connections",
-                format!("{} is above the kernel's fd ceiling ({})", self.connections, model::MAX_NR_OPEN),
+                format!(
+                    "{} is above the kernel's fd ceiling ({})",
+                    self.connections,
+                    model::MAX_NR_OPEN
+                ),
             );
         }
         match self.cores {
@@ -180,7 +189,10 @@ impl Config {
             _ => {}
         }
         if self.quic_percent > 100 {
-            bad("quic_percent", format!("{} is above 100", self.quic_percent));
+            bad(
+                "quic_percent",
+                format!("{} is above 100", self.quic_percent),
+            );
         }
         for (setting, value) in [
             ("user_bytes_per_conn", self.user_bytes_per_conn),
@@ -197,10 +209,16 @@ impl Config {
             }
         }
         if self.fd_headroom_percent > 1000 {
-            bad("fd_headroom_percent", format!("{} is above 1000", self.fd_headroom_percent));
+            bad(
+                "fd_headroom_percent",
+                format!("{} is above 1000", self.fd_headroom_percent),
+            );
         }
         if self.ring_depth == 0 || self.ring_depth > 32_768 {
-            bad("ring_depth", format!("{} is outside 1-32768 (io_uring's limit)", self.ring_depth));
+            bad(
+                "ring_depth",
+                format!("{} is outside 1-32768 (io_uring's limit)", self.ring_depth),
+            );
         }
         if self.edge_ports.contains(&0) {
             bad("edge_ports", "port 0 is not a listen port".into());
@@ -213,11 +231,17 @@ impl Config {
         if !service_ok {
             bad(
                 "service",
-                format!("{:?} is not a systemd unit name ([A-Za-z0-9@._-])", self.service),
+                format!(
+                    "{:?} is not a systemd unit name ([A-Za-z0-9@._-])",
+                    self.service
+                ),
             );
         }
         if !self.root.is_dir() {
-            bad("root", format!("{} is not a directory", self.root.display()));
+            bad(
+                "root",
+                format!("{} is not a directory", self.root.display()),
+            );
         }
         if problems.is_empty() {
             Ok(())
@@ -228,7 +252,9 @@ impl Config {
 
     /// The unit name without a `.service` suffix.
     pub fn service_name(&self) -> &str {
-        self.service.strip_suffix(".service").unwrap_or(&self.service)
+        self.service
+            .strip_suffix(".service")
+            .unwrap_or(&self.service)
     }
 }
 
@@ -256,14 +282,18 @@ mod tests {
         let text = problems.to_string();
         assert_eq!(problems.0.len(), 6, "{text}");
         assert!(!text.contains('\n'));
-        assert!(text.starts_with("connections: must be at least 1; quic_percent: 150 is above 100"), "{text}");
+        assert!(
+            text.starts_with("connections: must be at least 1; quic_percent: 150 is above 100"),
+            "{text}"
+        );
         assert!(text.contains("deliveries_per_core: must be at least 1"));
         assert!(text.contains("root: /definitely/not/here is not a directory"));
     }
 
     #[test]
     fn toml_overrides_defaults_and_keeps_the_rest() {
-        let config = Config::from_toml("connections = 5000\ncores = 4\n", Path::new("t.toml")).unwrap();
+        let config =
+            Config::from_toml("connections = 5000\ncores = 4\n", Path::new("t.toml")).unwrap();
         assert_eq!(config.connections, 5000);
         assert_eq!(config.cores, Some(4));
         assert_eq!(config.quic_percent, model::DEFAULT_QUIC_PERCENT);
@@ -271,13 +301,20 @@ mod tests {
 
     #[test]
     fn toml_errors_name_line_and_setting() {
-        let err = Config::from_toml("cores = 4\nconnections = \"many\"\n", Path::new("t.toml")).unwrap_err();
+        let err = Config::from_toml("cores = 4\nconnections = \"many\"\n", Path::new("t.toml"))
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("config t.toml: line 2: connections: "), "{text}");
+        assert!(
+            text.starts_with("config t.toml: line 2: connections: "),
+            "{text}"
+        );
         assert!(!text.contains('\n'));
 
         let err = Config::from_toml("conections = 4\n", Path::new("t.toml")).unwrap_err();
-        assert!(err.to_string().contains("unknown field `conections`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `conections`"),
+            "{err}"
+        );
     }
 
     #[test]

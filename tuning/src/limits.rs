@@ -100,9 +100,16 @@ pub fn raise_soft_limits_with(ops: &impl RlimitOps) -> io::Result<LimitReport> {
     })
 }
 
-fn raise_one(ops: &impl RlimitOps, resource: Resource, raised: &mut Vec<String>) -> io::Result<Rlimit> {
+fn raise_one(
+    ops: &impl RlimitOps,
+    resource: Resource,
+    raised: &mut Vec<String>,
+) -> io::Result<Rlimit> {
     let context = |what: &str, err: io::Error| {
-        io::Error::new(err.kind(), format!("{what} RLIMIT_{}: {err}", resource.name().to_uppercase()))
+        io::Error::new(
+            err.kind(),
+            format!("{what} RLIMIT_{}: {err}", resource.name().to_uppercase()),
+        )
     };
     let current = ops.get(resource).map_err(|e| context("reading", e))?;
     if current.soft >= current.hard {
@@ -112,7 +119,8 @@ fn raise_one(ops: &impl RlimitOps, resource: Resource, raised: &mut Vec<String>)
         soft: current.hard,
         hard: current.hard,
     };
-    ops.set(resource, wanted).map_err(|e| context("raising", e))?;
+    ops.set(resource, wanted)
+        .map_err(|e| context("raising", e))?;
     raised.push(format!(
         "{} soft {} -> {}",
         resource.name(),
@@ -142,7 +150,10 @@ impl LimitReport {
             )
         };
         let max = self.max_connections(reserved_fds);
-        let mut line = format!("{which} caps this process at ~{} connections", units::count(max));
+        let mut line = format!(
+            "{which} caps this process at ~{} connections",
+            units::count(max)
+        );
         if max < DESIGN_TARGET_CONNECTIONS {
             line.push_str(" (production: raise LimitNOFILE; see cue-tune check)");
         }
@@ -268,7 +279,10 @@ mod tests {
         let mut fake = FakeRlimits::new((1024, 4096), (65_536, 65_536));
         fake.refuse_set = true;
         let err = raise_soft_limits_with(&fake).unwrap_err();
-        assert!(err.to_string().starts_with("raising RLIMIT_NOFILE"), "{err}");
+        assert!(
+            err.to_string().starts_with("raising RLIMIT_NOFILE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -282,7 +296,10 @@ mod tests {
         };
         assert!(report.memlock_shortfall(12 << 20, true).is_none());
         let line = report.memlock_shortfall(12 << 20, false).unwrap();
-        assert!(line.contains("8.0 MiB") && line.contains("12.0 MiB"), "{line}");
+        assert!(
+            line.contains("8.0 MiB") && line.contains("12.0 MiB"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -244,7 +244,9 @@ impl Requirements {
 
         // A shard that is busy for up to SHARD_STALL_MS does not accept; reconnects keep
         // arriving at N / window spread over one SO_REUSEPORT listener per shard.
-        let stall_ms = SHARD_STALL_MS.min(div_ceil(devices_per_shard * 1000, rate)).max(1);
+        let stall_ms = SHARD_STALL_MS
+            .min(div_ceil(devices_per_shard * 1000, rate))
+            .max(1);
         let window_ms = config.reconnect_window_s.max(1) * 1000;
         let arrivals = div_ceil(n * stall_ms, window_ms * shards);
         let accept_backlog = arrivals.max(MIN_ACCEPT_BACKLOG);
@@ -252,7 +254,10 @@ impl Requirements {
         // Per core, softirq must absorb one ACK per delivery (at most the shard's devices) or
         // a reconnect storm's packets, whichever is larger, for SOFTIRQ_STALL_MS.
         let acks = devices_per_shard.min(div_ceil(rate * SOFTIRQ_STALL_MS, 1000));
-        let connect_packets = div_ceil(n * PACKETS_PER_CONNECT * SOFTIRQ_STALL_MS, window_ms * shards);
+        let connect_packets = div_ceil(
+            n * PACKETS_PER_CONNECT * SOFTIRQ_STALL_MS,
+            window_ms * shards,
+        );
         let netdev_backlog = acks.max(connect_packets);
 
         let inflight_pages = div_ceil(ws_devices * config.inflight_bytes_per_conn, PAGE);
@@ -398,7 +403,10 @@ mod tests {
         assert_eq!(r.fanout.ms, 715);
         assert_eq!(r.fanout.shards_for_target, 10);
         assert_eq!(r.limit_nofile, 1_100_800);
-        assert!(r.limit_nofile > 1_048_576, "the kernel's default nr_open is too small");
+        assert!(
+            r.limit_nofile > 1_048_576,
+            "the kernel's default nr_open is too small"
+        );
         assert_eq!(r.limit_memlock, 12 << 20);
         assert_eq!(r.memory.ws_kernel, 900_000 * 5 * 1024);
     }

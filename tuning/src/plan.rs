@@ -25,9 +25,17 @@ fn setting(name: impl Into<String>, value: impl Into<String>) -> Setting {
 
 /// The settings `check` wants for `r`, host-independent.
 pub fn wanted(r: &Requirements) -> Vec<Setting> {
-    let ports = r.edge_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let ports = r
+        .edge_ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut s = vec![
-        setting("RLIMIT_NOFILE hard (LimitNOFILE)", format!(">= {}", r.limit_nofile)),
+        setting(
+            "RLIMIT_NOFILE hard (LimitNOFILE)",
+            format!(">= {}", r.limit_nofile),
+        ),
         setting(
             "RLIMIT_MEMLOCK hard (LimitMEMLOCK)",
             format!(
@@ -38,14 +46,26 @@ pub fn wanted(r: &Requirements) -> Vec<Setting> {
             ),
         ),
         setting(keys::NR_OPEN, format!(">= {}", r.limit_nofile)),
-        setting(keys::FILE_MAX, format!(">= {} + files already open", r.limit_nofile)),
+        setting(
+            keys::FILE_MAX,
+            format!(">= {} + files already open", r.limit_nofile),
+        ),
         setting(keys::IO_URING_DISABLED, "0 (or absent)"),
         setting(keys::SOMAXCONN, format!(">= {}", r.accept_backlog)),
-        setting(keys::TCP_MAX_SYN_BACKLOG, format!(">= {}", r.accept_backlog)),
-        setting(keys::IP_LOCAL_PORT_RANGE, format!("excludes {ports} (or ip_local_reserved_ports has them)")),
+        setting(
+            keys::TCP_MAX_SYN_BACKLOG,
+            format!(">= {}", r.accept_backlog),
+        ),
+        setting(
+            keys::IP_LOCAL_PORT_RANGE,
+            format!("excludes {ports} (or ip_local_reserved_ports has them)"),
+        ),
         setting(
             keys::TCP_MEM,
-            format!("pressure >= {}, max >= {} pages", r.tcp_mem_pressure, r.tcp_mem_max),
+            format!(
+                "pressure >= {}, max >= {} pages",
+                r.tcp_mem_pressure, r.tcp_mem_max
+            ),
         ),
         setting(keys::TCP_RMEM, format!("default >= {}", r.tcp_rmem_default)),
         setting(keys::TCP_WMEM, format!("default >= {}", r.tcp_wmem_default)),
@@ -55,11 +75,20 @@ pub fn wanted(r: &Requirements) -> Vec<Setting> {
         s.push(setting(keys::RMEM_MAX, format!(">= {}", r.udp_rmem)));
         s.push(setting(keys::WMEM_MAX, format!(">= {}", r.udp_wmem)));
     }
-    s.push(setting(keys::CONNTRACK_MAX, format!(">= {} if conntrack is loaded", r.conntrack_max)));
-    s.push(setting("MemAvailable", format!(">= {}", units::bytes(r.memory.with_headroom))));
+    s.push(setting(
+        keys::CONNTRACK_MAX,
+        format!(">= {} if conntrack is loaded", r.conntrack_max),
+    ));
+    s.push(setting(
+        "MemAvailable",
+        format!(">= {}", units::bytes(r.memory.with_headroom)),
+    ));
     if !r.layout.irq_cores.is_empty() {
         let shards = units::cpu_list(&r.layout.shard_cores);
-        s.push(setting("NIC IRQ affinity", units::cpu_list(&r.layout.irq_cores)));
+        s.push(setting(
+            "NIC IRQ affinity",
+            units::cpu_list(&r.layout.irq_cores),
+        ));
         s.push(setting("isolcpus / nohz_full (optional)", shards));
     }
     s
@@ -142,7 +171,11 @@ pub fn render(r: &Requirements) -> String {
         ),
         (
             "one cue in flight",
-            format!("{} x {} (kernel, transient)", r.ws_devices, units::bytes(pc.inflight_bytes)),
+            format!(
+                "{} x {} (kernel, transient)",
+                r.ws_devices,
+                units::bytes(pc.inflight_bytes)
+            ),
             m.inflight,
         ),
         (
@@ -157,9 +190,17 @@ pub fn render(r: &Requirements) -> String {
         ),
     ];
     for (what, how, bytes) in rows {
-        push(format!("  {what:<22} {how:<42} {:>10}", units::bytes(bytes)));
+        push(format!(
+            "  {what:<22} {how:<42} {:>10}",
+            units::bytes(bytes)
+        ));
     }
-    push(format!("  {:<22} {:<42} {:>10}", "total", "", units::bytes(m.total)));
+    push(format!(
+        "  {:<22} {:<42} {:>10}",
+        "total",
+        "",
+        units::bytes(m.total)
+    ));
     push(format!(
         "  {:<22} {:<42} {:>10}",
         format!("with {}% headroom", model::MEMORY_HEADROOM_PERCENT),
@@ -183,7 +224,11 @@ pub fn render(r: &Requirements) -> String {
         "  one cue       ~{} ms to all {} devices ({} per shard / {}/s)",
         r.fanout.ms, r.connections, r.devices_per_shard, r.fanout.per_core_rate
     ));
-    let verdict = if r.shards() >= r.fanout.shards_for_target { "met" } else { "MISSED" };
+    let verdict = if r.shards() >= r.fanout.shards_for_target {
+        "met"
+    } else {
+        "MISSED"
+    };
     push(format!(
         "  target        {} ms: {verdict} (needs >= {} shard cores at this rate)",
         r.fanout.target_ms, r.fanout.shards_for_target
@@ -210,11 +255,17 @@ mod tests {
         let r = Requirements::new(&config, 16);
         let text = render(&r);
         assert!(text.contains("IRQ cores     0-1"), "{text}");
-        assert!(text.contains("shard cores   2-15       14 shards"), "{text}");
+        assert!(
+            text.contains("shard cores   2-15       14 shards"),
+            "{text}"
+        );
         assert!(text.contains("~715 ms to all 1000000 devices"), "{text}");
         assert!(text.contains("fs.nr_open"), "{text}");
         assert!(text.contains(">= 1100800"), "{text}");
         let json = serde_json::to_value(plan(&r)).unwrap();
-        assert_eq!(json["requirements"]["layout"]["irq_cores"], serde_json::json!([0, 1]));
+        assert_eq!(
+            json["requirements"]["layout"]["irq_cores"],
+            serde_json::json!([0, 1])
+        );
     }
 }

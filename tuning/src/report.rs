@@ -30,7 +30,10 @@ pub fn json<'a>(lines: &'a [CheckLine], r: &Requirements) -> CheckReport<'a> {
         cores: r.layout.cores,
         shards: r.shards(),
         lines,
-        blockers: checks::blockers(lines).iter().map(|l| blocker_text(l)).collect(),
+        blockers: checks::blockers(lines)
+            .iter()
+            .map(|l| blocker_text(l))
+            .collect(),
     }
 }
 
@@ -42,8 +45,18 @@ fn blocker_text(l: &CheckLine) -> String {
 pub fn text(lines: &[CheckLine], r: &Requirements) -> String {
     let widths = [
         lines.iter().map(|l| l.name.len()).max().unwrap_or(0).max(7),
-        lines.iter().map(|l| l.current.len()).max().unwrap_or(0).clamp(7, 36),
-        lines.iter().map(|l| l.needed.len()).max().unwrap_or(0).clamp(6, 36),
+        lines
+            .iter()
+            .map(|l| l.current.len())
+            .max()
+            .unwrap_or(0)
+            .clamp(7, 36),
+        lines
+            .iter()
+            .map(|l| l.needed.len())
+            .max()
+            .unwrap_or(0)
+            .clamp(6, 36),
     ];
     let mut out = format!(
         "cue-tune check: {} devices on {} cores ({} shards, {}% QUIC)\n\n",

@@ -28,16 +28,35 @@ pub(crate) fn getrlimit(resource: Resource) -> io::Result<Rlimit> {
         return Err(last_error());
     }
     Ok(Rlimit {
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
+        soft: widen(lim.rlim_cur),
+        hard: widen(lim.rlim_max),
     })
+}
+
+/// `rlim_t` is u64 on 64-bit Linux but narrower on some 32-bit targets: map RLIM_INFINITY to
+/// `u64::MAX` explicitly so "unlimited" means the same everywhere.
+#[allow(clippy::unnecessary_cast)]
+fn widen(value: libc::rlim_t) -> u64 {
+    if value == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        value as u64
+    }
+}
+
+fn narrow(value: u64) -> libc::rlim_t {
+    if value == u64::MAX {
+        libc::RLIM_INFINITY
+    } else {
+        value as libc::rlim_t
+    }
 }
 
 /// `setrlimit(2)`.
 pub(crate) fn setrlimit(resource: Resource, value: Rlimit) -> io::Result<()> {
     let lim = libc::rlimit {
-        rlim_cur: value.soft as libc::rlim_t,
-        rlim_max: value.hard as libc::rlim_t,
+        rlim_cur: narrow(value.soft),
+        rlim_max: narrow(value.hard),
     };
     // SAFETY: `lim` is a valid `rlimit` that outlives the call; the kernel only reads it.
     let rc = unsafe {

@@ -22,7 +22,10 @@ pub fn parse_sysctl_file(text: &str) -> Vec<(String, String)> {
 }
 
 /// Merges `new` entries into `existing` ones (same key: the new value, in place).
-pub fn merge_entries(existing: Vec<(String, String)>, new: &[(String, String)]) -> Vec<(String, String)> {
+pub fn merge_entries(
+    existing: Vec<(String, String)>,
+    new: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut merged = existing;
     for (key, value) in new {
         match merged.iter_mut().find(|(k, _)| k == key) {
@@ -78,7 +81,10 @@ mod tests {
     fn sysctl_file_round_trip_and_merge() {
         let text = render_sysctl_file(&[("fs.nr_open".into(), "1100800".into())], "test");
         let entries = parse_sysctl_file(&text);
-        assert_eq!(entries, vec![("fs.nr_open".to_string(), "1100800".to_string())]);
+        assert_eq!(
+            entries,
+            vec![("fs.nr_open".to_string(), "1100800".to_string())]
+        );
         let merged = merge_entries(
             entries,
             &[
@@ -95,6 +101,9 @@ mod tests {
         let text = render_dropin(1_100_800, 12 << 20, "test");
         assert!(text.contains("[Service]\nLimitNOFILE=1100800\nLimitMEMLOCK=12582912\n"));
         assert_eq!(parse_dropin(&text), (Some(1_100_800), Some(12 << 20)));
-        assert_eq!(dropin_path("cue-edge"), "etc/systemd/system/cue-edge.service.d/90-cue-tune.conf");
+        assert_eq!(
+            dropin_path("cue-edge"),
+            "etc/systemd/system/cue-edge.service.d/90-cue-tune.conf"
+        );
     }
 }

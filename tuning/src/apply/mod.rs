@@ -102,10 +102,16 @@ pub fn changes(
     r: &Requirements,
     service: &str,
 ) -> ChangeSet {
-    let headline = format!("last run for {} devices on {} cores", r.connections, r.layout.cores);
+    let headline = format!(
+        "last run for {} devices on {} cores",
+        r.connections, r.layout.cores
+    );
     let mut sysctls = Vec::new();
     let mut cannot = Vec::new();
-    for l in lines.iter().filter(|l| l.status == Status::Change || (l.status == Status::Unknown && l.blocking)) {
+    for l in lines
+        .iter()
+        .filter(|l| l.status == Status::Change || (l.status == Status::Unknown && l.blocking))
+    {
         match &l.fix {
             Some(Fix::Sysctl { key, value }) => sysctls.push(SysctlChange {
                 key: key.clone(),
@@ -115,13 +121,22 @@ pub fn changes(
             }),
             Some(Fix::ServiceLimits) => {}
             Some(Fix::Manual { action }) => cannot.push(format!("{}: {}", l.name, action)),
-            None => cannot.push(format!("{}: could not be read ({}); check it by hand", l.name, l.why)),
+            None => cannot.push(format!(
+                "{}: could not be read ({}); check it by hand",
+                l.name, l.why
+            )),
         }
     }
 
     let previous = tree.read(SYSCTL_FILE).value().cloned();
-    let new: Vec<(String, String)> = sysctls.iter().map(|c| (c.key.clone(), c.to.clone())).collect();
-    let existing = previous.as_deref().map(files::parse_sysctl_file).unwrap_or_default();
+    let new: Vec<(String, String)> = sysctls
+        .iter()
+        .map(|c| (c.key.clone(), c.to.clone()))
+        .collect();
+    let existing = previous
+        .as_deref()
+        .map(files::parse_sysctl_file)
+        .unwrap_or_default();
     let entries = files::merge_entries(existing, &new);
     let sysctl_file = PlannedFile {
         rel: SYSCTL_FILE.to_string(),
@@ -135,7 +150,10 @@ pub fn changes(
 
     let rel = dropin_path(service);
     let previous = tree.read(&rel).value().cloned();
-    let (old_nofile, old_memlock) = previous.as_deref().map(files::parse_dropin).unwrap_or((None, None));
+    let (old_nofile, old_memlock) = previous
+        .as_deref()
+        .map(files::parse_dropin)
+        .unwrap_or((None, None));
     let nofile = old_nofile.unwrap_or(0).max(r.limit_nofile);
     let memlock = old_memlock.unwrap_or(0).max(r.limit_memlock);
     let unchanged = old_nofile == Some(nofile) && old_memlock == Some(memlock);
@@ -152,7 +170,9 @@ pub fn changes(
     let mut notes = Vec::new();
     if facts.systemd {
         if dropin.changes() {
-            notes.push(format!("then run: systemctl daemon-reload && systemctl restart {service}"));
+            notes.push(format!(
+                "then run: systemctl daemon-reload && systemctl restart {service}"
+            ));
         }
     } else {
         notes.push(format!(
@@ -192,14 +212,25 @@ pub fn write(root: &Path, set: &ChangeSet) -> Result<Applied, ApplyError> {
             let rel = sysctl_path(&change.key);
             let raw = match std::fs::read_to_string(root.join(&rel)) {
                 Ok(text) => text.trim_end_matches('\n').to_string(),
-                Err(source) => return Err(ApplyError::Io { path: root.join(rel), source }),
+                Err(source) => {
+                    return Err(ApplyError::Io {
+                        path: root.join(rel),
+                        source,
+                    })
+                }
             };
             state.sysctls.insert(change.key.clone(), raw);
         }
     }
-    let files: Vec<&PlannedFile> = [&set.sysctl_file, &set.dropin].into_iter().filter(|f| f.changes()).collect();
+    let files: Vec<&PlannedFile> = [&set.sysctl_file, &set.dropin]
+        .into_iter()
+        .filter(|f| f.changes())
+        .collect();
     for file in &files {
-        state.files.entry(file.rel.clone()).or_insert_with(|| file.previous.clone());
+        state
+            .files
+            .entry(file.rel.clone())
+            .or_insert_with(|| file.previous.clone());
     }
     state.save(root)?;
 
@@ -281,13 +312,20 @@ pub fn render(set: &ChangeSet, root: &Path) -> String {
     } else {
         out.push_str("sysctls to change:\n");
         for c in &set.sysctls {
-            out.push_str(&format!("  {} : {} -> {}   ({})\n", c.key, c.from, c.to, c.why));
+            out.push_str(&format!(
+                "  {} : {} -> {}   ({})\n",
+                c.key, c.from, c.to, c.why
+            ));
         }
     }
     for file in [&set.sysctl_file, &set.dropin] {
         let path = root.join(&file.rel);
         if file.changes() {
-            let verb = if file.previous.is_some() { "replace" } else { "create" };
+            let verb = if file.previous.is_some() {
+                "replace"
+            } else {
+                "create"
+            };
             out.push_str(&format!("{verb} {}:\n", path.display()));
             for line in file.content.as_deref().unwrap_or_default().lines() {
                 out.push_str(&format!("  | {line}\n"));

@@ -31,10 +31,12 @@ impl State {
     pub fn load(root: &Path) -> Result<Option<State>, ApplyError> {
         let path = root.join(STATE_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| ApplyError::State {
-                path,
-                reason: e.to_string(),
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ApplyError::State {
+                    path,
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ApplyError::Io { path, source }),
         }

@@ -16,9 +16,12 @@ pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) 
                 out.push(irqs(nic, r));
             }
         }
-        Reading::Value(_) | Reading::Absent => {
-            out.push(line("nic", "NIC queues / IRQs").current("none visible").needed("-").ok("no device-backed NIC in /sys/class/net"))
-        }
+        Reading::Value(_) | Reading::Absent => out.push(
+            line("nic", "NIC queues / IRQs")
+                .current("none visible")
+                .needed("-")
+                .ok("no device-backed NIC in /sys/class/net"),
+        ),
         other => out.push(line("nic", "NIC queues / IRQs").not_read(other, false)),
     }
 }
@@ -69,7 +72,9 @@ fn cpus(f: &HostFacts, r: &Requirements) -> CheckLine {
     if online < cores {
         l.change(
             format!("planned for {cores} cores but {online} are online"),
-            manual(format!("run on a host with {cores} cores, or pass --cores {online}")),
+            manual(format!(
+                "run on a host with {cores} cores, or pass --cores {online}"
+            )),
         )
     } else if r.shards() < r.fanout.shards_for_target {
         l.change(
@@ -93,9 +98,17 @@ fn isolation(f: &HostFacts, r: &Requirements) -> CheckLine {
     let l = line("cpus.isolated", "isolated CPUs").needed(units::cpu_list(shards));
     if r.layout.irq_cores.is_empty() {
         return l
-            .current(f.cpus_isolated.value().map(|c| units::cpu_list(c)).unwrap_or_else(|| "-".into()))
+            .current(
+                f.cpus_isolated
+                    .value()
+                    .map(|c| units::cpu_list(c))
+                    .unwrap_or_else(|| "-".into()),
+            )
             .needed("-")
-            .ok(format!("not worth it on {} cores: every core runs a shard", r.layout.cores));
+            .ok(format!(
+                "not worth it on {} cores: every core runs a shard",
+                r.layout.cores
+            ));
     }
     let Some(isolated) = f.cpus_isolated.value() else {
         return l.not_read(&f.cpus_isolated, false);
@@ -107,7 +120,9 @@ fn isolation(f: &HostFacts, r: &Requirements) -> CheckLine {
         let list = units::cpu_list(shards);
         l.advise(
             "other tasks on shard cores add latency to fanouts",
-            Some(manual(format!("boot with isolcpus={list} nohz_full={list} (shards pin themselves)"))),
+            Some(manual(format!(
+                "boot with isolcpus={list} nohz_full={list} (shards pin themselves)"
+            ))),
         )
     }
 }
@@ -118,13 +133,18 @@ fn queues(nic: &Nic, r: &Requirements) -> CheckLine {
     } else {
         r.layout.irq_cores.len() as u64
     };
-    let l = line(format!("nic.{}", nic.name), format!("{} rx queues", nic.name))
-        .current(nic.rx_queues.to_string())
-        .needed(format!(">= {want}"));
+    let l = line(
+        format!("nic.{}", nic.name),
+        format!("{} rx queues", nic.name),
+    )
+    .current(nic.rx_queues.to_string())
+    .needed(format!(">= {want}"));
     if u64::from(nic.rx_queues) >= want {
         l.ok("receive work spreads over the cores that should take it")
     } else if r.connections < SOFTIRQ_SCALE_CONNECTIONS {
-        l.ok(format!("fewer queues than cores is fine below {SOFTIRQ_SCALE_CONNECTIONS} devices"))
+        l.ok(format!(
+            "fewer queues than cores is fine below {SOFTIRQ_SCALE_CONNECTIONS} devices"
+        ))
     } else {
         l.advise(
             "one queue puts every ACK and handshake on one core's softirq",
@@ -138,9 +158,15 @@ fn queues(nic: &Nic, r: &Requirements) -> CheckLine {
 
 fn irqs(nic: &Nic, r: &Requirements) -> CheckLine {
     let irq_cores = &r.layout.irq_cores;
-    let l = line(format!("irq.{}", nic.name), format!("{} IRQ affinity", nic.name));
+    let l = line(
+        format!("irq.{}", nic.name),
+        format!("{} IRQ affinity", nic.name),
+    );
     if nic.irqs.is_empty() {
-        return l.current("not visible").needed("-").ok("no IRQs found for this NIC");
+        return l
+            .current("not visible")
+            .needed("-")
+            .ok("no IRQs found for this NIC");
     }
     let current = nic
         .irqs
@@ -153,13 +179,20 @@ fn irqs(nic: &Nic, r: &Requirements) -> CheckLine {
         .join(" ");
     let l = l.current(current);
     if irq_cores.is_empty() {
-        return l.needed("-").ok(format!("no core to spare for IRQs at {} cores", r.layout.cores));
+        return l.needed("-").ok(format!(
+            "no core to spare for IRQs at {} cores",
+            r.layout.cores
+        ));
     }
     let l = l.needed(units::cpu_list(irq_cores));
     let stray: Vec<String> = nic
         .irqs
         .iter()
-        .filter(|irq| !irq.affinity.value().is_some_and(|cpus| is_subset(cpus, irq_cores)))
+        .filter(|irq| {
+            !irq.affinity
+                .value()
+                .is_some_and(|cpus| is_subset(cpus, irq_cores))
+        })
         .map(|irq| irq.number.to_string())
         .collect();
     if stray.is_empty() {

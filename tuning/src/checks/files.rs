@@ -29,7 +29,11 @@ fn fd_basis(r: &Requirements) -> String {
 
 /// What to tell an operator when a hard limit of this process is too low.
 pub(super) fn raise_hard_limit_action(f: &HostFacts, what: &str, value: u64) -> String {
-    let directive = if what == "nofile" { "LimitNOFILE" } else { "LimitMEMLOCK" };
+    let directive = if what == "nofile" {
+        "LimitNOFILE"
+    } else {
+        "LimitMEMLOCK"
+    };
     match f.has_cap(CAP_SYS_RESOURCE) {
         Some(false) => format!(
             "cannot be raised from here (no CAP_SYS_RESOURCE): raise the {what} hard limit where cue-edge's environment is defined, e.g. docker run --ulimit {what}={value}:{value}, or {directive}={value} under systemd (cue-tune apply writes a drop-in)"
@@ -44,8 +48,12 @@ fn nofile(f: &HostFacts, r: &Requirements) -> Vec<CheckLine> {
     let need = format!(">= {}", r.nofile);
     let Some(limit) = f.nofile.value() else {
         return vec![
-            line("nofile.soft", "RLIMIT_NOFILE soft").needed(need.clone()).not_read(&f.nofile, false),
-            line("nofile.hard", "RLIMIT_NOFILE hard").needed(need).not_read(&f.nofile, true),
+            line("nofile.soft", "RLIMIT_NOFILE soft")
+                .needed(need.clone())
+                .not_read(&f.nofile, false),
+            line("nofile.hard", "RLIMIT_NOFILE hard")
+                .needed(need)
+                .not_read(&f.nofile, true),
         ];
     };
     let soft = line("nofile.soft", "RLIMIT_NOFILE soft")
@@ -87,7 +95,10 @@ fn nofile(f: &HostFacts, r: &Requirements) -> Vec<CheckLine> {
 fn file_max(f: &HostFacts, r: &Requirements) -> CheckLine {
     let open = f.files_open.value().copied().unwrap_or(0);
     let need = r.limit_nofile + open;
-    let why = format!("system-wide handles: cue-edge's {} plus the {open} already open", r.limit_nofile);
+    let why = format!(
+        "system-wide handles: cue-edge's {} plus the {open} already open",
+        r.limit_nofile
+    );
     sysctl_at_least(keys::FILE_MAX, &f.file_max, need, &why)
 }
 
@@ -113,13 +124,24 @@ fn service(f: &HostFacts, r: &Requirements) -> CheckLine {
     ));
     let mut short = Vec::new();
     if limits.nofile < r.limit_nofile {
-        short.push(format!("LimitNOFILE from {} caps it at ~{} devices", limits.nofile_from, units::count(limits.nofile.saturating_sub(r.reserved_fds))));
+        short.push(format!(
+            "LimitNOFILE from {} caps it at ~{} devices",
+            limits.nofile_from,
+            units::count(limits.nofile.saturating_sub(r.reserved_fds))
+        ));
     }
     if limits.memlock < r.limit_memlock {
-        short.push(format!("LimitMEMLOCK from {} is below what {} shards register", limits.memlock_from, r.shards()));
+        short.push(format!(
+            "LimitMEMLOCK from {} is below what {} shards register",
+            limits.memlock_from,
+            r.shards()
+        ));
     }
     if short.is_empty() {
-        l.ok(format!("from {} and {}", limits.nofile_from, limits.memlock_from))
+        l.ok(format!(
+            "from {} and {}",
+            limits.nofile_from, limits.memlock_from
+        ))
     } else {
         l.change(short.join("; "), Fix::ServiceLimits)
     }

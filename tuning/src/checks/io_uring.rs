@@ -43,7 +43,11 @@ fn capabilities(f: &HostFacts) -> CheckLine {
         (CAP_NET_ADMIN, "NET_ADMIN"),
         (CAP_SYS_ADMIN, "SYS_ADMIN"),
     ];
-    let held: Vec<&str> = named.iter().filter(|(bit, _)| has(*bit)).map(|(_, name)| *name).collect();
+    let held: Vec<&str> = named
+        .iter()
+        .filter(|(bit, _)| has(*bit))
+        .map(|(_, name)| *name)
+        .collect();
     let mut why = Vec::new();
     if !has(CAP_SYS_RESOURCE) {
         why.push("lacks SYS_RESOURCE: hard rlimits cannot be raised from here");
@@ -54,23 +58,34 @@ fn capabilities(f: &HostFacts) -> CheckLine {
     if !has(CAP_SYS_ADMIN) {
         why.push("lacks SYS_ADMIN: apply cannot write sysctls live");
     }
-    let current = if held.is_empty() { "none".to_string() } else { held.join(" ") };
-    l.current(current)
-        .needed("-")
-        .ok(if why.is_empty() { "may change every setting".to_string() } else { why.join("; ") })
+    let current = if held.is_empty() {
+        "none".to_string()
+    } else {
+        held.join(" ")
+    };
+    l.current(current).needed("-").ok(if why.is_empty() {
+        "may change every setting".to_string()
+    } else {
+        why.join("; ")
+    })
 }
 
 fn io_uring_disabled(f: &HostFacts) -> CheckLine {
     let key = keys::IO_URING_DISABLED;
     let l = line(key, key).needed("0");
     match &f.io_uring_disabled {
-        Reading::Absent => l.current("absent").ok("kernel before 6.6: io_uring cannot be switched off here"),
+        Reading::Absent => l
+            .current("absent")
+            .ok("kernel before 6.6: io_uring cannot be switched off here"),
         Reading::Value(0) => l.current("0").ok("io_uring enabled for every process"),
         Reading::Value(1) => l.current("1").change(
             "io_uring only for members of kernel.io_uring_group",
             sysctl_fix(key, 0),
         ),
-        Reading::Value(v) => l.current(v.to_string()).change("io_uring disabled: glommio cannot start", sysctl_fix(key, 0)),
+        Reading::Value(v) => l.current(v.to_string()).change(
+            "io_uring disabled: glommio cannot start",
+            sysctl_fix(key, 0),
+        ),
         other => l.not_read(other, true),
     }
 }
@@ -78,9 +93,9 @@ fn io_uring_disabled(f: &HostFacts) -> CheckLine {
 fn io_uring_probe(f: &HostFacts) -> CheckLine {
     let l = line("io_uring", "io_uring (probe)").needed("ring + glommio ops");
     match &f.io_uring {
-        Reading::Value(IoUringStatus::Available { missing_ops }) if missing_ops.is_empty() => {
-            l.current("available").ok("io_uring_setup works and supports every op glommio uses")
-        }
+        Reading::Value(IoUringStatus::Available { missing_ops }) if missing_ops.is_empty() => l
+            .current("available")
+            .ok("io_uring_setup works and supports every op glommio uses"),
         Reading::Value(IoUringStatus::Available { missing_ops }) => l
             .current(format!("missing {}", missing_ops.join(",")))
             .change(
@@ -112,7 +127,11 @@ fn io_uring_probe(f: &HostFacts) -> CheckLine {
 
 fn memlock(f: &HostFacts, r: &Requirements) -> Vec<CheckLine> {
     let ipc_lock = f.has_cap(CAP_IPC_LOCK);
-    let need = if ipc_lock == Some(true) { GLOMMIO_MIN_MEMLOCK } else { r.memlock };
+    let need = if ipc_lock == Some(true) {
+        GLOMMIO_MIN_MEMLOCK
+    } else {
+        r.memlock
+    };
     let basis = match ipc_lock {
         Some(true) => format!(
             "CAP_IPC_LOCK: buffers not charged, glommio still wants {} soft",
@@ -125,12 +144,19 @@ fn memlock(f: &HostFacts, r: &Requirements) -> Vec<CheckLine> {
             units::bytes(r.ring_bytes),
             units::bytes(r.memlock)
         ),
-        None => format!("CapEff unreadable, so assuming no CAP_IPC_LOCK: {}", units::bytes(r.memlock)),
+        None => format!(
+            "CapEff unreadable, so assuming no CAP_IPC_LOCK: {}",
+            units::bytes(r.memlock)
+        ),
     };
     let Some(limit) = f.memlock.value() else {
         return vec![
-            line("memlock.soft", "RLIMIT_MEMLOCK soft").needed(format!(">= {need}")).not_read(&f.memlock, false),
-            line("memlock.hard", "RLIMIT_MEMLOCK hard").needed(format!(">= {need}")).not_read(&f.memlock, true),
+            line("memlock.soft", "RLIMIT_MEMLOCK soft")
+                .needed(format!(">= {need}"))
+                .not_read(&f.memlock, false),
+            line("memlock.hard", "RLIMIT_MEMLOCK hard")
+                .needed(format!(">= {need}"))
+                .not_read(&f.memlock, true),
         ];
     };
     let soft = line("memlock.soft", "RLIMIT_MEMLOCK soft")
@@ -154,7 +180,11 @@ fn memlock(f: &HostFacts, r: &Requirements) -> Vec<CheckLine> {
     } else {
         hard.change(
             format!("{basis}; glommio cannot register its buffers"),
-            manual(super::files::raise_hard_limit_action(f, "memlock", r.limit_memlock)),
+            manual(super::files::raise_hard_limit_action(
+                f,
+                "memlock",
+                r.limit_memlock,
+            )),
         )
     };
     vec![soft, hard]

@@ -109,7 +109,13 @@ impl Line {
         self
     }
 
-    fn finish(self, status: Status, blocking: bool, why: impl Into<String>, fix: Option<Fix>) -> CheckLine {
+    fn finish(
+        self,
+        status: Status,
+        blocking: bool,
+        why: impl Into<String>,
+        fix: Option<Fix>,
+    ) -> CheckLine {
         CheckLine {
             id: self.id,
             name: self.name,
@@ -142,8 +148,12 @@ impl Line {
     /// Finishes a line for a reading that is not a value.
     pub(crate) fn not_read<T>(self, reading: &Reading<T>, blocking: bool) -> CheckLine {
         match reading {
-            Reading::Absent => self.current("absent").unknown("not present on this host", blocking),
-            Reading::Unreadable(reason) => self.current("unreadable").unknown(reason.clone(), blocking),
+            Reading::Absent => self
+                .current("absent")
+                .unknown("not present on this host", blocking),
+            Reading::Unreadable(reason) => {
+                self.current("unreadable").unknown(reason.clone(), blocking)
+            }
             Reading::Value(_) => unreachable!("not_read called with a value"),
         }
     }
@@ -157,11 +167,18 @@ pub(crate) fn sysctl_fix(key: &str, value: impl ToString) -> Fix {
 }
 
 pub(crate) fn manual(action: impl Into<String>) -> Fix {
-    Fix::Manual { action: action.into() }
+    Fix::Manual {
+        action: action.into(),
+    }
 }
 
 /// A sysctl that must be at least `need`; `apply` raises it to exactly `need`.
-pub(crate) fn sysctl_at_least(key: &str, reading: &Reading<u64>, need: u64, why: &str) -> CheckLine {
+pub(crate) fn sysctl_at_least(
+    key: &str,
+    reading: &Reading<u64>,
+    need: u64,
+    why: &str,
+) -> CheckLine {
     let l = line(key, key).needed(format!(">= {need}"));
     match reading {
         Reading::Value(v) if *v >= need => l.current(v.to_string()).ok(why),

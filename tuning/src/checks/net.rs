@@ -11,7 +11,12 @@ pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) 
         "per-listener queue for reconnects arriving while a shard is busy (floor {})",
         crate::model::MIN_ACCEPT_BACKLOG
     );
-    out.push(sysctl_at_least(keys::SOMAXCONN, &f.somaxconn, r.accept_backlog, &backlog_why));
+    out.push(sysctl_at_least(
+        keys::SOMAXCONN,
+        &f.somaxconn,
+        r.accept_backlog,
+        &backlog_why,
+    ));
     out.push(sysctl_at_least(
         keys::TCP_MAX_SYN_BACKLOG,
         &f.tcp_max_syn_backlog,
@@ -52,36 +57,65 @@ fn in_ranges(port: u16, ranges: &[(u16, u16)]) -> bool {
 fn port_list_text(ranges: &[(u16, u16)]) -> String {
     ranges
         .iter()
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
 
 fn port_range(f: &HostFacts, r: &Requirements) -> CheckLine {
     let key = keys::IP_LOCAL_PORT_RANGE;
-    let ports = r.edge_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let ports = r
+        .edge_ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let l = line(key, key).needed(format!("excludes {ports}"));
     let Some(&(low, high)) = f.ip_local_port_range.value() else {
         return l.not_read(&f.ip_local_port_range, true);
     };
     let l = l.current(format!("{low}-{high}"));
-    let exposed: Vec<u16> = r.edge_ports.iter().copied().filter(|p| (low..=high).contains(p)).collect();
+    let exposed: Vec<u16> = r
+        .edge_ports
+        .iter()
+        .copied()
+        .filter(|p| (low..=high).contains(p))
+        .collect();
     if exposed.is_empty() {
         return l.ok("devices connect in; only origin links use ephemeral ports");
     }
     let reserved = match &f.ip_local_reserved_ports {
         Reading::Value(reserved) => reserved.clone(),
         Reading::Absent => Vec::new(),
-        Reading::Unreadable(reason) => return l.current("unreadable").unknown(reason.clone(), true),
+        Reading::Unreadable(reason) => {
+            return l.current("unreadable").unknown(reason.clone(), true)
+        }
     };
-    let unreserved: Vec<u16> = exposed.iter().copied().filter(|p| !in_ranges(*p, &reserved)).collect();
+    let unreserved: Vec<u16> = exposed
+        .iter()
+        .copied()
+        .filter(|p| !in_ranges(*p, &reserved))
+        .collect();
     if unreserved.is_empty() {
-        return l.ok(format!("edge ports inside the range are reserved ({})", port_list_text(&reserved)));
+        return l.ok(format!(
+            "edge ports inside the range are reserved ({})",
+            port_list_text(&reserved)
+        ));
     }
     let mut wanted = reserved;
     wanted.extend(unreserved.iter().map(|&p| (p, p)));
     wanted.sort_unstable();
-    let unreserved_text = unreserved.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let unreserved_text = unreserved
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     l.change(
         format!("an outgoing connection can take port {unreserved_text} before cue-edge binds it"),
         sysctl_fix(keys::IP_LOCAL_RESERVED_PORTS, port_list_text(&wanted)),
@@ -108,7 +142,10 @@ fn tcp_mem(f: &HostFacts, r: &Requirements) -> CheckLine {
         l.ok(why)
     } else {
         let wanted = [v[0], v[1].max(r.tcp_mem_pressure), v[2].max(r.tcp_mem_max)];
-        l.change(format!("{why}; above max the kernel drops"), sysctl_fix(key, triple_text(&wanted)))
+        l.change(
+            format!("{why}; above max the kernel drops"),
+            sysctl_fix(key, triple_text(&wanted)),
+        )
     }
 }
 
@@ -130,9 +167,16 @@ fn conntrack(f: &HostFacts, r: &Requirements) -> CheckLine {
     let key = keys::CONNTRACK_MAX;
     let l = line("conntrack", key).needed(format!(">= {}", r.conntrack_max));
     match &f.conntrack_max {
-        Reading::Absent => l.current("not loaded").needed("-").ok("nf_conntrack is not loaded: no table to fill"),
+        Reading::Absent => l
+            .current("not loaded")
+            .needed("-")
+            .ok("nf_conntrack is not loaded: no table to fill"),
         Reading::Value(max) => {
-            let in_use = f.conntrack_count.value().map(|c| format!(" ({c} in use)")).unwrap_or_default();
+            let in_use = f
+                .conntrack_count
+                .value()
+                .map(|c| format!(" ({c} in use)"))
+                .unwrap_or_default();
             let l = l.current(format!("{max}{in_use}"));
             let why = "each device connection is a tracked flow; a full table drops new ones (or NOTRACK the edge ports)";
             if *max >= r.conntrack_max {

@@ -7,10 +7,21 @@ use crate::model::{Requirements, SHARD_STALL_MS};
 pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) {
     if !r.quic() {
         for (key, reading) in [(keys::RMEM_MAX, &f.rmem_max), (keys::WMEM_MAX, &f.wmem_max)] {
-            let current = reading.value().map_or_else(|| "-".to_string(), u64::to_string);
-            out.push(line(key, key).current(current).needed("-").ok("no QUIC devices planned (--quic-percent 0)"));
+            let current = reading
+                .value()
+                .map_or_else(|| "-".to_string(), u64::to_string);
+            out.push(
+                line(key, key)
+                    .current(current)
+                    .needed("-")
+                    .ok("no QUIC devices planned (--quic-percent 0)"),
+            );
         }
-        out.push(line("udp.offload", "UDP GSO/GRO").needed("-").ok("no QUIC devices planned"));
+        out.push(
+            line("udp.offload", "UDP GSO/GRO")
+                .needed("-")
+                .ok("no QUIC devices planned"),
+        );
         return;
     }
     let packets = r.udp_rmem / crate::model::UDP_TRUESIZE;
@@ -36,7 +47,11 @@ fn offload(f: &HostFacts) -> CheckLine {
         Reading::Value(false) => "no",
         _ => "unreadable",
     };
-    let l = l.current(format!("GSO {}, GRO {}", show(&f.udp.gso), show(&f.udp.gro)));
+    let l = l.current(format!(
+        "GSO {}, GRO {}",
+        show(&f.udp.gso),
+        show(&f.udp.gro)
+    ));
     match (&f.udp.gso, &f.udp.gro) {
         (Reading::Value(true), Reading::Value(true)) => {
             l.ok("kernel support; whether the NIC offloads is not visible in /sys")
@@ -48,7 +63,9 @@ fn offload(f: &HostFacts) -> CheckLine {
                 if *gso { "GRO" } else { "GSO" }
             ))),
         ),
-        (Reading::Unreadable(reason), _) | (_, Reading::Unreadable(reason)) => l.unknown(reason.clone(), false),
+        (Reading::Unreadable(reason), _) | (_, Reading::Unreadable(reason)) => {
+            l.unknown(reason.clone(), false)
+        }
         _ => l.unknown("probe gave no answer", false),
     }
 }

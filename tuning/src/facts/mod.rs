@@ -10,7 +10,9 @@ mod tree;
 
 use serde::Serialize;
 
-pub use probe::{missing_glommio_ops, HostProbe, IoUringStatus, RealHost, UdpOffload, GLOMMIO_URING_OPS};
+pub use probe::{
+    missing_glommio_ops, HostProbe, IoUringStatus, RealHost, UdpOffload, GLOMMIO_URING_OPS,
+};
 pub use tree::{sysctl_path, HostTree};
 
 use crate::limits::{Resource, Rlimit};
@@ -259,10 +261,17 @@ fn nics(tree: &HostTree) -> Reading<Vec<Nic>> {
                     .into_iter()
                     .map(|number| Irq {
                         number,
-                        affinity: tree.parse(&format!("proc/irq/{number}/smp_affinity_list"), parse::cpu_list),
+                        affinity: tree.parse(
+                            &format!("proc/irq/{number}/smp_affinity_list"),
+                            parse::cpu_list,
+                        ),
                     })
                     .collect();
-                Nic { name, rx_queues, irqs }
+                Nic {
+                    name,
+                    rx_queues,
+                    irqs,
+                }
             })
             .collect()
     })
@@ -284,7 +293,10 @@ fn nic_irqs(tree: &HostTree, name: &str) -> Vec<u32> {
         irqs
     };
     if let Ok(device) = std::fs::canonicalize(tree.path(&format!("sys/class/net/{name}/device"))) {
-        for dir in [Some(device.as_path()), device.parent()].into_iter().flatten() {
+        for dir in [Some(device.as_path()), device.parent()]
+            .into_iter()
+            .flatten()
+        {
             let irqs = numbers(&dir.join("msi_irqs"));
             if !irqs.is_empty() {
                 return irqs;
@@ -295,7 +307,11 @@ fn nic_irqs(tree: &HostTree, name: &str) -> Vec<u32> {
         .value()
         .map(|text| {
             text.lines()
-                .filter(|line| line.split_whitespace().last().is_some_and(|action| action.contains(name)))
+                .filter(|line| {
+                    line.split_whitespace()
+                        .last()
+                        .is_some_and(|action| action.contains(name))
+                })
                 .filter_map(|line| line.split(':').next()?.trim().parse().ok())
                 .collect()
         })
@@ -324,12 +340,18 @@ fn service_limits(tree: &HostTree, service: &str) -> Reading<ServiceLimits> {
     let mut files = vec!["etc/systemd/system.conf".to_string()];
     files.extend(conf_files("etc/systemd/system.conf.d"));
     // The unit file in /etc replaces one shipped in /usr/lib or /lib.
-    let unit = ["etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"]
-        .iter()
-        .map(|dir| format!("{dir}/{service}.service"))
-        .find(|path| tree.exists(path));
+    let unit = [
+        "etc/systemd/system",
+        "usr/lib/systemd/system",
+        "lib/systemd/system",
+    ]
+    .iter()
+    .map(|dir| format!("{dir}/{service}.service"))
+    .find(|path| tree.exists(path));
     files.extend(unit);
-    files.extend(conf_files(&format!("etc/systemd/system/{service}.service.d")));
+    files.extend(conf_files(&format!(
+        "etc/systemd/system/{service}.service.d"
+    )));
     for file in files {
         let text = match tree.read(&file) {
             Reading::Value(text) => text,
@@ -338,8 +360,12 @@ fn service_limits(tree: &HostTree, service: &str) -> Reading<ServiceLimits> {
         };
         for (key, value) in parse::systemd_settings(&text) {
             let (slot, from) = match key.as_str() {
-                "LimitNOFILE" | "DefaultLimitNOFILE" => (&mut limits.nofile, &mut limits.nofile_from),
-                "LimitMEMLOCK" | "DefaultLimitMEMLOCK" => (&mut limits.memlock, &mut limits.memlock_from),
+                "LimitNOFILE" | "DefaultLimitNOFILE" => {
+                    (&mut limits.nofile, &mut limits.nofile_from)
+                }
+                "LimitMEMLOCK" | "DefaultLimitMEMLOCK" => {
+                    (&mut limits.memlock, &mut limits.memlock_from)
+                }
                 _ => continue,
             };
             match parse::systemd_limit(&value) {

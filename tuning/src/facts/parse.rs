@@ -11,7 +11,10 @@ pub fn u64_value(text: &str) -> Result<u64, String> {
 pub fn triple(text: &str) -> Result<[u64; 3], String> {
     let values: Vec<u64> = text
         .split_whitespace()
-        .map(|v| v.parse().map_err(|_| format!("not three numbers: {:?}", text.trim())))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("not three numbers: {:?}", text.trim()))
+        })
         .collect::<Result<_, _>>()?;
     <[u64; 3]>::try_from(values).map_err(|_| format!("not three numbers: {:?}", text.trim()))
 }
@@ -28,7 +31,10 @@ pub fn first_u64(text: &str) -> Result<u64, String> {
 pub fn port_range(text: &str) -> Result<(u16, u16), String> {
     let ports: Vec<u16> = text
         .split_whitespace()
-        .map(|v| v.parse().map_err(|_| format!("not a port range: {:?}", text.trim())))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("not a port range: {:?}", text.trim()))
+        })
         .collect::<Result<_, _>>()?;
     match ports[..] {
         [low, high] => Ok((low, high)),
@@ -45,7 +51,11 @@ pub fn port_list(text: &str) -> Result<Vec<(u16, u16)>, String> {
     t.split(',')
         .map(|part| {
             let part = part.trim();
-            let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("not a port list: {t:?}"));
+            let parse = |p: &str| {
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("not a port list: {t:?}"))
+            };
             match part.split_once('-') {
                 Some((a, b)) => Ok((parse(a)?, parse(b)?)),
                 None => parse(part).map(|p| (p, p)),
@@ -62,7 +72,11 @@ pub fn cpu_list(text: &str) -> Result<Vec<u32>, String> {
     }
     let mut cpus = Vec::new();
     for part in t.split(',') {
-        let parse = |p: &str| p.trim().parse::<u32>().map_err(|_| format!("not a CPU list: {t:?}"));
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("not a CPU list: {t:?}"))
+        };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (parse(a)?, parse(b)?);
@@ -148,7 +162,10 @@ mod tests {
     fn numbers_and_triples() {
         assert_eq!(u64_value("1048576\n"), Ok(1_048_576));
         assert!(u64_value("lots").is_err());
-        assert_eq!(triple("287901\t383869\t575802\n"), Ok([287_901, 383_869, 575_802]));
+        assert_eq!(
+            triple("287901\t383869\t575802\n"),
+            Ok([287_901, 383_869, 575_802])
+        );
         assert!(triple("1 2").is_err());
         assert_eq!(first_u64("494\t0\t2466183\n"), Ok(494));
     }
@@ -158,7 +175,10 @@ mod tests {
         assert_eq!(port_range("32768\t60999\n"), Ok((32_768, 60_999)));
         assert!(port_range("32768").is_err());
         assert_eq!(port_list("\n"), Ok(vec![]));
-        assert_eq!(port_list("8080,9000-9010\n"), Ok(vec![(8080, 8080), (9000, 9010)]));
+        assert_eq!(
+            port_list("8080,9000-9010\n"),
+            Ok(vec![(8080, 8080), (9000, 9010)])
+        );
         assert!(port_list("80,x").is_err());
     }
 
@@ -172,7 +192,10 @@ mod tests {
     #[test]
     fn meminfo_and_caps() {
         let meminfo = "MemTotal:       24684096 kB\nMemAvailable:   24022320 kB\n";
-        assert_eq!(meminfo_bytes(meminfo, "MemAvailable"), Ok(24_022_320 * 1024));
+        assert_eq!(
+            meminfo_bytes(meminfo, "MemAvailable"),
+            Ok(24_022_320 * 1024)
+        );
         assert!(meminfo_bytes(meminfo, "SwapTotal").is_err());
         let status = "Name:\tx\nCapEff:\t000001fffeffffff\n";
         let caps = cap_eff(status).unwrap();

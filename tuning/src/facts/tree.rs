@@ -45,7 +45,11 @@ impl HostTree {
     }
 
     /// Reads `rel` and parses it; a parse failure is `Unreadable` with the file named.
-    pub fn parse<T>(&self, rel: &str, parser: impl FnOnce(&str) -> Result<T, String>) -> Reading<T> {
+    pub fn parse<T>(
+        &self,
+        rel: &str,
+        parser: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Reading<T> {
         self.read(rel).and_then(|text| match parser(&text) {
             Ok(v) => Reading::Value(v),
             Err(reason) => Reading::Unreadable(format!("{}: {reason}", display_rel(rel))),
@@ -53,7 +57,11 @@ impl HostTree {
     }
 
     /// A sysctl by its dotted key (`net.core.somaxconn`), parsed.
-    pub fn sysctl<T>(&self, key: &str, parser: impl FnOnce(&str) -> Result<T, String>) -> Reading<T> {
+    pub fn sysctl<T>(
+        &self,
+        key: &str,
+        parser: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Reading<T> {
         self.parse(&sysctl_path(key), parser)
     }
 

@@ -1,0 +1,187 @@
+//! End to end on loopback: the real `cue-origin` and `cue-edge` binaries, real WebSocket clients
+//! (tungstenite, and Python's `websockets` when installed), real HTTP publishes.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &[]);
+    let tok = device_token(&["fight"]);
+
+    // Header token (native client) and query token (browser style), json and binary.
+    let mut a = subscribe(edge.ws, "events=fight", Some(&tok)).unwrap();
+    let mut b = subscribe(edge.ws, &format!("events=fight&format=binary&token={tok}"), None).unwrap();
+    let s1 = publish_ok(origin.http, "fight", "round-1");
+    assert_eq!(next_cue(&mut a), ("fight".into(), "round-1".into(), s1));
+    assert_eq!(next_cue(&mut b), ("fight".into(), "round-1".into(), s1));
+
+    // `a` goes away; three cues are published; it comes back with since=its last seq and gets
+    // only the newest, then live cues.
+    drop(a);
+    for k in ["round-2", "round-3", "round-4"] {
+        publish_ok(origin.http, "fight", k);
+    }
+    let mut a = subscribe(edge.ws, &format!("events=fight&since=fight:{s1}"), Some(&tok)).unwrap();
+    assert_eq!(next_cue(&mut a), ("fight".into(), "round-4".into(), s1 + 3));
+    assert!(quiet_for(&mut a, Duration::from_millis(300)), "no backlog after the newest");
+    let s5 = publish_ok(origin.http, "fight", "round-5");
+    assert_eq!(next_cue(&mut a).2, s5);
+    // Up to date: since = current seq gives no catch-up.
+    let mut c = subscribe(edge.ws, &format!("events=fight&since=fight:{s5}"), Some(&tok)).unwrap();
+    assert!(quiet_for(&mut c, Duration::from_millis(300)));
+
+    // Refusals before the upgrade.
+    let other = cue_origin::token::TokenKeys::new(&[1u8; 32]).unwrap().mint_device("d", &["fight".into()], cue_origin::token::unix_now_s(), 60);
+    let cases = [
+        ("events=fight".to_string(), None, 401),
+        ("events=fight".to_string(), Some(expired_device_token(&["fight"])), 401),
+        ("events=fight".to_string(), Some(other), 401),
+        ("events=fight,halftime".to_string(), Some(tok.clone()), 403),
+        ("events=Bad*Event".to_string(), Some(tok.clone()), 400),
+        ("since=fight:1".to_string(), Some(tok.clone()), 400),
+    ];
+    for (q, t, want) in cases {
+        let err = subscribe(edge.ws, &q, t.as_deref()).err().unwrap_or_else(|| panic!("{q} upgraded"));
+        assert_eq!(err.0, want, "{q}: {}", err.1);
+    }
+    let m = edge.metrics();
+    assert!(m.contains("cue_edge_refused_total{shard=\"0\",status=\"401\"}") && m.contains("cue_edge_deliveries_total"));
+}
+
+#[test]
+fn origin_kill9_after_201_loses_nothing_and_edges_relink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let mut origin = start_origin(dir.path(), http, relay);
+    let edge = start_edge(relay, free_addr(), free_addr(), &[]);
+    let mut dev = subscribe(edge.ws, "events=fight", Some(&device_token(&["fight"]))).unwrap();
+    let s1 = publish_ok(http, "fight", "round-1");
+    assert_eq!(next_cue(&mut dev).2, s1);
+    origin.proc.kill9();
+    let origin = start_origin(dir.path(), http, relay);
+    let cur = cue_origin::client::request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cur.body).unwrap();
+    assert_eq!(v["current"]["seq"].as_u64(), Some(s1), "{}", cur.body);
+    assert_eq!(v["current"]["key"], "round-1");
+    edge.wait_linked();
+    let s2 = publish_ok(origin.http, "fight", "round-2");
+    assert_eq!(s2, s1 + 1, "seq continues after recovery");
+    assert_eq!(next_cue(&mut dev), ("fight".into(), "round-2".into(), s2));
+}
+
+#[test]
+fn edge_restart_devices_converge_on_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let (ws, admin) = (free_addr(), free_addr());
+    let mut edge = start_edge(origin.relay, ws, admin, &[]);
+    let tok = device_token(&["*"]);
+    let mut devs: Vec<_> = (0..20).map(|_| subscribe(ws, "events=fight,halftime", Some(&tok)).unwrap()).collect();
+    let s1 = publish_ok(origin.http, "fight", "round-1");
+    for d in &mut devs {
+        assert_eq!(next_cue(d).2, s1);
+    }
+    edge.proc.kill9();
+    drop(devs);
+    // Published while the edge is down.
+    publish_ok(origin.http, "fight", "round-2");
+    let h1 = publish_ok(origin.http, "halftime", "show");
+    let s3 = publish_ok(origin.http, "fight", "round-3");
+    let _edge = start_edge(origin.relay, ws, admin, &[]);
+    for _ in 0..20 {
+        let mut d = subscribe(ws, &format!("events=fight,halftime&since=fight:{s1}"), Some(&tok)).unwrap();
+        let mut got = vec![next_cue(&mut d), next_cue(&mut d)];
+        got.sort();
+        assert_eq!(got, vec![("fight".into(), "round-3".into(), s3), ("halftime".into(), "show".into(), h1)]);
+    }
+}
+
+#[test]
+fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let mut edge = start_edge(origin.relay, free_addr(), free_addr(), &["--drain-window-s", "1"]);
+    let tok = device_token(&["fight"]);
+    let mut devs: Vec<_> = (0..10).map(|_| subscribe(edge.ws, "events=fight", Some(&tok)).unwrap()).collect();
+    let r = cue_origin::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"").unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    for d in &mut devs {
+        let (code, reason) = next_close(d);
+        assert_eq!(u16::from(code), 1001);
+        let s: u32 = reason.strip_prefix("retry-after=").expect(&reason).parse().unwrap();
+        assert!((5..=60).contains(&s), "{s}");
+    }
+    // New devices: 503 with a Retry-After in the configured range.
+    let (status, body) = subscribe(edge.ws, "events=fight", Some(&tok)).err().expect("refused while draining");
+    assert_eq!(status, 503, "{body}");
+    let retry: u32 = body.rsplit_once("retry-after=").unwrap().1.parse().expect(&body);
+    assert!((5..=60).contains(&retry), "{body}");
+    let h = cue_origin::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(h.status, 503);
+    // SIGTERM after a drain: exits cleanly.
+    edge.proc.sigterm();
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn bad_flags_and_config_exit_nonzero_with_one_clear_line() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("cue-edge");
+    let out = std::process::Command::new(&bin).args(["--poll-ms", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("poll_ms"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(&cfg, "shardz = 3\n").unwrap();
+    let out = std::process::Command::new(&bin).arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shardz"));
+    let help = std::process::Command::new(&bin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--origin", "--ws", "--admin", "--shards", "--config", "--no-auth"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+/// Python's `websockets` library as an independent client. CI installs it; elsewhere the test
+/// says so and passes only when it is absent outside CI.
+#[test]
+fn python_websockets_client() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(std::env::var("CI").is_err(), "CI must install python3 websockets (.ci/run does)");
+        eprintln!("python3 websockets not installed; skipping (CI installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &[]);
+    let tok = device_token(&["fight"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_client.py");
+    let child = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("ws://{}/v1/subscribe?events=fight&token={tok}", edge.ws))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish until the client has connected and read one cue.
+    std::thread::sleep(Duration::from_millis(800));
+    let seq = publish_ok(origin.http, "fight", "round-py");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["seq"].as_u64(), Some(seq));
+    assert_eq!(v["key"], "round-py");
+}

@@ -1,0 +1,232 @@
+//! Starting the real `cue-origin` and `cue-edge` binaries on loopback for integration tests,
+//! and a real WebSocket client (tungstenite) to talk to the edge.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cue_origin::client::{request, Response};
+use cue_origin::token::{unix_now_s, TokenKeys};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub fn keys() -> TokenKeys {
+    TokenKeys::new(SECRET.as_bytes()).unwrap()
+}
+
+pub fn device_token(events: &[&str]) -> String {
+    let evs: Vec<String> = events.iter().map(|s| s.to_string()).collect();
+    keys().mint_device("dev", &evs, unix_now_s(), 3600)
+}
+
+pub fn expired_device_token(events: &[&str]) -> String {
+    let evs: Vec<String> = events.iter().map(|s| s.to_string()).collect();
+    keys().mint_device("dev", &evs, unix_now_s() - 7200, 3600)
+}
+
+pub fn publisher_token() -> String {
+    keys().mint_publisher(unix_now_s(), 3600)
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn bin(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the workspace binaries are one level up.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} missing: run `cargo build --workspace` (the test command does)", p.display());
+    p
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+    pub fn sigterm(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+    }
+    /// Waits for exit up to `d`; returns the exit status code if it exited.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+pub struct Origin {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub relay: SocketAddr,
+    pub dir: PathBuf,
+}
+
+pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
+    let child = Command::new(bin("cue-origin"))
+        .args(["--http", &http.to_string(), "--relay", &relay.to_string(), "--data-dir"])
+        .arg(dir)
+        .args(["--relay-heartbeat-ms", "200", "--relay-dead-after-ms", "1000"])
+        .env("CUE_AUTH_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let o = Origin { proc: Proc(child), http, relay, dir: dir.to_path_buf() };
+    wait_until(Duration::from_secs(10), || request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200));
+    o
+}
+
+pub struct Edge {
+    pub proc: Proc,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Edge {
+    let child = Command::new(bin("cue-edge"))
+        .args(["--origin", &relay.to_string(), "--ws", &ws.to_string(), "--admin", &admin.to_string()])
+        .args(["--shards", "2", "--cpus", "none", "--seed", "42"])
+        .args(extra)
+        .env("CUE_AUTH_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let e = Edge { proc: Proc(child), ws, admin };
+    e.wait_linked();
+    e
+}
+
+impl Edge {
+    pub fn wait_linked(&self) {
+        let admin = self.admin;
+        wait_until(Duration::from_secs(15), || {
+            request(admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.body.contains("\"origins_linked\":1"))
+        });
+    }
+    pub fn metrics(&self) -> String {
+        request(self.admin, "GET", "/metrics", &[], b"").unwrap().body
+    }
+}
+
+pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < d, "condition not met within {d:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn publish(http: SocketAddr, event: &str, key: &str) -> Response {
+    let auth = format!("Bearer {}", publisher_token());
+    request(
+        http,
+        "POST",
+        &format!("/v1/events/{event}/cues"),
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        format!("{{\"key\":\"{key}\"}}").as_bytes(),
+    )
+    .unwrap()
+}
+
+pub fn publish_ok(http: SocketAddr, event: &str, key: &str) -> u64 {
+    let r = publish(http, event, key);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["seq"].as_u64().unwrap()
+}
+
+pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Connects; `Err(status)` when the upgrade is refused.
+pub fn subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Result<Ws, (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{ws}/v1/subscribe?{query}").into_client_request().unwrap();
+    if let Some(t) = bearer {
+        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tungstenite::connect(req) {
+        Ok((mut s, _)) => {
+            if let MaybeTlsStream::Plain(t) = s.get_mut() {
+                t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            }
+            Ok(s)
+        }
+        Err(tungstenite::Error::Http(r)) => {
+            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            Err((r.status().as_u16(), format!("{body}|retry-after={}", retry.unwrap_or_default())))
+        }
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// The next cue on `s` as (event, key, seq), skipping pings.
+pub fn next_cue(s: &mut Ws) -> (String, String, u64) {
+    loop {
+        match s.read().expect("read cue") {
+            Message::Text(t) => {
+                let c = cue_origin::cue::Cue::from_json(t.as_bytes()).unwrap();
+                return (c.event().to_string(), c.key().to_string(), c.seq());
+            }
+            Message::Binary(b) => {
+                let c = cue_origin::cue::Cue::from_binary(&b).unwrap();
+                return (c.event().to_string(), c.key().to_string(), c.seq());
+            }
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until a close frame; returns its code and reason.
+pub fn next_close(s: &mut Ws) -> (CloseCode, String) {
+    loop {
+        match s.read() {
+            Ok(Message::Close(Some(f))) => return (f.code, f.reason.to_string()),
+            Ok(Message::Close(None)) => panic!("close without code"),
+            Ok(_) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// True when nothing arrives within `d`.
+pub fn quiet_for(s: &mut Ws, d: Duration) -> bool {
+    if let MaybeTlsStream::Plain(t) = s.get_mut() {
+        t.set_read_timeout(Some(d)).unwrap();
+    }
+    let r = match s.read() {
+        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => true,
+        Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => true,
+        _ => false,
+    };
+    if let MaybeTlsStream::Plain(t) = s.get_mut() {
+        t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    r
+}
