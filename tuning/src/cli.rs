@@ -14,6 +14,7 @@ use cue_tune::{apply, checks, plan, report, Requirements};
 
 const ABOUT: &str = "Is this host ready for N cue-edge devices, and what must change.";
 const AFTER_HELP: &str = "\
+Command flags: check --json, plan --json, apply --yes (see `cue-tune help COMMAND`).
 Exit codes: 0 ready / done, 1 not ready (or apply cannot fix everything), 2 error.
 Per-connection figures default to Cue's measured/target values (docs/tuning.md says where each
 comes from); replace them with cue-bench results via the --*-bytes-per-conn flags.";

@@ -194,18 +194,26 @@ impl Config {
                 format!("{} is above 100", self.quic_percent),
             );
         }
-        for (setting, value) in [
-            ("user_bytes_per_conn", self.user_bytes_per_conn),
-            ("kernel_bytes_per_conn", self.kernel_bytes_per_conn),
-            ("quic_bytes_per_conn", self.quic_bytes_per_conn),
-            ("inflight_bytes_per_conn", self.inflight_bytes_per_conn),
-            ("deliveries_per_core", self.deliveries_per_core),
-            ("target_fanout_ms", self.target_fanout_ms),
-            ("reconnect_window_s", self.reconnect_window_s),
-            ("io_memory_per_shard", self.io_memory_per_shard),
+        // Upper bounds keep the planning arithmetic far from u64 overflow and catch unit
+        // mistakes (bytes given as KiB * 1024 twice, ms given as us).
+        for (setting, value, max) in [
+            ("user_bytes_per_conn", self.user_bytes_per_conn, 1 << 20),
+            ("kernel_bytes_per_conn", self.kernel_bytes_per_conn, 1 << 20),
+            ("quic_bytes_per_conn", self.quic_bytes_per_conn, 1 << 20),
+            (
+                "inflight_bytes_per_conn",
+                self.inflight_bytes_per_conn,
+                1 << 20,
+            ),
+            ("deliveries_per_core", self.deliveries_per_core, 100_000_000),
+            ("target_fanout_ms", self.target_fanout_ms, 3_600_000),
+            ("reconnect_window_s", self.reconnect_window_s, 86_400),
+            ("io_memory_per_shard", self.io_memory_per_shard, 1 << 30),
         ] {
             if value == 0 {
                 bad(setting, "must be at least 1".into());
+            } else if value > max {
+                bad(setting, format!("{value} is above {max}"));
             }
         }
         if self.fd_headroom_percent > 1000 {
@@ -288,6 +296,24 @@ mod tests {
         );
         assert!(text.contains("deliveries_per_core: must be at least 1"));
         assert!(text.contains("root: /definitely/not/here is not a directory"));
+    }
+
+    #[test]
+    fn implausible_figures_are_refused() {
+        let config = Config {
+            kernel_bytes_per_conn: 5 << 30,
+            target_fanout_ms: u64::MAX,
+            ..Config::default()
+        };
+        let text = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            text,
+            format!(
+                "kernel_bytes_per_conn: {} is above 1048576; target_fanout_ms: {} is above 3600000",
+                5u64 << 30,
+                u64::MAX
+            )
+        );
     }
 
     #[test]

@@ -29,5 +29,8 @@ mod sys;
 pub mod units;
 
 pub use config::Config;
-pub use limits::{raise_soft_limits, LimitReport, Resource, Rlimit, RlimitOps, SystemRlimits};
+pub use limits::{
+    raise_soft_limits, raise_soft_limits_with, LimitReport, Resource, Rlimit, RlimitOps,
+    SystemRlimits,
+};
 pub use model::{reserved_fds, Requirements};

@@ -396,6 +396,31 @@ mod tests {
     }
 
     #[test]
+    fn extreme_valid_configs_do_not_overflow() {
+        let config = Config {
+            connections: MAX_NR_OPEN,
+            quic_percent: 100,
+            user_bytes_per_conn: 1 << 20,
+            kernel_bytes_per_conn: 1 << 20,
+            quic_bytes_per_conn: 1 << 20,
+            inflight_bytes_per_conn: 1 << 20,
+            deliveries_per_core: 100_000_000,
+            target_fanout_ms: 3_600_000,
+            reconnect_window_s: 1,
+            fd_headroom_percent: 1000,
+            io_memory_per_shard: 1 << 30,
+            ring_depth: 32_768,
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        for cores in [1, 4096] {
+            let r = Requirements::new(&config, cores);
+            assert!(r.memory.with_headroom > r.memory.total);
+            assert!(r.limit_nofile <= MAX_NR_OPEN);
+        }
+    }
+
+    #[test]
     fn a_million_on_sixteen_cores() {
         let r = req(1_000_000, 16);
         assert_eq!(r.shards(), 14);

@@ -115,7 +115,12 @@ pub fn changes(
         match &l.fix {
             Some(Fix::Sysctl { key, value }) => sysctls.push(SysctlChange {
                 key: key.clone(),
-                from: l.current.clone(),
+                // The kernel's own text (tabs become spaces), not the check's display form.
+                from: tree
+                    .read(&sysctl_path(key))
+                    .value()
+                    .map(|raw| raw.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_else(|| l.current.clone()),
                 to: value.clone(),
                 why: l.why.clone(),
             }),

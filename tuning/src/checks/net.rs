@@ -133,7 +133,7 @@ fn tcp_mem(f: &HostFacts, r: &Requirements) -> CheckLine {
         return l.not_read(&f.tcp_mem, true);
     };
     let why = format!(
-        "one cue in flight to {} WebSocket devices holds ~{} of socket memory (pages)",
+        "one cue in flight to {} WebSocket devices holds ~{} of socket memory (tcp_mem counts 4 KiB pages)",
         r.ws_devices,
         units::bytes(r.tcp_mem_pressure * PAGE)
     );

@@ -1,0 +1,218 @@
+//! The real `cue-origin` binary on loopback: publish API validation and auth, durability across
+//! `kill -9` (including a torn tail), the relay handshake, graceful SIGTERM, token minting.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cue_origin::client::request;
+use cue_origin::relay::proto::{self, Frame};
+use cue_origin::token::{unix_now_s, TokenKeys};
+
+const SECRET: &str = "origin-integration-secret-0123456789abcdef";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
+    let p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_cue-origin"))
+            .args(["--http", &http.to_string(), "--relay", &relay.to_string(), "--data-dir"])
+            .arg(dir)
+            .env("CUE_AUTH_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while request(http, "GET", "/healthz", &[], b"").map(|r| r.status) .ok() != Some(200) {
+        assert!(t.elapsed() < Duration::from_secs(10), "origin did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    p
+}
+
+fn keys() -> TokenKeys {
+    TokenKeys::new(SECRET.as_bytes()).unwrap()
+}
+
+fn post(http: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        h.push(("Authorization", a.as_str()));
+    }
+    let r = request(http, "POST", path, &h, body.as_bytes()).unwrap();
+    (r.status, r.body)
+}
+
+#[test]
+fn publish_validation_auth_and_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _o = start(dir.path(), http, relay);
+    let pubt = keys().mint_publisher(unix_now_s(), 60);
+    let dev = keys().mint_device("d", &["*".into()], unix_now_s(), 60);
+    let expired = keys().mint_publisher(unix_now_s() - 120, 60);
+    let cases: Vec<(&str, Option<&str>, &str, u16)> = vec![
+        ("/v1/events/fight/cues", None, r#"{"key":"a"}"#, 401),
+        ("/v1/events/fight/cues", Some(&expired), r#"{"key":"a"}"#, 401),
+        ("/v1/events/fight/cues", Some("garbage"), r#"{"key":"a"}"#, 401),
+        ("/v1/events/fight/cues", Some(&dev), r#"{"key":"a"}"#, 403),
+        ("/v1/events/Fight/cues", Some(&pubt), r#"{"key":"a"}"#, 400),
+        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"a b"}"#, 400),
+        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"a","x":1}"#, 400),
+        ("/v1/events/fight/cues", Some(&pubt), r#"not json"#, 400),
+        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"round-1"}"#, 201),
+        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"round-2"}"#, 201),
+    ];
+    for (path, tok, body, want) in cases {
+        let (st, b) = post(http, path, tok, body);
+        assert_eq!(st, want, "{path} {body}: {b}");
+    }
+    let big = format!("{{\"key\":\"{}\"}}", "a".repeat(5000));
+    assert_eq!(post(http, "/v1/events/fight/cues", Some(&pubt), &big).0, 413);
+    let r = request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["event"], "fight");
+    assert_eq!(v["current"]["seq"], 2);
+    assert_eq!(v["current"]["key"], "round-2");
+    let r = request(http, "GET", "/v1/events/nothing-yet", &[], b"").unwrap();
+    assert_eq!(r.body.trim(), r#"{"current":null,"event":"nothing-yet"}"#);
+    let m = request(http, "GET", "/metrics", &[], b"").unwrap().body;
+    assert!(m.contains("cue_origin_published_total 2"), "{m}");
+    assert!(m.contains("cue_origin_http_refused_total{status=\"401\"} 3"), "{m}");
+    assert_eq!(request(http, "DELETE", "/v1/events/fight", &[], b"").unwrap().status, 405);
+    assert_eq!(request(http, "GET", "/nope", &[], b"").unwrap().status, 404);
+}
+
+#[test]
+fn kill9_then_torn_tail_recovers_last_durable_cue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let mut o = start(dir.path(), http, relay);
+    let pubt = keys().mint_publisher(unix_now_s(), 60);
+    for i in 1..=5 {
+        assert_eq!(post(http, "/v1/events/fight/cues", Some(&pubt), &format!("{{\"key\":\"r{i}\"}}")).0, 201);
+    }
+    let _ = o.0.kill();
+    let _ = o.0.wait();
+    // A crash mid-append leaves half a record at the tail.
+    let log = dir.path().join("cues.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&[0, 0, 0, 40, 1, 2, 3]).unwrap();
+    drop(f);
+    let _o = start(dir.path(), http, relay);
+    let r = request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["current"]["seq"], 5, "{}", r.body);
+    assert_eq!(v["current"]["key"], "r5");
+    let (st, b) = post(http, "/v1/events/fight/cues", Some(&pubt), r#"{"key":"r6"}"#);
+    assert_eq!(st, 201);
+    assert!(b.contains("\"seq\":6"), "{b}");
+}
+
+#[test]
+fn relay_catch_up_then_live_then_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _o = start(dir.path(), http, relay);
+    let pubt = keys().mint_publisher(unix_now_s(), 60);
+    for (e, k) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
+        assert_eq!(post(http, &format!("/v1/events/{e}/cues"), Some(&pubt), &format!("{{\"key\":\"{k}\"}}")).0, 201);
+    }
+    let mut s = TcpStream::connect(relay).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = Vec::new();
+    let a = cue_origin::cue::EventName::new("a").unwrap();
+    proto::encode(&Frame::Hello { edge_id: "t".into(), since: vec![(a, 1)] }, &mut hello);
+    s.write_all(&hello).unwrap();
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let mut read_frames = |s: &mut TcpStream, n: usize, frames: &mut Vec<Frame>| {
+        while frames.len() < n {
+            if let Some((f, used)) = proto::decode(&buf).unwrap() {
+                buf.drain(..used);
+                frames.push(f);
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).unwrap();
+            assert!(k > 0, "relay closed");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    };
+    read_frames(&mut s, 3, &mut frames);
+    let seqs: Vec<String> = frames
+        .iter()
+        .map(|f| match f {
+            Frame::Cue(c) => format!("{}:{}", c.event(), c.seq()),
+            Frame::CaughtUp(n) => format!("caught-up:{n}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec!["a:2", "b:1", "caught-up:2"]);
+    post(http, "/v1/events/b/cues", Some(&pubt), r#"{"key":"b2"}"#);
+    read_frames(&mut s, 4, &mut frames);
+    assert!(matches!(&frames[3], Frame::Cue(c) if c.key() == "b2" && c.seq() == 2));
+    // Silent for a heartbeat: the origin pings.
+    read_frames(&mut s, 5, &mut frames);
+    assert!(matches!(frames[4], Frame::Ping(_)), "{:?}", frames[4]);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_token_cli_mints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let o = start(dir.path(), http, relay);
+    unsafe { libc::kill(o.0.id() as i32, libc::SIGTERM) };
+    let mut o = o;
+    let t = Instant::now();
+    let code = loop {
+        if let Some(s) = o.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_cue-origin"))
+        .args(["token", "device", "--sub", "tv-1", "--events", "fight,halftime", "--ttl", "60"])
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tok = String::from_utf8(out.stdout).unwrap();
+    let c = keys().verify(tok.trim(), unix_now_s()).unwrap();
+    assert_eq!(c.sub.as_deref(), Some("tv-1"));
+    assert!(c.allows_event("halftime") && !c.allows_event("other"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_cue-origin"))
+        .args(["token", "device", "--sub", "x", "--events", "Bad!"])
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--events"));
+    // No secret anywhere: one clear line naming it.
+    let none = Command::new(env!("CARGO_BIN_EXE_cue-origin"))
+        .args(["token", "publisher", "--data-dir"])
+        .arg(dir.path().join("empty"))
+        .env_remove("CUE_AUTH_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("auth secret"));
+}
