@@ -11,9 +11,10 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::floor::{FloorResult, FloorSpec};
+use crate::floor::{FloorProc, FloorResult, FloorSpec};
 use crate::stack::{self, free_port, Proc};
 use crate::worker::{WorkerProc, WorkerReport, WorkerSpec};
+
 
 /// Options shared by `fanout` and `density`.
 #[derive(Debug, Clone)]
@@ -56,7 +57,16 @@ struct Target {
     token: Option<String>,
     publish: Box<dyn FnMut(u64) -> anyhow::Result<()>>,
     edge_pids: Vec<u32>,
+    edge_admins: Vec<SocketAddr>,
     procs: Vec<Proc>,
+}
+
+/// Sums a counter over every sample line of `name` in Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, String)> {
@@ -128,6 +138,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         token: Some(device_token),
         publish,
         edge_pids,
+        edge_admins: admins,
         procs,
     })
 }
@@ -143,41 +154,35 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         }
         Ok(())
     });
-    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], procs: vec![] })
+    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], edge_admins: vec![], procs: vec![] })
 }
 
-/// Runs the scenario; returns the JSON figures.
-pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
-    std::fs::create_dir_all(&o.out)?;
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
-    let edges = o.edges.unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
-    let mut log = Vec::new();
-    let peer = o.target_url.is_some();
-    let slab0 = stack::slab_bytes();
-    let mut target = if peer { start_peer(o)? } else { start_cue(o, edges, &mut log)? };
-    std::thread::sleep(Duration::from_millis(300));
-    let rss0: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
-    let slab1 = stack::slab_bytes();
+/// A connected fleet.
+struct Fleet {
+    workers: Vec<WorkerProc>,
+    connected: usize,
+    connect_s: f64,
+}
 
-    // The fleet.
+/// Starts the fleet: worker `w` connects its devices to `targets[w % targets.len()]`.
+fn start_fleet(o: &RunOpts, targets: &[SocketAddr], host: &str, path: &str, token: Option<&str>, cpu: Option<usize>) -> anyhow::Result<Fleet> {
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut workers = Vec::new();
-    let t_connect = Instant::now();
+    let t = Instant::now();
     let mut left = o.devices;
     for w in 0..nworkers {
         let n = left.min(o.per_worker);
         left -= n;
         let spec = WorkerSpec {
-            target: target.addr,
-            host: target.host.clone(),
-            path: target.path.clone(),
-            token: target.token.clone(),
+            target: targets[w % targets.len()],
+            host: host.to_string(),
+            path: path.to_string(),
+            token: token.map(str::to_string),
             devices: n,
             source_base: (w * o.per_worker.div_ceil(10_000)) as u32,
             per_source: 10_000,
             concurrency: 256,
-            cpu: fleet_cpu,
+            cpu,
             connect_timeout_s: 120,
         };
         workers.push(WorkerProc::start(&spec)?);
@@ -187,28 +192,28 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         let l: serde_json::Value = serde_json::from_str(&w.line()?)?;
         connected += l["ready"].as_u64().unwrap_or(0) as usize;
     }
-    let connect_s = t_connect.elapsed().as_secs_f64();
+    let connect_s = t.elapsed().as_secs_f64();
     if o.verbose {
         eprintln!("{connected}/{} devices connected in {connect_s:.2}s", o.devices);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let rss1: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
-    let slab2 = stack::slab_bytes();
+    Ok(Fleet { workers, connected, connect_s })
+}
 
-    // Cues.
-    let interval = Duration::from_millis(o.interval_ms.unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)));
-    let mut published: HashMap<u64, u64> = HashMap::new();
-    for seq in 1..=o.cues as u64 {
-        let t = stack::unix_us();
-        (target.publish)(seq).with_context(|| format!("publishing cue {seq}"))?;
-        published.insert(seq, t);
-        std::thread::sleep(interval);
-    }
-    if o.cues > 0 {
-        std::thread::sleep(interval.max(Duration::from_secs(1)));
-    }
-    // Reports.
+/// What the fleet saw of a series of cues.
+struct Seen {
+    hist: Histogram<u64>,
+    delivered: u64,
+    missed: usize,
+    /// Median over cues of devices reached per second between the first and last arrival.
+    wall_rate: f64,
+    per_cue: Vec<serde_json::Value>,
+    closed: usize,
+    refusals: HashMap<u16, usize>,
+}
+
+fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> anyhow::Result<Seen> {
     let mut reports: Vec<WorkerReport> = Vec::new();
+    let mut workers = fleet.workers;
     for w in &mut workers {
         w.send("report")?;
         reports.push(serde_json::from_str(&w.line()?).context("worker report")?);
@@ -216,11 +221,8 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     for w in workers {
         w.wait();
     }
-
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut delivered = 0u64;
-    let mut spans = Vec::new();
-    let mut per_cue = Vec::new();
     let mut first_last: HashMap<u64, (u64, u64, u64)> = HashMap::new();
     for r in &reports {
         delivered += r.frames;
@@ -237,56 +239,135 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     }
     let mut seqs: Vec<_> = first_last.keys().copied().collect();
     seqs.sort();
+    let mut per_cue = Vec::new();
+    let mut rates = Vec::new();
     for s in seqs {
         let (f, l, n) = first_last[&s];
         let p = published[&s];
-        per_cue.push(json!({"seq": s, "devices": n, "first_ms": (f - p) as f64 / 1e3, "last_ms": (l - p) as f64 / 1e3}));
+        per_cue.push(json!({"seq": s, "devices": n, "first_ms": (f.saturating_sub(p)) as f64 / 1e3, "last_ms": (l.saturating_sub(p)) as f64 / 1e3}));
         if n > 1 && l > f {
-            spans.push((n as f64, (l - f) as f64 / 1e6));
+            rates.push(n as f64 / ((l - f) as f64 / 1e6));
         }
     }
-    let last_seq = o.cues as u64;
-    let missed: usize = reports.iter().map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count()).sum::<usize>()
-        + (o.devices - reports.iter().map(|r| r.final_seqs.len()).sum::<usize>());
-    // Delivery rate per edge core: every edge process shares one core, so a cue's fanout span
-    // (first to last device) is that core's work for that cue. Median over cues.
-    let mut rates: Vec<f64> = spans.iter().map(|(n, s)| n / s).collect();
     rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let rate = if rates.is_empty() { 0.0 } else { rates[rates.len() / 2] };
-
-    // The floor, same core, as many sockets (split over processes of <= 9000 pairs).
-    let mut floor = FloorResult::default();
-    if !o.no_floor && o.cues > 0 {
-        let mut left = o.devices;
-        let mut base = 200u32;
-        while left > 0 {
-            let n = left.min(9_000);
-            left -= n;
-            let spec = FloorSpec { sockets: n, rounds: o.cues.min(5), bytes: frame_len(), cpu: Some(o.edge_cpu), source_base: base };
-            base += 1;
-            let out = std::process::Command::new(std::env::current_exe()?)
-                .arg("floor-worker")
-                .arg(serde_json::to_string(&spec)?)
-                .output()?;
-            if !out.status.success() {
-                bail!("floor worker failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            let r: FloorResult = serde_json::from_slice(&out.stdout)?;
-            floor.writes += r.writes;
-            floor.seconds += r.seconds;
-            floor.cpu_s += r.cpu_s;
+    let last_seq = o.cues as u64;
+    let held: usize = reports.iter().map(|r| r.final_seqs.len()).sum();
+    let missed = reports.iter().map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count()).sum::<usize>()
+        + o.devices.saturating_sub(held);
+    let mut refusals = HashMap::new();
+    for r in &reports {
+        for (k, v) in &r.refusals {
+            *refusals.entry(*k).or_default() += v;
         }
     }
-    // Graceful stop of the stack (edges drain on SIGTERM; the bench does not wait for that).
-    for p in &mut target.procs {
-        p.stop(Duration::from_secs(2));
+    Ok(Seen {
+        hist,
+        delivered,
+        missed,
+        wall_rate: if rates.is_empty() { 0.0 } else { rates[rates.len() / 2] },
+        per_cue,
+        closed: reports.iter().map(|r| r.closed).sum(),
+        refusals,
+    })
+}
+
+/// Publishes `cues` cues `interval` apart with `publish`; returns seq -> publish time (Unix µs).
+fn publish_series(cues: usize, interval: Duration, publish: &mut dyn FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<HashMap<u64, u64>> {
+    let mut published = HashMap::new();
+    for seq in 1..=cues as u64 {
+        let t = stack::unix_us();
+        publish(seq).with_context(|| format!("publishing cue {seq}"))?;
+        published.insert(seq, t);
+        std::thread::sleep(interval);
     }
-    let floor_rate = if floor.seconds > 0.0 { floor.writes as f64 / floor.seconds } else { 0.0 };
+    if cues > 0 {
+        std::thread::sleep(interval.max(Duration::from_secs(1)));
+    }
+    Ok(published)
+}
+
+/// The floor phase: floor processes pinned to the edge core, the same fleet shape, the same
+/// number of rounds. Returns (CPU-based rate, wall rate seen by the fleet, missed).
+fn floor_phase(o: &RunOpts, fleet_cpu: Option<usize>, interval: Duration) -> anyhow::Result<(f64, f64, usize)> {
+    let nworkers = o.devices.div_ceil(o.per_worker).max(1);
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    let mut left = o.devices;
+    for _ in 0..nworkers {
+        let n = left.min(o.per_worker);
+        left -= n;
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        procs.push(FloorProc::start(&FloorSpec { listen, devices: n, cpu: Some(o.edge_cpu) })?);
+        addrs.push(listen);
+    }
+    let fleet = start_fleet(o, &addrs, "floor", "/v1/subscribe?events=bench", None, fleet_cpu)?;
+    for p in &mut procs {
+        p.line()?; // accepted
+    }
+    let mut total = FloorResult::default();
+    let mut round = |seq: u64| -> anyhow::Result<()> {
+        for p in procs.iter_mut() {
+            p.round(seq)?;
+        }
+        for p in procs.iter_mut() {
+            let r: FloorResult = serde_json::from_str(&p.line()?)?;
+            total.writes += r.writes;
+            total.seconds += r.seconds;
+            total.cpu_s += r.cpu_s;
+        }
+        Ok(())
+    };
+    let published = publish_series(o.cues, interval, &mut round)?;
+    let seen = finish_fleet(fleet, o, &published)?;
+    let cpu_rate = if total.cpu_s > 0.0 { total.writes as f64 / total.cpu_s } else { 0.0 };
+    Ok((cpu_rate, seen.wall_rate, seen.missed))
+}
+
+/// Runs the scenario; returns the JSON figures.
+pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
+    std::fs::create_dir_all(&o.out)?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
+    let edges = o.edges.unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
+    let mut log = Vec::new();
+    let peer = o.target_url.is_some();
+    let mut target = if peer { start_peer(o)? } else { start_cue(o, edges, &mut log)? };
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    let slab1 = stack::slab_bytes();
+    let fleet = start_fleet(o, &[target.addr], &target.host, &target.path, target.token.as_deref(), fleet_cpu)?;
+    let (connected, connect_s) = (fleet.connected, fleet.connect_s);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    let slab2 = stack::slab_bytes();
+
+    let interval = Duration::from_millis(o.interval_ms.unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)));
+    let published = publish_series(o.cues, interval, &mut target.publish)?;
+    let seen = finish_fleet(fleet, o, &published)?;
+
+    // The edges' own accounting: deliveries per CPU-second spent writing them.
+    let (mut edge_deliveries, mut edge_cpu) = (0.0, 0.0);
+    for a in &target.edge_admins {
+        if let Ok((200, m)) = stack::http(*a, "GET", "/metrics", &[], b"") {
+            edge_deliveries += metric_sum(&m, "cue_edge_deliveries_total");
+            edge_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
+        }
+    }
+    let cpu_rate = if edge_cpu > 0.0 { edge_deliveries / edge_cpu } else { 0.0 };
+    for p in &mut target.procs {
+        p.stop(Duration::from_secs(5));
+    }
+    drop(target.procs);
+
+    let (floor_cpu, floor_wall, floor_missed) =
+        if o.cues > 0 && !o.no_floor { floor_phase(o, fleet_cpu, interval)? } else { (0.0, 0.0, 0) };
+    let rate = if peer { seen.wall_rate } else { cpu_rate };
+    let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
     let user_bytes = if peer { None } else { Some((rss1.saturating_sub(rss0)) as f64 / n) };
     // Both ends of every connection are on this host; the edge's share is half the growth.
     let kernel_bytes = (slab2 as f64 - slab1 as f64) / n / 2.0;
-    let _ = slab0;
+    let hist = &seen.hist;
     let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
     Ok(json!({
         "scenario": scenario,
@@ -296,27 +377,28 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "edges": if peer { 0 } else { edges },
         "shards_per_edge": o.shards,
         "cues": o.cues,
-        "delivered": delivered,
-        "missed": missed,
+        "delivered": seen.delivered,
+        "missed": seen.missed,
         "connect_s": connect_s,
         "connects_per_s": connected as f64 / connect_s,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": hist.max() as f64 / 1e3},
         "deliveries_per_s_per_core": rate,
         "floor_deliveries_per_s_per_core": floor_rate,
         "ratio_to_floor": if floor_rate > 0.0 { rate / floor_rate } else { 0.0 },
+        "rate_basis": if peer { "wall: devices reached per second, first to last arrival, median over cues" } else { "cpu: deliveries per CPU-second of the edge core (edge: shard fanout CPU time; floor: write-loop CPU time)" },
+        "wall": {
+            "deliveries_per_s": seen.wall_rate,
+            "floor_deliveries_per_s": floor_wall,
+            "ratio_to_floor": if floor_wall > 0.0 { seen.wall_rate / floor_wall } else { 0.0 },
+            "floor_missed": floor_missed,
+        },
         "edge_user_bytes_per_conn": user_bytes,
         "kernel_bytes_per_conn": kernel_bytes,
         "edge_rss_bytes": rss1,
         "interval_ms": interval.as_millis() as u64,
-        "per_cue": per_cue,
-        "closed_by_server": reports.iter().map(|r| r.closed).sum::<usize>(),
-        "refusals": reports.iter().flat_map(|r| r.refusals.iter()).fold(HashMap::<u16, usize>::new(), |mut m, (k, v)| { *m.entry(*k).or_default() += v; m }),
+        "per_cue": seen.per_cue,
+        "closed_by_server": seen.closed,
+        "refusals": seen.refusals,
         "notes": log,
     }))
-}
-
-/// Size of the JSON text frame of a bench cue (what the floor writes).
-fn frame_len() -> usize {
-    let c = cue_origin::cue::Cue::new("bench", "stage-10", 10, 1_764_460_800_123).expect("valid");
-    cue_edge::encoded::EncodedCue::new(c).ws_json.len()
 }

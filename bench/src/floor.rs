@@ -1,40 +1,44 @@
-//! The write() floor: a plain blocking `write()` loop of the same frame over as many loopback
-//! TCP sockets, pinned to the same core as the edge. It is what a fanout costs with no
-//! protocol, no bookkeeping and no event loop, so the edge's delivery rate is reported as a
-//! ratio to it, measured in the same run on the same machine.
+//! The write() floor: what a fanout costs with no protocol logic, no bookkeeping and no event
+//! loop. A floor process listens on the same kind of port as an edge (`SO_REUSEPORT`, pinned
+//! to the edge core), answers the same fleet's upgrade requests with a bare 101, then on each
+//! round does a plain blocking `write()` of one cue frame to every socket. The fleet reads and
+//! timestamps the frames exactly as it does for the edge, so the two rates are measured against
+//! the same receivers, frames, core and socket count, in the same run.
+//!
+//! Protocol with the parent: the process prints `{"listening":true}` once bound, `{"accepted":N}`
+//! once it holds its share of devices; then each stdin line `SEQ` makes one round, answered by
+//! `{"writes":N,"seconds":S,"cpu_s":C}`; `quit` (or EOF) ends it.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{pin, source_addr};
+use cue_edge::ws::handshake::{parse_request, write_accept};
+
+use crate::worker::pin;
 
 /// Floor settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FloorSpec {
-    /// Socket pairs (each costs two fds in this process).
-    pub sockets: usize,
-    /// Rounds (one write to every socket each).
-    pub rounds: usize,
-    /// Bytes per write (the frame size of a cue).
-    pub bytes: usize,
+    /// Address to listen on (shared with the other floor processes).
+    pub listen: SocketAddr,
+    /// Devices this process holds before it reports.
+    pub devices: usize,
     /// Core to pin to.
     pub cpu: Option<usize>,
-    /// First source address index (so floor sockets use fresh source addresses).
-    pub source_base: u32,
 }
 
-/// What it measured.
+/// One round's measurement.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FloorResult {
     /// Writes done.
     pub writes: u64,
-    /// Wall seconds of the write loops.
+    /// Wall seconds of the write loop.
     pub seconds: f64,
-    /// CPU seconds (user + system) of the write loops.
+    /// CPU seconds (user + system) of the write loop.
     pub cpu_s: f64,
 }
 
@@ -45,46 +49,103 @@ fn cpu_now() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Runs the floor in this process.
-pub fn run(spec: &FloorSpec) -> anyhow::Result<FloorResult> {
+/// Runs a floor process (see the module docs).
+pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
     if let Some(c) = spec.cpu {
         pin(c);
     }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let mut clients = Vec::with_capacity(spec.sockets);
-    let mut servers = Vec::with_capacity(spec.sockets);
-    for i in 0..spec.sockets {
-        let src = source_addr(spec.source_base, i, 10_000);
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        let one: libc::c_int = 1;
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        s.bind(&SocketAddr::new(src.into(), 0).into())?;
-        s.connect(&addr.into())?;
-        clients.push(s);
-        let (srv, _) = listener.accept()?;
-        srv.set_nodelay(true)?;
-        servers.push(srv);
+    let fd = cue_edge::shard::bind_listener(spec.listen, 4096)?;
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+    listener.set_nonblocking(false)?;
+    println!("{{\"listening\":true}}");
+    std::io::stdout().flush()?;
+    let mut socks: Vec<TcpStream> = Vec::with_capacity(spec.devices);
+    let mut buf = vec![0u8; 8192];
+    let mut out = Vec::with_capacity(256);
+    while socks.len() < spec.devices {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut have = 0;
+        let req = loop {
+            let n = s.read(&mut buf[have..])?;
+            if n == 0 {
+                break None;
+            }
+            have += n;
+            match parse_request(&buf[..have], buf.len()) {
+                Ok(Some((req, _))) => break Some(req),
+                Ok(None) => continue,
+                Err(_) => break None,
+            }
+        };
+        let Some(req) = req else { continue };
+        out.clear();
+        write_accept(&req.key, &mut out);
+        s.write_all(&out)?;
+        socks.push(s);
     }
-    let frame = vec![b'x'; spec.bytes];
-    let mut res = FloorResult::default();
-    for _ in 0..spec.rounds {
+    println!("{{\"accepted\":{}}}", socks.len());
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let Ok(seq) = line.trim().parse::<u64>() else { break };
+        let ts = crate::stack::unix_us() / 1000;
+        let cue = cue_origin::cue::Cue::new("bench", &format!("stage-{seq}"), seq, ts)?;
+        let frame = cue_edge::encoded::EncodedCue::new(cue).ws_json;
         let (t0, c0) = (Instant::now(), cpu_now());
-        for s in &mut servers {
+        for s in &mut socks {
             s.write_all(&frame)?;
         }
-        res.seconds += t0.elapsed().as_secs_f64();
-        res.cpu_s += cpu_now() - c0;
-        res.writes += servers.len() as u64;
+        let r = FloorResult { writes: socks.len() as u64, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_now() - c0 };
+        println!("{}", serde_json::to_string(&r)?);
+        std::io::stdout().flush()?;
     }
-    drop(clients);
-    Ok(res)
+    Ok(())
+}
+
+/// A started floor process.
+pub struct FloorProc {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl FloorProc {
+    /// Starts `cue-bench floor-worker SPEC` and waits until it listens.
+    pub fn start(spec: &FloorSpec) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("floor-worker")
+            .arg(serde_json::to_string(spec)?)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut p = Self { child, stdout };
+        p.line()?;
+        Ok(p)
+    }
+
+    /// The next line from the process.
+    pub fn line(&mut self) -> anyhow::Result<String> {
+        let mut l = String::new();
+        if self.stdout.read_line(&mut l)? == 0 {
+            anyhow::bail!("floor process exited early");
+        }
+        Ok(l)
+    }
+
+    /// Starts round `seq` (does not wait).
+    pub fn round(&mut self, seq: u64) -> anyhow::Result<()> {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        writeln!(stdin, "{seq}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for FloorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

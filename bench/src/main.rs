@@ -132,10 +132,7 @@ fn main() -> ExitCode {
         }
         Cmd::FloorWorker { spec } => {
             return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(|s| floor::run(&s)) {
-                Ok(r) => {
-                    println!("{}", serde_json::to_string(&r).expect("serialize"));
-                    ExitCode::SUCCESS
-                }
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cue-bench floor: {e:#}");
                     ExitCode::from(1)

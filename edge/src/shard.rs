@@ -149,11 +149,12 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
     while let Some(msg) = rx.recv().await {
         match msg {
             ShardMsg::Cue(cue) => {
-                let t0 = Instant::now();
+                let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
                 let mut drv = d.borrow_mut();
                 let Driver { core, io, stats, .. } = &mut *drv;
                 core.on_cue(cue.clone(), io);
                 let spent = t0.elapsed();
+                stats.fanout_cpu_ns.add(thread_cpu_ns().saturating_sub(cpu0));
                 stats.fanout_time.observe_us(spent.as_micros() as u64);
                 let lag_ms = unix_ms().saturating_sub(cue.cue.ts());
                 stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
@@ -179,6 +180,13 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
 
 fn now() -> Now {
     Now { mono: Instant::now(), unix_ms: unix_ms() }
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn unix_ms() -> u64 {

@@ -71,6 +71,9 @@ pub struct ShardStats {
     pub delivery_lag: Histogram,
     /// Time the shard spent writing one cue to all its subscribers.
     pub fanout_time: Histogram,
+    /// Thread CPU time spent in fanout (writing cues), nanoseconds: deliveries divided by this
+    /// is the shard core's delivery rate, whatever else shares the core.
+    pub fanout_cpu_ns: Counter,
     /// Closes by [`CloseReason`].
     pub closes: [Counter; 10],
     /// Refusals by status, see [`REFUSAL_STATUSES`].
@@ -110,6 +113,10 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
         ("cue_edge_write_blocked_total", "Writes a device socket did not fully take.", |s| s.write_blocked.get()),
         ("cue_edge_pings_total", "Pings sent to idle devices.", |s| s.pings.get()),
     ];
+    header(out, "cue_edge_fanout_cpu_seconds_total", "counter", "Shard thread CPU time spent writing cues.");
+    for (i, s) in shards.iter().enumerate() {
+        sample(out, "cue_edge_fanout_cpu_seconds_total", &format!("shard=\"{i}\""), s.fanout_cpu_ns.get() as f64 / 1e9);
+    }
     for (name, help, f) in counters {
         header(out, name, "counter", help);
         for (i, s) in shards.iter().enumerate() {
