@@ -15,7 +15,6 @@ use crate::floor::{FloorProc, FloorResult, FloorSpec};
 use crate::stack::{self, free_port, Proc};
 use crate::worker::{WorkerProc, WorkerReport, WorkerSpec};
 
-
 /// Options shared by `fanout` and `density`.
 #[derive(Debug, Clone)]
 pub struct RunOpts {
@@ -70,7 +69,9 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, String)> {
-    let rest = url.strip_prefix(scheme).with_context(|| format!("{url}: must start with {scheme}"))?;
+    let rest = url
+        .strip_prefix(scheme)
+        .with_context(|| format!("{url}: must start with {scheme}"))?;
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let addr: SocketAddr = hostport
         .replace("localhost", "127.0.0.1")
@@ -79,7 +80,15 @@ fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, Str
     if !addr.ip().is_loopback() {
         bail!("{url}: only loopback targets are allowed");
     }
-    Ok((addr, hostport.to_string(), if path.is_empty() { "/".into() } else { path.into() }))
+    Ok((
+        addr,
+        hostport.to_string(),
+        if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
+    ))
 }
 
 fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result<Target> {
@@ -94,29 +103,58 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let _ = std::fs::remove_dir_all(&data);
     let mut procs = Vec::new();
     let args: Vec<String> = vec![
-        "--http".into(), http.to_string(), "--relay".into(), relay.to_string(),
-        "--data-dir".into(), data.display().to_string(),
+        "--http".into(),
+        http.to_string(),
+        "--relay".into(),
+        relay.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
     ];
-    procs.push(Proc::start("cue-origin", &origin_bin, &args, &env, &o.out.join("origin.log"))?);
-    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true).context("cue-origin did not start")?;
+    procs.push(Proc::start(
+        "cue-origin",
+        &origin_bin,
+        &args,
+        &env,
+        &o.out.join("origin.log"),
+    )?);
+    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true)
+        .context("cue-origin did not start")?;
     let mut admins = Vec::new();
     let mut edge_pids = Vec::new();
     for i in 0..edges {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let args: Vec<String> = vec![
-            "--origin".into(), relay.to_string(), "--ws".into(), ws.to_string(),
-            "--admin".into(), admin.to_string(), "--shards".into(), o.shards.to_string(),
-            "--cpus".into(), o.edge_cpu.to_string(), "--edge-id".into(), format!("bench-edge-{i}"),
-            "--drain-window-s".into(), "1".into(),
+            "--origin".into(),
+            relay.to_string(),
+            "--ws".into(),
+            ws.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--shards".into(),
+            o.shards.to_string(),
+            "--cpus".into(),
+            o.edge_cpu.to_string(),
+            "--edge-id".into(),
+            format!("bench-edge-{i}"),
+            "--drain-window-s".into(),
+            "1".into(),
         ];
-        let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}.log")))?;
+        let p = Proc::start(
+            &format!("cue-edge-{i}"),
+            &edge_bin,
+            &args,
+            &env,
+            &o.out.join(format!("edge-{i}.log")),
+        )?;
         edge_pids.push(p.pid());
         procs.push(p);
         admins.push(admin);
     }
     for a in &admins {
-        stack::wait_http(*a, "/healthz", Duration::from_secs(15), |b| b.contains("\"origins_linked\":1"))
-            .context("cue-edge did not link to the origin")?;
+        stack::wait_http(*a, "/healthz", Duration::from_secs(15), |b| {
+            b.contains("\"origins_linked\":1")
+        })
+        .context("cue-edge did not link to the origin")?;
     }
     log.push(format!("stack: origin {http} relay {relay}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.shards, o.edge_cpu));
     let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
@@ -125,7 +163,16 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let pub_token = format!("Bearer {}", keys.mint_publisher(now, 3600));
     let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
         let body = format!("{{\"key\":\"stage-{seq}\"}}");
-        let (st, b) = stack::http(http, "POST", "/v1/events/bench/cues", &[("Authorization", &pub_token), ("Content-Type", "application/json")], body.as_bytes())?;
+        let (st, b) = stack::http(
+            http,
+            "POST",
+            "/v1/events/bench/cues",
+            &[
+                ("Authorization", &pub_token),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )?;
         if st != 201 {
             bail!("publish: {st} {b}");
         }
@@ -145,16 +192,39 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
 
 fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
     let (addr, host, path) = parse_url(o.target_url.as_deref().expect("peer mode"), "ws://")?;
-    let (paddr, _, ppath) = parse_url(o.publish_url.as_deref().context("--publish-url is needed with --target-url")?, "http://")?;
+    let (paddr, _, ppath) = parse_url(
+        o.publish_url
+            .as_deref()
+            .context("--publish-url is needed with --target-url")?,
+        "http://",
+    )?;
     let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
-        let body = format!("{{\"event\":\"bench\",\"key\":\"stage-{seq}\",\"seq\":{seq},\"ts\":{}}}", stack::unix_us() / 1000);
-        let (st, b) = stack::http(paddr, "POST", &ppath, &[("Content-Type", "application/json")], body.as_bytes())?;
+        let body = format!(
+            "{{\"event\":\"bench\",\"key\":\"stage-{seq}\",\"seq\":{seq},\"ts\":{}}}",
+            stack::unix_us() / 1000
+        );
+        let (st, b) = stack::http(
+            paddr,
+            "POST",
+            &ppath,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )?;
         if !(200..300).contains(&st) {
             bail!("publish: {st} {b}");
         }
         Ok(())
     });
-    Ok(Target { addr, host, path, token: None, publish, edge_pids: vec![], edge_admins: vec![], procs: vec![] })
+    Ok(Target {
+        addr,
+        host,
+        path,
+        token: None,
+        publish,
+        edge_pids: vec![],
+        edge_admins: vec![],
+        procs: vec![],
+    })
 }
 
 /// A connected fleet.
@@ -165,7 +235,14 @@ struct Fleet {
 }
 
 /// Starts the fleet: worker `w` connects its devices to `targets[w % targets.len()]`.
-fn start_fleet(o: &RunOpts, targets: &[SocketAddr], host: &str, path: &str, token: Option<&str>, cpu: Option<usize>) -> anyhow::Result<Fleet> {
+fn start_fleet(
+    o: &RunOpts,
+    targets: &[SocketAddr],
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+    cpu: Option<usize>,
+) -> anyhow::Result<Fleet> {
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut workers = Vec::new();
     let t = Instant::now();
@@ -194,9 +271,16 @@ fn start_fleet(o: &RunOpts, targets: &[SocketAddr], host: &str, path: &str, toke
     }
     let connect_s = t.elapsed().as_secs_f64();
     if o.verbose {
-        eprintln!("{connected}/{} devices connected in {connect_s:.2}s", o.devices);
+        eprintln!(
+            "{connected}/{} devices connected in {connect_s:.2}s",
+            o.devices
+        );
     }
-    Ok(Fleet { workers, connected, connect_s })
+    Ok(Fleet {
+        workers,
+        connected,
+        connect_s,
+    })
 }
 
 /// What the fleet saw of a series of cues.
@@ -227,7 +311,9 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
     for r in &reports {
         delivered += r.frames;
         for (seq, arr) in &r.arrivals {
-            let Some(&p) = published.get(seq) else { continue };
+            let Some(&p) = published.get(seq) else {
+                continue;
+            };
             let e = first_last.entry(*seq).or_insert((u64::MAX, 0, 0));
             for &a in arr {
                 hist.record(a.saturating_sub(p).max(1))?;
@@ -252,7 +338,10 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
     rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let last_seq = o.cues as u64;
     let held: usize = reports.iter().map(|r| r.final_seqs.len()).sum();
-    let missed = reports.iter().map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count()).sum::<usize>()
+    let missed = reports
+        .iter()
+        .map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count())
+        .sum::<usize>()
         + o.devices.saturating_sub(held);
     let mut refusals = HashMap::new();
     for r in &reports {
@@ -264,7 +353,11 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
         hist,
         delivered,
         missed,
-        wall_rate: if rates.is_empty() { 0.0 } else { rates[rates.len() / 2] },
+        wall_rate: if rates.is_empty() {
+            0.0
+        } else {
+            rates[rates.len() / 2]
+        },
         per_cue,
         closed: reports.iter().map(|r| r.closed).sum(),
         refusals,
@@ -272,7 +365,11 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
 }
 
 /// Publishes `cues` cues `interval` apart with `publish`; returns seq -> publish time (Unix µs).
-fn publish_series(cues: usize, interval: Duration, publish: &mut dyn FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<HashMap<u64, u64>> {
+fn publish_series(
+    cues: usize,
+    interval: Duration,
+    publish: &mut dyn FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<HashMap<u64, u64>> {
     let mut published = HashMap::new();
     for seq in 1..=cues as u64 {
         let t = stack::unix_us();
@@ -288,7 +385,11 @@ fn publish_series(cues: usize, interval: Duration, publish: &mut dyn FnMut(u64) 
 
 /// The floor phase: floor processes pinned to the edge core, the same fleet shape, the same
 /// number of rounds. Returns (CPU-based rate, wall rate seen by the fleet, missed).
-fn floor_phase(o: &RunOpts, fleet_cpu: Option<usize>, interval: Duration) -> anyhow::Result<(f64, f64, usize)> {
+fn floor_phase(
+    o: &RunOpts,
+    fleet_cpu: Option<usize>,
+    interval: Duration,
+) -> anyhow::Result<(f64, f64, usize)> {
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
@@ -297,10 +398,21 @@ fn floor_phase(o: &RunOpts, fleet_cpu: Option<usize>, interval: Duration) -> any
         let n = left.min(o.per_worker);
         left -= n;
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        procs.push(FloorProc::start(&FloorSpec { listen, devices: n, cpu: Some(o.edge_cpu) })?);
+        procs.push(FloorProc::start(&FloorSpec {
+            listen,
+            devices: n,
+            cpu: Some(o.edge_cpu),
+        })?);
         addrs.push(listen);
     }
-    let fleet = start_fleet(o, &addrs, "floor", "/v1/subscribe?events=bench", None, fleet_cpu)?;
+    let fleet = start_fleet(
+        o,
+        &addrs,
+        "floor",
+        "/v1/subscribe?events=bench",
+        None,
+        fleet_cpu,
+    )?;
     for p in &mut procs {
         p.line()?; // accepted
     }
@@ -319,29 +431,55 @@ fn floor_phase(o: &RunOpts, fleet_cpu: Option<usize>, interval: Duration) -> any
     };
     let published = publish_series(o.cues, interval, &mut round)?;
     let seen = finish_fleet(fleet, o, &published)?;
-    let cpu_rate = if total.cpu_s > 0.0 { total.writes as f64 / total.cpu_s } else { 0.0 };
+    let cpu_rate = if total.cpu_s > 0.0 {
+        total.writes as f64 / total.cpu_s
+    } else {
+        0.0
+    };
     Ok((cpu_rate, seen.wall_rate, seen.missed))
 }
 
 /// Runs the scenario; returns the JSON figures.
 pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&o.out)?;
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
-    let edges = o.edges.unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let fleet_cpu = if ncpu > 1 {
+        Some((o.edge_cpu + 1) % ncpu)
+    } else {
+        None
+    };
+    let edges = o
+        .edges
+        .unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
     let mut log = Vec::new();
     let peer = o.target_url.is_some();
-    let mut target = if peer { start_peer(o)? } else { start_cue(o, edges, &mut log)? };
+    let mut target = if peer {
+        start_peer(o)?
+    } else {
+        start_cue(o, edges, &mut log)?
+    };
     std::thread::sleep(Duration::from_millis(300));
     let rss0: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab1 = stack::slab_bytes();
-    let fleet = start_fleet(o, &[target.addr], &target.host, &target.path, target.token.as_deref(), fleet_cpu)?;
+    let fleet = start_fleet(
+        o,
+        &[target.addr],
+        &target.host,
+        &target.path,
+        target.token.as_deref(),
+        fleet_cpu,
+    )?;
     let (connected, connect_s) = (fleet.connected, fleet.connect_s);
     std::thread::sleep(Duration::from_millis(500));
     let rss1: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab2 = stack::slab_bytes();
 
-    let interval = Duration::from_millis(o.interval_ms.unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)));
+    let interval = Duration::from_millis(
+        o.interval_ms
+            .unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)),
+    );
     let published = publish_series(o.cues, interval, &mut target.publish)?;
     let seen = finish_fleet(fleet, o, &published)?;
 
@@ -353,18 +491,29 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             edge_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
         }
     }
-    let cpu_rate = if edge_cpu > 0.0 { edge_deliveries / edge_cpu } else { 0.0 };
+    let cpu_rate = if edge_cpu > 0.0 {
+        edge_deliveries / edge_cpu
+    } else {
+        0.0
+    };
     for p in &mut target.procs {
         p.stop(Duration::from_secs(5));
     }
     drop(target.procs);
 
-    let (floor_cpu, floor_wall, floor_missed) =
-        if o.cues > 0 && !o.no_floor { floor_phase(o, fleet_cpu, interval)? } else { (0.0, 0.0, 0) };
+    let (floor_cpu, floor_wall, floor_missed) = if o.cues > 0 && !o.no_floor {
+        floor_phase(o, fleet_cpu, interval)?
+    } else {
+        (0.0, 0.0, 0)
+    };
     let rate = if peer { seen.wall_rate } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
-    let user_bytes = if peer { None } else { Some((rss1.saturating_sub(rss0)) as f64 / n) };
+    let user_bytes = if peer {
+        None
+    } else {
+        Some((rss1.saturating_sub(rss0)) as f64 / n)
+    };
     // Both ends of every connection are on this host; the edge's share is half the growth.
     let kernel_bytes = (slab2 as f64 - slab1 as f64) / n / 2.0;
     let hist = &seen.hist;

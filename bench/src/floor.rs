@@ -88,7 +88,9 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;
-        let Ok(seq) = line.trim().parse::<u64>() else { break };
+        let Ok(seq) = line.trim().parse::<u64>() else {
+            break;
+        };
         let ts = crate::stack::unix_us() / 1000;
         let cue = cue_origin::cue::Cue::new("bench", &format!("stage-{seq}"), seq, ts)?;
         let frame = cue_edge::encoded::EncodedCue::new(cue).ws_json;
@@ -96,7 +98,11 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
         for s in &mut socks {
             s.write_all(&frame)?;
         }
-        let r = FloorResult { writes: socks.len() as u64, seconds: t0.elapsed().as_secs_f64(), cpu_s: cpu_now() - c0 };
+        let r = FloorResult {
+            writes: socks.len() as u64,
+            seconds: t0.elapsed().as_secs_f64(),
+            cpu_s: cpu_now() - c0,
+        };
         println!("{}", serde_json::to_string(&r)?);
         std::io::stdout().flush()?;
     }

@@ -115,14 +115,21 @@ fn validate(c: &Common) -> Result<(), String> {
     if c.edges == Some(0) {
         e.push("--edges: must be > 0".into());
     }
-    if e.is_empty() { Ok(()) } else { Err(e.join("; ")) }
+    if e.is_empty() {
+        Ok(())
+    } else {
+        Err(e.join("; "))
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Worker { spec } => {
-            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(worker::run) {
+            return match serde_json::from_str(&spec)
+                .map_err(anyhow::Error::from)
+                .and_then(worker::run)
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cue-bench worker: {e:#}");
@@ -131,7 +138,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::FloorWorker { spec } => {
-            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(|s| floor::run(&s)) {
+            return match serde_json::from_str(&spec)
+                .map_err(anyhow::Error::from)
+                .and_then(|s| floor::run(&s))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cue-bench floor: {e:#}");
@@ -139,7 +149,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Fanout { common, cues, interval_ms, target_url, publish_url, no_floor } => {
+        Cmd::Fanout {
+            common,
+            cues,
+            interval_ms,
+            target_url,
+            publish_url,
+            no_floor,
+        } => {
             if let Err(e) = validate(&common) {
                 eprintln!("cue-bench: {e}");
                 return ExitCode::from(2);

@@ -17,11 +17,17 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub fn bin(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     let d = match dir {
         Some(d) => d.to_path_buf(),
-        None => std::env::current_exe()?.parent().context("exe dir")?.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_path_buf(),
     };
     let p = d.join(name);
     if !p.exists() {
-        bail!("{} not found (build it: cargo build --release --workspace, or pass --bin-dir)", p.display());
+        bail!(
+            "{} not found (build it: cargo build --release --workspace, or pass --bin-dir)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -36,15 +42,30 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `exe args` with `env`, stderr to `log`.
-    pub fn start(name: &str, exe: &Path, args: &[String], env: &[(&str, String)], log: &Path) -> anyhow::Result<Self> {
-        let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn start(
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let logf =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
-        Ok(Self { name: name.to_string(), child })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
     }
 
     /// Process id.
@@ -62,7 +83,10 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{} did not stop within {grace:?} of SIGTERM; killing it", self.name);
+        eprintln!(
+            "{} did not stop within {grace:?} of SIGTERM; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -81,13 +105,24 @@ impl Drop for Proc {
 }
 
 /// One HTTP/1.1 request; returns status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<(u16, String)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let r = cue_origin::client::request(addr, method, path, headers, body)?;
     Ok((r.status, r.body))
 }
 
 /// Polls `GET path` until it answers 200 and `ok(body)` holds, or `timeout` passes.
-pub fn wait_http(addr: SocketAddr, path: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+pub fn wait_http(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
     let t = Instant::now();
     loop {
         if let Ok((200, body)) = http(addr, "GET", path, &[], b"") {
@@ -123,7 +158,10 @@ pub fn slab_bytes() -> u64 {
 
 /// Unix time in microseconds.
 pub fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// A 64-hex-digit random secret.

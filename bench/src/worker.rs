@@ -79,7 +79,10 @@ struct Dev {
 }
 
 fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// The source address for device number `i` counted from `base`.
@@ -110,7 +113,9 @@ fn open_socket(src: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> 
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    Ok(TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(s.into_raw_fd()) }))
+    Ok(TcpStream::from_std(unsafe {
+        std::net::TcpStream::from_raw_fd(s.into_raw_fd())
+    }))
 }
 
 /// Pins the calling thread to `cpu`.
@@ -155,8 +160,17 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             match open_socket(src, spec.target) {
                 Ok(mut sock) => {
                     let tok = Token(devs.len());
-                    poll.registry().register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)?;
-                    devs.push(Dev { sock, phase: Phase::Connecting, buf: Vec::new(), newest: 0 });
+                    poll.registry().register(
+                        &mut sock,
+                        tok,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    devs.push(Dev {
+                        sock,
+                        phase: Phase::Connecting,
+                        buf: Vec::new(),
+                        newest: 0,
+                    });
                     in_flight += 1;
                 }
                 Err(e) => {
@@ -167,9 +181,15 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                 }
             }
         }
-        if !ready_sent && (in_flight == 0 && next >= spec.devices || t0.elapsed().as_secs() >= spec.connect_timeout_s) {
+        if !ready_sent
+            && (in_flight == 0 && next >= spec.devices
+                || t0.elapsed().as_secs() >= spec.connect_timeout_s)
+        {
             ready_sent = true;
-            report.connected = devs.iter().filter(|d| matches!(d.phase, Phase::Open)).count();
+            report.connected = devs
+                .iter()
+                .filter(|d| matches!(d.phase, Phase::Open))
+                .count();
             let line = serde_json::json!({
                 "ready": report.connected,
                 "failed": spec.devices - report.connected,
@@ -181,8 +201,15 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         if let Ok(cmd) = cmd_rx.try_recv() {
             match cmd.trim() {
                 "report" => {
-                    report.connected = devs.iter().filter(|d| matches!(d.phase, Phase::Open)).count();
-                    report.final_seqs = devs.iter().filter(|d| matches!(d.phase, Phase::Open)).map(|d| d.newest).collect();
+                    report.connected = devs
+                        .iter()
+                        .filter(|d| matches!(d.phase, Phase::Open))
+                        .count();
+                    report.final_seqs = devs
+                        .iter()
+                        .filter(|d| matches!(d.phase, Phase::Open))
+                        .map(|d| d.newest)
+                        .collect();
                     println!("{}", serde_json::to_string(&report)?);
                     std::io::stdout().flush()?;
                     return Ok(());
@@ -197,8 +224,8 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             let d = &mut devs[i];
             if let Phase::Connecting = d.phase {
                 if ev.is_writable() || ev.is_readable() {
-                    if let Ok(Some(e)) | Err(e) = d.sock.take_error().map(|o| o.map(Into::into)) {
-                        let _ = e;
+                    if !matches!(d.sock.take_error(), Ok(None)) {
+                        // The connect failed (refused, reset): this device is lost.
                         d.phase = Phase::Dead;
                         in_flight -= 1;
                         let _ = poll.registry().deregister(&mut d.sock);
@@ -207,14 +234,23 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     let nonce: [u8; 16] = rand::random();
                     let key = client_key(nonce);
                     out.clear();
-                    write_client_request(&spec.host, &spec.path, &key, spec.token.as_deref(), &mut out);
+                    write_client_request(
+                        &spec.host,
+                        &spec.path,
+                        &key,
+                        spec.token.as_deref(),
+                        &mut out,
+                    );
                     if d.sock.write_all(&out).is_err() {
                         d.phase = Phase::Dead;
                         in_flight -= 1;
                         continue;
                     }
-                    d.phase = Phase::Upgrading { expect: accept_key(&key) };
-                    poll.registry().reregister(&mut d.sock, ev.token(), Interest::READABLE)?;
+                    d.phase = Phase::Upgrading {
+                        expect: accept_key(&key),
+                    };
+                    poll.registry()
+                        .reregister(&mut d.sock, ev.token(), Interest::READABLE)?;
                 }
                 continue;
             }
@@ -260,7 +296,13 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
 }
 
 /// Handles bytes from the server; `Err` when the device is finished.
-fn on_bytes(d: &mut Dev, now: u64, report: &mut WorkerReport, in_flight: &mut usize, out: &mut Vec<u8>) -> Result<(), ()> {
+fn on_bytes(
+    d: &mut Dev,
+    now: u64,
+    report: &mut WorkerReport,
+    in_flight: &mut usize,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
     let mut used = 0;
     if let Phase::Upgrading { expect } = &d.phase {
         match parse_response(&d.buf, expect) {
@@ -286,7 +328,12 @@ fn on_bytes(d: &mut Dev, now: u64, report: &mut WorkerReport, in_flight: &mut us
     loop {
         match decode_frame(&mut d.buf[used..], Role::Client, 1 << 20) {
             Ok(Decoded::Incomplete) => break,
-            Ok(Decoded::Frame { opcode, payload, consumed, .. }) => {
+            Ok(Decoded::Frame {
+                opcode,
+                payload,
+                consumed,
+                ..
+            }) => {
                 let pl = &d.buf[used + payload.start..used + payload.end];
                 match opcode {
                     Opcode::Text | Opcode::Binary => {

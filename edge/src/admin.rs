@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cue_origin::metrics::{single, header, sample};
+use cue_origin::metrics::{header, sample, single};
 
 use crate::relay_link::{Control, LinkStats};
 use crate::stats::{render, ShardStats};
@@ -55,7 +55,10 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string())
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                )
             }
             Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
             _ => return respond(sock, 400, "text/plain", "bad request\n"),
@@ -72,7 +75,12 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                 if draining { "draining" } else { "ok" }
             );
             // 503 while draining so load balancers stop sending devices here.
-            respond(sock, if draining { 503 } else { 200 }, "application/json", &body)
+            respond(
+                sock,
+                if draining { 503 } else { 200 },
+                "application/json",
+                &body,
+            )
         }
         ("POST", "/admin/drain") => {
             let window = query
@@ -82,7 +90,14 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
             let window = match window {
                 None => st.drain_window,
                 Some(Ok(w)) if w <= Duration::from_secs(3600) => w,
-                Some(_) => return respond(sock, 400, "text/plain", "window_s: must be 0..=3600 seconds\n"),
+                Some(_) => {
+                    return respond(
+                        sock,
+                        400,
+                        "text/plain",
+                        "window_s: must be 0..=3600 seconds\n",
+                    )
+                }
             };
             st.draining.store(true, Ordering::Relaxed);
             let _ = st.control.try_send(Control::Drain(window));
@@ -93,7 +108,9 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                 &format!("{{\"draining\":true,\"window_s\":{}}}\n", window.as_secs()),
             )
         }
-        (_, "/metrics" | "/healthz" | "/admin/drain") => respond(sock, 405, "text/plain", "method not allowed\n"),
+        (_, "/metrics" | "/healthz" | "/admin/drain") => {
+            respond(sock, 405, "text/plain", "method not allowed\n")
+        }
         _ => respond(sock, 404, "text/plain", "not found\n"),
     }
 }
@@ -102,18 +119,77 @@ fn metrics(st: &AdminState) -> String {
     let mut s = String::with_capacity(16 * 1024);
     render(&st.shards, &mut s);
     let l = &st.link;
-    single(&mut s, "cue_edge_origins_linked", "gauge", "Origin relay links up.", l.linked.get());
-    single(&mut s, "cue_edge_relay_dials_total", "counter", "Relay dial attempts.", l.dials.get());
-    single(&mut s, "cue_edge_relay_dial_failures_total", "counter", "Relay dials that failed.", l.dial_failures.get());
-    single(&mut s, "cue_edge_relay_drops_total", "counter", "Relay links that went down.", l.drops.get());
-    single(&mut s, "cue_edge_relay_cues_received_total", "counter", "Cues received from origins.", l.cues_received.get());
-    single(&mut s, "cue_edge_relay_cues_forwarded_total", "counter", "New cues sent to shards.", l.cues_forwarded.get());
-    single(&mut s, "cue_edge_last_cue_timestamp_ms", "gauge", "Origin ts of the newest cue.", l.last_cue_ts.get());
-    single(&mut s, "cue_edge_capacity_connections", "gauge", "Connections this process can hold (fd limit).", st.capacity);
+    single(
+        &mut s,
+        "cue_edge_origins_linked",
+        "gauge",
+        "Origin relay links up.",
+        l.linked.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_dials_total",
+        "counter",
+        "Relay dial attempts.",
+        l.dials.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_dial_failures_total",
+        "counter",
+        "Relay dials that failed.",
+        l.dial_failures.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_drops_total",
+        "counter",
+        "Relay links that went down.",
+        l.drops.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_cues_received_total",
+        "counter",
+        "Cues received from origins.",
+        l.cues_received.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_cues_forwarded_total",
+        "counter",
+        "New cues sent to shards.",
+        l.cues_forwarded.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_last_cue_timestamp_ms",
+        "gauge",
+        "Origin ts of the newest cue.",
+        l.last_cue_ts.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_capacity_connections",
+        "gauge",
+        "Connections this process can hold (fd limit).",
+        st.capacity,
+    );
     header(&mut s, "cue_edge_draining", "gauge", "1 while draining.");
-    sample(&mut s, "cue_edge_draining", "", st.draining.load(Ordering::Relaxed) as u8);
+    sample(
+        &mut s,
+        "cue_edge_draining",
+        "",
+        st.draining.load(Ordering::Relaxed) as u8,
+    );
     if let Some(rss) = rss_bytes() {
-        single(&mut s, "cue_edge_resident_memory_bytes", "gauge", "Resident set size.", rss);
+        single(
+            &mut s,
+            "cue_edge_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            rss,
+        );
     }
     s
 }

@@ -131,24 +131,66 @@ impl EdgeConfig {
                 e.push(msg)
             }
         };
-        check(!self.origins.is_empty(), "origins: at least one origin relay address is needed".into());
-        check(self.ws != self.admin, format!("ws and admin: both are {}; they must differ", self.ws));
+        check(
+            !self.origins.is_empty(),
+            "origins: at least one origin relay address is needed".into(),
+        );
+        check(
+            self.ws != self.admin,
+            format!("ws and admin: both are {}; they must differ", self.ws),
+        );
         check(self.shards != Some(0), "shards: must be at least 1".into());
-        check(self.shards.unwrap_or(1) <= 1024, "shards: at most 1024".into());
-        check((1..=1000).contains(&self.poll_ms), format!("poll_ms: {} must be 1..=1000", self.poll_ms));
-        check(self.ping_interval_s >= 1, "ping_interval_s: must be >= 1".into());
-        check(self.handshake_timeout_s >= 1, "handshake_timeout_s: must be >= 1".into());
-        check(self.close_timeout_s >= 1, "close_timeout_s: must be >= 1".into());
-        check(self.max_connections != Some(0), "max_connections: must be > 0".into());
+        check(
+            self.shards.unwrap_or(1) <= 1024,
+            "shards: at most 1024".into(),
+        );
+        check(
+            (1..=1000).contains(&self.poll_ms),
+            format!("poll_ms: {} must be 1..=1000", self.poll_ms),
+        );
+        check(
+            self.ping_interval_s >= 1,
+            "ping_interval_s: must be >= 1".into(),
+        );
+        check(
+            self.handshake_timeout_s >= 1,
+            "handshake_timeout_s: must be >= 1".into(),
+        );
+        check(
+            self.close_timeout_s >= 1,
+            "close_timeout_s: must be >= 1".into(),
+        );
+        check(
+            self.max_connections != Some(0),
+            "max_connections: must be > 0".into(),
+        );
         check(
             (1..=256).contains(&self.max_events_per_device),
-            format!("max_events_per_device: {} must be 1..=256", self.max_events_per_device),
+            format!(
+                "max_events_per_device: {} must be 1..=256",
+                self.max_events_per_device
+            ),
         );
-        check((1..=65535).contains(&self.max_events), format!("max_events: {} must be 1..=65535", self.max_events));
-        check((125..=1 << 20).contains(&self.max_frame), format!("max_frame: {} must be 125..=1048576", self.max_frame));
-        check(self.max_message >= self.max_frame, "max_message: must be >= max_frame".into());
-        check(self.max_output >= 1024, "max_output: must be >= 1024".into());
-        check((1024..=65536).contains(&self.max_request), format!("max_request: {} must be 1024..=65536", self.max_request));
+        check(
+            (1..=65535).contains(&self.max_events),
+            format!("max_events: {} must be 1..=65535", self.max_events),
+        );
+        check(
+            (125..=1 << 20).contains(&self.max_frame),
+            format!("max_frame: {} must be 125..=1048576", self.max_frame),
+        );
+        check(
+            self.max_message >= self.max_frame,
+            "max_message: must be >= max_frame".into(),
+        );
+        check(
+            self.max_output >= 1024,
+            "max_output: must be >= 1024".into(),
+        );
+        check(
+            (1024..=65536).contains(&self.max_request),
+            format!("max_request: {} must be 1024..=65536", self.max_request),
+        );
         check(
             self.retry_after_min_s >= 1 && self.retry_after_min_s <= self.retry_after_max_s,
             format!(
@@ -156,7 +198,10 @@ impl EdgeConfig {
                 self.retry_after_min_s, self.retry_after_max_s
             ),
         );
-        check(self.relay_heartbeat_ms >= 10, "relay_heartbeat_ms: must be >= 10".into());
+        check(
+            self.relay_heartbeat_ms >= 10,
+            "relay_heartbeat_ms: must be >= 10".into(),
+        );
         check(
             self.relay_dead_after_ms > self.relay_heartbeat_ms,
             "relay_dead_after_ms: must exceed relay_heartbeat_ms".into(),
@@ -165,32 +210,54 @@ impl EdgeConfig {
             self.backoff_base_ms >= 1 && self.backoff_base_ms <= self.backoff_max_ms,
             "backoff_base_ms/backoff_max_ms: need 1 <= base <= max".into(),
         );
-        check((16..=65536).contains(&self.io_memory_kib), format!("io_memory_kib: {} must be 16..=65536", self.io_memory_kib));
+        check(
+            (16..=65536).contains(&self.io_memory_kib),
+            format!("io_memory_kib: {} must be 16..=65536", self.io_memory_kib),
+        );
         check(self.backlog >= 16, "backlog: must be >= 16".into());
-        check((16..=1 << 20).contains(&self.shard_queue), "shard_queue: must be 16..=1048576".into());
+        check(
+            (16..=1 << 20).contains(&self.shard_queue),
+            "shard_queue: must be 16..=1048576".into(),
+        );
         if let Some(s) = &self.auth_secret {
             check(
                 s.len() >= cue_origin::token::MIN_SECRET_LEN,
-                format!("auth_secret: {} bytes, needs at least {}", s.len(), cue_origin::token::MIN_SECRET_LEN),
+                format!(
+                    "auth_secret: {} bytes, needs at least {}",
+                    s.len(),
+                    cue_origin::token::MIN_SECRET_LEN
+                ),
             );
         }
         if let Some(id) = &self.edge_id {
-            check((1..=64).contains(&id.len()), "edge_id: must be 1-64 bytes".into());
+            check(
+                (1..=64).contains(&id.len()),
+                "edge_id: must be 1-64 bytes".into(),
+            );
         }
         e
     }
 
     /// The secret file path.
     pub fn secret_file(&self) -> PathBuf {
-        self.auth_secret_file.clone().unwrap_or_else(|| PathBuf::from("./cue-data/auth.secret"))
+        self.auth_secret_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./cue-data/auth.secret"))
     }
 
     /// The device-logic part, given the token keys and this shard's session limit.
-    pub fn core(&self, auth: Option<cue_origin::token::TokenKeys>, max_connections: usize) -> CoreConfig {
+    pub fn core(
+        &self,
+        auth: Option<cue_origin::token::TokenKeys>,
+        max_connections: usize,
+    ) -> CoreConfig {
         CoreConfig {
             auth,
             max_request: self.max_request,
-            query: QueryLimits { max_events: self.max_events_per_device, ..QueryLimits::default() },
+            query: QueryLimits {
+                max_events: self.max_events_per_device,
+                ..QueryLimits::default()
+            },
             max_frame: self.max_frame,
             max_message: self.max_message,
             max_output: self.max_output,

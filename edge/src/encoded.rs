@@ -27,7 +27,11 @@ impl EncodedCue {
         let bin = cue.to_binary();
         let mut ws_binary = Vec::with_capacity(bin.len() + 4);
         encode_frame(Opcode::Binary, &bin, None, &mut ws_binary);
-        Self { cue, ws_json: ws_json.into(), ws_binary: ws_binary.into() }
+        Self {
+            cue,
+            ws_json: ws_json.into(),
+            ws_binary: ws_binary.into(),
+        }
     }
 
     /// The frame for a device of `format`.

@@ -99,7 +99,11 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
             vec![]
         } else {
             s.split(',')
-                .map(|x| x.trim().parse::<usize>().map_err(|_| format!("--cpus: '{x}' is not a core number")))
+                .map(|x| {
+                    x.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("--cpus: '{x}' is not a core number"))
+                })
                 .collect::<Result<_, _>>()?
         });
     }
@@ -150,12 +154,17 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         Some(TokenKeys::new(&secret).map_err(|e| e.to_string())?)
     };
 
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let nshards = cfg.shards.unwrap_or(ncpu);
     let cpus: Vec<usize> = cfg.cpus.clone().unwrap_or_else(|| (0..ncpu).collect());
 
     // Raise soft limits to hard and say what caps this process.
-    let reserved = 64 + 8 * nshards as u64;
+    // Listeners, epoll and io_uring fds, origin links, logs; plus per shard a few sockets
+    // beyond its session limit, to answer excess devices with a 503 instead of a silent close.
+    const REFUSAL_HEADROOM: usize = 32;
+    let reserved = 64 + (8 + REFUSAL_HEADROOM as u64) * nshards as u64;
     let limits = cue_tune::limits::raise_soft_limits().map_err(|e| format!("limits: {e}"))?;
     for r in &limits.raised {
         tracing::info!("raised {r}");
@@ -164,15 +173,24 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     tracing::info!("{}", limits.capacity_line(reserved));
     let capacity = cfg.max_connections.map_or(fd_cap, |m| m.min(fd_cap));
     if cfg.max_connections.is_some_and(|m| m > fd_cap) {
-        tracing::warn!(configured = cfg.max_connections, fd_cap, "max_connections exceeds what the fd limit allows; capped");
+        tracing::warn!(
+            configured = cfg.max_connections,
+            fd_cap,
+            "max_connections exceeds what the fd limit allows; capped"
+        );
     }
     let per_shard = capacity.div_ceil(nshards).max(1);
 
     let seed = cfg.seed.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         t ^ (std::process::id() as u64) << 32
     });
-    let shard_stats: Vec<Arc<ShardStats>> = (0..nshards).map(|_| Arc::new(ShardStats::default())).collect();
+    let shard_stats: Vec<Arc<ShardStats>> = (0..nshards)
+        .map(|_| Arc::new(ShardStats::default()))
+        .collect();
     let mut senders = Vec::new();
     let mut handles = Vec::new();
     for (i, stats) in shard_stats.iter().enumerate() {
@@ -180,7 +198,11 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         senders.push(tx);
         let spec = ShardSpec {
             id: i,
-            cpu: if cpus.is_empty() { None } else { Some(cpus[i % cpus.len()]) },
+            cpu: if cpus.is_empty() {
+                None
+            } else {
+                Some(cpus[i % cpus.len()])
+            },
             listen: cfg.ws,
             backlog: cfg.backlog,
             core: cfg.core(keys.clone(), per_shard),
@@ -189,7 +211,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             stats: stats.clone(),
             rx,
             seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
-            max_sockets: per_shard,
+            max_sockets: per_shard + REFUSAL_HEADROOM,
         };
         handles.push(shard::spawn(spec).map_err(|e| format!("ws {}: shard {i}: {e}", cfg.ws))?);
     }
@@ -199,7 +221,10 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     let link = relay_link::spawn(
         LinkConfig {
             origins: cfg.origins.clone(),
-            edge_id: cfg.edge_id.clone().unwrap_or_else(|| format!("edge-{}", std::process::id())),
+            edge_id: cfg
+                .edge_id
+                .clone()
+                .unwrap_or_else(|| format!("edge-{}", std::process::id())),
             heartbeat: Duration::from_millis(cfg.relay_heartbeat_ms),
             dead_after: Duration::from_millis(cfg.relay_dead_after_ms),
             backoff_base: Duration::from_millis(cfg.backoff_base_ms),
@@ -235,8 +260,11 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     let window = Duration::from_secs(cfg.drain_window_s);
     {
         let st = admin_state.clone();
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(|e| format!("signals: {e}"))?;
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .map_err(|e| format!("signals: {e}"))?;
         std::thread::Builder::new()
             .name("cue-signals".into())
             .spawn(move || {

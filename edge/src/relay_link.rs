@@ -91,11 +91,17 @@ pub fn spawn(
             let stop = Rc::new(std::cell::Cell::new(false));
             let mut tasks = Vec::new();
             for (i, addr) in cfg.origins.iter().enumerate() {
-                let (cfg, senders, newest, stats, stop) =
-                    (cfg.clone(), senders.clone(), newest.clone(), stats.clone(), stop.clone());
+                let (cfg, senders, newest, stats, stop) = (
+                    cfg.clone(),
+                    senders.clone(),
+                    newest.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                );
                 let addr = *addr;
                 tasks.push(glommio::spawn_local(async move {
-                    let mut rng = rand::rngs::SmallRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
+                    let mut rng =
+                        rand::rngs::SmallRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
                     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
                     while !stop.get() {
                         stats.dials.inc();
@@ -171,16 +177,25 @@ async fn link_once(
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
 ) -> Result<(), LinkError> {
-    let mut sock = TcpStream::connect_timeout(addr, cfg.dead_after).await.map_err(|e| {
-        stats.dial_failures.inc();
-        LinkError::Connect(e.to_string())
-    })?;
+    let mut sock = TcpStream::connect_timeout(addr, cfg.dead_after)
+        .await
+        .map_err(|e| {
+            stats.dial_failures.inc();
+            LinkError::Connect(e.to_string())
+        })?;
     let _ = sock.set_nodelay(true);
     // Reads wake at least every heartbeat so liveness is checked even when nothing arrives.
-    sock.set_read_timeout(Some(cfg.heartbeat / 2)).map_err(|e| LinkError::Connect(e.to_string()))?;
+    sock.set_read_timeout(Some(cfg.heartbeat / 2))
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
     let mut out = Vec::with_capacity(1024);
     let since = newest.borrow().since();
-    proto::encode(&Frame::Hello { edge_id: cfg.edge_id.clone(), since }, &mut out);
+    proto::encode(
+        &Frame::Hello {
+            edge_id: cfg.edge_id.clone(),
+            since,
+        },
+        &mut out,
+    );
     sock.write_all(&out).await?;
     out.clear();
     stats.linked.add(1);
@@ -211,7 +226,11 @@ async fn read_loop(
                 buf.extend_from_slice(&chunk[..n]);
                 live.heard(Instant::now());
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) => {}
             Err(e) => return Err(e.into()),
         }
         let mut used = 0;

@@ -56,13 +56,18 @@ pub struct ShardSpec {
     pub rx: SharedReceiver<ShardMsg>,
     /// Seed for retry-hint jitter.
     pub seed: u64,
-    /// Sockets this shard may hold (its share of the process's fd limit).
+    /// Sockets this shard may hold (its share of the process's fd limit). Somewhat above the
+    /// core's `max_connections`, so devices over the limit get a 503 with Retry-After rather
+    /// than a silent close.
     pub max_sockets: usize,
 }
 
 impl std::fmt::Debug for ShardSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardSpec").field("id", &self.id).field("cpu", &self.cpu).finish()
+        f.debug_struct("ShardSpec")
+            .field("id", &self.id)
+            .field("cpu", &self.cpu)
+            .finish()
     }
 }
 
@@ -70,7 +75,11 @@ impl std::fmt::Debug for ShardSpec {
 /// this host can listen on the same address and the kernel spreads connections among them.
 pub fn bind_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nodelay(true)?;
@@ -110,7 +119,11 @@ struct Driver {
 
 async fn run(spec: ShardSpec, listener: OwnedFd) {
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(epfd >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+    assert!(
+        epfd >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
     let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
     epoll_add(epfd, listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)
         .expect("registering the listener with epoll");
@@ -151,10 +164,14 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
             ShardMsg::Cue(cue) => {
                 let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
                 let mut drv = d.borrow_mut();
-                let Driver { core, io, stats, .. } = &mut *drv;
+                let Driver {
+                    core, io, stats, ..
+                } = &mut *drv;
                 core.on_cue(cue.clone(), io);
                 let spent = t0.elapsed();
-                stats.fanout_cpu_ns.add(thread_cpu_ns().saturating_sub(cpu0));
+                stats
+                    .fanout_cpu_ns
+                    .add(thread_cpu_ns().saturating_sub(cpu0));
                 stats.fanout_time.observe_us(spent.as_micros() as u64);
                 let lag_ms = unix_ms().saturating_sub(cue.cue.ts());
                 stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
@@ -164,7 +181,12 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
                 // which also spreads their return; the listener closes at Stop.
                 let mut drv = d.borrow_mut();
                 drv.core.start_drain(window, now());
-                tracing::info!(shard = spec.id, ?window, sessions = drv.core.open_sessions(), "draining");
+                tracing::info!(
+                    shard = spec.id,
+                    ?window,
+                    sessions = drv.core.open_sessions(),
+                    "draining"
+                );
             }
             ShardMsg::Stop => break,
         }
@@ -179,18 +201,27 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
 }
 
 fn now() -> Now {
-    Now { mono: Instant::now(), unix_ms: unix_ms() }
+    Now {
+        mono: Instant::now(),
+        unix_ms: unix_ms(),
+    }
 }
 
 /// CPU time of the calling thread, ns.
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Driver {
@@ -235,7 +266,11 @@ impl Driver {
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) => return,
                     Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                        tracing::warn!("accept: out of file descriptors (raise LimitNOFILE; see cue-tune)");
+                        // The connection stays queued; say so once per thousand ticks, not
+                        // every tick.
+                        if self.stats.accept_shed.get() % 1000 == 0 {
+                            tracing::warn!("accept: out of file descriptors (raise LimitNOFILE; see cue-tune check)");
+                        }
                         self.stats.accept_shed.inc();
                         return;
                     }
@@ -252,7 +287,12 @@ impl Driver {
             }
             set_nodelay(fd);
             let key = self.core.accept(fd, now);
-            if let Err(e) = epoll_add(self.io.epfd, fd, key.0, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32) {
+            if let Err(e) = epoll_add(
+                self.io.epfd,
+                fd,
+                key.0,
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            ) {
                 tracing::warn!(error = %e, "epoll add failed; dropping connection");
                 self.core.on_error(key, &mut self.io);
             }
@@ -260,8 +300,11 @@ impl Driver {
     }
 
     fn on_event(&mut self, key: ConnKey, flags: u32, now: Now) {
-        let Driver { core, io, scratch, .. } = self;
-        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+        let Driver {
+            core, io, scratch, ..
+        } = self;
+        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+        {
             let fd = match core.fd_of(key) {
                 Some(fd) => fd,
                 None => return,
@@ -269,7 +312,14 @@ impl Driver {
             // Bounded: at most 4 scratch-fulls per device per tick, so one chatty device cannot
             // starve the others.
             for _ in 0..4 {
-                let n = unsafe { libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        scratch.as_mut_ptr().cast(),
+                        scratch.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
                 if n > 0 {
                     core.on_input(key, &scratch[..n as usize], now, io);
                     if (n as usize) < scratch.len() || core.fd_of(key).is_none() {
@@ -299,7 +349,12 @@ impl Driver {
         if self.accepting {
             self.accepting = false;
             unsafe {
-                libc::epoll_ctl(self.io.epfd, libc::EPOLL_CTL_DEL, self.listener.as_raw_fd(), std::ptr::null_mut());
+                libc::epoll_ctl(
+                    self.io.epfd,
+                    libc::EPOLL_CTL_DEL,
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                );
                 // Stop the kernel from queueing more connections for this socket.
                 libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RD);
             }
@@ -341,7 +396,12 @@ impl Io for SysIo {
     fn send(&mut self, fd: RawFd, bytes: &[u8]) -> Sent {
         loop {
             let n = unsafe {
-                libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                libc::send(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
             };
             if n >= 0 {
                 return Sent::Took(n as usize);

@@ -93,54 +93,124 @@ impl ShardStats {
     }
 }
 
+/// A counter row: metric name, help text, how to read it from a shard.
+type Row = (&'static str, &'static str, fn(&ShardStats) -> u64);
+
 /// Renders every shard's stats in Prometheus text format, labelled `shard="N"`.
 pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
-    let gauges: [(&str, &str, fn(&ShardStats) -> i64); 1] =
-        [("cue_edge_connections", "Open device sessions.", |s| s.connections.get())];
-    for (name, help, f) in gauges {
-        header(out, name, "gauge", help);
-        for (i, s) in shards.iter().enumerate() {
-            sample(out, name, &format!("shard=\"{i}\""), f(s));
-        }
-    }
-    let counters: [(&str, &str, fn(&ShardStats) -> u64); 8] = [
-        ("cue_edge_accepted_total", "TCP connections accepted.", |s| s.accepted.get()),
-        ("cue_edge_accept_shed_total", "Connections closed at accept (shard full).", |s| s.accept_shed.get()),
-        ("cue_edge_upgrades_total", "WebSocket upgrades completed.", |s| s.upgrades.get()),
-        ("cue_edge_cues_in_total", "Cues received from the origin relay.", |s| s.cues_in.get()),
-        ("cue_edge_deliveries_total", "Cue frames written to devices.", |s| s.deliveries.get()),
-        ("cue_edge_conflated_total", "Cues a blocked device skipped for a newer one.", |s| s.conflated.get()),
-        ("cue_edge_write_blocked_total", "Writes a device socket did not fully take.", |s| s.write_blocked.get()),
-        ("cue_edge_pings_total", "Pings sent to idle devices.", |s| s.pings.get()),
-    ];
-    header(out, "cue_edge_fanout_cpu_seconds_total", "counter", "Shard thread CPU time spent writing cues.");
+    header(
+        out,
+        "cue_edge_connections",
+        "gauge",
+        "Open device sessions.",
+    );
     for (i, s) in shards.iter().enumerate() {
-        sample(out, "cue_edge_fanout_cpu_seconds_total", &format!("shard=\"{i}\""), s.fanout_cpu_ns.get() as f64 / 1e9);
+        sample(
+            out,
+            "cue_edge_connections",
+            &format!("shard=\"{i}\""),
+            s.connections.get(),
+        );
     }
+    let counters: [Row; 8] = [
+        (
+            "cue_edge_accepted_total",
+            "TCP connections accepted.",
+            |s| s.accepted.get(),
+        ),
+        (
+            "cue_edge_accept_shed_total",
+            "Connections closed at accept (shard full).",
+            |s| s.accept_shed.get(),
+        ),
+        (
+            "cue_edge_upgrades_total",
+            "WebSocket upgrades completed.",
+            |s| s.upgrades.get(),
+        ),
+        (
+            "cue_edge_cues_in_total",
+            "Cues received from the origin relay.",
+            |s| s.cues_in.get(),
+        ),
+        (
+            "cue_edge_deliveries_total",
+            "Cue frames written to devices.",
+            |s| s.deliveries.get(),
+        ),
+        (
+            "cue_edge_conflated_total",
+            "Cues devices skipped for a newer one.",
+            |s| s.conflated.get(),
+        ),
+        (
+            "cue_edge_write_blocked_total",
+            "Writes a device socket did not fully take.",
+            |s| s.write_blocked.get(),
+        ),
+        ("cue_edge_pings_total", "Pings sent to idle devices.", |s| {
+            s.pings.get()
+        }),
+    ];
     for (name, help, f) in counters {
         header(out, name, "counter", help);
         for (i, s) in shards.iter().enumerate() {
             sample(out, name, &format!("shard=\"{i}\""), f(s));
         }
     }
-    header(out, "cue_edge_closes_total", "counter", "Device connections closed, by reason.");
+    header(
+        out,
+        "cue_edge_closes_total",
+        "counter",
+        "Device connections closed, by reason.",
+    );
     for (i, s) in shards.iter().enumerate() {
         for (r, label) in CLOSE_REASONS.iter().enumerate() {
-            sample(out, "cue_edge_closes_total", &format!("shard=\"{i}\",reason=\"{label}\""), s.closes[r].get());
+            sample(
+                out,
+                "cue_edge_closes_total",
+                &format!("shard=\"{i}\",reason=\"{label}\""),
+                s.closes[r].get(),
+            );
         }
     }
-    header(out, "cue_edge_refused_total", "counter", "Upgrades refused, by HTTP status.");
+    header(
+        out,
+        "cue_edge_refused_total",
+        "counter",
+        "Upgrades refused, by HTTP status.",
+    );
     for (i, s) in shards.iter().enumerate() {
         for (r, st) in REFUSAL_STATUSES.iter().enumerate() {
-            sample(out, "cue_edge_refused_total", &format!("shard=\"{i}\",status=\"{st}\""), s.refused[r].get());
+            sample(
+                out,
+                "cue_edge_refused_total",
+                &format!("shard=\"{i}\",status=\"{st}\""),
+                s.refused[r].get(),
+            );
         }
     }
-    header(out, "cue_edge_delivery_lag_seconds", "histogram", "Origin publish time to the shard's last write of the cue.");
+    header(
+        out,
+        "cue_edge_delivery_lag_seconds",
+        "histogram",
+        "Origin publish time to the shard's last write of the cue.",
+    );
     for (i, s) in shards.iter().enumerate() {
-        s.delivery_lag.render(out, "cue_edge_delivery_lag_seconds", &format!("shard=\"{i}\""));
+        s.delivery_lag.render(
+            out,
+            "cue_edge_delivery_lag_seconds",
+            &format!("shard=\"{i}\""),
+        );
     }
-    header(out, "cue_edge_fanout_seconds", "histogram", "Time a shard spent writing one cue to all its devices.");
+    header(
+        out,
+        "cue_edge_fanout_seconds",
+        "histogram",
+        "Time a shard spent writing one cue to all its devices.",
+    );
     for (i, s) in shards.iter().enumerate() {
-        s.fanout_time.render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
+        s.fanout_time
+            .render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
     }
 }

@@ -16,7 +16,12 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
 
     // Header token (native client) and query token (browser style), json and binary.
     let mut a = subscribe(edge.ws, "events=fight", Some(&tok)).unwrap();
-    let mut b = subscribe(edge.ws, &format!("events=fight&format=binary&token={tok}"), None).unwrap();
+    let mut b = subscribe(
+        edge.ws,
+        &format!("events=fight&format=binary&token={tok}"),
+        None,
+    )
+    .unwrap();
     let s1 = publish_ok(origin.http, "fight", "round-1");
     assert_eq!(next_cue(&mut a), ("fight".into(), "round-1".into(), s1));
     assert_eq!(next_cue(&mut b), ("fight".into(), "round-1".into(), s1));
@@ -27,31 +32,55 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
     for k in ["round-2", "round-3", "round-4"] {
         publish_ok(origin.http, "fight", k);
     }
-    let mut a = subscribe(edge.ws, &format!("events=fight&since=fight:{s1}"), Some(&tok)).unwrap();
+    let mut a = subscribe(
+        edge.ws,
+        &format!("events=fight&since=fight:{s1}"),
+        Some(&tok),
+    )
+    .unwrap();
     assert_eq!(next_cue(&mut a), ("fight".into(), "round-4".into(), s1 + 3));
-    assert!(quiet_for(&mut a, Duration::from_millis(300)), "no backlog after the newest");
+    assert!(
+        quiet_for(&mut a, Duration::from_millis(300)),
+        "no backlog after the newest"
+    );
     let s5 = publish_ok(origin.http, "fight", "round-5");
     assert_eq!(next_cue(&mut a).2, s5);
     // Up to date: since = current seq gives no catch-up.
-    let mut c = subscribe(edge.ws, &format!("events=fight&since=fight:{s5}"), Some(&tok)).unwrap();
+    let mut c = subscribe(
+        edge.ws,
+        &format!("events=fight&since=fight:{s5}"),
+        Some(&tok),
+    )
+    .unwrap();
     assert!(quiet_for(&mut c, Duration::from_millis(300)));
 
     // Refusals before the upgrade.
-    let other = cue_origin::token::TokenKeys::new(&[1u8; 32]).unwrap().mint_device("d", &["fight".into()], cue_origin::token::unix_now_s(), 60);
+    let other = cue_origin::token::TokenKeys::new(&[1u8; 32])
+        .unwrap()
+        .mint_device("d", &["fight".into()], cue_origin::token::unix_now_s(), 60);
     let cases = [
         ("events=fight".to_string(), None, 401),
-        ("events=fight".to_string(), Some(expired_device_token(&["fight"])), 401),
+        (
+            "events=fight".to_string(),
+            Some(expired_device_token(&["fight"])),
+            401,
+        ),
         ("events=fight".to_string(), Some(other), 401),
         ("events=fight,halftime".to_string(), Some(tok.clone()), 403),
         ("events=Bad*Event".to_string(), Some(tok.clone()), 400),
         ("since=fight:1".to_string(), Some(tok.clone()), 400),
     ];
     for (q, t, want) in cases {
-        let err = subscribe(edge.ws, &q, t.as_deref()).err().unwrap_or_else(|| panic!("{q} upgraded"));
+        let err = subscribe(edge.ws, &q, t.as_deref())
+            .err()
+            .unwrap_or_else(|| panic!("{q} upgraded"));
         assert_eq!(err.0, want, "{q}: {}", err.1);
     }
     let m = edge.metrics();
-    assert!(m.contains("cue_edge_refused_total{shard=\"0\",status=\"401\"}") && m.contains("cue_edge_deliveries_total"));
+    assert!(
+        m.contains("cue_edge_refused_total{shard=\"0\",status=\"401\"}")
+            && m.contains("cue_edge_deliveries_total")
+    );
 }
 
 #[test]
@@ -82,7 +111,9 @@ fn edge_restart_devices_converge_on_newest() {
     let (ws, admin) = (free_addr(), free_addr());
     let mut edge = start_edge(origin.relay, ws, admin, &[]);
     let tok = device_token(&["*"]);
-    let mut devs: Vec<_> = (0..20).map(|_| subscribe(ws, "events=fight,halftime", Some(&tok)).unwrap()).collect();
+    let mut devs: Vec<_> = (0..20)
+        .map(|_| subscribe(ws, "events=fight,halftime", Some(&tok)).unwrap())
+        .collect();
     let s1 = publish_ok(origin.http, "fight", "round-1");
     for d in &mut devs {
         assert_eq!(next_cue(d).2, s1);
@@ -95,10 +126,21 @@ fn edge_restart_devices_converge_on_newest() {
     let s3 = publish_ok(origin.http, "fight", "round-3");
     let _edge = start_edge(origin.relay, ws, admin, &[]);
     for _ in 0..20 {
-        let mut d = subscribe(ws, &format!("events=fight,halftime&since=fight:{s1}"), Some(&tok)).unwrap();
+        let mut d = subscribe(
+            ws,
+            &format!("events=fight,halftime&since=fight:{s1}"),
+            Some(&tok),
+        )
+        .unwrap();
         let mut got = vec![next_cue(&mut d), next_cue(&mut d)];
         got.sort();
-        assert_eq!(got, vec![("fight".into(), "round-3".into(), s3), ("halftime".into(), "show".into(), h1)]);
+        assert_eq!(
+            got,
+            vec![
+                ("fight".into(), "round-3".into(), s3),
+                ("halftime".into(), "show".into(), h1)
+            ]
+        );
     }
 }
 
@@ -106,21 +148,39 @@ fn edge_restart_devices_converge_on_newest() {
 fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let mut edge = start_edge(origin.relay, free_addr(), free_addr(), &["--drain-window-s", "1"]);
+    let mut edge = start_edge(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--drain-window-s", "1"],
+    );
     let tok = device_token(&["fight"]);
-    let mut devs: Vec<_> = (0..10).map(|_| subscribe(edge.ws, "events=fight", Some(&tok)).unwrap()).collect();
-    let r = cue_origin::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"").unwrap();
+    let mut devs: Vec<_> = (0..10)
+        .map(|_| subscribe(edge.ws, "events=fight", Some(&tok)).unwrap())
+        .collect();
+    let r = cue_origin::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"")
+        .unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
     for d in &mut devs {
         let (code, reason) = next_close(d);
         assert_eq!(u16::from(code), 1001);
-        let s: u32 = reason.strip_prefix("retry-after=").expect(&reason).parse().unwrap();
+        let s: u32 = reason
+            .strip_prefix("retry-after=")
+            .expect(&reason)
+            .parse()
+            .unwrap();
         assert!((5..=60).contains(&s), "{s}");
     }
     // New devices: 503 with a Retry-After in the configured range.
-    let (status, body) = subscribe(edge.ws, "events=fight", Some(&tok)).err().expect("refused while draining");
+    let (status, body) =
+        subscribe(edge.ws, "events=fight", Some(&tok)).expect_err("refused while draining");
     assert_eq!(status, 503, "{body}");
-    let retry: u32 = body.rsplit_once("retry-after=").unwrap().1.parse().expect(&body);
+    let retry: u32 = body
+        .rsplit_once("retry-after=")
+        .unwrap()
+        .1
+        .parse()
+        .expect(&body);
     assert!((5..=60).contains(&retry), "{body}");
     let h = cue_origin::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
     assert_eq!(h.status, 503);
@@ -133,19 +193,36 @@ fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
 fn bad_flags_and_config_exit_nonzero_with_one_clear_line() {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("cue-edge");
-    let out = std::process::Command::new(&bin).args(["--poll-ms", "0"]).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["--poll-ms", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("poll_ms"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("edge.toml");
     std::fs::write(&cfg, "shardz = 3\n").unwrap();
-    let out = std::process::Command::new(&bin).arg("--config").arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("shardz"));
-    let help = std::process::Command::new(&bin).arg("--help").output().unwrap();
+    let help = std::process::Command::new(&bin)
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--origin", "--ws", "--admin", "--shards", "--config", "--no-auth"] {
+    for flag in [
+        "--origin",
+        "--ws",
+        "--admin",
+        "--shards",
+        "--config",
+        "--no-auth",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
@@ -159,7 +236,10 @@ fn python_websockets_client() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
-        assert!(std::env::var("CI").is_err(), "CI must install python3 websockets (.ci/run does)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install python3 websockets (.ci/run does)"
+        );
         eprintln!("python3 websockets not installed; skipping (CI installs it)");
         return;
     }
@@ -167,10 +247,14 @@ fn python_websockets_client() {
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     let edge = start_edge(origin.relay, free_addr(), free_addr(), &[]);
     let tok = device_token(&["fight"]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/py_client.py");
     let child = std::process::Command::new("python3")
         .arg(&script)
-        .arg(format!("ws://{}/v1/subscribe?events=fight&token={tok}", edge.ws))
+        .arg(format!(
+            "ws://{}/v1/subscribe?events=fight&token={tok}",
+            edge.ws
+        ))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -180,7 +264,11 @@ fn python_websockets_client() {
     let seq = publish_ok(origin.http, "fight", "round-py");
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(v["seq"].as_u64(), Some(seq));
     assert_eq!(v["key"], "round-py");

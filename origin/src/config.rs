@@ -73,16 +73,28 @@ impl OriginConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
         if self.http == self.relay {
-            e.push(format!("http and relay: both are {}; they must differ", self.http));
+            e.push(format!(
+                "http and relay: both are {}; they must differ",
+                self.http
+            ));
         }
         if self.log_max_bytes < 4096 {
-            e.push(format!("log_max_bytes: {} is below the 4096 minimum", self.log_max_bytes));
+            e.push(format!(
+                "log_max_bytes: {} is below the 4096 minimum",
+                self.log_max_bytes
+            ));
         }
         if !(1..=1_000_000).contains(&self.publish_queue) {
-            e.push(format!("publish_queue: {} must be 1..=1000000", self.publish_queue));
+            e.push(format!(
+                "publish_queue: {} must be 1..=1000000",
+                self.publish_queue
+            ));
         }
         if !(16..=1_000_000).contains(&self.relay_buffer) {
-            e.push(format!("relay_buffer: {} must be 16..=1000000", self.relay_buffer));
+            e.push(format!(
+                "relay_buffer: {} must be 16..=1000000",
+                self.relay_buffer
+            ));
         }
         if self.relay_heartbeat_ms == 0 {
             e.push("relay_heartbeat_ms: must be > 0".into());
@@ -113,18 +125,26 @@ impl OriginConfig {
 
     /// Where the secret file is.
     pub fn secret_file(&self) -> PathBuf {
-        self.auth_secret_file.clone().unwrap_or_else(|| self.data_dir.join("auth.secret"))
+        self.auth_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("auth.secret"))
     }
 }
 
 /// Loads a TOML config file into `T` (unknown keys are errors), or `T::default()` without one.
 pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, String> {
-    let Some(path) = path else { return Ok(T::default()) };
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("config {}: cannot read: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_string();
-        format!("config {}: {}", path.display(), msg.lines().next().unwrap_or("invalid TOML"))
+        format!(
+            "config {}: {}",
+            path.display(),
+            msg.lines().next().unwrap_or("invalid TOML")
+        )
     })
 }
 
@@ -155,7 +175,10 @@ pub fn resolve_secret(
         return check(s.as_bytes().to_vec(), "auth_secret");
     }
     match std::fs::read_to_string(file) {
-        Ok(s) => check(s.trim().as_bytes().to_vec(), &format!("auth secret file {}", file.display())),
+        Ok(s) => check(
+            s.trim().as_bytes().to_vec(),
+            &format!("auth secret file {}", file.display()),
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             use rand::Rng;
             use std::io::Write;
@@ -232,7 +255,12 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert_eq!(resolve_secret(None, None, &f, false).unwrap(), s);
         let env = "e".repeat(40);
-        assert_eq!(resolve_secret(Some(env.clone()), Some(&"i".repeat(40)), &f, false).unwrap(), env.as_bytes());
-        assert!(resolve_secret(Some("short".into()), None, &f, false).unwrap_err().starts_with("CUE_AUTH_SECRET"));
+        assert_eq!(
+            resolve_secret(Some(env.clone()), Some(&"i".repeat(40)), &f, false).unwrap(),
+            env.as_bytes()
+        );
+        assert!(resolve_secret(Some("short".into()), None, &f, false)
+            .unwrap_err()
+            .starts_with("CUE_AUTH_SECRET"));
     }
 }

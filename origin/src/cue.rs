@@ -81,13 +81,15 @@ impl fmt::Display for EventName {
 /// True when `s` is a valid event name.
 pub fn valid_event(s: &str) -> bool {
     (1..=MAX_EVENT_LEN).contains(&s.len())
-        && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
 }
 
 /// True when `s` is a valid stage key.
 pub fn valid_key(s: &str) -> bool {
     (1..=MAX_KEY_LEN).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// One cue. Constructed only through [`Cue::new`] or a decoder, so its fields are always valid.
@@ -101,7 +103,11 @@ pub struct Cue {
 
 impl fmt::Debug for Cue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cue({}#{} {} @{})", self.event, self.seq, self.key, self.ts)
+        write!(
+            f,
+            "Cue({}#{} {} @{})",
+            self.event, self.seq, self.key, self.ts
+        )
     }
 }
 
@@ -112,7 +118,12 @@ impl Cue {
         if !valid_key(key) {
             return Err(CueError::BadKey);
         }
-        Ok(Self { event, key: key.into(), seq, ts })
+        Ok(Self {
+            event,
+            key: key.into(),
+            seq,
+            ts,
+        })
     }
 
     /// The event this cue belongs to.
@@ -258,8 +269,14 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(Cue::new("", "k", 1, 1).unwrap_err(), CueError::BadEvent);
-        assert_eq!(Cue::new("Fight", "k", 1, 1).unwrap_err(), CueError::BadEvent);
-        assert_eq!(Cue::new(&"a".repeat(65), "k", 1, 1).unwrap_err(), CueError::BadEvent);
+        assert_eq!(
+            Cue::new("Fight", "k", 1, 1).unwrap_err(),
+            CueError::BadEvent
+        );
+        assert_eq!(
+            Cue::new(&"a".repeat(65), "k", 1, 1).unwrap_err(),
+            CueError::BadEvent
+        );
         assert!(Cue::new(&"a".repeat(64), &"K".repeat(64), 1, 1).is_ok());
         assert_eq!(Cue::new("e", "a b", 1, 1).unwrap_err(), CueError::BadKey);
         assert_eq!(Cue::new("e", "", 1, 1).unwrap_err(), CueError::BadKey);
@@ -292,7 +309,12 @@ mod tests {
     }
 
     fn arb_cue() -> impl Strategy<Value = Cue> {
-        ("[a-z0-9._-]{1,64}", "[A-Za-z0-9._:-]{1,64}", any::<u64>(), any::<u64>())
+        (
+            "[a-z0-9._-]{1,64}",
+            "[A-Za-z0-9._:-]{1,64}",
+            any::<u64>(),
+            any::<u64>(),
+        )
             .prop_map(|(e, k, s, t)| Cue::new(&e, &k, s, t).unwrap())
     }
 

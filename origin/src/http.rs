@@ -77,12 +77,16 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
             .body(Full::new(Bytes::from(render_metrics(&api))))
             .expect("valid response"),
         (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status":"ok"})),
-        (_, ["v1", "events", _, "cues"]) | (_, ["v1", "events", _]) | (_, ["metrics"]) | (_, ["healthz"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (_, ["v1", "events", _, "cues"])
+        | (_, ["v1", "events", _])
+        | (_, ["metrics"])
+        | (_, ["healthz"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such route"),
     };
-    if let Some(i) = REFUSED_STATUSES.iter().position(|&s| s == resp.status().as_u16()) {
+    if let Some(i) = REFUSED_STATUSES
+        .iter()
+        .position(|&s| s == resp.status().as_u16())
+    {
         api.refused[i].inc();
     }
     Ok(resp)
@@ -90,9 +94,17 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
 
 fn current(api: &Api, event: &str) -> Resp {
     let Ok(event) = EventName::new(event) else {
-        return error(StatusCode::BAD_REQUEST, "event must be 1-64 chars of [a-z0-9._-]");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "event must be 1-64 chars of [a-z0-9._-]",
+        );
     };
-    let cur = api.latest.read().expect("latest lock").get(&event).map(|c| c.to_value());
+    let cur = api
+        .latest
+        .read()
+        .expect("latest lock")
+        .get(&event)
+        .map(|c| c.to_value());
     json(
         StatusCode::OK,
         &serde_json::json!({ "event": event.as_str(), "current": cur }),
@@ -100,7 +112,11 @@ fn current(api: &Api, event: &str) -> Resp {
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -108,7 +124,10 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
     if let Some(keys) = &api.keys {
         let Some(token) = bearer(&req) else {
-            return error(StatusCode::UNAUTHORIZED, "missing token (Authorization: Bearer)");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing token (Authorization: Bearer)",
+            );
         };
         match keys.verify(token, unix_now_s()) {
             Ok(c) if c.is_publisher() => {}
@@ -117,7 +136,10 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
         }
     }
     let Ok(event) = EventName::new(event) else {
-        return error(StatusCode::BAD_REQUEST, "event must be 1-64 chars of [a-z0-9._-]");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "event must be 1-64 chars of [a-z0-9._-]",
+        );
     };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -133,10 +155,18 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
     }
     let key = match serde_json::from_slice::<Body>(&body) {
         Ok(b) => b.key,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body must be {{\"key\":\"...\"}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"key\":\"...\"}}: {e}"),
+            )
+        }
     };
     if !valid_key(&key) {
-        return error(StatusCode::BAD_REQUEST, "key must be 1-64 chars of [A-Za-z0-9._:-]");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "key must be 1-64 chars of [A-Za-z0-9._:-]",
+        );
     }
     match api.publisher.publish(event, &key).await {
         Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
@@ -146,7 +176,10 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
                 PublishError::Overloaded => "1",
                 PublishError::Log(_) | PublishError::ShuttingDown => "2",
             };
-            r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static(retry));
+            r.headers_mut().insert(
+                "retry-after",
+                hyper::header::HeaderValue::from_static(retry),
+            );
             r
         }
     }
@@ -155,10 +188,26 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
 fn render_metrics(api: &Api) -> String {
     use crate::metrics::{header, sample, single};
     let mut s = (api.render_metrics)();
-    single(&mut s, "cue_origin_http_requests_total", "counter", "HTTP requests.", api.requests.get());
-    header(&mut s, "cue_origin_http_refused_total", "counter", "HTTP requests refused, by status.");
+    single(
+        &mut s,
+        "cue_origin_http_requests_total",
+        "counter",
+        "HTTP requests.",
+        api.requests.get(),
+    );
+    header(
+        &mut s,
+        "cue_origin_http_refused_total",
+        "counter",
+        "HTTP requests refused, by status.",
+    );
     for (i, st) in REFUSED_STATUSES.iter().enumerate() {
-        sample(&mut s, "cue_origin_http_refused_total", &format!("status=\"{st}\""), api.refused[i].get());
+        sample(
+            &mut s,
+            "cue_origin_http_refused_total",
+            &format!("status=\"{st}\""),
+            api.refused[i].get(),
+        );
     }
     s
 }

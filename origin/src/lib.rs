@@ -9,12 +9,12 @@
 //! [`config`], [`metrics`], [`server`] (wires it all on a tokio runtime).
 
 pub mod client;
-pub mod cue;
-pub mod log;
-pub mod token;
 pub mod config;
+pub mod cue;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod publish;
 pub mod relay;
 pub mod server;
+pub mod token;

@@ -104,7 +104,15 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
     }
-    over!(http, relay, data_dir, log_max_bytes, publish_queue, relay_buffer, relay_heartbeat_ms);
+    over!(
+        http,
+        relay,
+        data_dir,
+        log_max_bytes,
+        publish_queue,
+        relay_buffer,
+        relay_heartbeat_ms
+    );
     over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
     if a.auth_secret_file.is_some() {
         c.auth_secret_file = a.auth_secret_file.clone();
@@ -163,7 +171,9 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
             let evs: Vec<String> = events.split(',').map(|s| s.trim().to_string()).collect();
             for e in &evs {
                 if e != "*" && !cue_origin::cue::valid_event(e) {
-                    eprintln!("cue-origin: --events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'");
+                    eprintln!(
+                        "cue-origin: --events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'"
+                    );
                     return ExitCode::from(2);
                 }
             }
@@ -180,7 +190,11 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
 }
 
 fn serve(cfg: OriginConfig) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cue-origin: tokio runtime: {e}");

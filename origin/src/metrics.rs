@@ -83,8 +83,16 @@ impl Histogram {
         }
         cum += self.overflow.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-        let lb = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{lb} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let lb = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{lb} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{lb} {cum}");
     }
 }
@@ -122,7 +130,10 @@ mod tests {
         h.observe_us(20_000_000);
         let mut s = String::new();
         h.render(&mut s, "x", "shard=\"0\"");
-        assert!(s.contains("x_bucket{shard=\"0\",le=\"0.00005\"} 1\n"), "{s}");
+        assert!(
+            s.contains("x_bucket{shard=\"0\",le=\"0.00005\"} 1\n"),
+            "{s}"
+        );
         assert!(s.contains("x_bucket{shard=\"0\",le=\"0.001\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{shard=\"0\",le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count{shard=\"0\"} 3\n"), "{s}");

@@ -98,7 +98,11 @@ impl Publisher {
     /// Publishes `key` on `event`; resolves once the cue is durable.
     pub async fn publish(&self, event: EventName, key: &str) -> Result<Cue, PublishError> {
         let (reply, rx) = oneshot::channel();
-        let req = Request { event, key: key.into(), reply };
+        let req = Request {
+            event,
+            key: key.into(),
+            reply,
+        };
         self.tx.try_send(req).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PublishError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => PublishError::ShuttingDown,
@@ -151,7 +155,9 @@ fn writer(
                     // No receivers (no edge connected) is fine: edges catch up on HELLO.
                     let _ = relay.send(c.clone());
                     metrics.published.inc();
-                    metrics.durable_latency.observe_us(t0.elapsed().as_micros() as u64);
+                    metrics
+                        .durable_latency
+                        .observe_us(t0.elapsed().as_micros() as u64);
                     let _ = r.reply.send(Ok(c));
                 }
             }

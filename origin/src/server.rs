@@ -29,7 +29,10 @@ pub fn unix_now_ms() -> u64 {
 
 /// Runs the origin until `shutdown` resolves, then stops accepting, lets in-flight publishes
 /// finish, and returns.
-pub async fn run(cfg: OriginConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: OriginConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let keys = if cfg.no_auth {
         tracing::warn!("auth is OFF (--no-auth): anyone can publish; local experiments only");
         None
@@ -44,7 +47,10 @@ pub async fn run(cfg: OriginConfig, shutdown: impl std::future::Future<Output = 
         Some(TokenKeys::new(&secret).map_err(anyhow::Error::msg)?)
     };
 
-    let opts = LogOptions { max_bytes: cfg.log_max_bytes, sync: cfg.fsync };
+    let opts = LogOptions {
+        max_bytes: cfg.log_max_bytes,
+        sync: cfg.fsync,
+    };
     let (log, rec) = CueLog::open(&cfg.data_dir, opts)
         .with_context(|| format!("data_dir {}: opening the cue log", cfg.data_dir.display()))?;
     tracing::info!(
@@ -55,17 +61,30 @@ pub async fn run(cfg: OriginConfig, shutdown: impl std::future::Future<Output = 
         "cue log recovered"
     );
     if rec.torn_bytes > 0 {
-        tracing::warn!(torn_bytes = rec.torn_bytes, "dropped a torn tail from the cue log (never served)");
+        tracing::warn!(
+            torn_bytes = rec.torn_bytes,
+            "dropped a torn tail from the cue log (never served)"
+        );
     }
     let latest = Arc::new(RwLock::new(log.latest().clone()));
     let (live, _) = broadcast::channel(cfg.relay_buffer);
     let pm = Arc::new(PublishMetrics::default());
     let rm = Arc::new(RelayMetrics::default());
-    let (publisher, writer) =
-        Publisher::start(log, latest.clone(), live.clone(), pm.clone(), cfg.publish_queue, unix_now_ms);
+    let (publisher, writer) = Publisher::start(
+        log,
+        latest.clone(),
+        live.clone(),
+        pm.clone(),
+        cfg.publish_queue,
+        unix_now_ms,
+    );
 
-    let http = TcpListener::bind(cfg.http).await.with_context(|| format!("http: binding {}", cfg.http))?;
-    let relay = TcpListener::bind(cfg.relay).await.with_context(|| format!("relay: binding {}", cfg.relay))?;
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("http: binding {}", cfg.http))?;
+    let relay = TcpListener::bind(cfg.relay)
+        .await
+        .with_context(|| format!("relay: binding {}", cfg.relay))?;
     tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -141,20 +160,104 @@ pub async fn run(cfg: OriginConfig, shutdown: impl std::future::Future<Output = 
 
 fn render(pm: &PublishMetrics, rm: &RelayMetrics) -> String {
     let mut s = String::with_capacity(4096);
-    single(&mut s, "cue_origin_published_total", "counter", "Cues made durable.", pm.published.get());
-    single(&mut s, "cue_origin_publish_failed_total", "counter", "Publishes refused because the log failed.", pm.failed.get());
-    single(&mut s, "cue_origin_publish_batches_total", "counter", "Group commits written.", pm.batches.get());
-    header(&mut s, "cue_origin_publish_durable_seconds", "histogram", "Publish request to durable.");
-    pm.durable_latency.render(&mut s, "cue_origin_publish_durable_seconds", "");
-    single(&mut s, "cue_origin_log_bytes", "gauge", "Size of the cue log.", pm.log_bytes.get());
-    single(&mut s, "cue_origin_log_compactions", "gauge", "Log compactions since start.", pm.compactions.get());
-    single(&mut s, "cue_origin_events", "gauge", "Events with a current cue.", pm.events.get());
-    single(&mut s, "cue_origin_edges", "gauge", "Edges linked now.", rm.edges.get());
-    single(&mut s, "cue_origin_edge_links_total", "counter", "Edge links accepted.", rm.accepted.get());
-    single(&mut s, "cue_origin_edge_links_refused_total", "counter", "Edge links refused (max_edges).", rm.refused.get());
-    single(&mut s, "cue_origin_edge_links_dropped_total", "counter", "Edge links ended by error, silence or write timeout.", rm.dropped.get());
-    single(&mut s, "cue_origin_relay_cues_sent_total", "counter", "Cues sent to edges.", rm.cues_sent.get());
-    single(&mut s, "cue_origin_relay_catch_up_cues_total", "counter", "Catch-up cues sent after HELLO or resync.", rm.catch_up_cues.get());
-    single(&mut s, "cue_origin_relay_resyncs_total", "counter", "Edges that lagged and were resynchronised.", rm.resyncs.get());
+    single(
+        &mut s,
+        "cue_origin_published_total",
+        "counter",
+        "Cues made durable.",
+        pm.published.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_publish_failed_total",
+        "counter",
+        "Publishes refused because the log failed.",
+        pm.failed.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_publish_batches_total",
+        "counter",
+        "Group commits written.",
+        pm.batches.get(),
+    );
+    header(
+        &mut s,
+        "cue_origin_publish_durable_seconds",
+        "histogram",
+        "Publish request to durable.",
+    );
+    pm.durable_latency
+        .render(&mut s, "cue_origin_publish_durable_seconds", "");
+    single(
+        &mut s,
+        "cue_origin_log_bytes",
+        "gauge",
+        "Size of the cue log.",
+        pm.log_bytes.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_log_compactions",
+        "gauge",
+        "Log compactions since start.",
+        pm.compactions.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_events",
+        "gauge",
+        "Events with a current cue.",
+        pm.events.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_edges",
+        "gauge",
+        "Edges linked now.",
+        rm.edges.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_edge_links_total",
+        "counter",
+        "Edge links accepted.",
+        rm.accepted.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_edge_links_refused_total",
+        "counter",
+        "Edge links refused (max_edges).",
+        rm.refused.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_edge_links_dropped_total",
+        "counter",
+        "Edge links ended by error, silence or write timeout.",
+        rm.dropped.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_cues_sent_total",
+        "counter",
+        "Cues sent to edges.",
+        rm.cues_sent.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_catch_up_cues_total",
+        "counter",
+        "Catch-up cues sent after HELLO or resync.",
+        rm.catch_up_cues.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_resyncs_total",
+        "counter",
+        "Edges that lagged and were resynchronised.",
+        rm.resyncs.get(),
+    );
     s
 }

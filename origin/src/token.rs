@@ -33,7 +33,9 @@ pub struct Claims {
 impl Claims {
     /// True when this token allows following `event`.
     pub fn allows_event(&self, event: &str) -> bool {
-        self.events.as_ref().is_some_and(|evs| evs.iter().any(|e| e == "*" || e == event))
+        self.events
+            .as_ref()
+            .is_some_and(|evs| evs.iter().any(|e| e == "*" || e == event))
     }
     /// True when this is a publisher token.
     pub fn is_publisher(&self) -> bool {
@@ -83,7 +85,10 @@ impl TokenKeys {
         if secret.len() < MIN_SECRET_LEN {
             return Err(WeakSecret(secret.len()));
         }
-        Ok(Self { enc: EncodingKey::from_secret(secret), dec: DecodingKey::from_secret(secret) })
+        Ok(Self {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+        })
     }
 
     /// Mints a token with these claims.
@@ -142,7 +147,9 @@ impl TokenKeys {
     ) -> Result<Claims, Result<String, TokenError>> {
         let claims = self.verify(token, now_s).map_err(Err)?;
         if claims.events.is_none() {
-            return Err(Err(TokenError::Invalid("not a device token (no events claim)".into())));
+            return Err(Err(TokenError::Invalid(
+                "not a device token (no events claim)".into(),
+            )));
         }
         for e in events {
             if !claims.allows_event(e) {
@@ -183,7 +190,10 @@ mod tests {
         assert!(c.allows_event("fight"));
         assert!(!c.allows_event("other"));
         assert!(k.verify_device(&t, 1000, ["fight"]).is_ok());
-        assert_eq!(k.verify_device(&t, 1000, ["fight", "other"]).unwrap_err(), Ok("other".into()));
+        assert_eq!(
+            k.verify_device(&t, 1000, ["fight", "other"]).unwrap_err(),
+            Ok("other".into())
+        );
         let star = k.mint_device("d", &["*".into()], 1000, 60);
         assert!(k.verify_device(&star, 1000, ["anything"]).is_ok());
     }
@@ -202,12 +212,21 @@ mod tests {
         let other = TokenKeys::new(&[8u8; 32]).unwrap();
         let t = other.mint_publisher(1000, 60);
         assert!(matches!(k.verify(&t, 1000), Err(TokenError::Invalid(_))));
-        assert!(matches!(k.verify("abc.def.ghi", 1000), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            k.verify("abc.def.ghi", 1000),
+            Err(TokenError::Invalid(_))
+        ));
         assert_eq!(k.verify("", 1000).unwrap_err(), TokenError::Missing);
-        assert_eq!(k.verify(&"a".repeat(3000), 1000).unwrap_err(), TokenError::TooLong);
+        assert_eq!(
+            k.verify(&"a".repeat(3000), 1000).unwrap_err(),
+            TokenError::TooLong
+        );
         // A publisher token is not a device token.
         let p = k.mint_publisher(1000, 60);
-        assert!(matches!(k.verify_device(&p, 1000, ["e"]), Err(Err(TokenError::Invalid(_)))));
+        assert!(matches!(
+            k.verify_device(&p, 1000, ["e"]),
+            Err(Err(TokenError::Invalid(_)))
+        ));
         // alg=none is refused.
         let none = format!(
             "{}.{}.",
@@ -221,7 +240,10 @@ mod tests {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }

@@ -22,13 +22,22 @@ impl Drop for Proc {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
     let p = Proc(
         Command::new(env!("CARGO_BIN_EXE_cue-origin"))
-            .args(["--http", &http.to_string(), "--relay", &relay.to_string(), "--data-dir"])
+            .args([
+                "--http",
+                &http.to_string(),
+                "--relay",
+                &relay.to_string(),
+                "--data-dir",
+            ])
             .arg(dir)
             .env("CUE_AUTH_SECRET", SECRET)
             .stdin(Stdio::null())
@@ -38,8 +47,15 @@ fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
             .unwrap(),
     );
     let t = Instant::now();
-    while request(http, "GET", "/healthz", &[], b"").map(|r| r.status) .ok() != Some(200) {
-        assert!(t.elapsed() < Duration::from_secs(10), "origin did not start");
+    while request(http, "GET", "/healthz", &[], b"")
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "origin did not start"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     p
@@ -69,22 +85,55 @@ fn publish_validation_auth_and_current() {
     let expired = keys().mint_publisher(unix_now_s() - 120, 60);
     let cases: Vec<(&str, Option<&str>, &str, u16)> = vec![
         ("/v1/events/fight/cues", None, r#"{"key":"a"}"#, 401),
-        ("/v1/events/fight/cues", Some(&expired), r#"{"key":"a"}"#, 401),
-        ("/v1/events/fight/cues", Some("garbage"), r#"{"key":"a"}"#, 401),
+        (
+            "/v1/events/fight/cues",
+            Some(&expired),
+            r#"{"key":"a"}"#,
+            401,
+        ),
+        (
+            "/v1/events/fight/cues",
+            Some("garbage"),
+            r#"{"key":"a"}"#,
+            401,
+        ),
         ("/v1/events/fight/cues", Some(&dev), r#"{"key":"a"}"#, 403),
         ("/v1/events/Fight/cues", Some(&pubt), r#"{"key":"a"}"#, 400),
-        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"a b"}"#, 400),
-        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"a","x":1}"#, 400),
+        (
+            "/v1/events/fight/cues",
+            Some(&pubt),
+            r#"{"key":"a b"}"#,
+            400,
+        ),
+        (
+            "/v1/events/fight/cues",
+            Some(&pubt),
+            r#"{"key":"a","x":1}"#,
+            400,
+        ),
         ("/v1/events/fight/cues", Some(&pubt), r#"not json"#, 400),
-        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"round-1"}"#, 201),
-        ("/v1/events/fight/cues", Some(&pubt), r#"{"key":"round-2"}"#, 201),
+        (
+            "/v1/events/fight/cues",
+            Some(&pubt),
+            r#"{"key":"round-1"}"#,
+            201,
+        ),
+        (
+            "/v1/events/fight/cues",
+            Some(&pubt),
+            r#"{"key":"round-2"}"#,
+            201,
+        ),
     ];
     for (path, tok, body, want) in cases {
         let (st, b) = post(http, path, tok, body);
         assert_eq!(st, want, "{path} {body}: {b}");
     }
     let big = format!("{{\"key\":\"{}\"}}", "a".repeat(5000));
-    assert_eq!(post(http, "/v1/events/fight/cues", Some(&pubt), &big).0, 413);
+    assert_eq!(
+        post(http, "/v1/events/fight/cues", Some(&pubt), &big).0,
+        413
+    );
     let r = request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["event"], "fight");
@@ -94,8 +143,16 @@ fn publish_validation_auth_and_current() {
     assert_eq!(r.body.trim(), r#"{"current":null,"event":"nothing-yet"}"#);
     let m = request(http, "GET", "/metrics", &[], b"").unwrap().body;
     assert!(m.contains("cue_origin_published_total 2"), "{m}");
-    assert!(m.contains("cue_origin_http_refused_total{status=\"401\"} 3"), "{m}");
-    assert_eq!(request(http, "DELETE", "/v1/events/fight", &[], b"").unwrap().status, 405);
+    assert!(
+        m.contains("cue_origin_http_refused_total{status=\"401\"} 3"),
+        "{m}"
+    );
+    assert_eq!(
+        request(http, "DELETE", "/v1/events/fight", &[], b"")
+            .unwrap()
+            .status,
+        405
+    );
     assert_eq!(request(http, "GET", "/nope", &[], b"").unwrap().status, 404);
 }
 
@@ -106,7 +163,16 @@ fn kill9_then_torn_tail_recovers_last_durable_cue() {
     let mut o = start(dir.path(), http, relay);
     let pubt = keys().mint_publisher(unix_now_s(), 60);
     for i in 1..=5 {
-        assert_eq!(post(http, "/v1/events/fight/cues", Some(&pubt), &format!("{{\"key\":\"r{i}\"}}")).0, 201);
+        assert_eq!(
+            post(
+                http,
+                "/v1/events/fight/cues",
+                Some(&pubt),
+                &format!("{{\"key\":\"r{i}\"}}")
+            )
+            .0,
+            201
+        );
     }
     let _ = o.0.kill();
     let _ = o.0.wait();
@@ -120,7 +186,12 @@ fn kill9_then_torn_tail_recovers_last_durable_cue() {
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["current"]["seq"], 5, "{}", r.body);
     assert_eq!(v["current"]["key"], "r5");
-    let (st, b) = post(http, "/v1/events/fight/cues", Some(&pubt), r#"{"key":"r6"}"#);
+    let (st, b) = post(
+        http,
+        "/v1/events/fight/cues",
+        Some(&pubt),
+        r#"{"key":"r6"}"#,
+    );
     assert_eq!(st, 201);
     assert!(b.contains("\"seq\":6"), "{b}");
 }
@@ -132,13 +203,28 @@ fn relay_catch_up_then_live_then_heartbeat() {
     let _o = start(dir.path(), http, relay);
     let pubt = keys().mint_publisher(unix_now_s(), 60);
     for (e, k) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
-        assert_eq!(post(http, &format!("/v1/events/{e}/cues"), Some(&pubt), &format!("{{\"key\":\"{k}\"}}")).0, 201);
+        assert_eq!(
+            post(
+                http,
+                &format!("/v1/events/{e}/cues"),
+                Some(&pubt),
+                &format!("{{\"key\":\"{k}\"}}")
+            )
+            .0,
+            201
+        );
     }
     let mut s = TcpStream::connect(relay).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = Vec::new();
     let a = cue_origin::cue::EventName::new("a").unwrap();
-    proto::encode(&Frame::Hello { edge_id: "t".into(), since: vec![(a, 1)] }, &mut hello);
+    proto::encode(
+        &Frame::Hello {
+            edge_id: "t".into(),
+            since: vec![(a, 1)],
+        },
+        &mut hello,
+    );
     s.write_all(&hello).unwrap();
     let mut buf = Vec::new();
     let mut frames = Vec::new();
@@ -185,12 +271,24 @@ fn sigterm_stops_gracefully_and_token_cli_mints() {
         if let Some(s) = o.0.try_wait().unwrap() {
             break s.code();
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "no exit after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
     let out = Command::new(env!("CARGO_BIN_EXE_cue-origin"))
-        .args(["token", "device", "--sub", "tv-1", "--events", "fight,halftime", "--ttl", "60"])
+        .args([
+            "token",
+            "device",
+            "--sub",
+            "tv-1",
+            "--events",
+            "fight,halftime",
+            "--ttl",
+            "60",
+        ])
         .env("CUE_AUTH_SECRET", SECRET)
         .output()
         .unwrap();

@@ -98,7 +98,11 @@ impl Conn {
 
     /// Frees the buffers once both are empty (and gives back their memory).
     pub fn shrink(&mut self) {
-        if self.extra.as_ref().is_some_and(|e| e.input.is_empty() && e.output.is_empty()) {
+        if self
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.input.is_empty() && e.output.is_empty())
+        {
             self.extra = None;
         }
     }
@@ -152,7 +156,10 @@ impl Slab {
 
     /// The connection for `key`, if it is still the same connection.
     pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
-        self.slots.get_mut(key.idx() as usize)?.as_mut().filter(|c| c.gen == key.gen())
+        self.slots
+            .get_mut(key.idx() as usize)?
+            .as_mut()
+            .filter(|c| c.gen == key.gen())
     }
 
     /// The connection in slot `idx`.
@@ -185,7 +192,10 @@ impl Slab {
 
     /// Key of the connection in slot `idx`.
     pub fn key_at(&self, idx: u32) -> Option<ConnKey> {
-        self.slots.get(idx as usize)?.as_ref().map(|c| ConnKey::new(idx, c.gen))
+        self.slots
+            .get(idx as usize)?
+            .as_ref()
+            .map(|c| ConnKey::new(idx, c.gen))
     }
 }
 
@@ -196,7 +206,11 @@ mod tests {
     #[test]
     fn records_stay_small() {
         // The per-device budget is 256 B of user space; the record is the bulk of it.
-        assert!(std::mem::size_of::<Option<Conn>>() <= 48, "{}", std::mem::size_of::<Option<Conn>>());
+        assert!(
+            std::mem::size_of::<Option<Conn>>() <= 48,
+            "{}",
+            std::mem::size_of::<Option<Conn>>()
+        );
         assert_eq!(std::mem::size_of::<Sub>(), 16);
     }
 

@@ -141,7 +141,10 @@ pub struct ShardCore {
 
 impl std::fmt::Debug for ShardCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardCore").field("conns", &self.conns.len()).field("open", &self.open).finish()
+        f.debug_struct("ShardCore")
+            .field("conns", &self.conns.len())
+            .field("open", &self.open)
+            .finish()
     }
 }
 
@@ -187,7 +190,9 @@ impl ShardCore {
     /// The newest cue this shard holds for `event`.
     pub fn current(&self, event: &str) -> Option<&Arc<EncodedCue>> {
         let ev = EventName::new(event).ok()?;
-        self.slots[*self.by_name.get(&ev)? as usize].current.as_ref()
+        self.slots[*self.by_name.get(&ev)? as usize]
+            .current
+            .as_ref()
     }
 
     /// A new TCP connection. Returns its key for the driver's readiness registration.
@@ -207,7 +212,11 @@ impl ShardCore {
             return;
         };
         let slot = &mut self.slots[slot_idx as usize];
-        if slot.current.as_ref().is_some_and(|c| c.cue.seq() >= cue.cue.seq()) {
+        if slot
+            .current
+            .as_ref()
+            .is_some_and(|c| c.cue.seq() >= cue.cue.seq())
+        {
             return;
         }
         slot.current = Some(cue.clone());
@@ -215,17 +224,25 @@ impl ShardCore {
         let mut delivered = 0u64;
         for i in 0..slot.subscribers.len() {
             let idx = slot.subscribers[i];
-            let Some(c) = self.conns.at(idx) else { continue };
+            let Some(c) = self.conns.at(idx) else {
+                continue;
+            };
             if c.state != State::Open || c.flags & BLOCKED != 0 {
                 continue;
             }
-            let Some(sub) = c.subs.iter_mut().find(|s| s.slot == slot_idx) else { continue };
+            let Some(sub) = c.subs.iter_mut().find(|s| s.slot == slot_idx) else {
+                continue;
+            };
             if sub.seq >= seq {
                 continue;
             }
             match write_cue(c, idx, cue.frame(c.format), io, &self.stats) {
                 Written::Whole | Written::Part => {
-                    let sub = c.subs.iter_mut().find(|s| s.slot == slot_idx).expect("found above");
+                    let sub = c
+                        .subs
+                        .iter_mut()
+                        .find(|s| s.slot == slot_idx)
+                        .expect("found above");
                     sub.seq = seq;
                     delivered += 1;
                 }
@@ -240,7 +257,9 @@ impl ShardCore {
     /// The socket of `key` is readable and `data` was read from it.
     pub fn on_input(&mut self, key: ConnKey, data: &[u8], now: Now, io: &mut impl Io) {
         let secs = self.secs(now.mono);
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         c.last_seen = secs;
         c.flags &= !PING_OUT;
         let idx = key.idx();
@@ -301,8 +320,8 @@ impl ShardCore {
         let secs = self.secs(now.mono);
         let cap = self.conns.capacity() as u32;
         if cap > 0 {
-            let steps = (tick.as_secs_f64() / self.cfg.ping_interval.as_secs_f64().max(0.001))
-                * cap as f64;
+            let steps =
+                (tick.as_secs_f64() / self.cfg.ping_interval.as_secs_f64().max(0.001)) * cap as f64;
             let steps = (steps.ceil() as u32).clamp(1, cap);
             for _ in 0..steps {
                 self.sweep = (self.sweep + 1) % cap;
@@ -317,7 +336,12 @@ impl ShardCore {
     /// `retry-after` hint, spread evenly over `window`.
     pub fn start_drain(&mut self, window: Duration, now: Now) {
         if self.drain.is_none() {
-            self.drain = Some(Drain { start: now.mono, window, total: self.open, closed: 0 });
+            self.drain = Some(Drain {
+                start: now.mono,
+                window,
+                total: self.open,
+                closed: 0,
+            });
         }
     }
 
@@ -357,7 +381,11 @@ impl ShardCore {
     fn drain_step(&mut self, now: Now, io: &mut impl Io) {
         let Some(d) = &self.drain else { return };
         let elapsed = now.mono.saturating_duration_since(d.start);
-        let frac = if d.window.is_zero() { 1.0 } else { (elapsed.as_secs_f64() / d.window.as_secs_f64()).min(1.0) };
+        let frac = if d.window.is_zero() {
+            1.0
+        } else {
+            (elapsed.as_secs_f64() / d.window.as_secs_f64()).min(1.0)
+        };
         let target = ((d.total as f64) * frac).ceil() as usize;
         let mut quota = target.saturating_sub(d.closed);
         let cap = self.conns.capacity() as u32;
@@ -367,7 +395,9 @@ impl ShardCore {
             let idx = self.drain_cursor % cap.max(1);
             self.drain_cursor = self.drain_cursor.wrapping_add(1);
             visited += 1;
-            let Some(c) = self.conns.at(idx) else { continue };
+            let Some(c) = self.conns.at(idx) else {
+                continue;
+            };
             if c.state != State::Open {
                 continue;
             }
@@ -395,7 +425,9 @@ impl ShardCore {
     fn process(&mut self, idx: u32, buf: &mut [u8], now: Now, io: &mut impl Io) -> usize {
         let mut used = 0;
         loop {
-            let Some(c) = self.conns.at(idx) else { return buf.len() };
+            let Some(c) = self.conns.at(idx) else {
+                return buf.len();
+            };
             match c.state {
                 State::Handshaking => match parse_request(&buf[used..], self.cfg.max_request) {
                     Ok(None) => return used,
@@ -412,7 +444,12 @@ impl ShardCore {
                     let decoded = decode_frame(&mut buf[used..], Role::Server, self.cfg.max_frame);
                     match decoded {
                         Ok(Decoded::Incomplete) => return used,
-                        Ok(Decoded::Frame { fin, opcode, payload, consumed }) => {
+                        Ok(Decoded::Frame {
+                            fin,
+                            opcode,
+                            payload,
+                            consumed,
+                        }) => {
                             let start = used;
                             used += consumed;
                             let payload = start + payload.start..start + payload.end;
@@ -431,8 +468,17 @@ impl ShardCore {
     }
 
     /// Handles one device frame; false when the connection is finished.
-    fn on_frame(&mut self, idx: u32, fin: bool, op: Opcode, payload: &[u8], io: &mut impl Io) -> bool {
-        let Some(c) = self.conns.at(idx) else { return false };
+    fn on_frame(
+        &mut self,
+        idx: u32,
+        fin: bool,
+        op: Opcode,
+        payload: &[u8],
+        io: &mut impl Io,
+    ) -> bool {
+        let Some(c) = self.conns.at(idx) else {
+            return false;
+        };
         let closing = c.state == State::Closing;
         match c.msg.on_frame(fin, op, payload, self.cfg.max_message) {
             Err(e) => {
@@ -488,9 +534,17 @@ impl ShardCore {
             match keys.verify_device(token, now.unix_ms / 1000, evs) {
                 Ok(_) => {}
                 Err(Ok(ev)) => {
-                    return self.refuse(idx, 403, &format!("token does not allow event {ev}"), None, io)
+                    return self.refuse(
+                        idx,
+                        403,
+                        &format!("token does not allow event {ev}"),
+                        None,
+                        io,
+                    )
                 }
-                Err(Err(TokenError::Missing)) => return self.refuse(idx, 401, "missing token", None, io),
+                Err(Err(TokenError::Missing)) => {
+                    return self.refuse(idx, 401, "missing token", None, io)
+                }
                 Err(Err(e)) => return self.refuse(idx, 401, &e.to_string(), None, io),
             }
         }
@@ -502,7 +556,11 @@ impl ShardCore {
                 let r = self.retry_after();
                 return self.refuse(idx, 503, "edge has too many events", Some(r), io);
             };
-            subs.push(Sub { slot, pos: 0, seq: since.unwrap_or(0) });
+            subs.push(Sub {
+                slot,
+                pos: 0,
+                seq: since.unwrap_or(0),
+            });
         }
         for s in &mut subs {
             let list = &mut self.slots[s.slot as usize].subscribers;
@@ -530,7 +588,14 @@ impl ShardCore {
         self.rng.gen_range(lo..=hi.max(lo))
     }
 
-    fn refuse(&mut self, idx: u32, status: u16, reason: &str, retry: Option<u32>, io: &mut impl Io) {
+    fn refuse(
+        &mut self,
+        idx: u32,
+        status: u16,
+        reason: &str,
+        retry: Option<u32>,
+        io: &mut impl Io,
+    ) {
         self.stats.refuse(status);
         self.out.clear();
         write_refusal(status, reason, retry, &mut self.out);
@@ -605,19 +670,29 @@ impl ShardCore {
         let mut delivered = 0;
         for i in 0..c.subs.len() {
             let sub = c.subs[i];
-            let Some(cur) = &self.slots[sub.slot as usize].current else { continue };
+            let Some(cur) = &self.slots[sub.slot as usize].current else {
+                continue;
+            };
             if cur.cue.seq() <= sub.seq {
                 continue;
             }
+            // Seqs are consecutive per event: a device given seq s and now cur skipped the rest.
+            let skipped = if sub.seq > 0 {
+                cur.cue.seq() - sub.seq - 1
+            } else {
+                0
+            };
             match write_cue(c, idx, cur.frame(c.format), io, &self.stats) {
                 Written::Whole => {
                     c.subs[i].seq = cur.cue.seq();
                     delivered += 1;
+                    self.stats.conflated.add(skipped);
                 }
                 Written::Part => {
                     // The rest of this frame must go out before anything else.
                     c.subs[i].seq = cur.cue.seq();
                     delivered += 1;
+                    self.stats.conflated.add(skipped);
                     break;
                 }
                 Written::Blocked => break,
@@ -638,7 +713,11 @@ impl ShardCore {
             return None;
         }
         let i = self.slots.len() as u16;
-        self.slots.push(Slot { name: name.clone(), current: None, subscribers: Vec::new() });
+        self.slots.push(Slot {
+            name: name.clone(),
+            current: None,
+            subscribers: Vec::new(),
+        });
         self.by_name.insert(name.clone(), i);
         Some(i)
     }
@@ -665,7 +744,9 @@ impl ShardCore {
 
     fn close_pending(&mut self, io: &mut impl Io) {
         while let Some((idx, reason)) = self.to_close.pop() {
-            let Some(c) = self.conns.at(idx) else { continue };
+            let Some(c) = self.conns.at(idx) else {
+                continue;
+            };
             match c.state {
                 State::Open => {
                     self.open -= 1;
@@ -702,7 +783,13 @@ impl ShardCore {
     pub fn snapshot(&self) -> Vec<(String, Option<u64>, usize)> {
         self.slots
             .iter()
-            .map(|s| (s.name.to_string(), s.current.as_ref().map(|c| c.cue.seq()), s.subscribers.len()))
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    s.current.as_ref().map(|c| c.cue.seq()),
+                    s.subscribers.len(),
+                )
+            })
             .collect()
     }
 }
@@ -716,7 +803,13 @@ enum Written {
 
 /// Writes one cue frame to an unblocked device; the unsent rest of a partial write is kept so
 /// the frame stays whole on the wire.
-fn write_cue(c: &mut Conn, idx: u32, frame: &[u8], io: &mut impl Io, stats: &ShardStats) -> Written {
+fn write_cue(
+    c: &mut Conn,
+    idx: u32,
+    frame: &[u8],
+    io: &mut impl Io,
+    stats: &ShardStats,
+) -> Written {
     match io.send(c.fd, frame) {
         Sent::Took(n) if n == frame.len() => Written::Whole,
         Sent::Took(n) => {
@@ -741,8 +834,8 @@ fn block(c: &mut Conn, idx: u32, io: &mut impl Io, stats: &ShardStats) {
 }
 
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 pub mod testkit;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod sim_tests;

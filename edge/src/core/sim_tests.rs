@@ -40,12 +40,18 @@ impl Edge {
                 (core, FakeIo::default())
             })
             .collect();
-        Self { newest: Newest::new(), shards, inbox: None }
+        Self {
+            newest: Newest::new(),
+            shards,
+            inbox: None,
+        }
     }
 
     /// Reads up to `max` bytes of relay input, decoding whole frames only (the rest waits).
     fn read_relay(&mut self, max: usize) {
-        let Some(inbox) = self.inbox.as_mut() else { return };
+        let Some(inbox) = self.inbox.as_mut() else {
+            return;
+        };
         let mut used = 0;
         while let Some((frame, n)) = proto::decode(&inbox[used..]).expect("valid relay frames") {
             if used + n > max {
@@ -85,8 +91,16 @@ impl Origin {
     /// An edge (re)links: HELLO with what it holds, catch-up into its inbox.
     fn link(&self, edge: &mut Edge) {
         let mut hello = Vec::new();
-        proto::encode(&Frame::Hello { edge_id: "e".into(), since: edge.newest.since() }, &mut hello);
-        let Some((Frame::Hello { since, .. }, _)) = proto::decode(&hello).unwrap() else { unreachable!() };
+        proto::encode(
+            &Frame::Hello {
+                edge_id: "e".into(),
+                since: edge.newest.since(),
+            },
+            &mut hello,
+        );
+        let Some((Frame::Hello { since, .. }, _)) = proto::decode(&hello).unwrap() else {
+            unreachable!()
+        };
         let since: HashMap<_, _> = since.into_iter().collect();
         let mut inbox = Vec::new();
         for c in proto::catch_up(self.latest.values(), &since) {
@@ -140,7 +154,9 @@ fn attach(d: &mut Dev, fd: i32, edges: &mut [Edge], rng: &mut SmallRng, clock: &
 fn one_origin_two_edges_thousands_of_devices_with_faults() {
     let mut rng = SmallRng::seed_from_u64(0xC0E);
     let mut clock = Clock::new();
-    let mut origin = Origin { latest: HashMap::new() };
+    let mut origin = Origin {
+        latest: HashMap::new(),
+    };
     let mut edges = vec![Edge::new(&clock, 1), Edge::new(&clock, 3)];
     for e in &mut edges {
         origin.link(e);
@@ -149,7 +165,11 @@ fn one_origin_two_edges_thousands_of_devices_with_faults() {
     let mut devs: Vec<Dev> = (0..3000)
         .map(|i| {
             let n = 1 + i % 3;
-            Dev { events: EVENTS[..n].to_vec(), at: None, held: HashMap::new() }
+            Dev {
+                events: EVENTS[..n].to_vec(),
+                at: None,
+                held: HashMap::new(),
+            }
         })
         .collect();
     for d in &mut devs {
@@ -214,7 +234,10 @@ fn one_origin_two_edges_thousands_of_devices_with_faults() {
         }
         if step == 200 {
             edges[1] = Edge::new(&clock, 5);
-            for d in devs.iter_mut().filter(|d| d.at.as_ref().is_some_and(|a| a.0 == 1)) {
+            for d in devs
+                .iter_mut()
+                .filter(|d| d.at.as_ref().is_some_and(|a| a.0 == 1))
+            {
                 d.at = None;
             }
             origin.publish("fight", clock.now().unix_ms, &mut edges);
@@ -255,8 +278,15 @@ fn one_origin_two_edges_thousands_of_devices_with_faults() {
     for (i, d) in devs.iter_mut().enumerate() {
         sync_held(d, &mut edges);
         for ev in &d.events {
-            let want = origin.latest.get(&EventName::new(ev).unwrap()).map_or(0, |c| c.seq());
-            assert_eq!(d.held.get(*ev).copied().unwrap_or(0), want, "device {i} event {ev}");
+            let want = origin
+                .latest
+                .get(&EventName::new(ev).unwrap())
+                .map_or(0, |c| c.seq());
+            assert_eq!(
+                d.held.get(*ev).copied().unwrap_or(0),
+                want,
+                "device {i} event {ev}"
+            );
             // The device's connection shows the newest too (not just its memory).
             let (_, _, dev) = d.at.as_ref().unwrap();
             assert!(dev.seq(ev) == want || d.held[*ev] == want);

@@ -79,11 +79,18 @@ pub struct Clock {
 impl Clock {
     /// A clock at Unix time 1_700_000_000_000 ms.
     pub fn new() -> Self {
-        Self { base: Instant::now(), at: Duration::ZERO, unix0: 1_700_000_000_000 }
+        Self {
+            base: Instant::now(),
+            at: Duration::ZERO,
+            unix0: 1_700_000_000_000,
+        }
     }
     /// The reading.
     pub fn now(&self) -> Now {
-        Now { mono: self.base + self.at, unix_ms: self.unix0 + self.at.as_millis() as u64 }
+        Now {
+            mono: self.base + self.at,
+            unix_ms: self.unix0 + self.at.as_millis() as u64,
+        }
     }
     /// Moves on.
     pub fn advance(&mut self, d: Duration) {
@@ -143,9 +150,15 @@ impl Device {
             }
         }
         loop {
-            match decode_frame(&mut buf[used..], Role::Client, 1 << 20).expect("valid server frame") {
+            match decode_frame(&mut buf[used..], Role::Client, 1 << 20).expect("valid server frame")
+            {
                 Decoded::Incomplete => break,
-                Decoded::Frame { opcode, payload, consumed, fin } => {
+                Decoded::Frame {
+                    opcode,
+                    payload,
+                    consumed,
+                    fin,
+                } => {
                     assert!(fin, "the edge never fragments");
                     let pl = &buf[used + payload.start..used + payload.end];
                     match opcode {
@@ -158,8 +171,13 @@ impl Device {
                             self.got(c);
                         }
                         Opcode::Close => {
-                            let code = if pl.len() >= 2 { u16::from_be_bytes([pl[0], pl[1]]) } else { 1005 };
-                            let reason = String::from_utf8_lossy(pl.get(2..).unwrap_or(&[])).into_owned();
+                            let code = if pl.len() >= 2 {
+                                u16::from_be_bytes([pl[0], pl[1]])
+                            } else {
+                                1005
+                            };
+                            let reason =
+                                String::from_utf8_lossy(pl.get(2..).unwrap_or(&[])).into_owned();
                             self.closes.push((code, reason));
                         }
                         Opcode::Ping => self.pings += 1,
@@ -174,7 +192,10 @@ impl Device {
 
     fn got(&mut self, c: cue_origin::cue::Cue) {
         self.cues.push((c.event().to_string(), c.seq()));
-        let e = self.newest.entry(c.event().to_string()).or_insert((0, String::new()));
+        let e = self
+            .newest
+            .entry(c.event().to_string())
+            .or_insert((0, String::new()));
         if c.seq() > e.0 {
             *e = (c.seq(), c.key().to_string());
         }
@@ -203,7 +224,12 @@ pub fn connect(
     let mut req = Vec::new();
     write_client_request("edge.test", path_and_query, &k, bearer, &mut req);
     core.on_input(key, &req, clock.now(), io);
-    let mut d = Device { fd, key: Some(key), expected_accept: accept_key(&k), ..Default::default() };
+    let mut d = Device {
+        fd,
+        key: Some(key),
+        expected_accept: accept_key(&k),
+        ..Default::default()
+    };
     d.read(io);
     d
 }

@@ -26,15 +26,31 @@ fn core(clock: &Clock) -> ShardCore {
 }
 
 fn cue(event: &str, key: &str, seq: u64) -> Arc<EncodedCue> {
-    Arc::new(EncodedCue::new(Cue::new(event, key, seq, 1_700_000_000_000 + seq).unwrap()))
+    Arc::new(EncodedCue::new(
+        Cue::new(event, key, seq, 1_700_000_000_000 + seq).unwrap(),
+    ))
 }
 
 #[test]
 fn upgrade_then_live_cues_in_both_formats() {
     let clock = Clock::new();
     let (mut c, mut io) = (core(&clock), FakeIo::default());
-    let mut j = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=fight", None);
-    let mut b = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=fight&format=binary", None);
+    let mut j = connect(
+        &mut c,
+        &mut io,
+        &clock,
+        10,
+        "/v1/subscribe?events=fight",
+        None,
+    );
+    let mut b = connect(
+        &mut c,
+        &mut io,
+        &clock,
+        11,
+        "/v1/subscribe?events=fight&format=binary",
+        None,
+    );
     assert_eq!((j.status, b.status), (Some(101), Some(101)));
     assert!(j.cues.is_empty(), "no current cue yet, so no catch-up");
     c.on_cue(cue("fight", "round-1", 1), &mut io);
@@ -54,10 +70,25 @@ fn catch_up_honours_since() {
     let (mut c, mut io) = (core(&clock), FakeIo::default());
     c.on_cue(cue("a", "k5", 5), &mut io);
     c.on_cue(cue("b", "k2", 2), &mut io);
-    let d = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=a,b&since=a:5,b:1", None);
-    assert_eq!(d.cues, vec![("b".into(), 2)], "a is current at 5, b is behind");
+    let d = connect(
+        &mut c,
+        &mut io,
+        &clock,
+        10,
+        "/v1/subscribe?events=a,b&since=a:5,b:1",
+        None,
+    );
+    assert_eq!(
+        d.cues,
+        vec![("b".into(), 2)],
+        "a is current at 5, b is behind"
+    );
     let d2 = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=a", None);
-    assert_eq!(d2.cues, vec![("a".into(), 5)], "no since: gets the current cue");
+    assert_eq!(
+        d2.cues,
+        vec![("a".into(), 5)],
+        "no since: gets the current cue"
+    );
     // A duplicate or older cue from the relay is ignored.
     c.on_cue(cue("a", "old", 4), &mut io);
     c.on_cue(cue("a", "dup", 5), &mut io);
@@ -71,11 +102,16 @@ fn auth_refusals() {
     let clock = Clock::new();
     let keys = TokenKeys::new(&[9u8; 32]).unwrap();
     let now_s = clock.now().unix_ms / 1000;
-    let cfg = CoreConfig { auth: Some(keys.clone()), ..Default::default() };
+    let cfg = CoreConfig {
+        auth: Some(keys.clone()),
+        ..Default::default()
+    };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
     let good = keys.mint_device("d1", &["fight".into()], now_s, 60);
     let expired = keys.mint_device("d1", &["fight".into()], now_s - 120, 60);
-    let other = TokenKeys::new(&[8u8; 32]).unwrap().mint_device("d1", &["fight".into()], now_s, 60);
+    let other = TokenKeys::new(&[8u8; 32])
+        .unwrap()
+        .mint_device("d1", &["fight".into()], now_s, 60);
     let cases: [(&str, Option<&str>, u16); 7] = [
         ("/v1/subscribe?events=fight", None, 401),
         ("/v1/subscribe?events=fight", Some(expired.as_str()), 401),
@@ -91,7 +127,14 @@ fn auth_refusals() {
         assert_eq!(io.peers[&d.fd].closed, *want != 101);
     }
     // Browser style: the token in the query.
-    let d = connect(&mut c, &mut io, &clock, 200, &format!("/v1/subscribe?events=fight&token={good}"), None);
+    let d = connect(
+        &mut c,
+        &mut io,
+        &clock,
+        200,
+        &format!("/v1/subscribe?events=fight&token={good}"),
+        None,
+    );
     assert_eq!(d.status, Some(101));
     assert_eq!(c.stats.refused.iter().map(|x| x.get()).sum::<u64>(), 6);
 }
@@ -114,8 +157,16 @@ fn blocked_device_is_conflated_to_newest() {
     slow.read(&mut io);
     fast.read(&mut io);
     assert_eq!(fast.cues.len(), 50);
-    assert_eq!(slow.cues, vec![("e".into(), 1), ("e".into(), 50)], "no backlog, just the newest");
-    assert!(!io.peers[&10].want_write, "writability interest dropped once drained");
+    assert_eq!(
+        slow.cues,
+        vec![("e".into(), 1), ("e".into(), 50)],
+        "no backlog, just the newest"
+    );
+    assert!(
+        !io.peers[&10].want_write,
+        "writability interest dropped once drained"
+    );
+    assert_eq!(c.stats.conflated.get(), 48, "seqs 2..=49 skipped for 50");
 }
 
 #[test]
@@ -139,7 +190,10 @@ fn partial_writes_keep_frames_whole() {
 #[test]
 fn pings_idle_devices_and_closes_silent_ones() {
     let mut clock = Clock::new();
-    let cfg = CoreConfig { ping_interval: Duration::from_secs(2), ..Default::default() };
+    let cfg = CoreConfig {
+        ping_interval: Duration::from_secs(2),
+        ..Default::default()
+    };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
     let mut talker = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
     let mut silent = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=e", None);
@@ -150,7 +204,12 @@ fn pings_idle_devices_and_closes_silent_ones() {
         talker.read(&mut io);
         if talker.pings > 0 {
             // Answer with a pong (any frame counts as liveness).
-            c.on_input(talker.key.unwrap(), &client_frame(Opcode::Pong, b""), clock.now(), &mut io);
+            c.on_input(
+                talker.key.unwrap(),
+                &client_frame(Opcode::Pong, b""),
+                clock.now(),
+                &mut io,
+            );
             talker.pings = 0;
         }
     }
@@ -191,12 +250,22 @@ fn protocol_errors_close_with_rfc_codes() {
     assert_eq!(d.closes[0].0, 1002);
     // Oversized frame: 1009.
     let mut d = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=e", None);
-    c.on_input(d.key.unwrap(), &client_frame(Opcode::Binary, &[0u8; 5000]), clock.now(), &mut io);
+    c.on_input(
+        d.key.unwrap(),
+        &client_frame(Opcode::Binary, &[0u8; 5000]),
+        clock.now(),
+        &mut io,
+    );
     d.read(&mut io);
     assert_eq!(d.closes[0].0, 1009);
     // Invalid UTF-8 text: 1007.
     let mut d = connect(&mut c, &mut io, &clock, 12, "/v1/subscribe?events=e", None);
-    c.on_input(d.key.unwrap(), &client_frame(Opcode::Text, &[0xff, 0xfe]), clock.now(), &mut io);
+    c.on_input(
+        d.key.unwrap(),
+        &client_frame(Opcode::Text, &[0xff, 0xfe]),
+        clock.now(),
+        &mut io,
+    );
     d.read(&mut io);
     assert_eq!(d.closes[0].0, 1007);
     assert_eq!(c.stats.closes[CloseReason::ProtocolError as usize].get(), 3);
@@ -206,17 +275,28 @@ fn protocol_errors_close_with_rfc_codes() {
 #[test]
 fn handshake_timeout_and_oversized_request() {
     let mut clock = Clock::new();
-    let cfg = CoreConfig { handshake_timeout: Duration::from_secs(1), ..Default::default() };
+    let cfg = CoreConfig {
+        handshake_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
     io.peers.insert(10, Default::default());
     let k = c.accept(10, clock.now());
-    c.on_input(k, b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\n", clock.now(), &mut io);
+    c.on_input(
+        k,
+        b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\n",
+        clock.now(),
+        &mut io,
+    );
     for _ in 0..30 {
         clock.advance(Duration::from_millis(100));
         c.tick(clock.now(), Duration::from_millis(100), &mut io);
     }
     assert!(io.peers[&10].closed);
-    assert_eq!(c.stats.closes[CloseReason::HandshakeTimeout as usize].get(), 1);
+    assert_eq!(
+        c.stats.closes[CloseReason::HandshakeTimeout as usize].get(),
+        1
+    );
     io.peers.insert(11, Default::default());
     let k = c.accept(11, clock.now());
     c.on_input(k, &[b'a'; 9000], clock.now(), &mut io);
@@ -227,10 +307,23 @@ fn handshake_timeout_and_oversized_request() {
 #[test]
 fn drain_spreads_closes_with_jittered_hints() {
     let mut clock = Clock::new();
-    let cfg = CoreConfig { retry_after_s: (5, 60), ..Default::default() };
+    let cfg = CoreConfig {
+        retry_after_s: (5, 60),
+        ..Default::default()
+    };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
-    let mut devs: Vec<_> =
-        (0..100).map(|i| connect(&mut c, &mut io, &clock, 10 + i, "/v1/subscribe?events=e", None)).collect();
+    let mut devs: Vec<_> = (0..100)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=e",
+                None,
+            )
+        })
+        .collect();
     c.start_drain(Duration::from_secs(10), clock.now());
     let mut closed_at_half = 0;
     for step in 1..=100 {
@@ -243,7 +336,10 @@ fn drain_spreads_closes_with_jittered_hints() {
             closed_at_half = devs.iter().filter(|d| !d.closes.is_empty()).count();
         }
     }
-    assert!((45..=55).contains(&closed_at_half), "half the window, about half closed: {closed_at_half}");
+    assert!(
+        (45..=55).contains(&closed_at_half),
+        "half the window, about half closed: {closed_at_half}"
+    );
     // New devices are refused with 503 and Retry-After while draining.
     let late = connect(&mut c, &mut io, &clock, 999, "/v1/subscribe?events=e", None);
     assert_eq!(late.status, Some(503));
@@ -252,23 +348,42 @@ fn drain_spreads_closes_with_jittered_hints() {
         d.read(&mut io);
         let (code, reason) = &d.closes[0];
         assert_eq!(*code, 1001);
-        let s: u32 = reason.strip_prefix("retry-after=").unwrap().parse().unwrap();
+        let s: u32 = reason
+            .strip_prefix("retry-after=")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((5..=60).contains(&s));
         hints.insert(s);
         // The device answers our close; the edge then closes TCP.
-        c.on_input(d.key.unwrap(), &client_frame(Opcode::Close, &[0x03, 0xe9]), clock.now(), &mut io);
+        c.on_input(
+            d.key.unwrap(),
+            &client_frame(Opcode::Close, &[0x03, 0xe9]),
+            clock.now(),
+            &mut io,
+        );
     }
-    assert!(hints.len() > 20, "hints are jittered: {} distinct", hints.len());
+    assert!(
+        hints.len() > 20,
+        "hints are jittered: {} distinct",
+        hints.len()
+    );
     assert!(c.drained());
 }
 
 #[test]
 fn full_shard_sheds_with_503() {
     let clock = Clock::new();
-    let cfg = CoreConfig { max_connections: 2, ..Default::default() };
+    let cfg = CoreConfig {
+        max_connections: 2,
+        ..Default::default()
+    };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
     for fd in 10..12 {
-        assert_eq!(connect(&mut c, &mut io, &clock, fd, "/v1/subscribe?events=e", None).status, Some(101));
+        assert_eq!(
+            connect(&mut c, &mut io, &clock, fd, "/v1/subscribe?events=e", None).status,
+            Some(101)
+        );
     }
     let d = connect(&mut c, &mut io, &clock, 12, "/v1/subscribe?events=e", None);
     assert_eq!(d.status, Some(503));
@@ -279,8 +394,18 @@ fn full_shard_sheds_with_503() {
 fn unsubscribe_keeps_lists_consistent() {
     let clock = Clock::new();
     let (mut c, mut io) = (core(&clock), FakeIo::default());
-    let mut devs: Vec<_> =
-        (0..20).map(|i| connect(&mut c, &mut io, &clock, 10 + i, "/v1/subscribe?events=a,b", None)).collect();
+    let mut devs: Vec<_> = (0..20)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=a,b",
+                None,
+            )
+        })
+        .collect();
     // Close every third device (client close), then publish: the rest all get it.
     for d in devs.iter().step_by(3) {
         c.on_eof(d.key.unwrap(), &mut io);
@@ -304,7 +429,7 @@ proptest! {
         let clock = Clock::new();
         let (mut c, mut io) = (core(&clock), FakeIo::default());
         let mut devs: Vec<_> = (0..4)
-            .map(|i| connect(&mut c, &mut io, &clock, 10 + i as i32, "/v1/subscribe?events=a,b", None))
+            .map(|i| connect(&mut c, &mut io, &clock, 10 + i, "/v1/subscribe?events=a,b", None))
             .collect();
         let mut seqs = [0u64; 2];
         for (op, dev, n) in ops {

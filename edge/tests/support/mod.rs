@@ -34,7 +34,10 @@ pub fn publisher_token() -> String {
 }
 
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -42,7 +45,11 @@ fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join(name);
-    assert!(p.exists(), "{} missing: run `cargo build --workspace` (the test command does)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace` (the test command does)",
+        p.display()
+    );
     p
 }
 
@@ -85,17 +92,35 @@ pub struct Origin {
 
 pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
     let child = Command::new(bin("cue-origin"))
-        .args(["--http", &http.to_string(), "--relay", &relay.to_string(), "--data-dir"])
+        .args([
+            "--http",
+            &http.to_string(),
+            "--relay",
+            &relay.to_string(),
+            "--data-dir",
+        ])
         .arg(dir)
-        .args(["--relay-heartbeat-ms", "200", "--relay-dead-after-ms", "1000"])
+        .args([
+            "--relay-heartbeat-ms",
+            "200",
+            "--relay-dead-after-ms",
+            "1000",
+        ])
         .env("CUE_AUTH_SECRET", SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let o = Origin { proc: Proc(child), http, relay, dir: dir.to_path_buf() };
-    wait_until(Duration::from_secs(10), || request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200));
+    let o = Origin {
+        proc: Proc(child),
+        http,
+        relay,
+        dir: dir.to_path_buf(),
+    };
+    wait_until(Duration::from_secs(10), || {
+        request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+    });
     o
 }
 
@@ -107,7 +132,14 @@ pub struct Edge {
 
 pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Edge {
     let child = Command::new(bin("cue-edge"))
-        .args(["--origin", &relay.to_string(), "--ws", &ws.to_string(), "--admin", &admin.to_string()])
+        .args([
+            "--origin",
+            &relay.to_string(),
+            "--ws",
+            &ws.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
         .args(["--shards", "2", "--cpus", "none", "--seed", "42"])
         .args(extra)
         .env("CUE_AUTH_SECRET", SECRET)
@@ -116,7 +148,11 @@ pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let e = Edge { proc: Proc(child), ws, admin };
+    let e = Edge {
+        proc: Proc(child),
+        ws,
+        admin,
+    };
     e.wait_linked();
     e
 }
@@ -125,11 +161,14 @@ impl Edge {
     pub fn wait_linked(&self) {
         let admin = self.admin;
         wait_until(Duration::from_secs(15), || {
-            request(admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.body.contains("\"origins_linked\":1"))
+            request(admin, "GET", "/healthz", &[], b"")
+                .is_ok_and(|r| r.body.contains("\"origins_linked\":1"))
         });
     }
     pub fn metrics(&self) -> String {
-        request(self.admin, "GET", "/metrics", &[], b"").unwrap().body
+        request(self.admin, "GET", "/metrics", &[], b"")
+            .unwrap()
+            .body
     }
 }
 
@@ -147,7 +186,10 @@ pub fn publish(http: SocketAddr, event: &str, key: &str) -> Response {
         http,
         "POST",
         &format!("/v1/events/{event}/cues"),
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         format!("{{\"key\":\"{key}\"}}").as_bytes(),
     )
     .unwrap()
@@ -165,9 +207,12 @@ pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 /// Connects; `Err(status)` when the upgrade is refused.
 pub fn subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Result<Ws, (u16, String)> {
     use tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{ws}/v1/subscribe?{query}").into_client_request().unwrap();
+    let mut req = format!("ws://{ws}/v1/subscribe?{query}")
+        .into_client_request()
+        .unwrap();
     if let Some(t) = bearer {
-        req.headers_mut().insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().unwrap());
     }
     match tungstenite::connect(req) {
         Ok((mut s, _)) => {
@@ -177,9 +222,19 @@ pub fn subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Result<Ws
             Ok(s)
         }
         Err(tungstenite::Error::Http(r)) => {
-            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
-            Err((r.status().as_u16(), format!("{body}|retry-after={}", retry.unwrap_or_default())))
+            let body = r
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            Err((
+                r.status().as_u16(),
+                format!("{body}|retry-after={}", retry.unwrap_or_default()),
+            ))
         }
         Err(e) => panic!("connect: {e}"),
     }
@@ -221,7 +276,12 @@ pub fn quiet_for(s: &mut Ws, d: Duration) -> bool {
         t.set_read_timeout(Some(d)).unwrap();
     }
     let r = match s.read() {
-        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => true,
+        Err(tungstenite::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            true
+        }
         Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => true,
         _ => false,
     };

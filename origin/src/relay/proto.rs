@@ -138,7 +138,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, RelayError> {
         T_PING => Frame::Ping(u64_body(body, "PING")?),
         T_PONG => Frame::Pong(u64_body(body, "PONG")?),
         T_CAUGHT_UP => {
-            let b: [u8; 4] = body.try_into().map_err(|_| RelayError::Malformed("CAUGHT_UP"))?;
+            let b: [u8; 4] = body
+                .try_into()
+                .map_err(|_| RelayError::Malformed("CAUGHT_UP"))?;
             Frame::CaughtUp(u32::from_be_bytes(b))
         }
         t => return Err(RelayError::BadType(t)),
@@ -160,7 +162,9 @@ fn decode_hello(body: &[u8]) -> Result<Frame, RelayError> {
     }
     let id_len = r.u8().ok_or(bad.clone())? as usize;
     let id = r.take(id_len).ok_or(bad.clone())?;
-    let edge_id = std::str::from_utf8(id).map_err(|_| bad.clone())?.to_string();
+    let edge_id = std::str::from_utf8(id)
+        .map_err(|_| bad.clone())?
+        .to_string();
     if edge_id.is_empty() {
         return Err(bad);
     }
@@ -198,10 +202,12 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
     }
 }
 
@@ -246,7 +252,11 @@ impl Newest {
     }
     /// The HELLO body: seq held per event.
     pub fn since(&self) -> Vec<(EventName, u64)> {
-        let mut v: Vec<_> = self.by_event.values().map(|c| (c.event().clone(), c.seq())).collect();
+        let mut v: Vec<_> = self
+            .by_event
+            .values()
+            .map(|c| (c.event().clone(), c.seq()))
+            .collect();
         v.sort();
         v
     }
@@ -291,7 +301,12 @@ pub struct Liveness {
 impl Liveness {
     /// Starts both timers at `now`.
     pub fn new(now: Instant, heartbeat: Duration, dead_after: Duration) -> Self {
-        Self { heartbeat, dead_after, last_sent: now, last_heard: now }
+        Self {
+            heartbeat,
+            dead_after,
+            last_sent: now,
+            last_heard: now,
+        }
     }
     /// Any frame arrived.
     pub fn heard(&mut self, now: Instant) {
@@ -330,11 +345,18 @@ pub struct Backoff {
 impl Backoff {
     /// Backoff starting at `base`, capped at `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, attempt: 0 }
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
     }
     /// The next delay; `unit` is a uniform random number in `[0, 1)` from the caller's RNG.
     pub fn next_delay(&mut self, unit: f64) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let floor = (self.base / 2).min(ceiling);
         floor + (ceiling - floor).mul_f64(unit.clamp(0.0, 1.0))
@@ -367,9 +389,15 @@ mod tests {
     fn frames_round_trip() {
         round_trip(Frame::Hello {
             edge_id: "edge-1".into(),
-            since: vec![(EventName::new("a").unwrap(), 3), (EventName::new("b").unwrap(), 0)],
+            since: vec![
+                (EventName::new("a").unwrap(), 3),
+                (EventName::new("b").unwrap(), 0),
+            ],
         });
-        round_trip(Frame::Hello { edge_id: "e".into(), since: vec![] });
+        round_trip(Frame::Hello {
+            edge_id: "e".into(),
+            since: vec![],
+        });
         round_trip(Frame::Cue(cue("fight", 9)));
         round_trip(Frame::Ping(u64::MAX));
         round_trip(Frame::Pong(1));
@@ -379,16 +407,31 @@ mod tests {
     #[test]
     fn bad_frames_refused() {
         assert_eq!(decode(&[0, 0, 0, 0]).unwrap_err(), RelayError::BadLength(0));
-        assert_eq!(decode(&[0, 0x20, 0, 0]).unwrap_err(), RelayError::BadLength(0x20_0000));
-        assert_eq!(decode(&[0, 0, 0, 1, 99]).unwrap_err(), RelayError::BadType(99));
-        assert_eq!(decode(&[0, 0, 0, 2, T_PING, 1]).unwrap_err(), RelayError::Malformed("PING"));
+        assert_eq!(
+            decode(&[0, 0x20, 0, 0]).unwrap_err(),
+            RelayError::BadLength(0x20_0000)
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 1, 99]).unwrap_err(),
+            RelayError::BadType(99)
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 2, T_PING, 1]).unwrap_err(),
+            RelayError::Malformed("PING")
+        );
         assert_eq!(
             decode(&[0, 0, 0, 3, T_HELLO, 2, 0]).unwrap_err(),
             RelayError::BadVersion(2)
         );
         // HELLO with trailing garbage.
         let mut b = Vec::new();
-        encode(&Frame::Hello { edge_id: "e".into(), since: vec![] }, &mut b);
+        encode(
+            &Frame::Hello {
+                edge_id: "e".into(),
+                since: vec![],
+            },
+            &mut b,
+        );
         b.push(0);
         b[3] += 1;
         assert_eq!(decode(&b).unwrap_err(), RelayError::Malformed("HELLO"));
@@ -397,9 +440,12 @@ mod tests {
     #[test]
     fn catch_up_sends_only_newer_and_absent() {
         let latest = [cue("a", 5), cue("b", 2), cue("c", 1)];
-        let since: HashMap<_, _> = [(EventName::new("a").unwrap(), 5), (EventName::new("b").unwrap(), 1)]
-            .into_iter()
-            .collect();
+        let since: HashMap<_, _> = [
+            (EventName::new("a").unwrap(), 5),
+            (EventName::new("b").unwrap(), 1),
+        ]
+        .into_iter()
+        .collect();
         let got = catch_up(&latest, &since);
         assert_eq!(got, vec![cue("b", 2), cue("c", 1)]);
     }
@@ -419,7 +465,10 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0, Duration::from_secs(5), Duration::from_secs(15));
         assert_eq!(l.poll(t0 + Duration::from_secs(4)), LivenessAction::Idle);
-        assert_eq!(l.poll(t0 + Duration::from_secs(5)), LivenessAction::SendPing);
+        assert_eq!(
+            l.poll(t0 + Duration::from_secs(5)),
+            LivenessAction::SendPing
+        );
         l.sent(t0 + Duration::from_secs(5));
         l.heard(t0 + Duration::from_secs(6));
         assert_eq!(l.next_deadline(), t0 + Duration::from_secs(10));

@@ -81,8 +81,13 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         metrics.accepted.inc();
         metrics.edges.add(1);
-        let (latest, rx, opts, m, sd) =
-            (latest.clone(), live.subscribe(), opts.clone(), metrics.clone(), shutdown.clone());
+        let (latest, rx, opts, m, sd) = (
+            latest.clone(),
+            live.subscribe(),
+            opts.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             match edge_link(sock, latest, rx, &opts, &m, sd).await {
                 Ok(id) => tracing::info!(%peer, edge = %id, "relay: edge link closed"),
@@ -156,7 +161,11 @@ async fn edge_link(
     m: &RelayMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<String, LinkError> {
-    let mut c = Conn { sock, rbuf: Vec::new(), wbuf: Vec::new() };
+    let mut c = Conn {
+        sock,
+        rbuf: Vec::new(),
+        wbuf: Vec::new(),
+    };
     let hello = timeout(opts.dead_after, c.read_frame())
         .await
         .map_err(|_| LinkError::NoHello(opts.dead_after))??;
