@@ -44,6 +44,8 @@ pub struct RunOpts {
     pub no_floor: bool,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// Peer mode: pid of the peer's serving process, for its memory and CPU.
+    pub peer_pid: Option<u32>,
 }
 
 /// Most sockets one process holds here (hard RLIMIT_NOFILE is 20000; keep headroom).
@@ -61,7 +63,7 @@ struct Target {
 }
 
 /// Sums a counter over every sample line of `name` in Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -461,7 +463,13 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         start_cue(o, edges, &mut log)?
     };
     std::thread::sleep(Duration::from_millis(300));
-    let rss0: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    // The serving processes: Cue's edges, or the peer's worker (`peer_pid`).
+    let server_pids: Vec<u32> = if peer {
+        o.peer_pid.into_iter().collect()
+    } else {
+        target.edge_pids.clone()
+    };
+    let rss0: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab1 = stack::slab_bytes();
     let fleet = start_fleet(
         o,
@@ -473,14 +481,18 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     )?;
     let (connected, connect_s) = (fleet.connected, fleet.connect_s);
     std::thread::sleep(Duration::from_millis(500));
-    let rss1: u64 = target.edge_pids.iter().map(|&p| stack::rss(p)).sum();
+    let rss1: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab2 = stack::slab_bytes();
 
     let interval = Duration::from_millis(
         o.interval_ms
             .unwrap_or_else(|| (o.devices as u64 / 40).clamp(200, 5000)),
     );
+    // Whole-process CPU of the serving side over the publish phase: the same measure for Cue's
+    // edges and for a peer, so `process_cpu` compares like with like.
+    let cpu_before: f64 = server_pids.iter().map(|&p| stack::cpu_s(p)).sum();
     let published = publish_series(o.cues, interval, &mut target.publish)?;
+    let server_cpu = server_pids.iter().map(|&p| stack::cpu_s(p)).sum::<f64>() - cpu_before;
     let seen = finish_fleet(fleet, o, &published)?;
 
     // The edges' own accounting: deliveries per CPU-second spent writing them.
@@ -509,7 +521,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     let rate = if peer { seen.wall_rate } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
-    let user_bytes = if peer {
+    let user_bytes = if server_pids.is_empty() {
         None
     } else {
         Some((rss1.saturating_sub(rss0)) as f64 / n)
@@ -541,6 +553,12 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             "ratio_to_floor": if floor_wall > 0.0 { seen.wall_rate / floor_wall } else { 0.0 },
             "floor_missed": floor_missed,
         },
+        "process_cpu": {
+            "seconds": server_cpu,
+            "deliveries_per_cpu_s": if server_cpu > 0.0 { seen.delivered as f64 / server_cpu } else { 0.0 },
+            "basis": "deliveries / whole-process CPU seconds (user+sys, all threads) of the serving processes over the publish phase",
+        },
+        "last_device_ms_median": median(seen.per_cue.iter().filter_map(|c| c["last_ms"].as_f64()).collect()),
         "edge_user_bytes_per_conn": user_bytes,
         "kernel_bytes_per_conn": kernel_bytes,
         "edge_rss_bytes": rss1,
@@ -550,4 +568,12 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "refusals": seen.refusals,
         "notes": log,
     }))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
 }

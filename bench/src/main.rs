@@ -1,8 +1,10 @@
 //! `cue-bench`: synthetic device fleet and scenarios. The last line of every run is one JSON
 //! object with the figures of the run.
 
+mod compare;
 mod fanout;
 mod floor;
+mod gameday;
 mod stack;
 mod worker;
 
@@ -75,6 +77,41 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// A live event end to end: the whole stack, a device fleet with prefetch, cues at set
+    /// times, faults (devices dropped, an edge killed and restarted, a cue while it is down),
+    /// a check of every device, and a report (DIR/index.html, DIR/summary.json).
+    Gameday {
+        /// Devices in the fleet.
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Report and logs directory.
+        #[arg(long, default_value = "bench-out/gameday")]
+        out: PathBuf,
+        /// Directory holding cue-origin, cue-edge, cue-prefetch [default: next to cue-bench].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Core the edges are pinned to; the fleet, origin and prefetch get the next one.
+        #[arg(long, default_value_t = 0)]
+        edge_cpu: usize,
+        /// Seed of the fleet's jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// No progress bar or progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Cue and nginx+nchan measured by the same fleet in one run (install the peer first:
+    /// bench/peers/nchan/install.sh). Prints a table on stderr, JSON last.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Cues to publish to each.
+        #[arg(long, default_value_t = 10)]
+        cues: usize,
+    },
+    /// Internal: a game-day fleet worker process.
+    #[command(hide = true)]
+    GamedayWorker { spec: String },
     /// Internal: a fleet worker process.
     #[command(hide = true)]
     Worker { spec: String },
@@ -98,6 +135,7 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         publish_url: None,
         no_floor: false,
         verbose: c.verbose,
+        peer_pid: None,
     }
 }
 
@@ -137,6 +175,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::GamedayWorker { spec } => {
+            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(gameday::fleet::run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cue-bench gameday worker: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Gameday { devices, out, bin_dir, edge_cpu, seed, quiet } => {
+            if !(100..=200_000).contains(&devices) {
+                eprintln!("cue-bench: --devices: must be 100..=200000");
+                return ExitCode::from(2);
+            }
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let o = gameday::GamedayOpts { devices, out, bin_dir, quiet, edge_cpu, seed, command };
+            gameday::run(&o)
+        }
         Cmd::FloorWorker { spec } => {
             return match serde_json::from_str(&spec)
                 .map_err(anyhow::Error::from)
@@ -171,6 +227,13 @@ fn main() -> ExitCode {
             o.publish_url = publish_url;
             o.no_floor = no_floor;
             fanout::run(&o, "fanout")
+        }
+        Cmd::Compare { common, cues } => {
+            if let Err(e) = validate(&common) {
+                eprintln!("cue-bench: {e}");
+                return ExitCode::from(2);
+            }
+            compare::run(&opts(&common, cues.max(1)))
         }
         Cmd::Density { common } => {
             if let Err(e) = validate(&common) {

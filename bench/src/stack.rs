@@ -145,6 +145,18 @@ pub fn rss(pid: u32) -> u64 {
         .map_or(0, |p| p * 4096)
 }
 
+/// User + system CPU time of `pid` (all threads), seconds.
+pub fn cpu_s(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    (ut + st) / ticks
+}
+
 /// Kernel slab memory (SReclaimable + SUnreclaim) in bytes, from /proc/meminfo: where socket,
 /// file, dentry, inode and epoll structures live.
 pub fn slab_bytes() -> u64 {

@@ -91,7 +91,7 @@ pub fn source_addr(base: u32, i: usize, per_source: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, (n / 250) as u8, (2 + n % 250) as u8)
 }
 
-fn open_socket(src: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
+pub fn open_socket(src: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM.nonblocking().cloexec(), None)?;
     // Let connect() pick the port per (src, dst) pair, so one source address is not limited to

@@ -158,6 +158,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s));
         }
     }
+    header(out, "cue_edge_fanout_cpu_seconds_total", "counter", "Shard thread CPU time spent writing cues.");
+    for (i, s) in shards.iter().enumerate() {
+        let v = s.fanout_cpu_ns.get() as f64 / 1e9;
+        sample(out, "cue_edge_fanout_cpu_seconds_total", &format!("shard=\"{i}\""), v);
+    }
     header(
         out,
         "cue_edge_closes_total",

@@ -1,0 +1,381 @@
+//! `cue-bench gameday`: a live event end to end on loopback, with faults, checked device by
+//! device, and a report a person can read (`DIR/index.html`, `DIR/summary.json`).
+//!
+//! The script ([`script::Script`]) is computed from the device count: a connect ramp with
+//! jitter, the prefetch window, the cues (`pre-show`, `round-1` .. `round-5`, `post-show`) at
+//! set times, and the faults: a share of devices dropped abruptly (they reconnect with jittered
+//! backoff and `since=`), one edge process killed and restarted, one cue published while it is
+//! down. At the end every device must hold the newest cue (missed = 0) and must have had the
+//! stage map for every cue it displayed.
+
+pub mod fleet;
+pub mod report;
+pub mod scale;
+pub mod script;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::stack::{self, free_port, Proc};
+use fleet::{FleetReport, FleetSpec, Status};
+use script::{Action, Script};
+
+/// Game-day options.
+#[derive(Debug, Clone)]
+pub struct GamedayOpts {
+    /// Devices.
+    pub devices: usize,
+    /// Output directory (report, logs).
+    pub out: PathBuf,
+    /// Directory of the Cue binaries.
+    pub bin_dir: Option<PathBuf>,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Core for the edges; fleet, origin and prefetch get the other.
+    pub edge_cpu: usize,
+    /// RNG seed of the fleet.
+    pub seed: u64,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// A sample of the whole system at one moment.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Sample {
+    /// Seconds since the start.
+    pub t: f64,
+    /// Devices with an open session.
+    pub open: usize,
+    /// Devices holding a stage map.
+    pub prefetched: usize,
+    /// Prefetch requests per second over the last interval.
+    pub prefetch_rps: f64,
+    /// Edge processes' CPU, percent of one core (sum).
+    pub edge_cpu_pct: f64,
+    /// Edge processes' RSS, bytes (sum).
+    pub edge_rss: u64,
+    /// Reconnects so far.
+    pub reconnects: u64,
+}
+
+struct Worker {
+    proc: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
+/// A line from a worker: a status or its final report.
+enum Line {
+    Status(usize, Status),
+    Report(usize, Box<FleetReport>),
+    Gone(usize),
+}
+
+fn edge_args(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, cpu: usize, i: usize) -> Vec<String> {
+    [
+        "--origin", &relay.to_string(), "--ws", &ws.to_string(), "--admin", &admin.to_string(),
+        "--shards", "1", "--cpus", &cpu.to_string(), "--edge-id", &format!("gameday-edge-{i}"),
+        "--drain-window-s", "1", "--ping-interval-s", "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs the game day; returns the summary JSON.
+pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
+    std::fs::create_dir_all(&o.out)?;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
+    let script = Script::for_devices(o.devices);
+    let secret = stack::random_secret();
+    let env = vec![("CUE_AUTH_SECRET", secret.clone())];
+    let mut notes: Vec<String> = Vec::new();
+    let say = |quiet: bool, s: &str| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+
+    // The stack.
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let data = o.out.join("origin-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
+    let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
+    let mut origin = Proc::start(
+        "cue-origin",
+        &origin_bin,
+        &["--http".into(), http.to_string(), "--relay".into(), relay.to_string(), "--data-dir".into(), data.display().to_string()],
+        &env,
+        &o.out.join("origin.log"),
+    )?;
+    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true).context("cue-origin did not start")?;
+    let t0 = Instant::now();
+    let t0_unix_ms = stack::unix_us() / 1000;
+
+    let prefetch_addr = match start_prefetch(o, &env, http, &script, t0_unix_ms)? {
+        Some((p, addr)) => {
+            notes.push(format!("cue-prefetch on {addr}"));
+            Some((p, addr))
+        }
+        None => {
+            let line = "cue-prefetch is not built yet: the prefetch phase is SKIPPED (devices display cues without stage maps; nothing is faked)".to_string();
+            say(o.quiet, &line);
+            notes.push(line);
+            None
+        }
+    };
+    let edges_n = script.edges;
+    let mut edges: Vec<(Proc, SocketAddr, Vec<String>)> = Vec::new();
+    for i in 0..edges_n {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let args = edge_args(relay, ws, admin, o.edge_cpu, i);
+        let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}.log")))?;
+        edges.push((p, admin, args));
+    }
+    for (_, admin, _) in &edges {
+        stack::wait_http(*admin, "/healthz", Duration::from_secs(15), |b| b.contains("\"origins_linked\":1"))
+            .context("cue-edge did not link")?;
+    }
+    notes.push(format!("cue-origin on {http} (relay {relay}); {edges_n} cue-edge processes on {ws}, pinned to core {}", o.edge_cpu));
+
+    // The fleet.
+    let per_worker = 12_000usize;
+    let nworkers = o.devices.div_ceil(per_worker).max(1);
+    let (tx, rx) = mpsc::channel::<Line>();
+    let mut workers = Vec::new();
+    let mut left = o.devices;
+    for w in 0..nworkers {
+        let n = left.min(per_worker);
+        left -= n;
+        let spec = FleetSpec {
+            first: w * per_worker,
+            devices: n,
+            edge: ws,
+            prefetch: prefetch_addr.as_ref().map(|x| x.1),
+            event: script.event.clone(),
+            keys: script.keys(),
+            secret: secret.clone(),
+            ramp_ms: script.ramp.as_millis() as u64,
+            backoff_min_ms: 500,
+            backoff_max_ms: 8000,
+            status_ms: 500,
+            source_base: (w * 2) as u32,
+            cpu: fleet_cpu,
+            seed: o.seed.wrapping_add(w as u64),
+            t0_unix_ms,
+        };
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("gameday-worker")
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(l) = line else { break };
+                let msg = if l.contains("\"newest\"") {
+                    match serde_json::from_str(&l) {
+                        Ok(r) => Line::Report(w, Box::new(r)),
+                        Err(_) => continue,
+                    }
+                } else {
+                    match serde_json::from_str(&l) {
+                        Ok(s) => Line::Status(w, s),
+                        Err(_) => continue,
+                    }
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(Line::Gone(w));
+        });
+        workers.push(Worker { proc: child, stdin });
+    }
+
+    // The script.
+    let bar = if o.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(script.end.as_secs()) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut statuses: Vec<Status> = vec![Status::default(); nworkers];
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut marks: Vec<(f64, String, &'static str)> = Vec::new();
+    let mut published: HashMap<u64, (u64, String)> = HashMap::new();
+    let mut actions = script.actions.clone().into_iter().peekable();
+    let mut last_sample = Instant::now();
+    let mut prev_reqs = 0u64;
+    let mut cpu_prev: Vec<f64> = vec![0.0; edges_n];
+    let mut killed: Option<usize> = None;
+    let pub_token = {
+        let k = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+        format!("Bearer {}", k.mint_publisher(cue_origin::token::unix_now_s(), 7200))
+    };
+    let mut phase = "ramp".to_string();
+    while t0.elapsed() < script.end {
+        let now = t0.elapsed();
+        while let Some(a) = actions.peek() {
+            if a.at > now {
+                break;
+            }
+            let a = actions.next().expect("peeked");
+            let t = t0.elapsed().as_secs_f64();
+            match &a.action {
+                Action::Cue(key) => {
+                    let t_us = stack::unix_us();
+                    let r = cue_origin::client::request(
+                        http,
+                        "POST",
+                        &format!("/v1/events/{}/cues", script.event),
+                        &[("Authorization", &pub_token), ("Content-Type", "application/json")],
+                        format!("{{\"key\":\"{key}\"}}").as_bytes(),
+                    )?;
+                    if r.status != 201 {
+                        bail!("publishing {key}: {} {}", r.status, r.body);
+                    }
+                    let v: serde_json::Value = serde_json::from_str(&r.body)?;
+                    let seq = v["seq"].as_u64().context("seq")?;
+                    published.insert(seq, (t_us, key.clone()));
+                    let down = if killed.is_some() { " (an edge is down)" } else { "" };
+                    marks.push((t, format!("cue {key}{down}"), "cue"));
+                    phase = format!("cue {key}");
+                }
+                Action::DropDevices(frac) => {
+                    for w in &mut workers {
+                        let _ = writeln!(w.stdin, "drop {frac}");
+                    }
+                    marks.push((t, format!("{:.0}% of devices dropped", frac * 100.0), "fault"));
+                }
+                Action::KillEdge(i) => {
+                    edges[*i].0.kill();
+                    killed = Some(*i);
+                    marks.push((t, format!("edge {i} killed (SIGKILL)"), "fault"));
+                }
+                Action::RestartEdge(i) => {
+                    let (_, admin, args) = &edges[*i];
+                    let (admin, args) = (*admin, args.clone());
+                    let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}-restart.log")))?;
+                    edges[*i].0 = p;
+                    killed = None;
+                    let _ = admin;
+                    marks.push((t, format!("edge {i} restarted"), "fault"));
+                }
+            }
+        }
+        while let Ok(l) = rx.try_recv() {
+            if let Line::Status(w, s) = l {
+                statuses[w] = s;
+            }
+        }
+        if last_sample.elapsed() >= Duration::from_millis(500) {
+            let dt = last_sample.elapsed().as_secs_f64();
+            last_sample = Instant::now();
+            let reqs: u64 = statuses.iter().map(|s| s.prefetch_reqs).sum();
+            let mut s = Sample {
+                t: t0.elapsed().as_secs_f64(),
+                open: statuses.iter().map(|s| s.open).sum(),
+                prefetched: statuses.iter().map(|s| s.prefetched).sum(),
+                prefetch_rps: (reqs.saturating_sub(prev_reqs)) as f64 / dt,
+                reconnects: statuses.iter().map(|s| s.reconnects).sum(),
+                ..Default::default()
+            };
+            prev_reqs = reqs;
+            for (i, (p, _, _)) in edges.iter().enumerate() {
+                let cpu = stack::cpu_s(p.pid());
+                if cpu >= cpu_prev[i] {
+                    s.edge_cpu_pct += (cpu - cpu_prev[i]) / dt * 100.0;
+                }
+                cpu_prev[i] = cpu;
+                s.edge_rss += stack::rss(p.pid());
+            }
+            bar.set_position(t0.elapsed().as_secs());
+            bar.set_message(format!("{phase} | {} devices on | {} maps", s.open, s.prefetched));
+            samples.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bar.finish_and_clear();
+
+    // The end: every device reports.
+    for w in &mut workers {
+        let _ = writeln!(w.stdin, "report");
+    }
+    let mut reports: Vec<Option<FleetReport>> = (0..nworkers).map(|_| None).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reports.iter().any(|r| r.is_none()) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Line::Report(w, r)) => reports[w] = Some(*r),
+            Ok(Line::Gone(w)) if reports[w].is_none() => bail!("fleet worker {w} exited without a report"),
+            Ok(_) => {}
+            Err(_) => bail!("fleet workers did not report within 60 s"),
+        }
+    }
+    for w in &mut workers {
+        let _ = w.proc.wait();
+    }
+    let reports: Vec<FleetReport> = reports.into_iter().map(|r| r.expect("all reported")).collect();
+
+    // Edge figures for the at-scale estimate, from the edges' own counters.
+    let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
+    for (_, admin, _) in &edges {
+        if let Ok(r) = cue_origin::client::request(*admin, "GET", "/metrics", &[], b"") {
+            deliveries += crate::fanout::metric_sum(&r.body, "cue_edge_deliveries_total");
+            fanout_cpu += crate::fanout::metric_sum(&r.body, "cue_edge_fanout_cpu_seconds_total");
+        }
+    }
+    for (p, _, _) in &mut edges {
+        p.stop(Duration::from_secs(5));
+    }
+    if let Some((mut p, _)) = prefetch_addr {
+        p.stop(Duration::from_secs(5));
+    }
+    origin.stop(Duration::from_secs(5));
+
+    let summary = report::summarize(&script, o, &reports, &published, &samples, &marks, &notes, deliveries, fanout_cpu)?;
+    std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let html = report::html(&summary, &samples, &marks);
+    let index = o.out.join("index.html");
+    std::fs::write(&index, html)?;
+    let mut s = summary;
+    s["report"] = json!(index.display().to_string());
+    Ok(s)
+}
+
+/// Starts `cue-prefetch` with a catalog for the script's event, if the binary exists and is the
+/// real service (the placeholder crate has no binary).
+fn start_prefetch(
+    o: &GamedayOpts,
+    env: &[(&str, String)],
+    origin_http: SocketAddr,
+    script: &Script,
+    t0_unix_ms: u64,
+) -> anyhow::Result<Option<(Proc, SocketAddr)>> {
+    let Ok(bin) = stack::bin(o.bin_dir.as_deref(), "cue-prefetch") else { return Ok(None) };
+    let catalog = o.out.join("catalog");
+    std::fs::create_dir_all(&catalog)?;
+    std::fs::write(catalog.join(format!("{}.json", script.event)), script.catalog_json(t0_unix_ms).to_string())?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let args: Vec<String> = vec![
+        "--http".into(), addr.to_string(), "--origin-http".into(), format!("http://{origin_http}"),
+        "--catalog".into(), catalog.display().to_string(),
+    ];
+    let p = Proc::start("cue-prefetch", &bin, &args, env, &o.out.join("prefetch.log"))?;
+    stack::wait_http(addr, "/healthz", Duration::from_secs(10), |_| true).context("cue-prefetch did not start")?;
+    Ok(Some((p, addr)))
+}
