@@ -22,10 +22,19 @@ const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 /// The pid of a child of `parent` (nginx's worker under its master).
 fn child_of(parent: u32) -> Option<u32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let rest = stat.rsplit_once(')').map_or("", |x| x.1);
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(parent)
+        {
             return Some(pid);
         }
     }
@@ -47,13 +56,27 @@ fn start_nchan(o: &RunOpts) -> anyhow::Result<(Proc, SocketAddr, u32)> {
         .replace("@CONNS@", "19500");
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let args = vec!["-p".to_string(), prefix.display().to_string(), "-c".into(), conf_path.display().to_string()];
-    let p = Proc::start("nginx", std::path::Path::new("/usr/sbin/nginx"), &args, &[], &prefix.join("stderr.log"))?;
+    let args = vec![
+        "-p".to_string(),
+        prefix.display().to_string(),
+        "-c".into(),
+        conf_path.display().to_string(),
+    ];
+    let p = Proc::start(
+        "nginx",
+        std::path::Path::new("/usr/sbin/nginx"),
+        &args,
+        &[],
+        &prefix.join("stderr.log"),
+    )?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let t = std::time::Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
         if t.elapsed() > Duration::from_secs(10) {
-            bail!("nginx did not start; see {}", prefix.join("error.log").display());
+            bail!(
+                "nginx did not start; see {}",
+                prefix.join("error.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -77,10 +100,18 @@ fn row(v: &serde_json::Value) -> serde_json::Value {
 /// Runs both and returns the JSON; prints the table on stderr.
 pub fn run(o: &RunOpts) -> anyhow::Result<serde_json::Value> {
     if o.devices > 18_000 {
-        bail!("--devices: at most 18000 (the peer runs as one nginx worker under a 20000 fd limit)");
+        bail!(
+            "--devices: at most 18000 (the peer runs as one nginx worker under a 20000 fd limit)"
+        );
     }
     std::fs::create_dir_all(&o.out)?;
-    let cue = fanout::run(&RunOpts { edges: Some(1), ..o.clone() }, "compare-cue")?;
+    let cue = fanout::run(
+        &RunOpts {
+            edges: Some(1),
+            ..o.clone()
+        },
+        "compare-cue",
+    )?;
     let (mut nginx, addr, worker) = start_nchan(o)?;
     let peer_opts = RunOpts {
         target_url: Some(format!("ws://{addr}/sub")),
@@ -97,9 +128,18 @@ pub fn run(o: &RunOpts) -> anyhow::Result<serde_json::Value> {
     eprintln!("| figure | Cue | nginx + nchan |");
     eprintln!("| --- | --- | --- |");
     for (name, k) in [
-        ("deliveries per CPU-second (serving processes)", "/deliveries_per_cpu_s"),
-        ("devices reached per second (first to last)", "/devices_reached_per_s"),
-        ("publish -> last device, median over cues (ms)", "/last_device_ms_median"),
+        (
+            "deliveries per CPU-second (serving processes)",
+            "/deliveries_per_cpu_s",
+        ),
+        (
+            "devices reached per second (first to last)",
+            "/devices_reached_per_s",
+        ),
+        (
+            "publish -> last device, median over cues (ms)",
+            "/last_device_ms_median",
+        ),
         ("publish -> delivery p50 (ms)", "/latency_ms/p50"),
         ("publish -> delivery p99 (ms)", "/latency_ms/p99"),
         ("user-space bytes per connection", "/user_bytes_per_conn"),

@@ -1,6 +1,12 @@
 //! `fanout` and `density`: start the stack (or target a peer), connect a synthetic fleet, publish
 //! cues, and measure delivery, latency, rate per core against the write() floor, and memory per
 //! connection.
+//!
+//! `--transport ws|quic|mixed` picks the fleet: WebSocket devices following `bench`, QUIC
+//! devices (quinn, [`crate::quic_worker`]) following `bench-q`, or both in one run (each of
+//! `--devices`). The two fleets connect one after the other, so each transport's memory per
+//! connection is its own RSS growth; each cue round publishes to both events, so every fanout
+//! is of one transport and the edges' per-transport CPU counters give each its own rate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,8 +18,21 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::floor::{FloorProc, FloorResult, FloorSpec};
+use crate::quic_worker::QuicWorkerSpec;
 use crate::stack::{self, free_port, Proc};
 use crate::worker::{WorkerProc, WorkerReport, WorkerSpec};
+
+/// Which devices the fleet holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Transport {
+    /// WebSocket over TCP.
+    #[default]
+    Ws,
+    /// QUIC (`cue/1`).
+    Quic,
+    /// Both: `--devices` of each, in the same run.
+    Mixed,
+}
 
 /// Options shared by `fanout` and `density`.
 #[derive(Debug, Clone)]
@@ -46,7 +65,12 @@ pub struct RunOpts {
     pub verbose: bool,
     /// Peer mode: pid of the peer's serving process, for its memory and CPU.
     pub peer_pid: Option<u32>,
+    /// Fleet transport(s).
+    pub transport: Transport,
 }
+
+/// The QUIC event (WebSocket devices follow `bench`).
+const QUIC_EVENT: &str = "bench-q";
 
 /// Most sockets one process holds here (hard RLIMIT_NOFILE is 20000; keep headroom).
 pub const PER_PROCESS: usize = 18_000;
@@ -60,6 +84,8 @@ struct Target {
     edge_pids: Vec<u32>,
     edge_admins: Vec<SocketAddr>,
     procs: Vec<Proc>,
+    /// QUIC address and the certificate's SHA-256.
+    quic: Option<(SocketAddr, String)>,
 }
 
 /// Sums a counter over every sample line of `name` in Prometheus text.
@@ -103,6 +129,18 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
     let data = o.out.join("origin-data");
     let _ = std::fs::remove_dir_all(&data);
+    // One certificate for every edge process, so the QUIC fleet can pin it whichever process
+    // the kernel hands a device to.
+    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (crt, key) = (o.out.join("edge-tls.crt"), o.out.join("edge-tls.key"));
+    std::fs::write(&crt, cert.cert.pem())?;
+    std::fs::write(&key, cert.key_pair.serialize_pem())?;
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, cert.cert.der())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut procs = Vec::new();
     let args: Vec<String> = vec![
         "--http".into(),
@@ -140,6 +178,12 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             format!("bench-edge-{i}"),
             "--drain-window-s".into(),
             "1".into(),
+            "--quic".into(),
+            quic.to_string(),
+            "--tls-cert".into(),
+            crt.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
         ];
         let p = Proc::start(
             &format!("cue-edge-{i}"),
@@ -161,22 +205,36 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     log.push(format!("stack: origin {http} relay {relay}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.shards, o.edge_cpu));
     let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let now = cue_origin::token::unix_now_s();
-    let device_token = keys.mint_device("bench-fleet", &["bench".into()], now, 3600);
+    let device_token = keys.mint_device(
+        "bench-fleet",
+        &["bench".into(), QUIC_EVENT.into()],
+        now,
+        3600,
+    );
     let pub_token = format!("Bearer {}", keys.mint_publisher(now, 3600));
+    let mut events = Vec::new();
+    if o.transport != Transport::Quic {
+        events.push("bench");
+    }
+    if o.transport != Transport::Ws {
+        events.push(QUIC_EVENT);
+    }
     let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
         let body = format!("{{\"key\":\"stage-{seq}\"}}");
-        let (st, b) = stack::http(
-            http,
-            "POST",
-            "/v1/events/bench/cues",
-            &[
-                ("Authorization", &pub_token),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )?;
-        if st != 201 {
-            bail!("publish: {st} {b}");
+        for ev in &events {
+            let (st, b) = stack::http(
+                http,
+                "POST",
+                &format!("/v1/events/{ev}/cues"),
+                &[
+                    ("Authorization", &pub_token),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            )?;
+            if st != 201 {
+                bail!("publish {ev}: {st} {b}");
+            }
         }
         Ok(())
     });
@@ -189,6 +247,62 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         edge_pids,
         edge_admins: admins,
         procs,
+        quic: Some((quic, fingerprint)),
+    })
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts the QUIC fleet: `--devices` quinn devices over workers of `per_worker` each.
+fn start_quic_fleet(
+    o: &RunOpts,
+    target: SocketAddr,
+    fingerprint: &str,
+    token: &str,
+    cpu: Option<usize>,
+) -> anyhow::Result<Fleet> {
+    let nworkers = o.devices.div_ceil(o.per_worker).max(1);
+    let mut workers = Vec::new();
+    let t = Instant::now();
+    let mut left = o.devices;
+    let hello = json!({"events": [QUIC_EVENT], "token": token}).to_string();
+    for w in 0..nworkers {
+        let n = left.min(o.per_worker);
+        left -= n;
+        let spec = QuicWorkerSpec {
+            target,
+            fingerprint: fingerprint.to_string(),
+            hello: hello.clone(),
+            devices: n,
+            per_endpoint: 100,
+            // Past the WebSocket workers' source addresses.
+            source_base: (1000 + w * 200) as u32,
+            concurrency: 256,
+            cpu,
+            connect_timeout_s: 120,
+        };
+        workers.push(crate::quic_worker::start(&spec)?);
+    }
+    let mut connected = 0;
+    for w in &mut workers {
+        let l: serde_json::Value = serde_json::from_str(&w.line()?)?;
+        connected += l["ready"].as_u64().unwrap_or(0) as usize;
+    }
+    let connect_s = t.elapsed().as_secs_f64();
+    if o.verbose {
+        eprintln!(
+            "{connected}/{} QUIC devices connected in {connect_s:.2}s",
+            o.devices
+        );
+    }
+    Ok(Fleet {
+        workers,
+        connected,
+        connect_s,
     })
 }
 
@@ -226,6 +340,7 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         edge_pids: vec![],
         edge_admins: vec![],
         procs: vec![],
+        quic: None,
     })
 }
 
@@ -286,6 +401,7 @@ fn start_fleet(
 }
 
 /// What the fleet saw of a series of cues.
+#[derive(Clone)]
 struct Seen {
     hist: Histogram<u64>,
     delivered: u64,
@@ -452,11 +568,19 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         None
     };
+    let per_transport = if o.transport == Transport::Mixed {
+        2
+    } else {
+        1
+    };
     let edges = o
         .edges
-        .unwrap_or_else(|| o.devices.div_ceil(PER_PROCESS).max(1));
+        .unwrap_or_else(|| (o.devices * per_transport).div_ceil(PER_PROCESS).max(1));
     let mut log = Vec::new();
     let peer = o.target_url.is_some();
+    if peer && o.transport != Transport::Ws {
+        bail!("--transport: peer mode drives WebSocket servers only");
+    }
     let mut target = if peer {
         start_peer(o)?
     } else {
@@ -471,18 +595,39 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     };
     let rss0: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab1 = stack::slab_bytes();
-    let fleet = start_fleet(
-        o,
-        &[target.addr],
-        &target.host,
-        &target.path,
-        target.token.as_deref(),
-        fleet_cpu,
-    )?;
-    let (connected, connect_s) = (fleet.connected, fleet.connect_s);
+    let ws_fleet = if o.transport == Transport::Quic {
+        None
+    } else {
+        Some(start_fleet(
+            o,
+            &[target.addr],
+            &target.host,
+            &target.path,
+            target.token.as_deref(),
+            fleet_cpu,
+        )?)
+    };
     std::thread::sleep(Duration::from_millis(500));
     let rss1: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
     let slab2 = stack::slab_bytes();
+    // The QUIC fleet connects after the WebSocket one: its memory is the growth from here.
+    let quic_fleet = match (&target.quic, o.transport) {
+        (Some((addr, fp)), Transport::Quic | Transport::Mixed) => {
+            let tok = target.token.clone().unwrap_or_default();
+            let f = start_quic_fleet(o, *addr, fp, &tok, fleet_cpu)?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(f)
+        }
+        _ => None,
+    };
+    let rss2: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
+    let quic_connected = quic_fleet.as_ref().map_or(0, |f| f.connected);
+    let quic_connect_s = quic_fleet.as_ref().map_or(0.0, |f| f.connect_s);
+    let (connected, connect_s) = match &ws_fleet {
+        Some(f) => (f.connected, f.connect_s),
+        None => (quic_connected, quic_connect_s),
+    };
+    let metrics_before = edge_metrics(&target.edge_admins);
 
     let interval = Duration::from_millis(
         o.interval_ms
@@ -493,45 +638,93 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     let cpu_before: f64 = server_pids.iter().map(|&p| stack::cpu_s(p)).sum();
     let published = publish_series(o.cues, interval, &mut target.publish)?;
     let server_cpu = server_pids.iter().map(|&p| stack::cpu_s(p)).sum::<f64>() - cpu_before;
-    let seen = finish_fleet(fleet, o, &published)?;
+    let quic_seen = match quic_fleet {
+        Some(f) => Some(finish_fleet(f, o, &published)?),
+        None => None,
+    };
+    let seen = match ws_fleet {
+        Some(f) => finish_fleet(f, o, &published)?,
+        None => quic_seen.as_ref().cloned().context("no fleet")?,
+    };
 
-    // The edges' own accounting: deliveries per CPU-second spent writing them.
-    let (mut edge_deliveries, mut edge_cpu) = (0.0, 0.0);
-    for a in &target.edge_admins {
-        if let Ok((200, m)) = stack::http(*a, "GET", "/metrics", &[], b"") {
-            edge_deliveries += metric_sum(&m, "cue_edge_deliveries_total");
-            edge_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
-        }
-    }
-    let cpu_rate = if edge_cpu > 0.0 {
-        edge_deliveries / edge_cpu
+    // The edges' own accounting over the publish phase: deliveries per CPU-second spent on
+    // them. WebSocket: the shards' fanout CPU (sends). QUIC: stream writes, packets out and the
+    // devices' acknowledgements in (handshakes excluded; they were before this phase).
+    let m = edge_metrics(&target.edge_admins).delta(&metrics_before);
+    let ws_deliveries = m.deliveries - m.quic_deliveries;
+    let ws_rate = if m.ws_cpu > 0.0 {
+        ws_deliveries / m.ws_cpu
     } else {
         0.0
+    };
+    let quic_rate = if m.quic_cpu > 0.0 {
+        m.quic_deliveries / m.quic_cpu
+    } else {
+        0.0
+    };
+    let cpu_rate = if o.transport == Transport::Quic {
+        quic_rate
+    } else {
+        ws_rate
     };
     for p in &mut target.procs {
         p.stop(Duration::from_secs(5));
     }
     drop(target.procs);
 
-    let (floor_cpu, floor_wall, floor_missed) = if o.cues > 0 && !o.no_floor {
-        floor_phase(o, fleet_cpu, interval)?
-    } else {
-        (0.0, 0.0, 0)
-    };
+    let (floor_cpu, floor_wall, floor_missed) =
+        if o.cues > 0 && !o.no_floor && o.transport != Transport::Quic {
+            floor_phase(o, fleet_cpu, interval)?
+        } else {
+            (0.0, 0.0, 0)
+        };
     let rate = if peer { seen.wall_rate } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
     let user_bytes = if server_pids.is_empty() {
         None
     } else {
-        Some((rss1.saturating_sub(rss0)) as f64 / n)
+        Some(if o.transport == Transport::Quic {
+            (rss2.saturating_sub(rss0)) as f64 / n
+        } else {
+            (rss1.saturating_sub(rss0)) as f64 / n
+        })
     };
     // Both ends of every connection are on this host; the edge's share is half the growth.
     let kernel_bytes = (slab2 as f64 - slab1 as f64) / n / 2.0;
     let hist = &seen.hist;
     let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    let quic = quic_seen.as_ref().map(|q| {
+        let h = &q.hist;
+        let pct = |x: f64| h.value_at_quantile(x) as f64 / 1e3;
+        json!({
+            "devices": o.devices,
+            "connected": quic_connected,
+            "connect_s": quic_connect_s,
+            "connects_per_s": quic_connected as f64 / quic_connect_s.max(1e-9),
+            "delivered": q.delivered,
+            "missed": q.missed,
+            "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": h.max() as f64 / 1e3},
+            "deliveries_per_s_per_core": quic_rate,
+            "ratio_to_ws": if ws_rate > 0.0 && o.transport == Transport::Mixed { quic_rate / ws_rate } else { 0.0 },
+            "edge_user_bytes_per_conn": (rss2.saturating_sub(rss1)) as f64 / quic_connected.max(1) as f64,
+            "edge_cpu_s": m.quic_cpu,
+            "handshake_cpu_s_total": m.quic_handshake_cpu_total,
+            "datagrams_out": m.quic_datagrams_out,
+            "send_calls": m.quic_send_calls,
+            "wall_deliveries_per_s": q.wall_rate,
+            "per_cue": q.per_cue,
+            "closed_by_server": q.closed,
+            "rate_basis": "cpu: QUIC deliveries per CPU-second of the shards' QUIC work (stream writes, packetising and sendmmsg, acknowledgements in; handshakes excluded)",
+        })
+    });
+    if o.transport == Transport::Quic {
+        log.push("transport quic: top-level figures are the QUIC fleet's; no write() floor".into());
+    }
     Ok(json!({
         "scenario": scenario,
+        "transport": format!("{:?}", o.transport).to_lowercase(),
+        "quic": quic,
         "target": if peer { o.target_url.clone().unwrap_or_default() } else { "cue".into() },
         "devices": o.devices,
         "connected": connected,
@@ -568,6 +761,50 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "refusals": seen.refusals,
         "notes": log,
     }))
+}
+
+/// The edges' counters the run reads, summed over edge processes.
+#[derive(Debug, Default, Clone, Copy)]
+struct EdgeCounters {
+    deliveries: f64,
+    quic_deliveries: f64,
+    ws_cpu: f64,
+    quic_cpu: f64,
+    quic_handshake_cpu_total: f64,
+    quic_datagrams_out: f64,
+    quic_send_calls: f64,
+}
+
+impl EdgeCounters {
+    /// Growth since `before` (the handshake total stays absolute).
+    fn delta(self, before: &EdgeCounters) -> EdgeCounters {
+        EdgeCounters {
+            deliveries: self.deliveries - before.deliveries,
+            quic_deliveries: self.quic_deliveries - before.quic_deliveries,
+            ws_cpu: self.ws_cpu - before.ws_cpu,
+            quic_cpu: self.quic_cpu - before.quic_cpu,
+            quic_handshake_cpu_total: self.quic_handshake_cpu_total,
+            quic_datagrams_out: self.quic_datagrams_out - before.quic_datagrams_out,
+            quic_send_calls: self.quic_send_calls - before.quic_send_calls,
+        }
+    }
+}
+
+fn edge_metrics(admins: &[SocketAddr]) -> EdgeCounters {
+    let mut c = EdgeCounters::default();
+    for a in admins {
+        if let Ok((200, m)) = stack::http(*a, "GET", "/metrics", &[], b"") {
+            c.deliveries += metric_sum(&m, "cue_edge_deliveries_total");
+            c.quic_deliveries += metric_sum(&m, "cue_edge_quic_deliveries_total");
+            c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
+            c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");
+            c.quic_handshake_cpu_total +=
+                metric_sum(&m, "cue_edge_quic_handshake_cpu_seconds_total");
+            c.quic_datagrams_out += metric_sum(&m, "cue_edge_quic_datagrams_out_total");
+            c.quic_send_calls += metric_sum(&m, "cue_edge_quic_send_calls_total");
+        }
+    }
+    c
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -5,6 +5,8 @@ mod compare;
 mod fanout;
 mod floor;
 mod gameday;
+mod herd;
+mod quic_worker;
 mod stack;
 mod worker;
 
@@ -47,6 +49,9 @@ struct Common {
     /// Progress on stderr.
     #[arg(long)]
     verbose: bool,
+    /// Fleet transport: WebSocket, QUIC, or both (--devices of each, figures side by side).
+    #[arg(long, value_enum, default_value_t = fanout::Transport::Ws)]
+    transport: fanout::Transport,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +105,10 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// A fleet prefetching stage maps through cue-prefetch, (a) fixed TTLs and no schedule, (b)
+    /// jittered TTLs and the schedule: requests/s over time, peak/mean, upstream calls per key
+    /// per TTL, cached responses/s per core.
+    PrefetchHerd(herd::HerdArgs),
     /// Cue and nginx+nchan measured by the same fleet in one run (install the peer first:
     /// bench/peers/nchan/install.sh). Prints a table on stderr, JSON last.
     Compare {
@@ -115,6 +124,9 @@ enum Cmd {
     /// Internal: a fleet worker process.
     #[command(hide = true)]
     Worker { spec: String },
+    /// Internal: a QUIC fleet worker process.
+    #[command(hide = true)]
+    QuicWorker { spec: String },
     /// Internal: a write() floor process.
     #[command(hide = true)]
     FloorWorker { spec: String },
@@ -136,6 +148,7 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         no_floor: false,
         verbose: c.verbose,
         peer_pid: None,
+        transport: c.transport,
     }
 }
 
@@ -176,7 +189,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::GamedayWorker { spec } => {
-            return match serde_json::from_str(&spec).map_err(anyhow::Error::from).and_then(gameday::fleet::run) {
+            return match serde_json::from_str(&spec)
+                .map_err(anyhow::Error::from)
+                .and_then(gameday::fleet::run)
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cue-bench gameday worker: {e:#}");
@@ -184,14 +200,41 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Gameday { devices, out, bin_dir, edge_cpu, seed, quiet } => {
+        Cmd::Gameday {
+            devices,
+            out,
+            bin_dir,
+            edge_cpu,
+            seed,
+            quiet,
+        } => {
             if !(100..=200_000).contains(&devices) {
                 eprintln!("cue-bench: --devices: must be 100..=200000");
                 return ExitCode::from(2);
             }
             let command = std::env::args().collect::<Vec<_>>().join(" ");
-            let o = gameday::GamedayOpts { devices, out, bin_dir, quiet, edge_cpu, seed, command };
+            let o = gameday::GamedayOpts {
+                devices,
+                out,
+                bin_dir,
+                quiet,
+                edge_cpu,
+                seed,
+                command,
+            };
             gameday::run(&o)
+        }
+        Cmd::QuicWorker { spec } => {
+            return match serde_json::from_str(&spec)
+                .map_err(anyhow::Error::from)
+                .and_then(quic_worker::run)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cue-bench quic-worker: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Cmd::FloorWorker { spec } => {
             return match serde_json::from_str(&spec)
@@ -227,6 +270,13 @@ fn main() -> ExitCode {
             o.publish_url = publish_url;
             o.no_floor = no_floor;
             fanout::run(&o, "fanout")
+        }
+        Cmd::PrefetchHerd(a) => {
+            if let Err(e) = herd::validate(&a) {
+                eprintln!("cue-bench: {e}");
+                return ExitCode::from(2);
+            }
+            herd::run(&a)
         }
         Cmd::Compare { common, cues } => {
             if let Err(e) = validate(&common) {

@@ -147,7 +147,9 @@ pub fn rss(pid: u32) -> u64 {
 
 /// User + system CPU time of `pid` (all threads), seconds.
 pub fn cpu_s(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
     let rest = s.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<&str> = rest.split_whitespace().collect();

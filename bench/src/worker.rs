@@ -394,10 +394,15 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts `cue-bench worker SPEC_JSON`.
     pub fn start(spec: &WorkerSpec) -> anyhow::Result<Self> {
+        Self::start_cmd("worker", &serde_json::to_string(spec)?)
+    }
+
+    /// Starts `cue-bench SUBCOMMAND SPEC_JSON` (a WebSocket or QUIC worker).
+    pub fn start_cmd(subcommand: &str, spec_json: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe)
-            .arg("worker")
-            .arg(serde_json::to_string(spec)?)
+            .arg(subcommand)
+            .arg(spec_json)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

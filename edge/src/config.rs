@@ -20,6 +20,38 @@ pub struct EdgeConfig {
     /// Device WebSocket listener, shared by every shard and every `cue-edge` process on the host
     /// (SO_REUSEPORT). Default `127.0.0.1:8080`.
     pub ws: SocketAddr,
+    /// Device WebSocket-over-TLS (`wss://`) listener; off unless set. Each TLS session costs
+    /// memory per device (docs/edge.md: measured next to plain ws), so offer it only where
+    /// devices need it (browsers on https pages). Default none.
+    pub wss: Option<SocketAddr>,
+    /// Device QUIC listener (UDP, SO_REUSEPORT, ALPN `cue/1`); `None` turns QUIC off.
+    /// Default `127.0.0.1:8443`.
+    pub quic: Option<SocketAddr>,
+    /// PEM certificate chain for wss and QUIC. With neither this nor `tls_key`, a self-signed
+    /// certificate is generated at start and its SHA-256 fingerprint logged (devices must pin
+    /// it). Reloaded on SIGHUP without dropping connections. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// QUIC keep-alive, seconds: the edge PINGs a connection that has sent nothing this long,
+    /// so NAT bindings stay open and a gone device is noticed. Default 30 (as `ping_interval_s`);
+    /// shorter finds dead devices sooner and costs a packet per device per interval.
+    pub quic_keep_alive_s: u64,
+    /// QUIC idle timeout, seconds: a connection that hears nothing this long is closed
+    /// (`ping_timeout`). Must exceed the keep-alive. Default 60.
+    pub quic_idle_timeout_s: u64,
+    /// QUIC handshakes in flight per shard before new ones are refused (CONNECTION_REFUSED).
+    /// Default 1024. Bounds the memory a handshake flood can take.
+    pub quic_max_handshakes: usize,
+    /// Handshakes in flight per shard above which devices get a stateless retry (address
+    /// validation: one more round trip, no state kept before it). 0 = always. Default 256.
+    pub quic_retry_above: usize,
+    /// Unacknowledged bytes per QUIC connection; beyond, the stream blocks and the device is
+    /// conflated like a full socket. Default 65536.
+    pub quic_send_window: u64,
+    /// UDP socket send/receive buffer per shard, KiB. Default 8192: a fanout to many devices
+    /// brings their acknowledgements back in one burst; too small a buffer drops them.
+    pub quic_socket_buffer_kib: usize,
     /// Admin/metrics HTTP listener. Default `127.0.0.1:9100`. Several processes on one host
     /// need distinct admin addresses.
     pub admin: SocketAddr,
@@ -89,6 +121,16 @@ impl Default for EdgeConfig {
         Self {
             origins: vec!["127.0.0.1:7001".parse().expect("literal")],
             ws: "127.0.0.1:8080".parse().expect("literal"),
+            wss: None,
+            quic: Some("127.0.0.1:8443".parse().expect("literal")),
+            tls_cert: None,
+            tls_key: None,
+            quic_keep_alive_s: 30,
+            quic_idle_timeout_s: 60,
+            quic_max_handshakes: 1024,
+            quic_retry_above: 256,
+            quic_send_window: 65536,
+            quic_socket_buffer_kib: 8192,
             admin: "127.0.0.1:9100".parse().expect("literal"),
             shards: None,
             cpus: None,
@@ -138,6 +180,39 @@ impl EdgeConfig {
         check(
             self.ws != self.admin,
             format!("ws and admin: both are {}; they must differ", self.ws),
+        );
+        if let Some(w) = self.wss {
+            check(
+                w != self.ws && w != self.admin,
+                format!("wss: {w} is also the ws or admin address"),
+            );
+        }
+        check(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert/tls_key: give both or neither (neither: a self-signed certificate)".into(),
+        );
+        check(
+            self.quic_keep_alive_s >= 1 && self.quic_idle_timeout_s > self.quic_keep_alive_s,
+            format!(
+                "quic_keep_alive_s/quic_idle_timeout_s: need 1 <= keep-alive ({}) < idle timeout ({})",
+                self.quic_keep_alive_s, self.quic_idle_timeout_s
+            ),
+        );
+        check(
+            (1..=1 << 20).contains(&self.quic_max_handshakes),
+            "quic_max_handshakes: must be 1..=1048576".into(),
+        );
+        check(
+            self.quic_retry_above <= self.quic_max_handshakes,
+            "quic_retry_above: must be <= quic_max_handshakes".into(),
+        );
+        check(
+            (4096..=1 << 30).contains(&self.quic_send_window),
+            "quic_send_window: must be 4096..=1073741824".into(),
+        );
+        check(
+            (64..=1 << 20).contains(&self.quic_socket_buffer_kib),
+            "quic_socket_buffer_kib: must be 64..=1048576".into(),
         );
         check(self.shards != Some(0), "shards: must be at least 1".into());
         check(
@@ -258,6 +333,10 @@ impl EdgeConfig {
                 max_events: self.max_events_per_device,
                 ..QueryLimits::default()
             },
+            hello: crate::quic::hello::HelloLimits {
+                max_events: self.max_events_per_device,
+                ..Default::default()
+            },
             max_frame: self.max_frame,
             max_message: self.max_message,
             max_output: self.max_output,
@@ -267,6 +346,33 @@ impl EdgeConfig {
             max_connections,
             max_events: self.max_events,
             retry_after_s: (self.retry_after_min_s, self.retry_after_max_s),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The TLS certificate source.
+    pub fn cert_source(&self) -> crate::tls::CertSource {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::tls::CertSource::SelfSigned,
+        }
+    }
+
+    /// The QUIC settings of one shard that may hold `max_connections` connections.
+    pub fn quic_settings(&self, max_connections: usize) -> crate::quic::config::QuicSettings {
+        crate::quic::config::QuicSettings {
+            keep_alive: Duration::from_secs(self.quic_keep_alive_s),
+            idle_timeout: Duration::from_secs(self.quic_idle_timeout_s),
+            max_handshakes: self.quic_max_handshakes,
+            retry_above: self.quic_retry_above,
+            max_connections,
+            socket_buffer: self.quic_socket_buffer_kib * 1024,
+            send_window: self.quic_send_window,
+            ..Default::default()
         }
     }
 }

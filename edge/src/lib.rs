@@ -11,13 +11,17 @@
 //! [`admin`] serves `/metrics`, `/healthz` and `POST /admin/drain`; [`stats`] holds the
 //! per-shard counters it reads; [`config`] is the typed configuration.
 //!
-//! QUIC and TLS are not built yet (their own issue).
+//! Devices come over WebSocket (TCP, or TLS with `--wss`) or QUIC ([`quic`]); [`tls`] holds the
+//! certificate both use. The core is transport-neutral: one device-session logic for both.
 
 pub mod admin;
 pub mod config;
 pub mod core;
 pub mod encoded;
+pub mod quic;
 pub mod relay_link;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 pub mod ws;
+pub mod wss;

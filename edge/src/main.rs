@@ -11,13 +11,14 @@ use clap::Parser;
 use cue_edge::admin::{self, AdminState};
 use cue_edge::config::EdgeConfig;
 use cue_edge::relay_link::{self, Control, LinkConfig, LinkStats};
-use cue_edge::shard::{self, ShardSpec};
+use cue_edge::shard::{self, QuicSpec, ShardSpec};
 use cue_edge::stats::ShardStats;
+use cue_edge::tls::{CertSource, CertStore};
 use cue_origin::config::{load_toml, resolve_secret};
 use cue_origin::token::TokenKeys;
 
-/// Cue edge: holds device WebSocket connections on pinned thread-per-core shards and fans cues
-/// from the origin out to them.
+/// Cue edge: holds device connections (WebSocket, WebSocket over TLS, QUIC) on pinned
+/// thread-per-core shards and fans cues from the origin out to them.
 ///
 /// Settings come from `--config FILE` (TOML, keys as in docs/config.md), then flags override
 /// them. With neither, it runs on loopback with embedded defaults.
@@ -34,6 +35,33 @@ struct Cli {
     /// [default: 127.0.0.1:8080].
     #[arg(long)]
     ws: Option<SocketAddr>,
+    /// Device WebSocket-over-TLS (wss://) listen address; off unless given.
+    #[arg(long)]
+    wss: Option<SocketAddr>,
+    /// Device QUIC (UDP, ALPN cue/1) listen address, or 'none' to turn QUIC off
+    /// [default: 127.0.0.1:8443].
+    #[arg(long)]
+    quic: Option<String>,
+    /// PEM certificate chain for wss and QUIC (with --tls-key); reloaded on SIGHUP. Without
+    /// both, a self-signed certificate is generated and its SHA-256 fingerprint logged.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// QUIC handshakes in flight per shard before new ones are refused [default: 1024].
+    #[arg(long)]
+    quic_max_handshakes: Option<usize>,
+    /// QUIC handshakes in flight per shard above which devices get a stateless retry;
+    /// 0 = always [default: 256].
+    #[arg(long)]
+    quic_retry_above: Option<usize>,
+    /// QUIC idle timeout, seconds (a silent connection is closed) [default: 60].
+    #[arg(long)]
+    quic_idle_timeout_s: Option<u64>,
+    /// QUIC keep-alive, seconds (< idle timeout) [default: 30].
+    #[arg(long)]
+    quic_keep_alive_s: Option<u64>,
     /// Admin/metrics listen address [default: 127.0.0.1:9100].
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -77,7 +105,36 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = cli.$f.clone() { c.$f = v; } )* };
     }
-    over!(ws, admin, poll_ms, ping_interval_s, drain_window_s);
+    over!(
+        ws,
+        admin,
+        poll_ms,
+        ping_interval_s,
+        drain_window_s,
+        quic_max_handshakes,
+        quic_retry_above,
+        quic_idle_timeout_s,
+        quic_keep_alive_s
+    );
+    if cli.wss.is_some() {
+        c.wss = cli.wss;
+    }
+    if let Some(q) = &cli.quic {
+        c.quic = if q == "none" {
+            None
+        } else {
+            Some(
+                q.parse()
+                    .map_err(|_| format!("--quic: '{q}' is not IP:PORT or none"))?,
+            )
+        };
+    }
+    if cli.tls_cert.is_some() {
+        c.tls_cert = cli.tls_cert.clone();
+    }
+    if cli.tls_key.is_some() {
+        c.tls_key = cli.tls_key.clone();
+    }
     if cli.shards.is_some() {
         c.shards = cli.shards;
     }
@@ -188,6 +245,35 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             .unwrap_or(0);
         t ^ (std::process::id() as u64) << 32
     });
+    // TLS: one certificate for wss and QUIC, reloadable on SIGHUP.
+    let certs = if cfg.wss.is_some() || cfg.quic.is_some() {
+        let store = CertStore::new(cfg.cert_source()).map_err(|e| e.to_string())?;
+        match store.source() {
+            CertSource::SelfSigned => tracing::info!(
+                sha256 = %store.fingerprint(),
+                "TLS: self-signed certificate generated (pin this SHA-256 fingerprint, or pass --tls-cert/--tls-key)"
+            ),
+            CertSource::Files { cert, .. } => tracing::info!(
+                sha256 = %store.fingerprint(),
+                cert = %cert.display(),
+                "TLS: certificate loaded"
+            ),
+        }
+        Some(store)
+    } else {
+        None
+    };
+    let wss_tls = match (&certs, cfg.wss) {
+        (Some(c), Some(_)) => Some(c.wss_config().map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let quic_tls = match (&certs, cfg.quic) {
+        (Some(c), Some(_)) => Some(c.quic_config().map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let mesh = (nshards > 1 && cfg.quic.is_some())
+        .then(|| glommio::channels::channel_mesh::MeshBuilder::full(nshards, 1024));
+
     let shard_stats: Vec<Arc<ShardStats>> = (0..nshards)
         .map(|_| Arc::new(ShardStats::default()))
         .collect();
@@ -212,8 +298,18 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             rx,
             seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
             max_sockets: per_shard + REFUSAL_HEADROOM,
+            wss: cfg.wss.zip(wss_tls.clone()),
+            quic: match (cfg.quic, &quic_tls) {
+                (Some(listen), Some(crypto)) => Some(QuicSpec {
+                    listen,
+                    crypto: crypto.clone(),
+                    settings: cfg.quic_settings(per_shard + REFUSAL_HEADROOM),
+                    mesh: mesh.clone(),
+                }),
+                _ => None,
+            },
         };
-        handles.push(shard::spawn(spec).map_err(|e| format!("ws {}: shard {i}: {e}", cfg.ws))?);
+        handles.push(shard::spawn(spec).map_err(|e| format!("shard {i}: {e} (ws {})", cfg.ws))?);
     }
 
     let link_stats = Arc::new(LinkStats::default());
@@ -254,7 +350,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             .spawn(move || admin::serve(admin_listener, st))
             .map_err(|e| format!("admin thread: {e}"))?;
     }
-    tracing::info!(ws = %cfg.ws, admin = %cfg.admin, shards = nshards, capacity, origins = ?cfg.origins, "cue-edge running");
+    tracing::info!(ws = %cfg.ws, wss = ?cfg.wss, quic = ?cfg.quic, admin = %cfg.admin, shards = nshards, capacity, origins = ?cfg.origins, "cue-edge running");
 
     // SIGTERM/SIGINT: drain over the window, then stop; a second signal stops at once.
     let window = Duration::from_secs(cfg.drain_window_s);
@@ -263,13 +359,24 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         let mut signals = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
         ])
         .map_err(|e| format!("signals: {e}"))?;
+        let certs = certs.clone();
         std::thread::Builder::new()
             .name("cue-signals".into())
             .spawn(move || {
                 let mut n = 0;
                 for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        // New handshakes get the new certificate; connections stay.
+                        match certs.as_ref().map(|c| c.reload()) {
+                            Some(Ok(fp)) => tracing::info!(sha256 = %fp, "SIGHUP: TLS certificate reloaded"),
+                            Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
+                            None => tracing::info!("SIGHUP: no TLS configured; nothing to reload"),
+                        }
+                        continue;
+                    }
                     n += 1;
                     if n == 1 {
                         tracing::info!(signal = sig, ?window, "draining, then stopping");

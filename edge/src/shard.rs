@@ -1,5 +1,9 @@
 //! The shard driver: one glommio executor pinned to a core, owning its own `SO_REUSEPORT`
-//! listener, its device sockets and its [`ShardCore`]. Nothing is shared with other shards.
+//! listeners (WebSocket, and `wss` when configured), its own `SO_REUSEPORT` UDP socket and
+//! quinn-proto endpoint for QUIC ([`crate::quic::driver`]), its device sockets and its
+//! [`ShardCore`]. Nothing is shared with other shards; the only cross-shard path besides the
+//! relay link's cue channel is the QUIC forwarding mesh (a glommio `channel_mesh`): a datagram
+//! whose connection ID names another shard is handed to it.
 //!
 //! Cues arrive from the relay link over a glommio shared channel (which wakes the executor at
 //! once), so fanout starts the moment a cue lands. Device sockets are not glommio streams: an
@@ -9,19 +13,25 @@
 //! while cue delivery never waits for it. Reads go through one shared 64 KiB scratch buffer.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::shared_channel::SharedReceiver;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::SeedableRng;
 
-use crate::core::{ConnKey, CoreConfig, Io, Now, Sent, ShardCore};
-use crate::encoded::EncodedCue;
+use crate::core::{ConnKey, CoreConfig, Io, Link, Now, Sent, ShardCore};
+use crate::encoded::{EncodedCue, Transport};
+use crate::quic::config::QuicSettings;
+use crate::quic::driver::{Forwarded, QuicDriver, QuicEvent};
+use crate::quic::udp::UdpSocket;
 use crate::stats::ShardStats;
+use crate::wss::{TlsRead, TlsSessions};
 
 /// Messages from the relay link and the control plane to a shard.
 #[derive(Debug)]
@@ -60,6 +70,32 @@ pub struct ShardSpec {
     /// core's `max_connections`, so devices over the limit get a 503 with Retry-After rather
     /// than a silent close.
     pub max_sockets: usize,
+    /// WebSocket-over-TLS listener and its rustls settings.
+    pub wss: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// QUIC, when enabled.
+    pub quic: Option<QuicSpec>,
+}
+
+/// A shard's QUIC settings.
+#[derive(Clone)]
+pub struct QuicSpec {
+    /// UDP listen address (shared by shards and processes via SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// TLS for QUIC (ALPN `cue/1`).
+    pub crypto: Arc<quinn_proto::crypto::rustls::QuicServerConfig>,
+    /// Limits and transport settings.
+    pub settings: QuicSettings,
+    /// The forwarding mesh between this process's shards (`None` with one shard).
+    pub mesh: Option<MeshBuilder<Forwarded, Full>>,
+}
+
+impl std::fmt::Debug for QuicSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicSpec")
+            .field("listen", &self.listen)
+            .field("mesh", &self.mesh.is_some())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ShardSpec {
@@ -95,14 +131,30 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         None => Placement::Unbound,
     };
     let listener = bind_listener(spec.listen, spec.backlog)?;
+    let wss = match &spec.wss {
+        Some((addr, _)) => Some(
+            bind_listener(*addr, spec.backlog)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("wss {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let udp = match &spec.quic {
+        Some(q) => Some(
+            UdpSocket::bind(q.listen, q.settings.socket_buffer)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("quic {}: {e}", q.listen)))?,
+        ),
+        None => None,
+    };
     LocalExecutorBuilder::new(placement)
         .name(&format!("cue-shard-{}", spec.id))
         .io_memory(spec.io_memory)
-        .spawn(move || run(spec, listener))
+        .spawn(move || run(spec, listener, wss, udp))
         .map_err(|e| std::io::Error::other(format!("starting shard executor: {e}")))
 }
 
 const LISTENER: u64 = u64::MAX;
+const WSS_LISTENER: u64 = u64::MAX - 1;
+const QUIC_SOCKET: u64 = u64::MAX - 2;
 const SCRATCH: usize = 64 * 1024;
 const EVENTS: usize = 1024;
 
@@ -110,14 +162,17 @@ struct Driver {
     core: ShardCore,
     io: SysIo,
     listener: OwnedFd,
+    wss_listener: Option<OwnedFd>,
     accepting: bool,
     scratch: Box<[u8]>,
+    plain: Vec<u8>,
+    quic_events: Vec<QuicEvent>,
     events: Vec<libc::epoll_event>,
     stats: Arc<ShardStats>,
     max_sockets: usize,
 }
 
-async fn run(spec: ShardSpec, listener: OwnedFd) {
+async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Option<UdpSocket>) {
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(
         epfd >= 0,
@@ -127,7 +182,15 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
     let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
     epoll_add(epfd, listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)
         .expect("registering the listener with epoll");
+    if let Some(w) = &wss {
+        epoll_add(epfd, w.as_raw_fd(), WSS_LISTENER, libc::EPOLLIN as u32)
+            .expect("registering the wss listener with epoll");
+    }
     let epoch = Instant::now();
+    let quic = match (spec.quic.clone(), udp) {
+        (Some(q), Some(sock)) => Some(start_quic(&spec, q, sock, epfd).await),
+        _ => None,
+    };
     let core = ShardCore::new(
         spec.core.clone(),
         spec.stats.clone(),
@@ -136,10 +199,17 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
     );
     let d = Rc::new(RefCell::new(Driver {
         core,
-        io: SysIo { epfd },
+        io: SysIo {
+            epfd,
+            tls: spec.wss.as_ref().map(|(_, c)| TlsSessions::new(c.clone())),
+            quic,
+        },
         listener,
+        wss_listener: wss,
         accepting: true,
         scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+        plain: Vec::with_capacity(SCRATCH),
+        quic_events: Vec::new(),
         events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
         stats: spec.stats.clone(),
         max_sockets: spec.max_sockets,
@@ -158,20 +228,32 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
         .detach()
     };
 
-    tracing::info!(shard = spec.id, cpu = ?spec.cpu, listen = %spec.listen, "shard started");
+    tracing::info!(shard = spec.id, cpu = ?spec.cpu, listen = %spec.listen, wss = ?spec.wss.as_ref().map(|w| w.0), quic = ?spec.quic.as_ref().map(|q| q.listen), "shard started");
     while let Some(msg) = rx.recv().await {
         match msg {
             ShardMsg::Cue(cue) => {
                 let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
                 let mut drv = d.borrow_mut();
-                let Driver {
-                    core, io, stats, ..
-                } = &mut *drv;
-                core.on_cue(cue.clone(), io);
+                let drv = &mut *drv;
+                let fan = drv.core.on_cue(cue.clone(), &mut drv.io);
+                if fan.quic > 0 {
+                    // Packetise and send what the fanout wrote into QUIC streams, now.
+                    let now = now();
+                    drv.quic_round(now, false);
+                }
                 let spent = t0.elapsed();
-                stats
-                    .fanout_cpu_ns
-                    .add(thread_cpu_ns().saturating_sub(cpu0));
+                let cpu = thread_cpu_ns().saturating_sub(cpu0);
+                // Split by deliveries (a cue's event usually has devices of both transports;
+                // the bench gives each transport its own event, so each cue is one or the
+                // other).
+                let quic_cpu = if fan.ws + fan.quic == 0 {
+                    0
+                } else {
+                    (cpu as u128 * fan.quic as u128 / (fan.ws + fan.quic) as u128) as u64
+                };
+                let stats = &drv.stats;
+                stats.fanout_cpu_ns.add(cpu - quic_cpu);
+                stats.quic_cpu_ns.add(quic_cpu);
                 stats.fanout_time.observe_us(spent.as_micros() as u64);
                 let lag_ms = unix_ms().saturating_sub(cue.cue.ts());
                 stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
@@ -196,6 +278,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd) {
     let mut drv = d.borrow_mut();
     drv.stop_accepting();
     drv.close_all();
+    if let Some(q) = drv.io.quic.as_mut() {
+        q.close_all_now(Instant::now());
+    }
     drop(epoll);
     tracing::info!(shard = spec.id, "shard stopped");
 }
@@ -227,6 +312,7 @@ fn unix_ms() -> u64 {
 impl Driver {
     fn poll_once(&mut self, tick: Duration) {
         let now = now();
+        let mut quic_ready = false;
         // A few rounds so a burst (many accepts, then their requests) is handled in one tick.
         for _ in 0..4 {
             let n = unsafe {
@@ -238,24 +324,95 @@ impl Driver {
             for i in 0..n as usize {
                 let ev = self.events[i];
                 let (flags, key) = (ev.events, ev.u64);
-                if key == LISTENER {
-                    self.accept_all(now);
-                    continue;
+                match key {
+                    LISTENER => self.accept_all(now, false),
+                    WSS_LISTENER => self.accept_all(now, true),
+                    QUIC_SOCKET => quic_ready = true,
+                    _ => self.on_event(ConnKey(key), flags, now),
                 }
-                self.on_event(ConnKey(key), flags, now);
             }
             if (n as usize) < EVENTS {
                 break;
             }
         }
         self.core.tick(now, tick, &mut self.io);
+        if self.io.quic.is_some() {
+            self.quic_round(now, quic_ready);
+        }
     }
 
-    fn accept_all(&mut self, now: Now) {
+    /// One pass of QUIC work: read datagrams (when the socket is readable), fire timers, hand
+    /// the connections' events to the core, send what is queued. Its CPU time is counted as
+    /// handshake work or as QUIC (fanout and acknowledgements) work.
+    fn quic_round(&mut self, now: Now, readable: bool) {
+        let Some(q) = self.io.quic.as_mut() else {
+            return;
+        };
+        if !readable && !q.busy(now.mono) {
+            return;
+        }
+        let cpu0 = thread_cpu_ns();
+        q.receive(now.mono, readable);
+        q.fire_timers(now.mono);
+        self.apply_quic(now);
+        let q = self.io.quic.as_mut().expect("checked");
+        q.transmit(now.mono);
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
+        if q.take_handshake_flag() {
+            self.stats.quic_handshake_cpu_ns.add(cpu);
+        } else {
+            self.stats.quic_cpu_ns.add(cpu);
+        }
+    }
+
+    /// Hands QUIC connection events to the core until none are left (bounded).
+    fn apply_quic(&mut self, now: Now) {
+        let mut evs = std::mem::take(&mut self.quic_events);
+        for _ in 0..8 {
+            evs.clear();
+            let Some(q) = self.io.quic.as_mut() else {
+                break;
+            };
+            q.drive(now.mono, &mut evs);
+            if evs.is_empty() {
+                break;
+            }
+            for ev in evs.drain(..) {
+                let Driver { core, io, .. } = self;
+                match ev {
+                    QuicEvent::Opened(id) => {
+                        let key = core.accept(Link::quic(id), now);
+                        if let Some(q) = io.quic.as_mut() {
+                            q.set_key(id, key);
+                        }
+                    }
+                    QuicEvent::Input(id, bytes) => {
+                        if let Some(k) = io.quic.as_ref().and_then(|q| q.key(id)) {
+                            core.on_input(k, &bytes, now, io);
+                        }
+                    }
+                    QuicEvent::Writable(id) => {
+                        if let Some(k) = io.quic.as_ref().and_then(|q| q.key(id)) {
+                            core.on_writable(k, io);
+                        }
+                    }
+                    QuicEvent::Gone(k, reason) => core.on_gone(k, reason, io),
+                }
+            }
+        }
+        self.quic_events = evs;
+    }
+
+    fn accept_all(&mut self, now: Now, tls: bool) {
+        let listener = match (tls, &self.wss_listener) {
+            (true, Some(w)) => w.as_raw_fd(),
+            (true, None) => return,
+            (false, _) => self.listener.as_raw_fd(),
+        };
         for _ in 0..4096 {
             let fd = unsafe {
                 libc::accept4(
-                    self.listener.as_raw_fd(),
+                    listener,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -286,7 +443,15 @@ impl Driver {
                 continue;
             }
             set_nodelay(fd);
-            let key = self.core.accept(fd, now);
+            if tls {
+                let added = self.io.tls.as_mut().map(|t| t.add(fd));
+                if !matches!(added, Some(Ok(()))) {
+                    tracing::warn!("wss: could not start a TLS session; dropping connection");
+                    unsafe { libc::close(fd) };
+                    continue;
+                }
+            }
+            let key = self.core.accept(Link::ws(fd), now);
             if let Err(e) = epoll_add(
                 self.io.epfd,
                 fd,
@@ -301,14 +466,20 @@ impl Driver {
 
     fn on_event(&mut self, key: ConnKey, flags: u32, now: Now) {
         let Driver {
-            core, io, scratch, ..
+            core,
+            io,
+            scratch,
+            plain,
+            stats,
+            ..
         } = self;
+        let Some(link) = core.link_of(key) else {
+            return;
+        };
+        let fd = link.fd();
+        let tls = io.tls.as_ref().is_some_and(|t| t.is_tls(fd));
         if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
         {
-            let fd = match core.fd_of(key) {
-                Some(fd) => fd,
-                None => return,
-            };
             // Bounded: at most 4 scratch-fulls per device per tick, so one chatty device cannot
             // starve the others.
             for _ in 0..4 {
@@ -321,8 +492,34 @@ impl Driver {
                     )
                 };
                 if n > 0 {
-                    core.on_input(key, &scratch[..n as usize], now, io);
-                    if (n as usize) < scratch.len() || core.fd_of(key).is_none() {
+                    let got = &scratch[..n as usize];
+                    if tls {
+                        let t = io.tls.as_mut().expect("tls socket");
+                        plain.clear();
+                        match t.read(fd, got, plain) {
+                            TlsRead::Ok => {}
+                            TlsRead::Eof => {
+                                core.on_eof(key, io);
+                                return;
+                            }
+                            TlsRead::Failed => {
+                                stats.tls_failures.inc();
+                                core.on_error(key, io);
+                                return;
+                            }
+                        }
+                        if !plain.is_empty() {
+                            core.on_input(key, plain, now, io);
+                        }
+                        if let Some(t) = io.tls.as_mut() {
+                            if core.link_of(key).is_some() && t.wants_writable(fd) {
+                                io.watch(fd, key, true);
+                            }
+                        }
+                    } else {
+                        core.on_input(key, got, now, io);
+                    }
+                    if (n as usize) < scratch.len() || core.link_of(key).is_none() {
                         break;
                     }
                 } else if n == 0 {
@@ -340,7 +537,24 @@ impl Driver {
                 }
             }
         }
-        if flags & libc::EPOLLOUT as u32 != 0 {
+        if flags & libc::EPOLLOUT as u32 != 0 && core.link_of(key).is_some() {
+            if tls {
+                let t = io.tls.as_mut().expect("tls socket");
+                match t.flush(fd) {
+                    None => {
+                        core.on_error(key, io);
+                        return;
+                    }
+                    Some(false) => return,
+                    Some(true) => {
+                        let wants = t.core_wants(fd);
+                        if !wants {
+                            io.watch(fd, key, false);
+                            return;
+                        }
+                    }
+                }
+            }
             core.on_writable(key, io);
         }
     }
@@ -348,15 +562,14 @@ impl Driver {
     fn stop_accepting(&mut self) {
         if self.accepting {
             self.accepting = false;
-            unsafe {
-                libc::epoll_ctl(
-                    self.io.epfd,
-                    libc::EPOLL_CTL_DEL,
-                    self.listener.as_raw_fd(),
-                    std::ptr::null_mut(),
-                );
-                // Stop the kernel from queueing more connections for this socket.
-                libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RD);
+            let fds = std::iter::once(self.listener.as_raw_fd())
+                .chain(self.wss_listener.as_ref().map(|w| w.as_raw_fd()));
+            for fd in fds {
+                unsafe {
+                    libc::epoll_ctl(self.io.epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
+                    // Stop the kernel from queueing more connections for this socket.
+                    libc::shutdown(fd, libc::SHUT_RD);
+                }
             }
         }
     }
@@ -364,6 +577,47 @@ impl Driver {
     fn close_all(&mut self) {
         self.core.close_all(&mut self.io);
     }
+}
+
+/// Joins the forwarding mesh (when there are several shards) and starts the QUIC driver.
+async fn start_quic(spec: &ShardSpec, q: QuicSpec, sock: UdpSocket, epfd: RawFd) -> QuicDriver {
+    let inbox: Rc<RefCell<VecDeque<Forwarded>>> = Rc::new(RefCell::new(VecDeque::new()));
+    let (mesh_index, peers) = match q.mesh {
+        Some(mesh) => {
+            let (senders, mut receivers) = mesh.join().await.expect("joining the QUIC mesh");
+            let me = senders.peer_id();
+            let cap = q.settings.forward_queue;
+            for (_, rx) in receivers.streams() {
+                let inbox = inbox.clone();
+                glommio::spawn_local(async move {
+                    while let Some(f) = rx.recv().await {
+                        let mut b = inbox.borrow_mut();
+                        // Bounded: beyond it a forwarded datagram is dropped (QUIC recovers).
+                        if b.len() < cap {
+                            b.push_back(f);
+                        }
+                    }
+                })
+                .detach();
+            }
+            (me as u16, Some(Rc::new(senders)))
+        }
+        None => (0, None),
+    };
+    epoll_add(epfd, sock.raw_fd(), QUIC_SOCKET, libc::EPOLLIN as u32)
+        .expect("registering the QUIC socket with epoll");
+    tracing::info!(shard = spec.id, mesh_index, local = %sock.local, gso = sock.gso, gro = sock.gro, "QUIC endpoint up");
+    QuicDriver::new(
+        sock,
+        crate::quic::config::endpoint(mesh_index, spec.seed),
+        crate::quic::config::server(q.crypto.clone(), &q.settings),
+        q.settings.clone(),
+        mesh_index,
+        peers,
+        inbox,
+        spec.stats.clone(),
+        Instant::now(),
+    )
 }
 
 fn set_nodelay(fd: RawFd) {
@@ -387,44 +641,91 @@ fn epoll_add(epfd: RawFd, fd: RawFd, key: u64, events: u32) -> std::io::Result<(
     Ok(())
 }
 
-/// The real sockets: non-blocking `send` and epoll interest changes.
+/// The real I/O: non-blocking `send` (through TLS for `wss` sockets), epoll interest changes,
+/// and QUIC stream writes.
 struct SysIo {
     epfd: RawFd,
+    tls: Option<TlsSessions>,
+    quic: Option<QuicDriver>,
 }
 
-impl Io for SysIo {
-    fn send(&mut self, fd: RawFd, bytes: &[u8]) -> Sent {
-        loop {
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Sent::Took(n as usize);
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Sent::WouldBlock,
-                _ => return Sent::Closed,
-            }
-        }
-    }
-
-    fn want_write(&mut self, fd: RawFd, key: ConnKey, want: bool) {
+impl SysIo {
+    fn watch(&mut self, fd: RawFd, key: ConnKey, writable: bool) {
         let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        if want {
+        if writable {
             events |= libc::EPOLLOUT as u32;
         }
         let mut ev = libc::epoll_event { events, u64: key.0 };
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
     }
+}
 
-    fn close(&mut self, fd: RawFd) {
-        // Closing removes the fd from the epoll set.
-        unsafe { libc::close(fd) };
+fn plain_send(fd: RawFd, bytes: &[u8]) -> Sent {
+    loop {
+        let n = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Sent::Took(n as usize);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Sent::WouldBlock,
+            _ => return Sent::Closed,
+        }
+    }
+}
+
+impl Io for SysIo {
+    fn send(&mut self, link: Link, bytes: &[u8]) -> Sent {
+        match link.transport {
+            Transport::Ws => match self.tls.as_mut() {
+                Some(t) if t.is_tls(link.fd()) => t.send(link.fd(), bytes),
+                _ => plain_send(link.fd(), bytes),
+            },
+            Transport::Quic => match self.quic.as_mut() {
+                Some(q) => q.stream_write(link.id, bytes),
+                None => Sent::Closed,
+            },
+        }
+    }
+
+    fn want_write(&mut self, link: Link, key: ConnKey, want: bool) {
+        match link.transport {
+            Transport::Ws => {
+                let fd = link.fd();
+                let watch = match self.tls.as_mut() {
+                    Some(t) if t.is_tls(fd) => t.want_write(fd, want),
+                    _ => want,
+                };
+                self.watch(fd, key, watch);
+            }
+            // quinn-proto reports a writable stream by itself after a blocked write.
+            Transport::Quic => {}
+        }
+    }
+
+    fn close(&mut self, link: Link, code: u16, reason: &str) {
+        match link.transport {
+            Transport::Ws => {
+                if let Some(t) = self.tls.as_mut() {
+                    if t.is_tls(link.fd()) {
+                        t.remove(link.fd());
+                    }
+                }
+                // Closing removes the fd from the epoll set.
+                unsafe { libc::close(link.fd()) };
+            }
+            Transport::Quic => {
+                if let Some(q) = self.quic.as_mut() {
+                    q.close(link.id, code, reason);
+                }
+            }
+        }
     }
 }

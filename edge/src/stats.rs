@@ -74,6 +74,34 @@ pub struct ShardStats {
     /// Thread CPU time spent in fanout (writing cues), nanoseconds: deliveries divided by this
     /// is the shard core's delivery rate, whatever else shares the core.
     pub fanout_cpu_ns: Counter,
+    /// Open QUIC sessions (also counted in `connections`).
+    pub quic_sessions: Gauge,
+    /// Cues written to QUIC devices (also counted in `deliveries`).
+    pub quic_deliveries: Counter,
+    /// Thread CPU time of the QUIC work, nanoseconds: writing cues into streams, packetising and
+    /// sending them, and reading the devices' acknowledgements and other packets (handshakes
+    /// excluded: see `quic_handshake_cpu_ns`).
+    pub quic_cpu_ns: Counter,
+    /// Thread CPU time spent in QUIC handshakes (new connections until established), ns.
+    pub quic_handshake_cpu_ns: Counter,
+    /// QUIC datagrams received by this shard's socket.
+    pub quic_datagrams_in: Counter,
+    /// QUIC datagrams sent.
+    pub quic_datagrams_out: Counter,
+    /// Send system calls for QUIC (sendmmsg batches; several datagrams each).
+    pub quic_send_calls: Counter,
+    /// Datagrams for a connection of another shard, forwarded to it.
+    pub quic_forwarded: Counter,
+    /// Datagrams dropped because the owner shard's queue was full.
+    pub quic_forward_dropped: Counter,
+    /// Handshakes answered with a stateless retry (address validation under load).
+    pub quic_retries: Counter,
+    /// Handshakes refused at once (too many in flight, or full).
+    pub quic_refused: Counter,
+    /// QUIC connections the driver holds (including handshaking and closing ones).
+    pub quic_connections: Gauge,
+    /// TLS (wss) handshakes that failed.
+    pub tls_failures: Counter,
     /// Closes by [`CloseReason`].
     pub closes: [Counter; 10],
     /// Refusals by status, see [`REFUSAL_STATUSES`].
@@ -112,7 +140,86 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             s.connections.get(),
         );
     }
-    let counters: [Row; 8] = [
+    for (name, help, f) in [
+        (
+            "cue_edge_quic_sessions",
+            "Open QUIC device sessions (also in cue_edge_connections).",
+            (|s| s.quic_sessions.get()) as fn(&ShardStats) -> i64,
+        ),
+        (
+            "cue_edge_quic_connections",
+            "QUIC connections held, including handshaking and closing ones.",
+            |s| s.quic_connections.get(),
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        for (i, s) in shards.iter().enumerate() {
+            sample(out, name, &format!("shard=\"{i}\""), f(s));
+        }
+    }
+    for (name, help, f) in [
+        (
+            "cue_edge_quic_cpu_seconds_total",
+            "Thread CPU time of QUIC work after handshakes (stream writes, packets out, acks in).",
+            (|s| s.quic_cpu_ns.get()) as fn(&ShardStats) -> u64,
+        ),
+        (
+            "cue_edge_quic_handshake_cpu_seconds_total",
+            "Thread CPU time of QUIC handshakes.",
+            |s| s.quic_handshake_cpu_ns.get(),
+        ),
+    ] {
+        header(out, name, "counter", help);
+        for (i, s) in shards.iter().enumerate() {
+            sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
+        }
+    }
+    let counters: [Row; 17] = [
+        (
+            "cue_edge_quic_deliveries_total",
+            "Cues written to QUIC devices (also in cue_edge_deliveries_total).",
+            |s| s.quic_deliveries.get(),
+        ),
+        (
+            "cue_edge_quic_datagrams_in_total",
+            "QUIC datagrams received.",
+            |s| s.quic_datagrams_in.get(),
+        ),
+        (
+            "cue_edge_quic_datagrams_out_total",
+            "QUIC datagrams sent.",
+            |s| s.quic_datagrams_out.get(),
+        ),
+        (
+            "cue_edge_quic_send_calls_total",
+            "sendmmsg calls for QUIC (each carries many datagrams).",
+            |s| s.quic_send_calls.get(),
+        ),
+        (
+            "cue_edge_quic_forwarded_total",
+            "Datagrams forwarded to the shard owning their connection.",
+            |s| s.quic_forwarded.get(),
+        ),
+        (
+            "cue_edge_quic_forward_dropped_total",
+            "Datagrams dropped: the owner shard's queue was full.",
+            |s| s.quic_forward_dropped.get(),
+        ),
+        (
+            "cue_edge_quic_retries_total",
+            "QUIC handshakes answered with a stateless retry.",
+            |s| s.quic_retries.get(),
+        ),
+        (
+            "cue_edge_quic_refused_total",
+            "QUIC handshakes refused at once (limits).",
+            |s| s.quic_refused.get(),
+        ),
+        (
+            "cue_edge_tls_failures_total",
+            "wss TLS handshakes that failed.",
+            |s| s.tls_failures.get(),
+        ),
         (
             "cue_edge_accepted_total",
             "TCP connections accepted.",
@@ -158,10 +265,19 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s));
         }
     }
-    header(out, "cue_edge_fanout_cpu_seconds_total", "counter", "Shard thread CPU time spent writing cues.");
+    header(
+        out,
+        "cue_edge_fanout_cpu_seconds_total",
+        "counter",
+        "Thread CPU time shards spent writing cues to devices.",
+    );
     for (i, s) in shards.iter().enumerate() {
-        let v = s.fanout_cpu_ns.get() as f64 / 1e9;
-        sample(out, "cue_edge_fanout_cpu_seconds_total", &format!("shard=\"{i}\""), v);
+        sample(
+            out,
+            "cue_edge_fanout_cpu_seconds_total",
+            &format!("shard=\"{i}\""),
+            s.fanout_cpu_ns.get() as f64 / 1e9,
+        );
     }
     header(
         out,

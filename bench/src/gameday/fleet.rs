@@ -174,16 +174,32 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
         }
         let _ = tx.send("quit".into());
     });
-    let keys = cue_origin::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let keys =
+        cue_origin::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let now_s = cue_origin::token::unix_now_s();
     let tokens = (0..spec.devices)
-        .map(|i| keys.mint_device(&format!("dev-{}", spec.first + i), &[spec.event.clone()], now_s, 7200))
+        .map(|i| {
+            keys.mint_device(
+                &format!("dev-{}", spec.first + i),
+                std::slice::from_ref(&spec.event),
+                now_s,
+                7200,
+            )
+        })
         .collect();
     let mut f = Fleet {
         poll: Poll::new()?,
         rng: SmallRng::seed_from_u64(spec.seed),
         devs: (0..spec.devices)
-            .map(|_| Dev { ws: Ws::Idle, buf: Vec::new(), newest: 0, map: 0, etag: None, attempts: 0, bad_display: false })
+            .map(|_| Dev {
+                ws: Ws::Idle,
+                buf: Vec::new(),
+                newest: 0,
+                map: 0,
+                etag: None,
+                attempts: 0,
+                bad_display: false,
+            })
             .collect(),
         http: HashMap::new(),
         next_http: 0,
@@ -208,7 +224,7 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
                 break;
             }
             f.timers.pop();
-            f.fire(t, now);
+            f.fire(t);
         }
         if now >= next_status {
             next_status = now + Duration::from_millis(f.spec.status_ms);
@@ -220,12 +236,13 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
             match it.next() {
                 Some("drop") => {
                     let frac: f64 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
-                    f.drop_fraction(frac, now);
+                    f.drop_fraction(frac);
                 }
                 Some("report") => {
                     f.report.status = f.status();
                     f.report.newest = f.devs.iter().map(|d| d.newest).collect();
-                    f.report.displayed_without_map = f.devs.iter().filter(|d| d.bad_display).count();
+                    f.report.displayed_without_map =
+                        f.devs.iter().filter(|d| d.bad_display).count();
                     println!("{}", serde_json::to_string(&f.report)?);
                     std::io::stdout().flush()?;
                     return Ok(());
@@ -234,9 +251,13 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
                 _ => {}
             }
         }
-        let wait = f.timers.peek().map_or(Duration::from_millis(5), |Reverse((at, _))| {
-            at.saturating_duration_since(Instant::now()).min(Duration::from_millis(5))
-        });
+        let wait = f
+            .timers
+            .peek()
+            .map_or(Duration::from_millis(5), |Reverse((at, _))| {
+                at.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(5))
+            });
         f.poll.poll(&mut events, Some(wait))?;
         for ev in events.iter() {
             let tok = ev.token().0;
@@ -251,23 +272,24 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
 
 impl Fleet {
     fn status(&self) -> Status {
-        let mut s = Status {
+        Status {
             t_ms: (unix_us() / 1000).saturating_sub(self.spec.t0_unix_ms),
-            open: self.devs.iter().filter(|d| matches!(d.ws, Ws::Open(_))).count(),
+            open: self
+                .devs
+                .iter()
+                .filter(|d| matches!(d.ws, Ws::Open(_)))
+                .count(),
             prefetched: self.devs.iter().filter(|d| d.map != 0).count(),
             ..self.report.status.clone()
-        };
-        s.t_ms = s.t_ms.max(0);
-        s
+        }
     }
 
-    fn fire(&mut self, t: Timer, now: Instant) {
+    fn fire(&mut self, t: Timer) {
         match t {
             Timer::Connect(i) => self.connect(i),
             Timer::Schedule(i) => self.http_start(i, HttpKind::Schedule),
             Timer::Prefetch(i) => self.http_start(i, HttpKind::Map),
         }
-        let _ = now;
     }
 
     fn src(&self, i: u32) -> Ipv4Addr {
@@ -275,14 +297,26 @@ impl Fleet {
     }
 
     fn connect(&mut self, i: u32) {
-        let first_time = self.devs[i as usize].newest == 0 && self.devs[i as usize].attempts == 0 && self.devs[i as usize].map == 0;
+        let first_time = self.devs[i as usize].newest == 0
+            && self.devs[i as usize].attempts == 0
+            && self.devs[i as usize].map == 0;
         if first_time && self.spec.prefetch.is_some() {
             // A device asks when to prefetch as soon as it is on.
-            self.timers.push(Reverse((Instant::now(), Timer::Schedule(i))));
+            self.timers
+                .push(Reverse((Instant::now(), Timer::Schedule(i))));
         }
         match open_socket(self.src(i), self.spec.edge) {
             Ok(mut s) => {
-                if self.poll.registry().register(&mut s, Token(i as usize), Interest::READABLE | Interest::WRITABLE).is_ok() {
+                if self
+                    .poll
+                    .registry()
+                    .register(
+                        &mut s,
+                        Token(i as usize),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_ok()
+                {
                     self.devs[i as usize].ws = Ws::Connecting(s);
                 } else {
                     self.retry(i);
@@ -295,23 +329,33 @@ impl Fleet {
     /// Schedules a reconnect with jittered exponential backoff.
     fn retry(&mut self, i: u32) {
         let d = &mut self.devs[i as usize];
-        if let Ws::Connecting(mut s) | Ws::Upgrading(mut s, _) | Ws::Open(mut s) = std::mem::replace(&mut d.ws, Ws::Idle) {
+        if let Ws::Connecting(mut s) | Ws::Upgrading(mut s, _) | Ws::Open(mut s) =
+            std::mem::replace(&mut d.ws, Ws::Idle)
+        {
             let _ = self.poll.registry().deregister(&mut s);
         }
         d.buf = Vec::new();
         d.attempts += 1;
         self.report.status.reconnects += 1;
         let ceil = (self.spec.backoff_min_ms << d.attempts.min(6)).min(self.spec.backoff_max_ms);
-        let ms = self.rng.gen_range(self.spec.backoff_min_ms..=ceil.max(self.spec.backoff_min_ms));
-        self.timers.push(Reverse((Instant::now() + Duration::from_millis(ms), Timer::Connect(i))));
+        let ms = self
+            .rng
+            .gen_range(self.spec.backoff_min_ms..=ceil.max(self.spec.backoff_min_ms));
+        self.timers.push(Reverse((
+            Instant::now() + Duration::from_millis(ms),
+            Timer::Connect(i),
+        )));
     }
 
-    fn drop_fraction(&mut self, frac: f64, _now: Instant) {
+    fn drop_fraction(&mut self, frac: f64) {
         for i in 0..self.devs.len() {
             if matches!(self.devs[i].ws, Ws::Open(_)) && self.rng.gen_bool(frac.clamp(0.0, 1.0)) {
                 if let Ws::Open(s) = &self.devs[i].ws {
                     // Abrupt: RST, no close frame (a phone losing its network).
-                    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+                    let l = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
                     unsafe {
                         libc::setsockopt(
                             s.as_raw_fd(),
@@ -348,15 +392,25 @@ impl Fleet {
                 let key = client_key(self.rng.gen());
                 self.out.clear();
                 let host = self.spec.edge.to_string();
-                write_client_request(&host, &self.path(i), &key, Some(&self.tokens[idx]), &mut self.out);
+                write_client_request(
+                    &host,
+                    &self.path(i),
+                    &key,
+                    Some(&self.tokens[idx]),
+                    &mut self.out,
+                );
                 if s.write_all(&self.out).is_err() {
                     self.devs[idx].ws = Ws::Connecting(s);
                     return self.retry(i);
                 }
-                let _ = self.poll.registry().reregister(&mut s, Token(idx), Interest::READABLE);
+                let _ = self
+                    .poll
+                    .registry()
+                    .reregister(&mut s, Token(idx), Interest::READABLE);
                 self.devs[idx].ws = Ws::Upgrading(s, accept_key(&key));
             }
-            Ws::Upgrading(mut s, expect) => match read_some(&mut s, &mut self.devs[idx].buf, chunk) {
+            Ws::Upgrading(mut s, expect) => match read_some(&mut s, &mut self.devs[idx].buf, chunk)
+            {
                 Err(()) => {
                     self.devs[idx].ws = Ws::Upgrading(s, expect);
                     self.retry(i)
@@ -403,7 +457,12 @@ impl Fleet {
         loop {
             match decode_frame(&mut buf[used..], Role::Client, 1 << 20) {
                 Ok(Decoded::Incomplete) => break,
-                Ok(Decoded::Frame { opcode, payload, consumed, .. }) => {
+                Ok(Decoded::Frame {
+                    opcode,
+                    payload,
+                    consumed,
+                    ..
+                }) => {
                     let pl = &buf[used + payload.start..used + payload.end];
                     match opcode {
                         Opcode::Text => {
@@ -459,18 +518,38 @@ impl Fleet {
     }
 
     fn http_start(&mut self, i: u32, kind: HttpKind) {
-        let Some(addr) = self.spec.prefetch else { return };
+        let Some(addr) = self.spec.prefetch else {
+            return;
+        };
         let Ok(mut s) = open_socket(self.src(i), addr) else {
             self.report.status.prefetch_errors += 1;
             return self.http_retry(i, kind, 1000);
         };
         let id = self.next_http;
         self.next_http += 1;
-        if self.poll.registry().register(&mut s, Token(HTTP_TOKEN_BASE + id), Interest::WRITABLE | Interest::READABLE).is_err() {
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut s,
+                Token(HTTP_TOKEN_BASE + id),
+                Interest::WRITABLE | Interest::READABLE,
+            )
+            .is_err()
+        {
             return self.http_retry(i, kind, 1000);
         }
         self.report.status.prefetch_reqs += 1;
-        self.http.insert(id, Http { sock: s, kind, dev: i, buf: Vec::new(), sent: false });
+        self.http.insert(
+            id,
+            Http {
+                sock: s,
+                kind,
+                dev: i,
+                buf: Vec::new(),
+                sent: false,
+            },
+        );
     }
 
     fn http_retry(&mut self, i: u32, kind: HttpKind, ms: u64) {
@@ -479,11 +558,14 @@ impl Fleet {
             HttpKind::Schedule => Timer::Schedule(i),
             HttpKind::Map => Timer::Prefetch(i),
         };
-        self.timers.push(Reverse((Instant::now() + Duration::from_millis(jitter), t)));
+        self.timers
+            .push(Reverse((Instant::now() + Duration::from_millis(jitter), t)));
     }
 
     fn on_http(&mut self, id: usize, writable: bool, chunk: &mut [u8]) {
-        let Some(mut h) = self.http.remove(&id) else { return };
+        let Some(mut h) = self.http.remove(&id) else {
+            return;
+        };
         let dev = format!("dev-{}", self.spec.first + h.dev as usize);
         if !h.sent {
             if !writable {
@@ -512,7 +594,11 @@ impl Fleet {
                 return self.http_retry(h.dev, h.kind, 1000);
             }
             h.sent = true;
-            let _ = self.poll.registry().reregister(&mut h.sock, Token(HTTP_TOKEN_BASE + id), Interest::READABLE);
+            let _ = self.poll.registry().reregister(
+                &mut h.sock,
+                Token(HTTP_TOKEN_BASE + id),
+                Interest::READABLE,
+            );
             self.http.insert(id, h);
             return;
         }
@@ -552,17 +638,24 @@ impl Fleet {
         match (h.kind, status) {
             (_, 503) => {
                 self.report.status.prefetch_shed += 1;
-                let ra: u64 = header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let ra: u64 = header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
                 self.http_retry(h.dev, h.kind, ra * 1000);
             }
             (HttpKind::Schedule, 200) => {
-                let at = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["prefetch_at"].as_u64());
+                let at = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v["prefetch_at"].as_u64());
                 let Some(at) = at else {
                     self.report.status.prefetch_errors += 1;
                     return self.http_retry(h.dev, h.kind, 1000);
                 };
                 let wait = at.saturating_sub(unix_us() / 1000);
-                self.timers.push(Reverse((Instant::now() + Duration::from_millis(wait), Timer::Prefetch(h.dev))));
+                self.timers.push(Reverse((
+                    Instant::now() + Duration::from_millis(wait),
+                    Timer::Prefetch(h.dev),
+                )));
             }
             (HttpKind::Map, 200) | (HttpKind::Map, 304) => {
                 let d = &mut self.devs[h.dev as usize];
@@ -584,10 +677,18 @@ impl Fleet {
                     self.report.not_modified += 1;
                 }
                 // Honour the jittered max-age: refetch (conditionally) when it runs out.
-                let max_age: Option<u64> = header("cache-control")
-                    .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("max-age=").and_then(|x| x.parse().ok())));
+                let max_age: Option<u64> = header("cache-control").and_then(|v| {
+                    v.split(',').find_map(|p| {
+                        p.trim()
+                            .strip_prefix("max-age=")
+                            .and_then(|x| x.parse().ok())
+                    })
+                });
                 if let Some(s) = max_age {
-                    self.timers.push(Reverse((Instant::now() + Duration::from_secs(s.max(1)), Timer::Prefetch(h.dev))));
+                    self.timers.push(Reverse((
+                        Instant::now() + Duration::from_secs(s.max(1)),
+                        Timer::Prefetch(h.dev),
+                    )));
                 }
             }
             _ => {

@@ -77,11 +77,30 @@ enum Line {
     Gone(usize),
 }
 
-fn edge_args(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, cpu: usize, i: usize) -> Vec<String> {
+fn edge_args(
+    relay: SocketAddr,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    cpu: usize,
+    i: usize,
+) -> Vec<String> {
     [
-        "--origin", &relay.to_string(), "--ws", &ws.to_string(), "--admin", &admin.to_string(),
-        "--shards", "1", "--cpus", &cpu.to_string(), "--edge-id", &format!("gameday-edge-{i}"),
-        "--drain-window-s", "1", "--ping-interval-s", "10",
+        "--origin",
+        &relay.to_string(),
+        "--ws",
+        &ws.to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--shards",
+        "1",
+        "--cpus",
+        &cpu.to_string(),
+        "--edge-id",
+        &format!("gameday-edge-{i}"),
+        "--drain-window-s",
+        "1",
+        "--ping-interval-s",
+        "10",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -91,8 +110,14 @@ fn edge_args(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, cpu: usize, i
 /// Runs the game day; returns the summary JSON.
 pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&o.out)?;
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let fleet_cpu = if ncpu > 1 { Some((o.edge_cpu + 1) % ncpu) } else { None };
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let fleet_cpu = if ncpu > 1 {
+        Some((o.edge_cpu + 1) % ncpu)
+    } else {
+        None
+    };
     let script = Script::for_devices(o.devices);
     let secret = stack::random_secret();
     let env = vec![("CUE_AUTH_SECRET", secret.clone())];
@@ -114,11 +139,19 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut origin = Proc::start(
         "cue-origin",
         &origin_bin,
-        &["--http".into(), http.to_string(), "--relay".into(), relay.to_string(), "--data-dir".into(), data.display().to_string()],
+        &[
+            "--http".into(),
+            http.to_string(),
+            "--relay".into(),
+            relay.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
         &env,
         &o.out.join("origin.log"),
     )?;
-    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true).context("cue-origin did not start")?;
+    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true)
+        .context("cue-origin did not start")?;
     let t0 = Instant::now();
     let t0_unix_ms = stack::unix_us() / 1000;
 
@@ -139,12 +172,20 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     for i in 0..edges_n {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let args = edge_args(relay, ws, admin, o.edge_cpu, i);
-        let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}.log")))?;
+        let p = Proc::start(
+            &format!("cue-edge-{i}"),
+            &edge_bin,
+            &args,
+            &env,
+            &o.out.join(format!("edge-{i}.log")),
+        )?;
         edges.push((p, admin, args));
     }
     for (_, admin, _) in &edges {
-        stack::wait_http(*admin, "/healthz", Duration::from_secs(15), |b| b.contains("\"origins_linked\":1"))
-            .context("cue-edge did not link")?;
+        stack::wait_http(*admin, "/healthz", Duration::from_secs(15), |b| {
+            b.contains("\"origins_linked\":1")
+        })
+        .context("cue-edge did not link")?;
     }
     notes.push(format!("cue-origin on {http} (relay {relay}); {edges_n} cue-edge processes on {ws}, pinned to core {}", o.edge_cpu));
 
@@ -166,7 +207,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             keys: script.keys(),
             secret: secret.clone(),
             ramp_ms: script.ramp.as_millis() as u64,
-            backoff_min_ms: 500,
+            backoff_min_ms: 1000,
             backoff_max_ms: 8000,
             status_ms: 500,
             source_base: (w * 2) as u32,
@@ -208,7 +249,11 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     }
 
     // The script.
-    let bar = if o.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(script.end.as_secs()) };
+    let bar = if o.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(script.end.as_secs())
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
             .expect("valid template")
@@ -225,7 +270,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut killed: Option<usize> = None;
     let pub_token = {
         let k = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
-        format!("Bearer {}", k.mint_publisher(cue_origin::token::unix_now_s(), 7200))
+        format!(
+            "Bearer {}",
+            k.mint_publisher(cue_origin::token::unix_now_s(), 7200)
+        )
     };
     let mut phase = "ramp".to_string();
     while t0.elapsed() < script.end {
@@ -243,7 +291,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                         http,
                         "POST",
                         &format!("/v1/events/{}/cues", script.event),
-                        &[("Authorization", &pub_token), ("Content-Type", "application/json")],
+                        &[
+                            ("Authorization", &pub_token),
+                            ("Content-Type", "application/json"),
+                        ],
                         format!("{{\"key\":\"{key}\"}}").as_bytes(),
                     )?;
                     if r.status != 201 {
@@ -252,7 +303,11 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                     let v: serde_json::Value = serde_json::from_str(&r.body)?;
                     let seq = v["seq"].as_u64().context("seq")?;
                     published.insert(seq, (t_us, key.clone()));
-                    let down = if killed.is_some() { " (an edge is down)" } else { "" };
+                    let down = if killed.is_some() {
+                        " (an edge is down)"
+                    } else {
+                        ""
+                    };
                     marks.push((t, format!("cue {key}{down}"), "cue"));
                     phase = format!("cue {key}");
                 }
@@ -260,7 +315,11 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                     for w in &mut workers {
                         let _ = writeln!(w.stdin, "drop {frac}");
                     }
-                    marks.push((t, format!("{:.0}% of devices dropped", frac * 100.0), "fault"));
+                    marks.push((
+                        t,
+                        format!("{:.0}% of devices dropped", frac * 100.0),
+                        "fault",
+                    ));
                 }
                 Action::KillEdge(i) => {
                     edges[*i].0.kill();
@@ -268,12 +327,11 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                     marks.push((t, format!("edge {i} killed (SIGKILL)"), "fault"));
                 }
                 Action::RestartEdge(i) => {
-                    let (_, admin, args) = &edges[*i];
-                    let (admin, args) = (*admin, args.clone());
-                    let p = Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &o.out.join(format!("edge-{i}-restart.log")))?;
-                    edges[*i].0 = p;
+                    let args = edges[*i].2.clone();
+                    let log = o.out.join(format!("edge-{i}-restart.log"));
+                    edges[*i].0 =
+                        Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &log)?;
                     killed = None;
-                    let _ = admin;
                     marks.push((t, format!("edge {i} restarted"), "fault"));
                 }
             }
@@ -305,7 +363,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                 s.edge_rss += stack::rss(p.pid());
             }
             bar.set_position(t0.elapsed().as_secs());
-            bar.set_message(format!("{phase} | {} devices on | {} maps", s.open, s.prefetched));
+            bar.set_message(format!(
+                "{phase} | {} devices on | {} maps",
+                s.open, s.prefetched
+            ));
             samples.push(s);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -321,7 +382,9 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     while reports.iter().any(|r| r.is_none()) {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Line::Report(w, r)) => reports[w] = Some(*r),
-            Ok(Line::Gone(w)) if reports[w].is_none() => bail!("fleet worker {w} exited without a report"),
+            Ok(Line::Gone(w)) if reports[w].is_none() => {
+                bail!("fleet worker {w} exited without a report")
+            }
             Ok(_) => {}
             Err(_) => bail!("fleet workers did not report within 60 s"),
         }
@@ -329,7 +392,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     for w in &mut workers {
         let _ = w.proc.wait();
     }
-    let reports: Vec<FleetReport> = reports.into_iter().map(|r| r.expect("all reported")).collect();
+    let reports: Vec<FleetReport> = reports
+        .into_iter()
+        .map(|r| r.expect("all reported"))
+        .collect();
 
     // Edge figures for the at-scale estimate, from the edges' own counters.
     let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
@@ -347,13 +413,29 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     }
     origin.stop(Duration::from_secs(5));
 
-    let summary = report::summarize(&script, o, &reports, &published, &samples, &marks, &notes, deliveries, fanout_cpu)?;
-    std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    let summary = report::summarize(
+        &script, o, &reports, &published, &samples, &marks, &notes, deliveries, fanout_cpu,
+    )?;
+    std::fs::write(
+        o.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     let html = report::html(&summary, &samples, &marks);
     let index = o.out.join("index.html");
     std::fs::write(&index, html)?;
     let mut s = summary;
     s["report"] = json!(index.display().to_string());
+    if !o.quiet {
+        eprintln!(
+            "missed {} | displayed without stage map {} | latency p50 {} ms p99 {} ms | report {}",
+            s["missed"],
+            s["displayed_without_stage_map"],
+            s["latency_ms"]["p50"],
+            s["latency_ms"]["p99"],
+            index.display()
+        );
+        eprintln!("{}", scale::line(&s["at_scale"]));
+    }
     Ok(s)
 }
 
@@ -366,16 +448,32 @@ fn start_prefetch(
     script: &Script,
     t0_unix_ms: u64,
 ) -> anyhow::Result<Option<(Proc, SocketAddr)>> {
-    let Ok(bin) = stack::bin(o.bin_dir.as_deref(), "cue-prefetch") else { return Ok(None) };
+    let Ok(bin) = stack::bin(o.bin_dir.as_deref(), "cue-prefetch") else {
+        return Ok(None);
+    };
     let catalog = o.out.join("catalog");
     std::fs::create_dir_all(&catalog)?;
-    std::fs::write(catalog.join(format!("{}.json", script.event)), script.catalog_json(t0_unix_ms).to_string())?;
+    std::fs::write(
+        catalog.join(format!("{}.json", script.event)),
+        script.catalog_json(t0_unix_ms).to_string(),
+    )?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args: Vec<String> = vec![
-        "--http".into(), addr.to_string(), "--origin-http".into(), format!("http://{origin_http}"),
-        "--catalog".into(), catalog.display().to_string(),
+        "--http".into(),
+        addr.to_string(),
+        "--origin-http".into(),
+        format!("http://{origin_http}"),
+        "--catalog".into(),
+        catalog.display().to_string(),
     ];
-    let p = Proc::start("cue-prefetch", &bin, &args, env, &o.out.join("prefetch.log"))?;
-    stack::wait_http(addr, "/healthz", Duration::from_secs(10), |_| true).context("cue-prefetch did not start")?;
+    let p = Proc::start(
+        "cue-prefetch",
+        &bin,
+        &args,
+        env,
+        &o.out.join("prefetch.log"),
+    )?;
+    stack::wait_http(addr, "/healthz", Duration::from_secs(10), |_| true)
+        .context("cue-prefetch did not start")?;
     Ok(Some((p, addr)))
 }

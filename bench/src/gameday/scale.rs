@@ -17,7 +17,13 @@ pub const DEVICES: f64 = 100e6;
 
 /// The estimate as JSON (and the formula).
 pub fn at_scale(rate_per_core: f64, user_bytes: f64, kernel_bytes: f64) -> serde_json::Value {
-    let cores = |t: f64| if rate_per_core > 0.0 { (DEVICES / (rate_per_core * t)).ceil() } else { f64::NAN };
+    let cores = |t: f64| {
+        if rate_per_core > 0.0 {
+            (DEVICES / (rate_per_core * t)).ceil()
+        } else {
+            f64::NAN
+        }
+    };
     let mem = DEVICES * (user_bytes + kernel_bytes);
     json!({
         "devices": DEVICES,

@@ -48,7 +48,15 @@ pub struct Script {
 }
 
 /// The event's stage keys, in broadcast order.
-pub const STAGES: [&str; 7] = ["pre-show", "round-1", "round-2", "round-3", "round-4", "round-5", "post-show"];
+pub const STAGES: [&str; 7] = [
+    "pre-show",
+    "round-1",
+    "round-2",
+    "round-3",
+    "round-4",
+    "round-5",
+    "post-show",
+];
 
 /// Most devices one edge process holds here (fd limit 20000), leaving room for the devices of
 /// a killed edge to move over.
@@ -66,14 +74,26 @@ impl Script {
         let mut actions: Vec<Timed> = STAGES
             .iter()
             .enumerate()
-            .map(|(i, k)| Timed { at: cue_at(i as u32), action: Action::Cue(k.to_string()) })
+            .map(|(i, k)| Timed {
+                at: cue_at(i as u32),
+                action: Action::Cue(k.to_string()),
+            })
             .collect();
-        // Faults: 10% of devices drop after round-2; edge 0 dies 1.5 s before round-4, so its
+        // Faults: 10% of devices drop after round-2; edge 0 dies 1 s before round-4, so its
         // devices are still backing off when round-4 is published (they get it by catch-up on
         // reconnect), and it comes back 3 s after.
-        actions.push(Timed { at: cue_at(2) + s(3), action: Action::DropDevices(0.10) });
-        actions.push(Timed { at: cue_at(4) - Duration::from_millis(1500), action: Action::KillEdge(0) });
-        actions.push(Timed { at: cue_at(4) + s(3), action: Action::RestartEdge(0) });
+        actions.push(Timed {
+            at: cue_at(2) + s(3),
+            action: Action::DropDevices(0.10),
+        });
+        actions.push(Timed {
+            at: cue_at(4) - s(1),
+            action: Action::KillEdge(0),
+        });
+        actions.push(Timed {
+            at: cue_at(4) + s(3),
+            action: Action::RestartEdge(0),
+        });
         actions.sort_by_key(|a| a.at);
         let end = cue_at(STAGES.len() as u32 - 1) + s(12);
         Self {
@@ -122,12 +142,32 @@ mod tests {
         let sc = Script::for_devices(20_000);
         assert!(sc.end <= Duration::from_secs(115), "{:?}", sc.end);
         assert_eq!(sc.edges, 3);
-        let cues: Vec<_> = sc.actions.iter().filter(|a| matches!(a.action, Action::Cue(_))).collect();
+        let cues: Vec<_> = sc
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, Action::Cue(_)))
+            .collect();
         assert_eq!(cues.len(), 7);
-        assert!(cues[0].at > sc.window.1, "broadcast starts after the prefetch window");
-        let kill = sc.actions.iter().find(|a| a.action == Action::KillEdge(0)).unwrap().at;
-        let restart = sc.actions.iter().find(|a| a.action == Action::RestartEdge(0)).unwrap().at;
-        assert!(cues.iter().any(|c| c.at > kill && c.at < restart), "one cue while the edge is down");
+        assert!(
+            cues[0].at > sc.window.1,
+            "broadcast starts after the prefetch window"
+        );
+        let kill = sc
+            .actions
+            .iter()
+            .find(|a| a.action == Action::KillEdge(0))
+            .unwrap()
+            .at;
+        let restart = sc
+            .actions
+            .iter()
+            .find(|a| a.action == Action::RestartEdge(0))
+            .unwrap()
+            .at;
+        assert!(
+            cues.iter().any(|c| c.at > kill && c.at < restart),
+            "one cue while the edge is down"
+        );
         assert!(sc.actions.windows(2).all(|w| w[0].at <= w[1].at));
     }
 
@@ -135,7 +175,10 @@ mod tests {
     fn big_fleets_get_enough_edges() {
         let sc = Script::for_devices(100_000);
         assert!(sc.edges >= 9);
-        assert!(100_000 / (sc.edges - 1) < 19_000, "a killed edge's devices fit on the others");
+        assert!(
+            100_000 / (sc.edges - 1) < 19_000,
+            "a killed edge's devices fit on the others"
+        );
     }
 
     #[test]
@@ -144,7 +187,10 @@ mod tests {
         let c = sc.catalog_json(1_000_000);
         assert_eq!(c["window"]["start_ms"], 1_005_000);
         for k in STAGES {
-            assert!(c["stages"][k]["headline"].as_str().unwrap().contains("{device}"));
+            assert!(c["stages"][k]["headline"]
+                .as_str()
+                .unwrap()
+                .contains("{device}"));
         }
     }
 }

@@ -5,10 +5,8 @@
 //! read or write buffer. Buffers ([`Extra`]) exist only while a device has unread partial input
 //! or unsent output, and are freed as soon as they drain.
 
-use std::os::fd::RawFd;
-
+use crate::encoded::{Encoding, Transport};
 use crate::ws::frame::MessageState;
-use crate::ws::query::Format;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,16 +48,16 @@ pub struct Extra {
 /// One device connection.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
-    pub fd: RawFd,
+    /// The driver's handle: the socket fd (WebSocket) or the QUIC connection index.
+    pub link: u32,
     /// Distinguishes this connection from earlier ones in the same slot.
     pub gen: u32,
     /// Shard clock (seconds) of the last frame heard, or of the accept / last ping.
     pub last_seen: u32,
     /// Life-cycle state.
     pub state: State,
-    /// Cue encoding.
-    pub format: Format,
+    /// Cue encoding; also says the transport (set at accept, refined by the device's format).
+    pub format: Encoding,
     /// [`PING_OUT`] | [`BLOCKED`].
     pub flags: u8,
     /// Fragmentation/UTF-8 state of incoming data messages.
@@ -71,19 +69,27 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection just accepted.
-    pub fn new(fd: RawFd, gen: u32, now_s: u32) -> Self {
+    /// A connection just accepted on `transport`.
+    pub fn new(link: u32, transport: Transport, gen: u32, now_s: u32) -> Self {
         Self {
-            fd,
+            link,
             gen,
             last_seen: now_s,
             state: State::Handshaking,
-            format: Format::Json,
+            format: match transport {
+                Transport::Ws => Encoding::WsJson,
+                Transport::Quic => Encoding::QuicJson,
+            },
             flags: 0,
             msg: MessageState::new(),
             subs: Box::new([]),
             extra: None,
         }
+    }
+
+    /// The transport of this connection.
+    pub fn transport(&self) -> Transport {
+        self.format.transport()
     }
 
     /// Unsent output is waiting.
@@ -135,11 +141,11 @@ pub struct Slab {
 }
 
 impl Slab {
-    /// Inserts a connection for `fd`; returns its key.
-    pub fn insert(&mut self, fd: RawFd, now_s: u32) -> ConnKey {
+    /// Inserts a connection for the driver's `link` on `transport`; returns its key.
+    pub fn insert(&mut self, link: u32, transport: Transport, now_s: u32) -> ConnKey {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let conn = Conn::new(fd, gen, now_s);
+        let conn = Conn::new(link, transport, gen, now_s);
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(conn);
@@ -217,11 +223,12 @@ mod tests {
     #[test]
     fn stale_keys_are_refused() {
         let mut s = Slab::default();
-        let a = s.insert(10, 0);
+        let a = s.insert(10, Transport::Ws, 0);
         s.remove(a.idx());
-        let b = s.insert(11, 0);
+        let b = s.insert(11, Transport::Quic, 0);
         assert_eq!(a.idx(), b.idx());
         assert!(s.get_mut(a).is_none());
-        assert_eq!(s.get_mut(b).unwrap().fd, 11);
+        assert_eq!(s.get_mut(b).unwrap().link, 11);
+        assert_eq!(s.get_mut(b).unwrap().transport(), Transport::Quic);
     }
 }

@@ -1,7 +1,12 @@
-//! The shard's device logic, sans-IO: upgrade, catch-up, fanout with conflation, pings, close
+//! The shard's device logic, sans-IO and transport-neutral: admission (WebSocket upgrade or
+//! QUIC hello, one shared auth/subscribe path), catch-up, fanout with conflation, pings, close
 //! handshake, drain. It owns every device record of one shard and never touches a socket or a
 //! clock: the driver passes `now`, input bytes and readiness in, and the [`Io`] it passes does
 //! the sends. Tests drive it with an in-memory `Io` and a fake clock.
+//!
+//! A device record says its transport (its [`Encoding`]); the [`Link`] handed to the [`Io`] is
+//! the driver's handle for it: a socket fd for WebSocket (plain or TLS, which the driver hides),
+//! a connection index for QUIC, where a send is a write into the device's one stream.
 //!
 //! Delivery rule (conflation): each device remembers, per subscribed event, the newest seq it has
 //! been given. A new cue is written at once to every device whose socket is not blocked. A
@@ -9,26 +14,58 @@
 //! it is behind on. So a slow device never accumulates a backlog and always ends on the newest
 //! cue; seq lets it drop duplicates.
 
+mod admit;
 pub mod conn;
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cue_origin::cue::EventName;
-use cue_origin::token::{TokenError, TokenKeys};
+use cue_origin::token::TokenKeys;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::encoded::EncodedCue;
+use crate::encoded::{EncodedCue, Transport};
+use crate::quic::hello::HelloLimits;
 use crate::stats::{CloseReason, ShardStats};
 use crate::ws::frame::{decode_frame, encode_close, encode_frame, Decoded, Message, Opcode, Role};
-use crate::ws::handshake::{parse_request, write_accept, write_refusal, Request};
-use crate::ws::query::{parse_subscribe, QueryLimits};
-use conn::{Conn, Slab, State, Sub, BLOCKED, PING_OUT};
+use crate::ws::handshake::parse_request;
+use crate::ws::query::QueryLimits;
+use conn::{Conn, Slab, State, BLOCKED, PING_OUT};
 
+pub use crate::encoded::Encoding;
 pub use conn::ConnKey;
+
+/// The driver's handle for one device connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// Which transport.
+    pub transport: Transport,
+    /// Socket fd (WebSocket) or QUIC connection index.
+    pub id: u32,
+}
+
+impl Link {
+    /// A WebSocket connection on socket `fd`.
+    pub fn ws(fd: i32) -> Self {
+        Self {
+            transport: Transport::Ws,
+            id: fd as u32,
+        }
+    }
+    /// A QUIC connection with driver index `id`.
+    pub fn quic(id: u32) -> Self {
+        Self {
+            transport: Transport::Quic,
+            id,
+        }
+    }
+    /// The socket fd of a WebSocket link.
+    pub fn fd(self) -> i32 {
+        self.id as i32
+    }
+}
 
 /// What a send did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +80,24 @@ pub enum Sent {
 
 /// The I/O the core asks of its driver.
 pub trait Io {
-    /// Non-blocking send.
-    fn send(&mut self, fd: RawFd, bytes: &[u8]) -> Sent;
-    /// Ask (or stop asking) to be told when `fd` is writable.
-    fn want_write(&mut self, fd: RawFd, key: ConnKey, want: bool);
-    /// Close the socket (the core has forgotten it).
-    fn close(&mut self, fd: RawFd);
+    /// Non-blocking send (QUIC: a write into the device's stream, which may take part of it or
+    /// nothing when flow control or the send buffer is full).
+    fn send(&mut self, link: Link, bytes: &[u8]) -> Sent;
+    /// Ask (or stop asking) to be told when `link` is writable.
+    fn want_write(&mut self, link: Link, key: ConnKey, want: bool);
+    /// Close the connection (the core has forgotten it). WebSocket: close the socket (any close
+    /// frame was already sent). QUIC: finish the stream, let queued bytes (a refusal line) be
+    /// delivered, then close the connection with application error `code` and `reason`.
+    fn close(&mut self, link: Link, code: u16, reason: &str);
+}
+
+/// What one cue's fanout wrote, per transport (the driver splits its CPU time by these).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fanout {
+    /// Cues written to WebSocket devices.
+    pub ws: u64,
+    /// Cues written to QUIC devices.
+    pub quic: u64,
 }
 
 /// The core's clock reading: monotonic for timers, Unix time for tokens and lag.
@@ -69,6 +118,8 @@ pub struct CoreConfig {
     pub max_request: usize,
     /// Query limits (length, events per device).
     pub query: QueryLimits,
+    /// QUIC hello limits (line length, events per device).
+    pub hello: HelloLimits,
     /// Largest frame a device may send.
     pub max_frame: usize,
     /// Largest message a device may send.
@@ -96,6 +147,7 @@ impl Default for CoreConfig {
             auth: None,
             max_request: 8192,
             query: QueryLimits::default(),
+            hello: HelloLimits::default(),
             max_frame: 4096,
             max_message: 16384,
             max_output: 64 * 1024,
@@ -135,8 +187,38 @@ pub struct ShardCore {
     sweep: u32,
     drain: Option<Drain>,
     drain_cursor: u32,
-    to_close: Vec<(u32, CloseReason)>,
+    to_close: Vec<Closing>,
     out: Vec<u8>,
+}
+
+/// A connection to close at the end of the current call, with what a QUIC device is told.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    idx: u32,
+    reason: CloseReason,
+    /// QUIC application error code (WebSocket close codes, HTTP statuses for refusals).
+    code: u16,
+    /// Retry hint in seconds (drain), 0 for none.
+    hint: u32,
+}
+
+impl Closing {
+    fn new(idx: u32, reason: CloseReason) -> Self {
+        let code = match reason {
+            CloseReason::Client | CloseReason::PeerGone => 1000,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::HandshakeTimeout | CloseReason::SlowConsumer => 1008,
+            CloseReason::Drain => 1001,
+            CloseReason::Refused => 400,
+            _ => 1011,
+        };
+        Self {
+            idx,
+            reason,
+            code,
+            hint: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -195,21 +277,22 @@ impl ShardCore {
             .as_ref()
     }
 
-    /// A new TCP connection. Returns its key for the driver's readiness registration.
-    pub fn accept(&mut self, fd: RawFd, now: Now) -> ConnKey {
+    /// A new connection: an accepted TCP socket, or a QUIC connection whose device opened its
+    /// stream. Returns its key for the driver's readiness registration.
+    pub fn accept(&mut self, link: Link, now: Now) -> ConnKey {
         self.stats.accepted.inc();
         let s = self.secs(now.mono);
-        self.conns.insert(fd, s)
+        self.conns.insert(link.id, link.transport, s)
     }
 
     /// A new cue from the relay link: keep it as current and write it to every device that
     /// follows its event and is not blocked.
     /// The driver times the call and records lag and fanout time (the core reads no clock).
-    pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) {
+    pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
         self.stats.cues_in.inc();
         let Some(slot_idx) = self.slot_for(cue.cue.event()) else {
             tracing::warn!(event = %cue.cue.event(), "shard at max_events; cue for a new event dropped");
-            return;
+            return Fanout::default();
         };
         let slot = &mut self.slots[slot_idx as usize];
         if slot
@@ -217,11 +300,11 @@ impl ShardCore {
             .as_ref()
             .is_some_and(|c| c.cue.seq() >= cue.cue.seq())
         {
-            return;
+            return Fanout::default();
         }
         slot.current = Some(cue.clone());
         let seq = cue.cue.seq();
-        let mut delivered = 0u64;
+        let mut fanout = Fanout::default();
         for i in 0..slot.subscribers.len() {
             let idx = slot.subscribers[i];
             let Some(c) = self.conns.at(idx) else {
@@ -244,14 +327,19 @@ impl ShardCore {
                         .find(|s| s.slot == slot_idx)
                         .expect("found above");
                     sub.seq = seq;
-                    delivered += 1;
+                    match c.transport() {
+                        Transport::Ws => fanout.ws += 1,
+                        Transport::Quic => fanout.quic += 1,
+                    }
                 }
                 Written::Blocked => {}
-                Written::Gone => self.to_close.push((idx, CloseReason::IoError)),
+                Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
             }
         }
-        self.stats.deliveries.add(delivered);
+        self.stats.deliveries.add(fanout.ws + fanout.quic);
+        self.stats.quic_deliveries.add(fanout.quic);
         self.close_pending(io);
+        fanout
     }
 
     /// The socket of `key` is readable and `data` was read from it.
@@ -291,7 +379,16 @@ impl ShardCore {
                 Some(State::Closing) => CloseReason::Client,
                 _ => CloseReason::PeerGone,
             };
-            self.to_close.push((key.idx(), reason));
+            self.to_close.push(Closing::new(key.idx(), reason));
+            self.close_pending(io);
+        }
+    }
+
+    /// The transport ended the connection (QUIC: the device closed it, it timed out, or it broke
+    /// the protocol). `reason` is counted; nothing more is sent.
+    pub fn on_gone(&mut self, key: ConnKey, reason: CloseReason, io: &mut impl Io) {
+        if self.conns.get_mut(key).is_some() {
+            self.to_close.push(Closing::new(key.idx(), reason));
             self.close_pending(io);
         }
     }
@@ -299,7 +396,8 @@ impl ShardCore {
     /// A read or socket error on `key`.
     pub fn on_error(&mut self, key: ConnKey, io: &mut impl Io) {
         if self.conns.get_mut(key).is_some() {
-            self.to_close.push((key.idx(), CloseReason::IoError));
+            self.to_close
+                .push(Closing::new(key.idx(), CloseReason::IoError));
             self.close_pending(io);
         }
     }
@@ -355,14 +453,21 @@ impl ShardCore {
         let age = secs.saturating_sub(c.last_seen) as u64;
         match c.state {
             State::Handshaking if age >= self.cfg.handshake_timeout.as_secs().max(1) => {
-                self.to_close.push((idx, CloseReason::HandshakeTimeout));
+                self.to_close
+                    .push(Closing::new(idx, CloseReason::HandshakeTimeout));
             }
             State::Closing if age >= self.cfg.close_timeout.as_secs().max(1) => {
-                self.to_close.push((idx, CloseReason::CloseTimeout));
+                self.to_close
+                    .push(Closing::new(idx, CloseReason::CloseTimeout));
             }
-            State::Open if age >= self.cfg.ping_interval.as_secs().max(1) => {
+            // QUIC liveness is the transport's (keep-alive and idle timeout, see on_gone).
+            State::Open
+                if c.transport() == Transport::Ws
+                    && age >= self.cfg.ping_interval.as_secs().max(1) =>
+            {
                 if c.flags & PING_OUT != 0 {
-                    self.to_close.push((idx, CloseReason::PingTimeout));
+                    self.to_close
+                        .push(Closing::new(idx, CloseReason::PingTimeout));
                 } else {
                     c.flags |= PING_OUT;
                     c.last_seen = secs;
@@ -403,6 +508,18 @@ impl ShardCore {
             }
             let (lo, hi) = self.cfg.retry_after_s;
             let hint = self.rng.gen_range(lo..=hi.max(lo));
+            quota -= 1;
+            if let Some(d) = self.drain.as_mut() {
+                d.closed += 1;
+            }
+            if c.transport() == Transport::Quic {
+                // QUIC: CONNECTION_CLOSE with 1001 and the hint as its reason.
+                self.to_close.push(Closing {
+                    hint,
+                    ..Closing::new(idx, CloseReason::Drain)
+                });
+                continue;
+            }
             self.out.clear();
             encode_close(1001, &format!("retry-after={hint}"), None, &mut self.out);
             c.state = State::Closing;
@@ -414,10 +531,6 @@ impl ShardCore {
             let out = std::mem::take(&mut self.out);
             self.write_control(idx, &out, io);
             self.out = out;
-            quota -= 1;
-            if let Some(d) = self.drain.as_mut() {
-                d.closed += 1;
-            }
         }
     }
 
@@ -428,6 +541,9 @@ impl ShardCore {
             let Some(c) = self.conns.at(idx) else {
                 return buf.len();
             };
+            if c.transport() == Transport::Quic {
+                return self.process_quic(idx, &buf[used..], now, io) + used;
+            }
             match c.state {
                 State::Handshaking => match parse_request(&buf[used..], self.cfg.max_request) {
                     Ok(None) => return used,
@@ -436,7 +552,7 @@ impl ShardCore {
                         self.upgrade(idx, req, now, io);
                     }
                     Err(e) => {
-                        self.refuse(idx, e.status, e.reason, None, io);
+                        self.refuse(idx, admit::Refusal::new(e.status, e.reason), io);
                         return buf.len();
                     }
                 },
@@ -503,7 +619,7 @@ impl ShardCore {
                     self.write_control(idx, &out, io);
                     self.out = out;
                 }
-                self.to_close.push((idx, CloseReason::Client));
+                self.to_close.push(Closing::new(idx, CloseReason::Client));
                 false
             }
             // Pongs refresh liveness (done on input); device data messages carry nothing the
@@ -512,107 +628,14 @@ impl ShardCore {
         }
     }
 
-    fn upgrade(&mut self, idx: u32, req: Request, now: Now, io: &mut impl Io) {
-        if req.path != "/v1/subscribe" {
-            return self.refuse(idx, 404, "no such path; use /v1/subscribe", None, io);
-        }
-        if self.drain.is_some() {
-            let r = self.retry_after();
-            return self.refuse(idx, 503, "edge draining", Some(r), io);
-        }
-        if self.open >= self.cfg.max_connections {
-            let r = self.retry_after();
-            return self.refuse(idx, 503, "edge full", Some(r), io);
-        }
-        let sub = match parse_subscribe(&req.query, &self.cfg.query) {
-            Ok(s) => s,
-            Err(e) => return self.refuse(idx, 400, &e.to_string(), None, io),
-        };
-        if let Some(keys) = &self.cfg.auth {
-            let token = req.bearer.as_deref().or(sub.token.as_deref()).unwrap_or("");
-            let evs = sub.events.iter().map(|(e, _)| e.as_str());
-            match keys.verify_device(token, now.unix_ms / 1000, evs) {
-                Ok(_) => {}
-                Err(Ok(ev)) => {
-                    return self.refuse(
-                        idx,
-                        403,
-                        &format!("token does not allow event {ev}"),
-                        None,
-                        io,
-                    )
-                }
-                Err(Err(TokenError::Missing)) => {
-                    return self.refuse(idx, 401, "missing token", None, io)
-                }
-                Err(Err(e)) => return self.refuse(idx, 401, &e.to_string(), None, io),
-            }
-        }
-        // Resolve (or create) the event slots before touching the connection.
-        let mut subs = Vec::with_capacity(sub.events.len());
-        for (ev, since) in &sub.events {
-            let name = EventName::new(ev).expect("query validated the event");
-            let Some(slot) = self.slot_for(&name) else {
-                let r = self.retry_after();
-                return self.refuse(idx, 503, "edge has too many events", Some(r), io);
-            };
-            subs.push(Sub {
-                slot,
-                pos: 0,
-                seq: since.unwrap_or(0),
-            });
-        }
-        for s in &mut subs {
-            let list = &mut self.slots[s.slot as usize].subscribers;
-            s.pos = list.len() as u32;
-            list.push(idx);
-        }
-        let c = self.conns.at(idx).expect("caller checked");
-        c.subs = subs.into_boxed_slice();
-        c.format = sub.format;
-        c.state = State::Open;
-        self.open += 1;
-        self.stats.connections.add(1);
-        self.stats.upgrades.inc();
-        self.out.clear();
-        write_accept(&req.key, &mut self.out);
-        let out = std::mem::take(&mut self.out);
-        self.write_control(idx, &out, io);
-        self.out = out;
-        // Catch-up: the current cue of every event the device is behind on.
-        self.flush(idx, io);
-    }
-
-    fn retry_after(&mut self) -> u32 {
-        let (lo, hi) = self.cfg.retry_after_s;
-        self.rng.gen_range(lo..=hi.max(lo))
-    }
-
-    fn refuse(
-        &mut self,
-        idx: u32,
-        status: u16,
-        reason: &str,
-        retry: Option<u32>,
-        io: &mut impl Io,
-    ) {
-        self.stats.refuse(status);
-        self.out.clear();
-        write_refusal(status, reason, retry, &mut self.out);
-        if let Some(c) = self.conns.at(idx) {
-            // Best effort: the response fits any fresh socket buffer; the connection closes next.
-            let _ = io.send(c.fd, &self.out);
-        }
-        self.to_close.push((idx, CloseReason::Refused));
-    }
-
     fn protocol_close(&mut self, idx: u32, code: u16, reason: &str, io: &mut impl Io) {
         self.out.clear();
         encode_close(code, reason, None, &mut self.out);
         let out = std::mem::take(&mut self.out);
         self.write_control(idx, &out, io);
         self.out = out;
-        self.to_close.push((idx, CloseReason::ProtocolError));
+        self.to_close
+            .push(Closing::new(idx, CloseReason::ProtocolError));
     }
 
     /// Writes a control frame or handshake bytes; queues what the socket does not take.
@@ -622,11 +645,12 @@ impl ShardCore {
             let e = c.extra();
             e.output.extend_from_slice(bytes);
             if e.output.len() > self.cfg.max_output {
-                self.to_close.push((idx, CloseReason::SlowConsumer));
+                self.to_close
+                    .push(Closing::new(idx, CloseReason::SlowConsumer));
             }
             return;
         }
-        match io.send(c.fd, bytes) {
+        match io.send(c.handle(), bytes) {
             Sent::Took(n) if n == bytes.len() => {}
             Sent::Took(n) => {
                 c.extra().output.extend_from_slice(&bytes[n..]);
@@ -636,21 +660,22 @@ impl ShardCore {
                 c.extra().output.extend_from_slice(bytes);
                 block(c, idx, io, &self.stats);
             }
-            Sent::Closed => self.to_close.push((idx, CloseReason::IoError)),
+            Sent::Closed => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
         }
     }
 
     /// Sends unsent output, then the current cue of each event the device is behind on.
     fn flush(&mut self, idx: u32, io: &mut impl Io) {
         let Some(c) = self.conns.at(idx) else { return };
+        let link = c.handle();
         if let Some(e) = c.extra.as_mut().filter(|e| !e.output.is_empty()) {
-            match io.send(c.fd, &e.output) {
+            match io.send(link, &e.output) {
                 Sent::Took(n) => {
                     e.output.drain(..n);
                 }
                 Sent::WouldBlock => {}
                 Sent::Closed => {
-                    self.to_close.push((idx, CloseReason::IoError));
+                    self.to_close.push(Closing::new(idx, CloseReason::IoError));
                     return;
                 }
             }
@@ -662,7 +687,7 @@ impl ShardCore {
         }
         if c.flags & BLOCKED != 0 {
             c.flags &= !BLOCKED;
-            io.want_write(c.fd, ConnKey::new(idx, c.gen), false);
+            io.want_write(c.handle(), ConnKey::new(idx, c.gen), false);
         }
         if c.state != State::Open {
             return;
@@ -697,12 +722,15 @@ impl ShardCore {
                 }
                 Written::Blocked => break,
                 Written::Gone => {
-                    self.to_close.push((idx, CloseReason::IoError));
+                    self.to_close.push(Closing::new(idx, CloseReason::IoError));
                     break;
                 }
             }
         }
         self.stats.deliveries.add(delivered);
+        if c.transport() == Transport::Quic {
+            self.stats.quic_deliveries.add(delivered);
+        }
     }
 
     fn slot_for(&mut self, name: &EventName) -> Option<u16> {
@@ -743,7 +771,13 @@ impl ShardCore {
     }
 
     fn close_pending(&mut self, io: &mut impl Io) {
-        while let Some((idx, reason)) = self.to_close.pop() {
+        while let Some(Closing {
+            idx,
+            reason,
+            code,
+            hint,
+        }) = self.to_close.pop()
+        {
             let Some(c) = self.conns.at(idx) else {
                 continue;
             };
@@ -751,6 +785,9 @@ impl ShardCore {
                 State::Open => {
                     self.open -= 1;
                     self.stats.connections.add(-1);
+                    if c.transport() == Transport::Quic {
+                        self.stats.quic_sessions.add(-1);
+                    }
                     self.stats.close(reason);
                 }
                 // A drained session was counted when its close frame went out.
@@ -759,21 +796,27 @@ impl ShardCore {
             }
             self.unsubscribe(idx);
             if let Some(c) = self.conns.remove(idx) {
-                io.close(c.fd);
+                // Only QUIC sends a reason here (WebSocket sent its close frame already).
+                let why = match (c.transport(), reason, hint) {
+                    (Transport::Ws, ..) => String::new(),
+                    (_, CloseReason::Drain, h) if h > 0 => format!("retry-after={h}"),
+                    (_, r, _) => crate::stats::CLOSE_REASONS[r as usize].to_string(),
+                };
+                io.close(c.handle(), code, &why);
             }
         }
     }
 
-    /// The socket of `key`, while it is the same connection.
-    pub fn fd_of(&mut self, key: ConnKey) -> Option<RawFd> {
-        self.conns.get_mut(key).map(|c| c.fd)
+    /// The driver's handle of `key`, while it is the same connection.
+    pub fn link_of(&mut self, key: ConnKey) -> Option<Link> {
+        self.conns.get_mut(key).map(|c| c.handle())
     }
 
     /// Closes every connection (shutdown after drain).
     pub fn close_all(&mut self, io: &mut impl Io) {
         for idx in 0..self.conns.capacity() as u32 {
             if self.conns.at(idx).is_some() {
-                self.to_close.push((idx, CloseReason::Drain));
+                self.to_close.push(Closing::new(idx, CloseReason::Drain));
             }
         }
         self.close_pending(io);
@@ -794,6 +837,16 @@ impl ShardCore {
     }
 }
 
+impl Conn {
+    /// The driver's handle for this connection.
+    pub fn handle(&self) -> Link {
+        Link {
+            transport: self.transport(),
+            id: self.link,
+        }
+    }
+}
+
 enum Written {
     Whole,
     Part,
@@ -810,7 +863,7 @@ fn write_cue(
     io: &mut impl Io,
     stats: &ShardStats,
 ) -> Written {
-    match io.send(c.fd, frame) {
+    match io.send(c.handle(), frame) {
         Sent::Took(n) if n == frame.len() => Written::Whole,
         Sent::Took(n) => {
             c.extra().output.extend_from_slice(&frame[n..]);
@@ -829,7 +882,7 @@ fn block(c: &mut Conn, idx: u32, io: &mut impl Io, stats: &ShardStats) {
     if c.flags & BLOCKED == 0 {
         stats.write_blocked.inc();
         c.flags |= BLOCKED;
-        io.want_write(c.fd, ConnKey::new(idx, c.gen), true);
+        io.want_write(c.handle(), ConnKey::new(idx, c.gen), true);
     }
 }
 

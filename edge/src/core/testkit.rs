@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use super::{ConnKey, Io, Now, Sent, ShardCore};
+use super::{ConnKey, Io, Link, Now, Sent, ShardCore};
 use crate::ws::frame::{decode_frame, encode_frame, Decoded, Opcode, Role};
 use crate::ws::handshake::{accept_key, client_key, parse_response, write_client_request};
 
@@ -32,10 +32,13 @@ pub struct FakeIo {
     pub peers: HashMap<RawFd, Peer>,
     /// fds the core closed, in order.
     pub closed: Vec<RawFd>,
+    /// Code and reason of every close, by fd (QUIC devices see these in CONNECTION_CLOSE).
+    pub close_info: HashMap<RawFd, (u16, String)>,
 }
 
 impl Io for FakeIo {
-    fn send(&mut self, fd: RawFd, bytes: &[u8]) -> Sent {
+    fn send(&mut self, link: Link, bytes: &[u8]) -> Sent {
+        let fd = link.id as RawFd;
         let p = self.peers.get_mut(&fd).expect("send to unknown fd");
         if p.closed {
             return Sent::Closed;
@@ -51,17 +54,20 @@ impl Io for FakeIo {
         Sent::Took(n)
     }
 
-    fn want_write(&mut self, fd: RawFd, key: ConnKey, want: bool) {
+    fn want_write(&mut self, link: Link, key: ConnKey, want: bool) {
+        let fd = link.id as RawFd;
         let p = self.peers.get_mut(&fd).expect("want_write on unknown fd");
         p.want_write = want;
         p.key = Some(key);
     }
 
-    fn close(&mut self, fd: RawFd) {
+    fn close(&mut self, link: Link, code: u16, reason: &str) {
+        let fd = link.id as RawFd;
         if let Some(p) = self.peers.get_mut(&fd) {
             p.closed = true;
         }
         self.closed.push(fd);
+        self.close_info.insert(fd, (code, reason.to_string()));
     }
 }
 
@@ -218,7 +224,7 @@ pub fn connect(
     bearer: Option<&str>,
 ) -> Device {
     io.peers.insert(fd, Peer::default());
-    let key = core.accept(fd, clock.now());
+    let key = core.accept(Link::ws(fd), clock.now());
     let nonce = [fd as u8; 16];
     let k = client_key(nonce);
     let mut req = Vec::new();
@@ -255,4 +261,83 @@ pub fn pump_writable(core: &mut ShardCore, io: &mut FakeIo) {
             core.on_writable(k, io);
         }
     }
+}
+
+/// What a simulated QUIC device has seen on its stream.
+#[derive(Debug, Default)]
+pub struct QuicDevice {
+    /// Its connection index (the fake socket's key).
+    pub id: RawFd,
+    /// Its connection key.
+    pub key: Option<ConnKey>,
+    /// The answer line to the hello, once complete.
+    pub answer: Option<serde_json::Value>,
+    /// Binary records (true) or JSON lines (false) after the answer.
+    pub binary: bool,
+    /// Every cue, in order (event, seq).
+    pub cues: Vec<(String, u64)>,
+}
+
+impl QuicDevice {
+    /// Parses everything the core wrote to this device's stream so far.
+    pub fn read(&mut self, io: &mut FakeIo) {
+        let p = io.peers.get_mut(&self.id).expect("device stream");
+        let buf = std::mem::take(&mut p.inbox);
+        let mut used = 0;
+        if self.answer.is_none() {
+            let Some(n) = buf.iter().position(|&b| b == b'\n') else {
+                p.inbox = buf;
+                return;
+            };
+            self.answer = Some(serde_json::from_slice(&buf[..n]).expect("JSON answer line"));
+            used = n + 1;
+        }
+        loop {
+            let rest = &buf[used..];
+            if self.binary {
+                if rest.len() < 2 {
+                    break;
+                }
+                let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                if rest.len() < 2 + n {
+                    break;
+                }
+                let c = cue_origin::cue::Cue::from_binary(&rest[2..2 + n]).expect("binary record");
+                self.cues.push((c.event().to_string(), c.seq()));
+                used += 2 + n;
+            } else {
+                let Some(n) = rest.iter().position(|&b| b == b'\n') else {
+                    break;
+                };
+                let c = cue_origin::cue::Cue::from_json(&rest[..n]).expect("JSON cue line");
+                self.cues.push((c.event().to_string(), c.seq()));
+                used += n + 1;
+            }
+        }
+        p.inbox = buf[used..].to_vec();
+    }
+}
+
+/// Connects a QUIC device: its stream is opened (accept) and `hello` (one line, newline added)
+/// arrives in one read.
+pub fn connect_quic(
+    core: &mut ShardCore,
+    io: &mut FakeIo,
+    clock: &Clock,
+    id: RawFd,
+    hello: &str,
+) -> QuicDevice {
+    io.peers.insert(id, Peer::default());
+    let key = core.accept(Link::quic(id as u32), clock.now());
+    let mut line = hello.as_bytes().to_vec();
+    line.push(b'\n');
+    core.on_input(key, &line, clock.now(), io);
+    let mut d = QuicDevice {
+        id,
+        key: Some(key),
+        binary: hello.contains("\"binary\""),
+        ..Default::default()
+    };
+    d.read(io);
+    d
 }

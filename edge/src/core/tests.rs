@@ -281,7 +281,7 @@ fn handshake_timeout_and_oversized_request() {
     };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
     io.peers.insert(10, Default::default());
-    let k = c.accept(10, clock.now());
+    let k = c.accept(super::Link::ws(10), clock.now());
     c.on_input(
         k,
         b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\n",
@@ -298,7 +298,7 @@ fn handshake_timeout_and_oversized_request() {
         1
     );
     io.peers.insert(11, Default::default());
-    let k = c.accept(11, clock.now());
+    let k = c.accept(super::Link::ws(11), clock.now());
     c.on_input(k, &[b'a'; 9000], clock.now(), &mut io);
     assert!(io.peers[&11].closed);
     assert!(String::from_utf8_lossy(&io.peers[&11].inbox).starts_with("HTTP/1.1 431"));
@@ -461,4 +461,178 @@ proptest! {
             }
         }
     }
+}
+
+// QUIC devices: the same session core, a different wire.
+
+use super::testkit::connect_quic;
+use super::Fanout;
+
+#[test]
+fn quic_hello_catch_up_and_live_cues_next_to_websocket() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    c.on_cue(cue("e", "k5", 5), &mut io);
+    let mut json = connect_quic(
+        &mut c,
+        &mut io,
+        &clock,
+        50,
+        r#"{"events":["e"],"since":{"e":3}}"#,
+    );
+    let mut bin = connect_quic(
+        &mut c,
+        &mut io,
+        &clock,
+        51,
+        r#"{"events":["e"],"format":"binary"}"#,
+    );
+    let up_to_date = connect_quic(
+        &mut c,
+        &mut io,
+        &clock,
+        52,
+        r#"{"events":["e"],"since":{"e":5}}"#,
+    );
+    let mut ws = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=e", None);
+    assert_eq!(json.answer, Some(serde_json::json!({"ok": true})));
+    assert_eq!(json.cues, vec![("e".into(), 5)]);
+    assert_eq!(bin.cues, vec![("e".into(), 5)]);
+    assert!(up_to_date.cues.is_empty(), "since = current: no catch-up");
+    let fan = c.on_cue(cue("e", "k6", 6), &mut io);
+    assert_eq!(fan, Fanout { ws: 1, quic: 3 });
+    json.read(&mut io);
+    bin.read(&mut io);
+    ws.read(&mut io);
+    assert_eq!(json.cues.last(), Some(&("e".into(), 6)));
+    assert_eq!(bin.cues.last(), Some(&("e".into(), 6)));
+    assert_eq!(ws.cues, vec![("e".into(), 5), ("e".into(), 6)]);
+    assert_eq!(c.stats.quic_sessions.get(), 3);
+    assert_eq!(c.stats.quic_deliveries.get(), 2 + 3);
+}
+
+#[test]
+fn quic_hello_refusals_share_the_websocket_auth_path() {
+    let clock = Clock::new();
+    let keys = TokenKeys::new(&[9u8; 32]).unwrap();
+    let now_s = clock.now().unix_ms / 1000;
+    let cfg = CoreConfig {
+        auth: Some(keys.clone()),
+        ..Default::default()
+    };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let good = keys.mint_device("d1", &["fight".into()], now_s, 60);
+    let expired = keys.mint_device("d1", &["fight".into()], now_s - 120, 60);
+    let cases = [
+        (r#"{"events":["fight"]}"#.to_string(), 401),
+        (
+            format!(r#"{{"events":["fight"],"token":"{expired}"}}"#),
+            401,
+        ),
+        (
+            format!(r#"{{"events":["fight","other"],"token":"{good}"}}"#),
+            403,
+        ),
+        (format!(r#"{{"events":["Bad!"],"token":"{good}"}}"#), 400),
+        (
+            format!(r#"{{"events":["fight"],"token":"{good}","x":1}}"#),
+            400,
+        ),
+        ("not json".to_string(), 400),
+    ];
+    for (i, (hello, status)) in cases.iter().enumerate() {
+        let id = 100 + i as i32;
+        let d = connect_quic(&mut c, &mut io, &clock, id, hello);
+        let a = d.answer.as_ref().expect("answer line");
+        assert_eq!(a["ok"], false, "{hello}");
+        assert_eq!(a["status"], *status, "{hello}: {a}");
+        assert!(a["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert_eq!(io.close_info[&id].0, *status as u16);
+    }
+    // A hello split across reads is assembled; one past the limit without a newline is refused.
+    io.peers.insert(200, Default::default());
+    let k = c.accept(super::Link::quic(200), clock.now());
+    let line = format!("{{\"events\":[\"fight\"],\"token\":\"{good}\"}}\n");
+    let (a, b) = line.as_bytes().split_at(10);
+    c.on_input(k, a, clock.now(), &mut io);
+    assert!(io.peers[&200].inbox.is_empty());
+    c.on_input(k, b, clock.now(), &mut io);
+    assert!(io.peers[&200].inbox.starts_with(b"{\"ok\":true}\n"));
+    io.peers.insert(201, Default::default());
+    let k = c.accept(super::Link::quic(201), clock.now());
+    for _ in 0..5 {
+        c.on_input(k, &[b' '; 1000], clock.now(), &mut io);
+    }
+    let answer = String::from_utf8_lossy(&io.peers[&201].inbox).into_owned();
+    assert!(
+        answer.contains("\"status\":400") && answer.contains("no newline"),
+        "{answer}"
+    );
+    assert!(io.peers[&201].closed);
+}
+
+#[test]
+fn quic_blocked_stream_is_conflated_to_newest() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let mut slow = connect_quic(&mut c, &mut io, &clock, 60, r#"{"events":["e"]}"#);
+    c.on_cue(cue("e", "k1", 1), &mut io);
+    io.peers.get_mut(&60).unwrap().room = Some(30);
+    for s in 2..=50 {
+        c.on_cue(cue("e", &format!("k{s}"), s), &mut io);
+    }
+    io.peers.get_mut(&60).unwrap().room = None;
+    pump_writable(&mut c, &mut io);
+    slow.read(&mut io);
+    assert_eq!(
+        slow.cues,
+        vec![("e".into(), 1), ("e".into(), 2), ("e".into(), 50)],
+        "the partly written line finishes whole, then only the newest"
+    );
+}
+
+#[test]
+fn quic_liveness_is_the_transports_and_drain_closes_with_a_hint() {
+    let mut clock = Clock::new();
+    let (mut c, mut io) = (core(&clock), FakeIo::default());
+    let _d = connect_quic(&mut c, &mut io, &clock, 70, r#"{"events":["e"]}"#);
+    // No hello within the handshake timeout: closed.
+    io.peers.insert(71, Default::default());
+    let silent = c.accept(super::Link::quic(71), clock.now());
+    for _ in 0..200 {
+        clock.advance(Duration::from_millis(500));
+        c.tick(clock.now(), Duration::from_millis(500), &mut io);
+    }
+    assert!(io.peers[&71].closed, "no hello: handshake timeout");
+    assert_eq!(io.close_info[&71].0, 1008);
+    assert!(
+        !io.peers[&70].closed,
+        "an idle QUIC session is not pinged by the core"
+    );
+    assert!(io.peers[&70].inbox.is_empty());
+    let _ = silent;
+    // The transport says the device went away.
+    let d2 = connect_quic(&mut c, &mut io, &clock, 72, r#"{"events":["e"]}"#);
+    c.on_gone(d2.key.unwrap(), CloseReason::PingTimeout, &mut io);
+    assert_eq!(c.stats.closes[CloseReason::PingTimeout as usize].get(), 1);
+    assert_eq!(c.open_sessions(), 1);
+    c.start_drain(Duration::ZERO, clock.now());
+    c.tick(clock.now(), Duration::from_millis(1), &mut io);
+    let (code, reason) = &io.close_info[&70];
+    assert_eq!(*code, 1001);
+    let s: u32 = reason
+        .strip_prefix("retry-after=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((5..=60).contains(&s));
+    assert_eq!(c.open_sessions(), 0);
+    assert_eq!(c.stats.quic_sessions.get(), 0);
+    // Late devices get a 503 line with a retry hint.
+    let late = connect_quic(&mut c, &mut io, &clock, 73, r#"{"events":["e"]}"#);
+    let a = late.answer.unwrap();
+    assert_eq!(a["status"], 503);
+    assert!(a["retry_after"]
+        .as_u64()
+        .is_some_and(|s| (5..=60).contains(&s)));
 }

@@ -2,6 +2,8 @@
 //! and a real WebSocket client (tungstenite) to talk to the edge.
 #![allow(dead_code)]
 
+pub mod quic;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,14 @@ pub fn expired_device_token(events: &[&str]) -> String {
 
 pub fn publisher_token() -> String {
     keys().mint_publisher(unix_now_s(), 3600)
+}
+
+/// A free loopback UDP address (bound then released).
+pub fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 pub fn free_addr() -> SocketAddr {
@@ -128,9 +138,32 @@ pub struct Edge {
     pub proc: Proc,
     pub ws: SocketAddr,
     pub admin: SocketAddr,
+    /// QUIC address (a free port unless `--quic` was given).
+    pub quic: SocketAddr,
 }
 
 pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Edge {
+    start_edge_logged(relay, ws, admin, extra, None)
+}
+
+/// As [`start_edge`], with the edge's log written to `log` when given. Unless `extra` names
+/// `--quic`, QUIC listens on a free port (not the shared default 8443).
+pub fn start_edge_logged(
+    relay: SocketAddr,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> Edge {
+    let quic = free_udp_addr().to_string();
+    let mut quic_args: Vec<&str> = Vec::new();
+    if !extra.contains(&"--quic") {
+        quic_args.extend(["--quic", quic.as_str()]);
+    }
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
     let child = Command::new(bin("cue-edge"))
         .args([
             "--origin",
@@ -141,17 +174,24 @@ pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &
             &admin.to_string(),
         ])
         .args(["--shards", "2", "--cpus", "none", "--seed", "42"])
+        .args(&quic_args)
         .args(extra)
         .env("CUE_AUTH_SECRET", SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    let quic_addr = extra
+        .iter()
+        .position(|a| *a == "--quic")
+        .and_then(|i| extra.get(i + 1)?.parse().ok())
+        .unwrap_or_else(|| quic.parse().unwrap());
     let e = Edge {
         proc: Proc(child),
         ws,
         admin,
+        quic: quic_addr,
     };
     e.wait_linked();
     e

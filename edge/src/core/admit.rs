@@ -1,0 +1,224 @@
+//! Admission, shared by both transports: a WebSocket upgrade request and a QUIC hello line both
+//! become a [`Subscribe`], which goes through one path (drain and capacity checks, token,
+//! event slots, subscription, catch-up). Only the answer differs: `101` or an HTTP refusal for
+//! WebSocket, `{"ok":true}` or `{"ok":false,...}` for QUIC.
+
+use cue_origin::cue::EventName;
+use cue_origin::token::TokenError;
+use rand::Rng;
+
+use super::conn::{State, Sub};
+use super::{Closing, Io, Now, ShardCore};
+use crate::encoded::{Encoding, Transport};
+use crate::quic::hello::{parse_hello, scan_line, Scan};
+use crate::stats::CloseReason;
+use crate::ws::handshake::{write_accept, write_refusal, Request};
+use crate::ws::query::{parse_subscribe, Subscribe};
+
+/// Why a device was not admitted.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    /// HTTP status (WebSocket response; `status` in the QUIC refusal line).
+    pub status: u16,
+    /// What is wrong, for the device's developer.
+    pub reason: String,
+    /// Jittered Retry-After, seconds (503 only).
+    pub retry: Option<u32>,
+}
+
+impl Refusal {
+    pub(super) fn new(status: u16, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            retry: None,
+        }
+    }
+}
+
+impl ShardCore {
+    /// A WebSocket upgrade request.
+    pub(super) fn upgrade(&mut self, idx: u32, req: Request, now: Now, io: &mut impl Io) {
+        if req.path != "/v1/subscribe" {
+            return self.refuse(
+                idx,
+                Refusal::new(404, "no such path; use /v1/subscribe"),
+                io,
+            );
+        }
+        if let Err(r) = self.gate() {
+            return self.refuse(idx, r, io);
+        }
+        let sub = match parse_subscribe(&req.query, &self.cfg.query) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(idx, Refusal::new(400, e.to_string()), io),
+        };
+        match self.admit(idx, &sub, req.bearer.as_deref(), now) {
+            Ok(()) => {
+                self.out.clear();
+                write_accept(&req.key, &mut self.out);
+                self.accepted(idx, io);
+            }
+            Err(r) => self.refuse(idx, r, io),
+        }
+    }
+
+    /// Input on a QUIC device's stream: the hello line while handshaking, then nothing (bytes
+    /// after the hello are read and dropped: devices have nothing to say). Returns bytes used.
+    pub(super) fn process_quic(
+        &mut self,
+        idx: u32,
+        buf: &[u8],
+        now: Now,
+        io: &mut impl Io,
+    ) -> usize {
+        let Some(c) = self.conns.at(idx) else {
+            return buf.len();
+        };
+        if c.state != State::Handshaking {
+            return buf.len();
+        }
+        let line = match scan_line(buf, self.cfg.hello.max_len) {
+            Ok(Scan::Incomplete) => return 0,
+            Ok(Scan::Line(n)) => &buf[..n],
+            Err(e) => {
+                self.refuse(idx, Refusal::new(400, e.to_string()), io);
+                return buf.len();
+            }
+        };
+        let sub = match parse_hello(line, &self.cfg.hello) {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(idx, Refusal::new(400, e.to_string()), io);
+                return buf.len();
+            }
+        };
+        match self.admit(idx, &sub, None, now) {
+            Ok(()) => {
+                self.out.clear();
+                self.out.extend_from_slice(b"{\"ok\":true}\n");
+                self.accepted(idx, io);
+            }
+            Err(r) => self.refuse(idx, r, io),
+        }
+        buf.len()
+    }
+
+    /// Draining or full: 503 with a jittered Retry-After, before anything else is looked at.
+    fn gate(&mut self) -> Result<(), Refusal> {
+        if self.drain.is_some() {
+            return Err(self.unavailable("edge draining"));
+        }
+        if self.open >= self.cfg.max_connections {
+            return Err(self.unavailable("edge full"));
+        }
+        Ok(())
+    }
+
+    /// The shared admission: drain and capacity, token, event slots, then the device is open
+    /// and subscribed (the caller sends the transport's acceptance, then the catch-up).
+    fn admit(
+        &mut self,
+        idx: u32,
+        sub: &Subscribe,
+        bearer: Option<&str>,
+        now: Now,
+    ) -> Result<(), Refusal> {
+        self.gate()?;
+        if let Some(keys) = &self.cfg.auth {
+            let token = bearer.or(sub.token.as_deref()).unwrap_or("");
+            let evs = sub.events.iter().map(|(e, _)| e.as_str());
+            match keys.verify_device(token, now.unix_ms / 1000, evs) {
+                Ok(_) => {}
+                Err(Ok(ev)) => {
+                    return Err(Refusal::new(
+                        403,
+                        format!("token does not allow event {ev}"),
+                    ))
+                }
+                Err(Err(TokenError::Missing)) => return Err(Refusal::new(401, "missing token")),
+                Err(Err(e)) => return Err(Refusal::new(401, e.to_string())),
+            }
+        }
+        // Resolve (or create) the event slots before touching the connection.
+        let mut subs = Vec::with_capacity(sub.events.len());
+        for (ev, since) in &sub.events {
+            let name = EventName::new(ev).expect("parser validated the event");
+            let Some(slot) = self.slot_for(&name) else {
+                return Err(self.unavailable("edge has too many events"));
+            };
+            subs.push(Sub {
+                slot,
+                pos: 0,
+                seq: since.unwrap_or(0),
+            });
+        }
+        for s in &mut subs {
+            let list = &mut self.slots[s.slot as usize].subscribers;
+            s.pos = list.len() as u32;
+            list.push(idx);
+        }
+        let c = self.conns.at(idx).expect("caller checked");
+        c.subs = subs.into_boxed_slice();
+        c.format = Encoding::of(c.transport(), sub.format);
+        c.state = State::Open;
+        self.open += 1;
+        self.stats.connections.add(1);
+        self.stats.upgrades.inc();
+        if c.transport() == Transport::Quic {
+            self.stats.quic_sessions.add(1);
+        }
+        Ok(())
+    }
+
+    /// Sends the acceptance in `self.out`, then the catch-up: the current cue of every event the
+    /// device is behind on.
+    fn accepted(&mut self, idx: u32, io: &mut impl Io) {
+        let out = std::mem::take(&mut self.out);
+        self.write_control(idx, &out, io);
+        self.out = out;
+        self.flush(idx, io);
+    }
+
+    fn unavailable(&mut self, reason: &str) -> Refusal {
+        Refusal {
+            retry: Some(self.retry_after()),
+            ..Refusal::new(503, reason)
+        }
+    }
+
+    pub(super) fn retry_after(&mut self) -> u32 {
+        let (lo, hi) = self.cfg.retry_after_s;
+        self.rng.gen_range(lo..=hi.max(lo))
+    }
+
+    /// Answers a refusal in the device's transport and closes the connection.
+    pub(super) fn refuse(&mut self, idx: u32, r: Refusal, io: &mut impl Io) {
+        self.stats.refuse(r.status);
+        self.out.clear();
+        let Some(c) = self.conns.at(idx) else { return };
+        match c.transport() {
+            Transport::Ws => write_refusal(r.status, &r.reason, r.retry, &mut self.out),
+            Transport::Quic => write_quic_refusal(&r, &mut self.out),
+        }
+        // Best effort: the answer fits any fresh socket buffer or stream window; the connection
+        // closes next (QUIC: after the line is delivered).
+        let _ = io.send(c.handle(), &self.out);
+        self.to_close.push(Closing {
+            code: r.status,
+            ..Closing::new(idx, CloseReason::Refused)
+        });
+    }
+}
+
+/// `{"ok":false,"status":S,"error":"..."[,"retry_after":N]}` and a newline.
+fn write_quic_refusal(r: &Refusal, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail; serde_json escapes the reason.
+    let _ = write!(out, "{{\"ok\":false,\"status\":{},\"error\":", r.status);
+    let _ = serde_json::to_writer(&mut *out, &r.reason);
+    if let Some(s) = r.retry {
+        let _ = write!(out, ",\"retry_after\":{s}");
+    }
+    out.extend_from_slice(b"}\n");
+}
