@@ -69,6 +69,11 @@ pub struct EdgeConfig {
     /// Device input poll interval in ms (upgrades, pongs, closes; never cue delivery).
     /// Default 1. Larger saves wake-ups and adds that much to handshake latency.
     pub poll_ms: u64,
+    /// Longest device input poll interval in ms when a shard is idle. Default 16. The interval
+    /// doubles from `poll_ms` up to this while no device input, accept or QUIC work shows up,
+    /// and drops back to `poll_ms` at the first; so an idle shard wakes ~60 times a second
+    /// instead of 1000, and the first upgrade after a quiet spell waits at most this long.
+    pub poll_idle_max_ms: u64,
     /// Idle seconds before a ping; silent devices are closed one interval later. Default 30.
     pub ping_interval_s: u64,
     /// Seconds allowed for the upgrade request. Default 10.
@@ -138,6 +143,7 @@ impl Default for EdgeConfig {
             auth_secret_file: None,
             no_auth: false,
             poll_ms: 1,
+            poll_idle_max_ms: 16,
             ping_interval_s: 30,
             handshake_timeout_s: 10,
             close_timeout_s: 5,
@@ -222,6 +228,13 @@ impl EdgeConfig {
         check(
             (1..=1000).contains(&self.poll_ms),
             format!("poll_ms: {} must be 1..=1000", self.poll_ms),
+        );
+        check(
+            self.poll_idle_max_ms >= self.poll_ms && self.poll_idle_max_ms <= 1000,
+            format!(
+                "poll_idle_max_ms: {} must be poll_ms ({})..=1000",
+                self.poll_idle_max_ms, self.poll_ms
+            ),
         );
         check(
             self.ping_interval_s >= 1,

@@ -293,6 +293,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             backlog: cfg.backlog,
             core: cfg.core(keys.clone(), per_shard),
             poll: Duration::from_millis(cfg.poll_ms),
+            poll_idle_max: Duration::from_millis(cfg.poll_idle_max_ms),
             io_memory: cfg.io_memory_kib * 1024,
             stats: stats.clone(),
             rx,

@@ -58,6 +58,8 @@ pub struct ShardSpec {
     pub core: CoreConfig,
     /// Device input poll interval.
     pub poll: Duration,
+    /// Longest poll interval while the shard is idle (the interval doubles up to it).
+    pub poll_idle_max: Duration,
     /// io_uring registered memory per ring (glommio `io_memory`).
     pub io_memory: usize,
     /// The shard's counters.
@@ -218,11 +220,21 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     let stop = Rc::new(std::cell::Cell::new(false));
 
     let poller = {
-        let (d, stop, poll) = (d.clone(), stop.clone(), spec.poll);
+        let (d, stop, poll, idle_max) = (d.clone(), stop.clone(), spec.poll, spec.poll_idle_max);
         glommio::spawn_local(async move {
+            // Adaptive: `poll` while anything happens, doubling to `idle_max` while nothing does.
+            let mut interval = poll;
+            let mut last = Instant::now();
             while !stop.get() {
-                glommio::timer::sleep(poll).await;
-                d.borrow_mut().poll_once(poll);
+                glommio::timer::sleep(interval).await;
+                let elapsed = last.elapsed();
+                last = Instant::now();
+                let active = d.borrow_mut().poll_once(elapsed);
+                interval = if active {
+                    poll
+                } else {
+                    (interval * 2).min(idle_max)
+                };
             }
         })
         .detach()
@@ -310,9 +322,11 @@ fn unix_ms() -> u64 {
 }
 
 impl Driver {
-    fn poll_once(&mut self, tick: Duration) {
+    /// One poll; returns whether anything happened (input, accepts, QUIC work).
+    fn poll_once(&mut self, tick: Duration) -> bool {
         let now = now();
         let mut quic_ready = false;
+        let mut active = false;
         // A few rounds so a burst (many accepts, then their requests) is handled in one tick.
         for _ in 0..4 {
             let n = unsafe {
@@ -321,6 +335,7 @@ impl Driver {
             if n <= 0 {
                 break;
             }
+            active = true;
             for i in 0..n as usize {
                 let ev = self.events[i];
                 let (flags, key) = (ev.events, ev.u64);
@@ -337,19 +352,20 @@ impl Driver {
         }
         self.core.tick(now, tick, &mut self.io);
         if self.io.quic.is_some() {
-            self.quic_round(now, quic_ready);
+            active |= self.quic_round(now, quic_ready);
         }
+        active
     }
 
     /// One pass of QUIC work: read datagrams (when the socket is readable), fire timers, hand
     /// the connections' events to the core, send what is queued. Its CPU time is counted as
     /// handshake work or as QUIC (fanout and acknowledgements) work.
-    fn quic_round(&mut self, now: Now, readable: bool) {
+    fn quic_round(&mut self, now: Now, readable: bool) -> bool {
         let Some(q) = self.io.quic.as_mut() else {
-            return;
+            return false;
         };
         if !readable && !q.busy(now.mono) {
-            return;
+            return false;
         }
         let cpu0 = thread_cpu_ns();
         q.receive(now.mono, readable);
@@ -363,6 +379,7 @@ impl Driver {
         } else {
             self.stats.quic_cpu_ns.add(cpu);
         }
+        true
     }
 
     /// Hands QUIC connection events to the core until none are left (bounded).
