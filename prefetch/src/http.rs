@@ -1,0 +1,374 @@
+//! The HTTP API (HTTP/1.1, JSON):
+//!
+//! * `GET /v1/events/{event}/prefetch?device=ID` (device token) -> `200
+//!   {"event","device","stages":{...}}` with `Cache-Control: max-age=N` (the event's TTL with
+//!   jitter) and an `ETag`; `304` on a matching `If-None-Match`. `X-Cue-Priority:
+//!   critical|normal|background` (default normal) decides who is shed (`503` + `Retry-After`).
+//! * `GET /v1/events/{event}/schedule?device=ID` -> `{"prefetch_at":TS_MS,...}`. Never shed: it
+//!   is cheap and it is what spreads the load. A token is optional here (the answer is a time
+//!   derived from the device id), but a bad one is refused.
+//! * `GET /metrics`, `GET /healthz`.
+//!
+//! Order of checks for a prefetch: route, priority header and query (400), token (401), event
+//! (404), token allows the event (403), shedding (503), then the map.
+//! `device` defaults to the token's `sub`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cue_origin::token::{unix_now_s, Claims, TokenError};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::app::App;
+use crate::catalog::EventSpec;
+use crate::metrics::ClassMetrics;
+use crate::query::{self, PrefetchQuery};
+use crate::schedule::{jittered_max_age, prefetch_at, retry_after_s};
+use crate::shed::{admit, Decision, Priority};
+use crate::template::{if_none_match, StageTemplate};
+use crate::upstream::UpstreamError;
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body.into()))
+        .expect("valid response")
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    json(status, serde_json::json!({ "error": msg }).to_string())
+}
+
+fn unavailable(app: &App, msg: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    let secs = retry_after_s(app.retry_after_s, app.unit());
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Counts requests in flight for the load signal.
+struct InFlight<'a>(&'a App);
+
+impl<'a> InFlight<'a> {
+    fn new(app: &'a App) -> Self {
+        app.metrics.in_flight.add(1);
+        Self(app)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.add(-1);
+    }
+}
+
+/// Routes one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let _g = InFlight::new(&app);
+    app.metrics.requests.inc();
+    let path = req.uri().path();
+    let resp = if let Some(rest) = path.strip_prefix("/v1/events/") {
+        match (req.method(), rest.split_once('/')) {
+            (&Method::GET, Some((event, "prefetch"))) => {
+                let event = event.to_string();
+                prefetch(&app, &req, &event).await
+            }
+            (&Method::GET, Some((event, "schedule"))) => schedule(&app, &req, event),
+            (_, Some((_, "prefetch" | "schedule"))) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such route"),
+        }
+    } else {
+        match (req.method(), path) {
+            (&Method::GET, "/metrics") => Response::builder()
+                .header(CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(render_metrics(&app))))
+                .expect("valid response"),
+            (&Method::GET, "/healthz") => json(StatusCode::OK, health(&app)),
+            (_, "/metrics" | "/healthz") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such route"),
+        }
+    };
+    app.metrics.response(resp.status().as_u16());
+    Ok(resp)
+}
+
+fn bearer<'a>(req: &'a Request<Incoming>, q: &'a PrefetchQuery<'a>) -> Option<&'a str> {
+    if let Some(v) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some((scheme, t)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(t.trim());
+            }
+        }
+    }
+    q.token.as_deref()
+}
+
+/// Verifies the token when auth is on (`Ok(None)` when it is off); the error is the 401's
+/// message.
+fn authenticate(app: &App, token: Option<&str>) -> Result<Option<Claims>, String> {
+    let Some(keys) = &app.keys else {
+        return Ok(None);
+    };
+    match keys.verify(token.unwrap_or(""), unix_now_s()) {
+        Ok(c) if c.events.is_some() => Ok(Some(c)),
+        Ok(_) => Err("not a device token (no events claim)".into()),
+        Err(TokenError::Missing) => Err("missing token (Authorization: Bearer, or token=)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A refusal (status and message), made a response by the caller.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn into_resp(self) -> Resp {
+        error(self.0, &self.1)
+    }
+}
+
+/// A prefetch request that passed every check but shedding.
+struct Checked<'a> {
+    class: Priority,
+    device: &'a str,
+    spec: Option<Arc<EventSpec>>,
+}
+
+/// The device a request is about: `device=`, else the token's `sub`.
+fn device_of<'a>(q: &'a PrefetchQuery<'a>, claims: Option<&'a Claims>) -> Result<&'a str, Refusal> {
+    match (&q.device, claims.and_then(|c| c.sub.as_deref())) {
+        (Some(d), _) => Ok(d.as_ref()),
+        (None, Some(sub)) if !sub.is_empty() && sub.len() <= query::MAX_DEVICE => Ok(sub),
+        _ => Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "device missing (device=ID)".into(),
+        )),
+    }
+}
+
+/// Priority (400), token (401), event (404), token allows the event (403), device (400).
+fn check<'a>(
+    app: &App,
+    req: &Request<Incoming>,
+    q: &'a PrefetchQuery<'a>,
+    claims: &'a mut Option<Claims>,
+    event: &str,
+) -> Result<Checked<'a>, Refusal> {
+    let class = match req.headers().get("x-cue-priority") {
+        None => Priority::Normal,
+        Some(v) => v.to_str().ok().and_then(Priority::parse).ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "X-Cue-Priority must be critical, normal or background".into(),
+            )
+        })?,
+    };
+    app.metrics.class[class.index()].requests.inc();
+    *claims =
+        authenticate(app, bearer(req, q)).map_err(|m| Refusal(StatusCode::UNAUTHORIZED, m))?;
+    let spec = app
+        .catalog
+        .read()
+        .expect("catalog lock")
+        .get(event)
+        .cloned();
+    if spec.is_none() && (app.upstream.is_none() || !cue_origin::cue::valid_event(event)) {
+        return Err(Refusal(StatusCode::NOT_FOUND, "unknown event".into()));
+    }
+    if claims.as_ref().is_some_and(|c| !c.allows_event(event)) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "token does not allow this event".into(),
+        ));
+    }
+    let device = device_of(q, claims.as_ref())?;
+    Ok(Checked {
+        class,
+        device,
+        spec,
+    })
+}
+
+async fn prefetch(app: &Arc<App>, req: &Request<Incoming>, event: &str) -> Resp {
+    let t0 = Instant::now();
+    let q = match query::parse(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let mut claims = None;
+    let Checked {
+        class,
+        device,
+        spec,
+    } = match check(app, req, &q, &mut claims, event) {
+        Ok(c) => c,
+        Err(r) => return r.into_resp(),
+    };
+    let cm = &app.metrics.class[class.index()];
+
+    let live = spec.as_ref().is_some_and(|s| {
+        app.live
+            .read()
+            .expect("live lock")
+            .is_live(event, s.window, now_ms())
+    });
+    if admit(class, app.load_level(), live) == Decision::Shed {
+        cm.shed.inc();
+        let why = if live {
+            "event is live: shedding lower priorities"
+        } else {
+            "overloaded: shedding lower priorities"
+        };
+        return unavailable(app, why);
+    }
+
+    let ttl_s = spec.as_ref().map_or(app.default_ttl_s, |s| s.ttl_s);
+    let embedded = spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .filter(|_| app.upstream.is_none());
+    let template: Arc<StageTemplate> = match embedded {
+        Some(t) => t,
+        None => match app
+            .upstream_map(event, device, Duration::from_secs(ttl_s))
+            .await
+        {
+            Ok(t) => t,
+            Err(UpstreamError::NotFound) => {
+                return error(StatusCode::NOT_FOUND, "unknown event or device (upstream)")
+            }
+            Err(e) => return unavailable(app, &e.to_string()),
+        },
+    };
+    let resp = respond(app, req, &template, device, ttl_s, cm);
+    cm.latency.observe_us(t0.elapsed().as_micros() as u64);
+    resp
+}
+
+/// 200 with the map, or 304 when `If-None-Match` matches; `ETag` and jittered `max-age` on both.
+fn respond(
+    app: &App,
+    req: &Request<Incoming>,
+    template: &StageTemplate,
+    device: &str,
+    ttl_s: u64,
+    cm: &ClassMetrics,
+) -> Resp {
+    let etag = template.etag(device);
+    let max_age = jittered_max_age(ttl_s, app.max_age_jitter, app.unit());
+    let matched = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| if_none_match(v, &etag));
+    let mut resp = if matched {
+        cm.not_modified.inc();
+        Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Full::new(Bytes::new()))
+            .expect("valid response")
+    } else {
+        cm.served.inc();
+        json(StatusCode::OK, template.render(device))
+    };
+    let h = resp.headers_mut();
+    h.insert(ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+    h.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_str(&format!("max-age={max_age}")).expect("ascii"),
+    );
+    resp
+}
+
+fn schedule(app: &App, req: &Request<Incoming>, event: &str) -> Resp {
+    let q = match query::parse(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let token = bearer(req, &q);
+    let claims = match token {
+        Some(_) => match authenticate(app, token) {
+            Ok(c) => c,
+            Err(m) => return error(StatusCode::UNAUTHORIZED, &m),
+        },
+        None => None,
+    };
+    let Some(spec) = app
+        .catalog
+        .read()
+        .expect("catalog lock")
+        .get(event)
+        .cloned()
+    else {
+        return error(StatusCode::NOT_FOUND, "unknown event");
+    };
+    let device = match device_of(&q, claims.as_ref()) {
+        Ok(d) => d,
+        Err(r) => return r.into_resp(),
+    };
+    app.metrics.schedules.inc();
+    let at = prefetch_at(spec.window, device);
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "prefetch_at": at,
+            "event": event,
+            "device": device,
+            "window": {"start_ms": spec.window.start_ms, "end_ms": spec.window.end_ms},
+        })
+        .to_string(),
+    )
+}
+
+fn health(app: &App) -> String {
+    let cat = app.catalog.read().expect("catalog lock").clone();
+    let now = now_ms();
+    let live = app.live.read().expect("live lock");
+    let mut live_events: Vec<&str> = cat
+        .events
+        .values()
+        .filter(|s| live.is_live(&s.name, s.window, now))
+        .map(|s| s.name.as_str())
+        .collect();
+    live_events.sort();
+    serde_json::json!({
+        "status": "ok",
+        "events": cat.events.len(),
+        "live": live_events,
+        "load_level": app.load_level() as u8,
+        "source": if app.upstream.is_some() { "upstream" } else { "catalog" },
+    })
+    .to_string()
+}
+
+fn render_metrics(app: &App) -> String {
+    let cache = app.upstream.as_ref().map(|u| {
+        let c = u.cache.lock().expect("cache lock");
+        (c.stats(), c.len(), c.bytes())
+    });
+    app.metrics.render(cache)
+}

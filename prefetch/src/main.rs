@@ -1,0 +1,220 @@
+//! `cue-prefetch`: per-device stage maps ahead of time, a prefetch schedule, priority shedding.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cue_origin::config::load_toml;
+use cue_prefetch::config::PrefetchConfig;
+
+/// Cue prefetch: serves each device its stage map for an event ahead of time.
+///
+/// Settings come from `--config FILE` (TOML, keys as in docs/prefetch.md), then flags override
+/// them. With neither, it runs on loopback with embedded defaults (catalog in ./catalog).
+#[derive(Parser, Debug)]
+#[command(name = "cue-prefetch", version)]
+struct Cli {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (API, /metrics, /healthz) [default: 127.0.0.1:7100].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// The origin's HTTP API, polled for the live signal; '' turns it off
+    /// [default: http://127.0.0.1:7000].
+    #[arg(long)]
+    origin_http: Option<String>,
+    /// How often each event's current cue is polled at the origin, ms [default: 500].
+    #[arg(long)]
+    live_poll_ms: Option<u64>,
+    /// Catalog directory: one EVENT.json per event [default: ./catalog].
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Check the catalog for changes every this many ms; 0 = never [default: 2000].
+    #[arg(long)]
+    catalog_reload_ms: Option<u64>,
+    /// Upstream recommendation service returning the stages object, e.g.
+    /// 'http://127.0.0.1:9000/recs?event={event}&device={device}' [default: none: the catalog's
+    /// stages are served].
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Whole-call timeout of an upstream request, ms [default: 2000].
+    #[arg(long)]
+    upstream_timeout_ms: Option<u64>,
+    /// Most upstream requests in flight at once [default: 64].
+    #[arg(long)]
+    upstream_concurrency: Option<usize>,
+    /// Largest upstream answer, bytes [default: 1048576].
+    #[arg(long)]
+    upstream_max_bytes: Option<usize>,
+    /// TTL of upstream maps for events not in the catalog, s [default: 600].
+    #[arg(long)]
+    default_ttl_s: Option<u64>,
+    /// Cache entries [default: 100000].
+    #[arg(long)]
+    cache_max_entries: Option<usize>,
+    /// Cache bytes [default: 268435456].
+    #[arg(long)]
+    cache_max_bytes: Option<usize>,
+    /// Server-side TTL jitter, fraction in [0, 1) [default: 0.1].
+    #[arg(long)]
+    cache_ttl_jitter: Option<f64>,
+    /// Serve an expired map this long while it is refreshed or the upstream fails, s
+    /// [default: 3600].
+    #[arg(long)]
+    stale_s: Option<u64>,
+    /// Remember a failed upstream call this long, ms [default: 5000].
+    #[arg(long)]
+    negative_ttl_ms: Option<u64>,
+    /// max-age jitter, fraction in [0, 1) [default: 0.2].
+    #[arg(long)]
+    max_age_jitter: Option<f64>,
+    /// Retry-After base on 503, s (uniform in [base, 2*base]) [default: 5].
+    #[arg(long)]
+    retry_after_s: Option<u64>,
+    /// In-flight requests that shed background,normal; 0 = off [default: 256,1024].
+    #[arg(long, value_parser = pair::<u64>)]
+    shed_in_flight: Option<[u64; 2]>,
+    /// Queue time (runtime lateness) that sheds background,normal, ms [default: 25,100].
+    #[arg(long, value_parser = pair::<u64>)]
+    shed_queue_ms: Option<[u64; 2]>,
+    /// Requests/s that sheds background,normal; 0 = off [default: 0,0].
+    #[arg(long, value_parser = pair::<f64>)]
+    shed_rps: Option<[f64; 2]>,
+    /// Signals must stay low this long before shedding eases a step, ms [default: 2000].
+    #[arg(long)]
+    shed_cooldown_ms: Option<u64>,
+    /// Most open connections [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Runtime worker threads [default: number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the jitter RNGs [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: ./cue-data/auth.secret].
+    #[arg(long)]
+    auth_secret_file: Option<PathBuf>,
+    /// Turn token checks off: any device may prefetch. Local experiments only.
+    #[arg(long)]
+    no_auth: bool,
+}
+
+fn pair<T: std::str::FromStr>(s: &str) -> Result<[T; 2], String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or("expected two values: FIRST,SECOND")?;
+    let p = |x: &str| {
+        x.trim()
+            .parse::<T>()
+            .map_err(|_| format!("{x:?} is not a number"))
+    };
+    Ok([p(a)?, p(b)?])
+}
+
+fn config(a: &Cli) -> Result<PrefetchConfig, String> {
+    let mut c: PrefetchConfig = load_toml(a.config.as_deref())?;
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
+    }
+    over!(
+        http,
+        origin_http,
+        live_poll_ms,
+        catalog,
+        catalog_reload_ms,
+        upstream_timeout_ms
+    );
+    over!(
+        upstream_concurrency,
+        upstream_max_bytes,
+        default_ttl_s,
+        cache_max_entries,
+        cache_max_bytes
+    );
+    over!(
+        cache_ttl_jitter,
+        stale_s,
+        negative_ttl_ms,
+        max_age_jitter,
+        retry_after_s,
+        shed_in_flight
+    );
+    over!(shed_queue_ms, shed_rps, shed_cooldown_ms, max_connections);
+    if a.upstream.is_some() {
+        c.upstream = a.upstream.clone();
+    }
+    if a.threads.is_some() {
+        c.threads = a.threads;
+    }
+    if a.seed.is_some() {
+        c.seed = a.seed;
+    }
+    if a.auth_secret_file.is_some() {
+        c.auth_secret_file = a.auth_secret_file.clone();
+    }
+    c.no_auth |= a.no_auth;
+    let errs = c.validate();
+    if !errs.is_empty() {
+        return Err(errs.join("; "));
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cue-prefetch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A bad catalog is a bad setting: one line, exit 2, before anything starts.
+    if let Err(e) = cue_prefetch::server::initial_catalog(&cfg, &cfg.catalog_limits()) {
+        eprintln!("cue-prefetch: {e}");
+        return ExitCode::from(2);
+    }
+    let threads = cfg.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cue-prefetch: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(cue_prefetch::server::run(cfg, async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cue-prefetch: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! The real `cue-prefetch` binary on loopback, against a catalog written here, a real
+//! `cue-origin` (live signal) and a real upstream HTTP server (slow, failing, flapping).
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn body(r: &cue_origin::client::Response) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+#[test]
+fn contract_against_a_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    write_event(
+        dir.path(),
+        "fight-night",
+        &json!({"window": window_now(), "ttl_s": 600, "stages": {
+            "round-1": {"hero": "https://cdn.example/{device}/r1.jpg", "tags": ["for-{device}", 3]},
+            "round-2": {"{device}": null, "n": 2.5}
+        }}),
+    );
+    write_event(
+        dir.path(),
+        "gala",
+        &json!({"window": window_now(), "ttl_s": 60, "stages": {"intro": "x"}}),
+    );
+    let p = start_prefetch(dir.path(), &["--origin-http", ""]);
+    let tok = device_token("tv-1", &["fight-night"]);
+
+    // 200, {device} everywhere in strings, Cache-Control with jitter, ETag.
+    let r = p.prefetch("fight-night", "tv-42", &tok, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        body(&r),
+        json!({"event": "fight-night", "device": "tv-42", "stages": {
+            "round-1": {"hero": "https://cdn.example/tv-42/r1.jpg", "tags": ["for-tv-42", 3]},
+            "round-2": {"tv-42": null, "n": 2.5}
+        }})
+    );
+    let etag = r.header("etag").unwrap().to_string();
+    let mut ages = HashSet::new();
+    for _ in 0..20 {
+        let r = p.prefetch("fight-night", "tv-42", &tok, None);
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "same map, same tag");
+        let cc = r.header("cache-control").unwrap();
+        let age: u64 = cc.strip_prefix("max-age=").unwrap().parse().unwrap();
+        assert!(
+            (480..=600).contains(&age),
+            "{cc}: ttl 600 with the default 0.2 jitter"
+        );
+        ages.insert(age);
+    }
+    assert!(ages.len() > 5, "max-age is jittered per response: {ages:?}");
+    assert_ne!(
+        p.prefetch("fight-night", "tv-43", &tok, None)
+            .header("etag"),
+        Some(etag.as_str())
+    );
+
+    // 304 on If-None-Match, with the headers again and no body.
+    let auth = format!("Bearer {tok}");
+    let r = p.get(
+        "/v1/events/fight-night/prefetch?device=tv-42",
+        &[("Authorization", &auth), ("If-None-Match", &etag)],
+    );
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert!(r.header("cache-control").unwrap().starts_with("max-age="));
+    let r = p.get(
+        "/v1/events/fight-night/prefetch?device=tv-42",
+        &[("Authorization", &auth), ("If-None-Match", "\"other\"")],
+    );
+    assert_eq!(r.status, 200);
+
+    // Token in the query (browsers); device defaults to the token's sub; device ids are escaped.
+    let r = p.get(&format!("/v1/events/fight-night/prefetch?token={tok}"), &[]);
+    assert_eq!(body(&r)["device"], "tv-1");
+    let r = p.prefetch("fight-night", "a%22b%20c", &tok, None);
+    assert_eq!(body(&r)["stages"]["round-1"]["tags"][0], "for-a\"b c");
+
+    // Refusals.
+    let r = p.get("/v1/events/fight-night/prefetch?device=d", &[]);
+    assert_eq!(r.status, 401, "missing token");
+    assert_eq!(p.prefetch("fight-night", "d", "garbage", None).status, 401);
+    let expired = keys().mint_device(
+        "d",
+        &["*".into()],
+        cue_origin::token::unix_now_s() - 7200,
+        3600,
+    );
+    assert_eq!(p.prefetch("fight-night", "d", &expired, None).status, 401);
+    let publisher = keys().mint_publisher(cue_origin::token::unix_now_s(), 60);
+    assert_eq!(
+        p.prefetch("fight-night", "d", &publisher, None).status,
+        401,
+        "not a device token"
+    );
+    let star = device_token("d", &["*"]);
+    assert_eq!(p.prefetch("no-such-event", "d", &star, None).status, 404);
+    assert_eq!(p.prefetch("BadName", "d", &star, None).status, 404);
+    assert_eq!(
+        p.prefetch("gala", "d", &tok, None).status,
+        403,
+        "token is for fight-night only"
+    );
+    assert_eq!(p.prefetch("gala", "d", &star, None).status, 200);
+    assert_eq!(p.prefetch("gala", "d", &star, Some("urgent")).status, 400);
+    assert_eq!(
+        p.get(
+            "/v1/events/gala/prefetch?device=",
+            &[("Authorization", &format!("Bearer {star}"))]
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        request_method(&p, "POST", "/v1/events/gala/prefetch?device=d").status,
+        405
+    );
+
+    // The schedule: inside the window, stable per device, spread over a fleet.
+    let w = body(&p.get("/v1/events/fight-night/schedule?device=x", &[]))["window"].clone();
+    let (start, end) = (
+        w["start_ms"].as_u64().unwrap(),
+        w["end_ms"].as_u64().unwrap(),
+    );
+    let at = |d: &str| {
+        body(&p.get(&format!("/v1/events/fight-night/schedule?device={d}"), &[]))["prefetch_at"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(at("tv-42"), at("tv-42"));
+    let mut slots = [0u32; 4];
+    for i in 0..200 {
+        let t = at(&format!("dev-{i}"));
+        assert!((start..end).contains(&t));
+        slots[((t - start) * 4 / (end - start)) as usize] += 1;
+    }
+    assert!(
+        slots.iter().all(|&n| (30..=70).contains(&n)),
+        "spread over the window: {slots:?}"
+    );
+    assert_eq!(p.get("/v1/events/nope/schedule?device=x", &[]).status, 404);
+    assert_eq!(
+        p.get(
+            "/v1/events/gala/schedule?device=x",
+            &[("Authorization", "Bearer bad")]
+        )
+        .status,
+        401
+    );
+
+    let m = p.get("/metrics", &[]).body;
+    assert!(
+        m.contains("cue_prefetch_served_total{class=\"normal\"}"),
+        "{m}"
+    );
+    assert!(p.metric("cue_prefetch_not_modified_total{class=\"normal\"}") >= 1.0);
+    let h = body(&p.get("/healthz", &[]));
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["events"], 2);
+}
+
+fn request_method(p: &Prefetch, method: &str, path: &str) -> cue_origin::client::Response {
+    cue_origin::client::request(p.http, method, path, &[], b"").unwrap()
+}
+
+#[test]
+fn live_event_sheds_background_and_serves_critical() {
+    let origin = start_origin();
+    let dir = tempfile::tempdir().unwrap();
+    let stages = json!({"round-1": {"x": "{device}"}});
+    write_event(
+        dir.path(),
+        "fight",
+        &json!({"window": window_now(), "ttl_s": 600, "stages": stages}),
+    );
+    write_event(
+        dir.path(),
+        "quiet",
+        &json!({"window": window_now(), "ttl_s": 600, "stages": stages}),
+    );
+    let n = now_ms();
+    let past = json!({"start_ms": n - 7_200_000, "end_ms": n - 3_600_000});
+    write_event(
+        dir.path(),
+        "rerun",
+        &json!({"window": past, "ttl_s": 600, "stages": stages}),
+    );
+    let origin_url = format!("http://{}", origin.http);
+    let p = start_prefetch(
+        dir.path(),
+        &["--origin-http", &origin_url, "--live-poll-ms", "100"],
+    );
+    let tok = device_token("d", &["*"]);
+
+    // Not live yet: every class is served.
+    for c in ["critical", "normal", "background"] {
+        assert_eq!(
+            p.prefetch("fight", "d", &tok, Some(c)).status,
+            200,
+            "{c} before the event is live"
+        );
+    }
+    origin.publish("fight", "round-1");
+    origin.publish("rerun", "round-1");
+    wait_until(Duration::from_secs(10), || {
+        p.prefetch("fight", "d", &tok, Some("background")).status == 503
+    });
+
+    let r = p.prefetch("fight", "d", &tok, Some("background"));
+    assert_eq!(r.status, 503);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (5..=10).contains(&retry),
+        "jittered Retry-After in [5, 10]: {retry}"
+    );
+    assert_eq!(
+        p.prefetch("fight", "d", &tok, Some("critical")).status,
+        200,
+        "critical is never shed"
+    );
+    assert_eq!(
+        p.prefetch("fight", "d", &tok, None).status,
+        200,
+        "normal is shed only when live and loaded"
+    );
+    // Another event with no cue, and an event whose window is over, are not live.
+    assert_eq!(
+        p.prefetch("quiet", "d", &tok, Some("background")).status,
+        200
+    );
+    assert_eq!(
+        p.prefetch("rerun", "d", &tok, Some("background")).status,
+        200
+    );
+    assert!(p.metric("cue_prefetch_shed_total{class=\"background\"}") >= 2.0);
+    assert_eq!(p.metric("cue_prefetch_shed_total{class=\"critical\"}"), 0.0);
+    wait_until(Duration::from_secs(2), || {
+        p.metric("cue_prefetch_live_events") == 1.0
+    });
+    assert_eq!(body(&p.get("/healthz", &[]))["live"], json!(["fight"]));
+}
+
+#[test]
+fn load_sheds_background_then_normal_never_critical() {
+    // A slow upstream holds requests in flight; in-flight thresholds 3 and 6.
+    let up = Upstream::start();
+    up.set_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = up.template();
+    let p = start_prefetch(
+        dir.path(),
+        &[
+            "--origin-http",
+            "",
+            "--upstream",
+            &tpl,
+            "--shed-in-flight",
+            "3,6",
+            "--upstream-timeout-ms",
+            "5000",
+        ],
+    );
+    let tok = device_token("d", &["*"]);
+    let http = p.http;
+    let hold = |n: usize, tag: &'static str| -> Vec<std::thread::JoinHandle<u16>> {
+        (0..n)
+            .map(|i| {
+                let tok = tok.clone();
+                std::thread::spawn(move || {
+                    let auth = format!("Bearer {tok}");
+                    cue_origin::client::request(
+                        http,
+                        "GET",
+                        &format!("/v1/events/slow/prefetch?device={tag}-{i}"),
+                        &[("Authorization", &auth), ("X-Cue-Priority", "critical")],
+                        b"",
+                    )
+                    .unwrap()
+                    .status
+                })
+            })
+            .collect()
+    };
+    let first = hold(4, "a");
+    wait_until(Duration::from_secs(5), || {
+        p.metric("cue_prefetch_in_flight") >= 4.0
+    });
+    assert_eq!(
+        p.prefetch("slow", "x", &tok, Some("background")).status,
+        503,
+        "elevated: background shed"
+    );
+    let more = hold(4, "b");
+    wait_until(Duration::from_secs(5), || {
+        p.metric("cue_prefetch_in_flight") >= 8.0
+    });
+    assert_eq!(
+        p.prefetch("slow", "y", &tok, None).status,
+        503,
+        "high: normal shed"
+    );
+    for h in first.into_iter().chain(more) {
+        assert_eq!(
+            h.join().unwrap(),
+            200,
+            "critical requests are served through the load"
+        );
+    }
+    assert_eq!(p.metric("cue_prefetch_shed_total{class=\"critical\"}"), 0.0);
+}
+
+#[test]
+fn slow_upstream_gets_one_call_per_key() {
+    let up = Upstream::start();
+    up.set_delay(Duration::from_millis(500));
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = up.template();
+    let p = start_prefetch(dir.path(), &["--origin-http", "", "--upstream", &tpl]);
+    let tok = device_token("d", &["*"]);
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let (http, tok) = (p.http, tok.clone());
+            std::thread::spawn(move || {
+                // 40 concurrent misses over 2 keys.
+                let dev = if i % 2 == 0 { "tv-1" } else { "tv-2" };
+                let auth = format!("Bearer {tok}");
+                let r = cue_origin::client::request(
+                    http,
+                    "GET",
+                    &format!("/v1/events/ev/prefetch?device={dev}"),
+                    &[("Authorization", &auth)],
+                    b"",
+                )
+                .unwrap();
+                (r.status, serde_json::from_str::<Value>(&r.body).ok())
+            })
+        })
+        .collect();
+    for t in threads {
+        let (st, b) = t.join().unwrap();
+        assert_eq!(st, 200);
+        let b = b.unwrap();
+        assert_eq!(
+            b["stages"]["round-1"]["for"], b["device"],
+            "{{device}} works in upstream maps"
+        );
+    }
+    assert_eq!(up.calls_for("ev/tv-1"), 1);
+    assert_eq!(up.calls_for("ev/tv-2"), 1);
+    assert_eq!(up.max_concurrent_per_key(), 1);
+    assert_eq!(p.metric("cue_prefetch_upstream_calls_total"), 2.0);
+    assert!(p.metric("cue_prefetch_cache_coalesced_total") >= 30.0);
+    // Upstream 404 is a 404 (and is cached too).
+    assert_eq!(p.prefetch("missing", "d", &tok, None).status, 404);
+    assert_eq!(p.prefetch("missing", "d", &tok, None).status, 404);
+    assert_eq!(up.calls_for("missing/d"), 1);
+}
+
+#[test]
+fn failing_and_flapping_upstream_serve_stale_with_one_call_at_a_time() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The catalog gives the event a 1 s TTL; the cache's own jitter is off to make expiry exact.
+    write_event(
+        dir.path(),
+        "ev",
+        &json!({"window": window_now(), "ttl_s": 1}),
+    );
+    let tpl = up.template();
+    let p = start_prefetch(
+        dir.path(),
+        &[
+            "--origin-http",
+            "",
+            "--upstream",
+            &tpl,
+            "--cache-ttl-jitter",
+            "0",
+            "--negative-ttl-ms",
+            "1000",
+            "--upstream-timeout-ms",
+            "300",
+        ],
+    );
+    let tok = device_token("d", &["*"]);
+
+    // Cold and failing: 503 with Retry-After; the error is cached, so a burst makes one call.
+    up.set_mode(FAIL);
+    for _ in 0..10 {
+        let r = p.prefetch("ev", "cold", &tok, None);
+        assert_eq!(r.status, 503);
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(up.calls_for("ev/cold"), 1, "negative caching");
+
+    // Filled, then the upstream fails: the expired map keeps being served.
+    up.set_mode(OK);
+    assert_eq!(p.prefetch("ev", "tv", &tok, None).status, 200);
+    assert_eq!(up.calls_for("ev/tv"), 1);
+    up.set_mode(FAIL);
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = std::time::Instant::now();
+    let mut served = 0;
+    while t.elapsed() < Duration::from_millis(2500) {
+        let r = p.prefetch("ev", "tv", &tok, None);
+        assert_eq!(
+            r.status, 200,
+            "stale but valid while the upstream fails: {}",
+            r.body
+        );
+        assert_eq!(
+            body(&r)["stages"]["round-1"]["call"],
+            1,
+            "the last good map"
+        );
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served > 50);
+    // ~2.5 s of failures with a 1 s negative TTL: a refresh at most once a second.
+    let failing_calls = up.calls_for("ev/tv") - 1;
+    assert!(
+        (1..=4).contains(&failing_calls),
+        "{failing_calls} calls while failing"
+    );
+
+    // Slow as well as flapping: concurrent devices, never more than one call per key at once.
+    up.set_mode(FLAP);
+    up.set_delay(Duration::from_millis(100));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, tok) = (p.http, tok.clone());
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {tok}");
+                let t = std::time::Instant::now();
+                let mut statuses = Vec::new();
+                while t.elapsed() < Duration::from_millis(3000) {
+                    let r = cue_origin::client::request(
+                        http,
+                        "GET",
+                        "/v1/events/ev/prefetch?device=tv",
+                        &[("Authorization", &auth)],
+                        b"",
+                    )
+                    .unwrap();
+                    statuses.push(r.status);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                statuses
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(
+            t.join().unwrap().iter().all(|&s| s == 200),
+            "flapping upstream: devices always get a map"
+        );
+    }
+    assert_eq!(
+        up.max_concurrent_per_key(),
+        1,
+        "single-flight held throughout"
+    );
+    assert!(p.metric("cue_prefetch_cache_stale_total") > 0.0);
+    assert!(p.metric("cue_prefetch_upstream_errors_total{kind=\"status\"}") >= 2.0);
+}
+
+#[test]
+fn bad_settings_exit_2_with_one_line_and_sigterm_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cue-prefetch"))
+            .args(args)
+            .env("CUE_AUTH_SECRET", SECRET)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--max-age-jitter", "2"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("max_age_jitter"), "{err}");
+    let (code, err) = run(&["--upstream", "ftp://x"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("upstream"), "{err}");
+    let (code, _) = run(&["--no-such-flag"]);
+    assert_eq!(code, Some(2));
+    std::fs::write(
+        dir.path().join("broken.json"),
+        r#"{"window":{"start_ms":9,"end_ms":1},"stages":{}}"#,
+    )
+    .unwrap();
+    let (code, err) = run(&["--catalog", dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("broken.json") && err.contains("end_ms"),
+        "{err}"
+    );
+    let (code, err) = run(&["--catalog", "/definitely/not/here"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/definitely/not/here"), "{err}");
+    let (_, help) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cue-prefetch"))
+            .arg("--help")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for flag in [
+        "--http",
+        "--origin-http",
+        "--catalog",
+        "--upstream",
+        "--config",
+        "--no-auth",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+
+    std::fs::remove_file(dir.path().join("broken.json")).unwrap();
+    write_event(
+        dir.path(),
+        "e",
+        &json!({"window": window_now(), "stages": {"k": 1}}),
+    );
+    let mut p = start_prefetch(dir.path(), &["--origin-http", ""]);
+    p.proc.sigterm();
+    assert_eq!(p.proc.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn catalog_changes_are_picked_up_and_bad_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_event(
+        dir.path(),
+        "a",
+        &json!({"window": window_now(), "stages": {"k": "v1"}}),
+    );
+    let p = start_prefetch(
+        dir.path(),
+        &["--origin-http", "", "--catalog-reload-ms", "100"],
+    );
+    let tok = device_token("d", &["*"]);
+    let v1 = p.prefetch("a", "d", &tok, None);
+    assert_eq!(body(&v1)["stages"]["k"], "v1");
+    write_event(
+        dir.path(),
+        "a",
+        &json!({"window": window_now(), "stages": {"k": "v2"}}),
+    );
+    write_event(
+        dir.path(),
+        "b",
+        &json!({"window": window_now(), "stages": {"k": 1}}),
+    );
+    wait_until(Duration::from_secs(5), || {
+        p.prefetch("b", "d", &tok, None).status == 200
+    });
+    let v2 = p.prefetch("a", "d", &tok, None);
+    assert_eq!(body(&v2)["stages"]["k"], "v2");
+    assert_ne!(
+        v1.header("etag"),
+        v2.header("etag"),
+        "a new map has a new ETag"
+    );
+    std::fs::write(dir.path().join("a.json"), "{ broken").unwrap();
+    wait_until(Duration::from_secs(5), || {
+        p.metric("cue_prefetch_catalog_reload_errors_total") >= 1.0
+    });
+    assert_eq!(
+        body(&p.prefetch("a", "d", &tok, None))["stages"]["k"],
+        "v2",
+        "previous catalog kept"
+    );
+}
