@@ -581,8 +581,17 @@ impl Fleet {
                 HttpKind::Schedule => format!("/v1/events/{ev}/schedule?device={dev}"),
                 HttpKind::Map => format!("/v1/events/{ev}/prefetch?device={dev}"),
             };
+            // Priority as docs/prefetch.md asks of devices: a revalidation of a map it holds is
+            // background; a first fetch is normal; a device without its map once the event is
+            // live (it has seen a cue) is critical.
+            let d = &self.devs[h.dev as usize];
+            let priority = match (d.map != 0, d.newest > 0) {
+                (true, _) => "background",
+                (false, false) => "normal",
+                (false, true) => "critical",
+            };
             let mut req = format!(
-                "GET {path} HTTP/1.1\r\nHost: prefetch\r\nAuthorization: Bearer {}\r\nX-Cue-Priority: normal\r\nConnection: close\r\n",
+                "GET {path} HTTP/1.1\r\nHost: prefetch\r\nAuthorization: Bearer {}\r\nX-Cue-Priority: {priority}\r\nConnection: close\r\n",
                 self.tokens[h.dev as usize]
             );
             if let (HttpKind::Map, Some(tag)) = (h.kind, &self.devs[h.dev as usize].etag) {

@@ -101,6 +101,8 @@ fn edge_args(
         "1",
         "--ping-interval-s",
         "10",
+        "--quic",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())
