@@ -173,14 +173,7 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cue_origin::cli::init_logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {

@@ -8,6 +8,7 @@
 //! commit), [`relay`] (sans-IO protocol + TCP server), [`http`] (publish/admin API),
 //! [`config`], [`metrics`], [`server`] (wires it all on a tokio runtime).
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod cue;

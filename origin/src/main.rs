@@ -130,14 +130,7 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cue_origin::cli::init_logging();
     let cfg = match config(&cli.serve) {
         Ok(c) => c,
         Err(e) => {
@@ -190,31 +183,5 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
 }
 
 fn serve(cfg: OriginConfig) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cue-origin: tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = rt.block_on(cue_origin::server::run(cfg, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-    }));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cue-origin: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cue_origin::cli::run_service("cue-origin", 2, |stop| cue_origin::server::run(cfg, stop))
 }

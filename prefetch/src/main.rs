@@ -165,14 +165,7 @@ fn config(a: &Cli) -> Result<PrefetchConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cue_origin::cli::init_logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -190,31 +183,7 @@ fn main() -> ExitCode {
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cue-prefetch: tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = rt.block_on(cue_prefetch::server::run(cfg, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = int.recv() => tracing::info!("SIGINT"),
-        }
-    }));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cue-prefetch: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    cue_origin::cli::run_service("cue-prefetch", threads, |stop| {
+        cue_prefetch::server::run(cfg, stop)
+    })
 }

@@ -1,0 +1,56 @@
+//! What every Cue binary does the same way at the top: logging to stderr (`CUE_LOG` filter,
+//! colours only on a terminal), a tokio runtime that runs a service until SIGTERM or SIGINT,
+//! and the exit codes (1 for a runtime failure; 2, for bad settings, is each binary's own).
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Logs to stderr, filtered by `CUE_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Runs `service` (given the shutdown signal) on a multi-threaded tokio runtime of `threads`
+/// workers; errors print as `NAME: error` and exit 1.
+pub fn run_service<F, Fut>(name: &str, threads: usize, service: F) -> ExitCode
+where
+    F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(service(Box::pin(shutdown_signal()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
