@@ -16,8 +16,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 /// Cue bench: starts the stack on loopback, drives a synthetic device fleet, prints figures.
+///
+/// Every scenario also takes `--config FILE`: TOML whose keys are the scenario's long flag
+/// names (`devices = 100000`, `out = "bench-out/big"`, `no-floor = true`); flags given on the
+/// command line win over the file.
 #[derive(Parser, Debug)]
-#[command(name = "cue-bench", version)]
+#[command(name = "cue-bench", version, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -173,8 +177,68 @@ fn validate(c: &Common) -> Result<(), String> {
     }
 }
 
+/// The command line with `--config FILE` expanded: the file's keys become flags placed right
+/// after the subcommand, so flags the user typed (later on the line) override them.
+fn args_with_config(mut args: Vec<String>) -> Result<Vec<String>, String> {
+    let Some(i) = args
+        .iter()
+        .position(|a| a == "--config" || a.starts_with("--config="))
+    else {
+        return Ok(args);
+    };
+    let path = if let Some(p) = args[i].strip_prefix("--config=") {
+        let p = p.to_string();
+        args.remove(i);
+        p
+    } else {
+        if i + 1 >= args.len() {
+            return Err("--config: needs a file".into());
+        }
+        let p = args.remove(i + 1);
+        args.remove(i);
+        p
+    };
+    if args.len() < 2 || args[1].starts_with('-') {
+        return Err("--config: goes after a scenario, e.g. cue-bench fanout --config FILE".into());
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("config {path}: cannot read: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        format!(
+            "config {path}: {}",
+            e.message().lines().next().unwrap_or("invalid TOML")
+        )
+    })?;
+    let mut flags = Vec::new();
+    for (k, v) in table {
+        let flag = format!("--{}", k.replace('_', "-"));
+        match v {
+            toml::Value::Boolean(true) => flags.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => flags.extend([flag, s]),
+            toml::Value::Integer(n) => flags.extend([flag, n.to_string()]),
+            toml::Value::Float(x) => flags.extend([flag, x.to_string()]),
+            other => {
+                return Err(format!(
+                    "config {path}: {k}: {} is not a flag value",
+                    other.type_str()
+                ))
+            }
+        }
+    }
+    args.splice(2..2, flags);
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match args_with_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cue-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.cmd {
         Cmd::Worker { spec } => {
             return match serde_json::from_str(&spec)
@@ -302,5 +366,52 @@ fn main() -> ExitCode {
             eprintln!("cue-bench: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn config_keys_become_flags_that_typed_flags_override() {
+        let dir = std::env::temp_dir().join(format!("cue-bench-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "devices = 500\nno_floor = true\nverbose = false\nout = \"x\"\n",
+        )
+        .unwrap();
+        let args = v(&[
+            "cue-bench",
+            "fanout",
+            "--config",
+            f.to_str().unwrap(),
+            "--devices",
+            "7",
+        ]);
+        let got = args_with_config(args).unwrap();
+        assert_eq!(got[..2], v(&["cue-bench", "fanout"])[..]);
+        assert!(got.ends_with(&v(&["--devices", "7"])), "{got:?}");
+        let cli = Cli::try_parse_from(got).unwrap();
+        let Cmd::Fanout {
+            common, no_floor, ..
+        } = cli.cmd
+        else {
+            panic!("fanout")
+        };
+        assert_eq!(common.devices, 7, "the typed flag wins");
+        assert_eq!(common.out, PathBuf::from("x"));
+        assert!(no_floor && !common.verbose);
+        std::fs::write(&f, "devices = [1]\n").unwrap();
+        let e = args_with_config(v(&["cue-bench", "fanout", "--config", f.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(e.contains("devices"), "{e}");
+        assert!(args_with_config(v(&["cue-bench", "--config", "x"])).is_err());
     }
 }
