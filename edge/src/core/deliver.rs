@@ -1,0 +1,204 @@
+//! Delivery: a new cue written at once to every unblocked subscriber, control frames and
+//! handshake bytes queued behind a partial write, and the flush that gives a drained device the
+//! current cue of every event it is behind on (conflation).
+
+use std::sync::Arc;
+
+use super::conn::{Conn, State, BLOCKED};
+use super::{Closing, ConnKey, Fanout, Io, Sent, ShardCore};
+use crate::encoded::EncodedCue;
+use crate::encoded::Transport;
+use crate::stats::{CloseReason, ShardStats};
+
+impl ShardCore {
+    /// A new cue from the relay link: keep it as current and write it to every device that
+    /// follows its event and is not blocked.
+    /// The driver times the call and records lag and fanout time (the core reads no clock).
+    pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
+        self.stats.cues_in.inc();
+        let Some(slot_idx) = self.slot_for(cue.cue.event()) else {
+            tracing::warn!(event = %cue.cue.event(), "shard at max_events; cue for a new event dropped");
+            return Fanout::default();
+        };
+        let slot = &mut self.slots[slot_idx as usize];
+        if slot
+            .current
+            .as_ref()
+            .is_some_and(|c| c.cue.seq() >= cue.cue.seq())
+        {
+            return Fanout::default();
+        }
+        slot.current = Some(cue.clone());
+        let seq = cue.cue.seq();
+        let mut fanout = Fanout::default();
+        for i in 0..slot.subscribers.len() {
+            let idx = slot.subscribers[i];
+            let Some(c) = self.conns.at(idx) else {
+                continue;
+            };
+            if c.state != State::Open || c.flags & BLOCKED != 0 {
+                continue;
+            }
+            let Some(sub) = c.subs.iter_mut().find(|s| s.slot == slot_idx) else {
+                continue;
+            };
+            if sub.seq >= seq {
+                continue;
+            }
+            match write_cue(c, idx, cue.frame(c.format), io, &self.stats) {
+                Written::Whole | Written::Part => {
+                    let sub = c
+                        .subs
+                        .iter_mut()
+                        .find(|s| s.slot == slot_idx)
+                        .expect("found above");
+                    sub.seq = seq;
+                    match c.transport() {
+                        Transport::Ws => fanout.ws += 1,
+                        Transport::Quic => fanout.quic += 1,
+                    }
+                }
+                Written::Blocked => {}
+                Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
+            }
+        }
+        self.stats.deliveries.add(fanout.ws + fanout.quic);
+        self.stats.quic_deliveries.add(fanout.quic);
+        self.close_pending(io);
+        fanout
+    }
+
+    /// Writes a control frame or handshake bytes; queues what the socket does not take.
+    pub(super) fn write_control(&mut self, idx: u32, bytes: &[u8], io: &mut impl Io) {
+        let Some(c) = self.conns.at(idx) else { return };
+        if c.has_output() {
+            let e = c.extra();
+            e.output.extend_from_slice(bytes);
+            if e.output.len() > self.cfg.max_output {
+                self.to_close
+                    .push(Closing::new(idx, CloseReason::SlowConsumer));
+            }
+            return;
+        }
+        match io.send(c.handle(), bytes) {
+            Sent::Took(n) if n == bytes.len() => {}
+            Sent::Took(n) => {
+                c.extra().output.extend_from_slice(&bytes[n..]);
+                block(c, idx, io, &self.stats);
+            }
+            Sent::WouldBlock => {
+                c.extra().output.extend_from_slice(bytes);
+                block(c, idx, io, &self.stats);
+            }
+            Sent::Closed => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
+        }
+    }
+
+    /// Sends unsent output, then the current cue of each event the device is behind on.
+    pub(super) fn flush(&mut self, idx: u32, io: &mut impl Io) {
+        let Some(c) = self.conns.at(idx) else { return };
+        let link = c.handle();
+        if let Some(e) = c.extra.as_mut().filter(|e| !e.output.is_empty()) {
+            match io.send(link, &e.output) {
+                Sent::Took(n) => {
+                    e.output.drain(..n);
+                }
+                Sent::WouldBlock => {}
+                Sent::Closed => {
+                    self.to_close.push(Closing::new(idx, CloseReason::IoError));
+                    return;
+                }
+            }
+            if !e.output.is_empty() {
+                block(c, idx, io, &self.stats);
+                return;
+            }
+            c.shrink();
+        }
+        if c.flags & BLOCKED != 0 {
+            c.flags &= !BLOCKED;
+            io.want_write(c.handle(), ConnKey::new(idx, c.gen), false);
+        }
+        if c.state != State::Open {
+            return;
+        }
+        let mut delivered = 0;
+        for i in 0..c.subs.len() {
+            let sub = c.subs[i];
+            let Some(cur) = &self.slots[sub.slot as usize].current else {
+                continue;
+            };
+            if cur.cue.seq() <= sub.seq {
+                continue;
+            }
+            // Seqs are consecutive per event: a device given seq s and now cur skipped the rest.
+            let skipped = if sub.seq > 0 {
+                cur.cue.seq() - sub.seq - 1
+            } else {
+                0
+            };
+            match write_cue(c, idx, cur.frame(c.format), io, &self.stats) {
+                Written::Whole => {
+                    c.subs[i].seq = cur.cue.seq();
+                    delivered += 1;
+                    self.stats.conflated.add(skipped);
+                }
+                Written::Part => {
+                    // The rest of this frame must go out before anything else.
+                    c.subs[i].seq = cur.cue.seq();
+                    delivered += 1;
+                    self.stats.conflated.add(skipped);
+                    break;
+                }
+                Written::Blocked => break,
+                Written::Gone => {
+                    self.to_close.push(Closing::new(idx, CloseReason::IoError));
+                    break;
+                }
+            }
+        }
+        self.stats.deliveries.add(delivered);
+        if c.transport() == Transport::Quic {
+            self.stats.quic_deliveries.add(delivered);
+        }
+    }
+}
+
+enum Written {
+    Whole,
+    Part,
+    Blocked,
+    Gone,
+}
+
+/// Writes one cue frame to an unblocked device; the unsent rest of a partial write is kept so
+/// the frame stays whole on the wire.
+fn write_cue(
+    c: &mut Conn,
+    idx: u32,
+    frame: &[u8],
+    io: &mut impl Io,
+    stats: &ShardStats,
+) -> Written {
+    match io.send(c.handle(), frame) {
+        Sent::Took(n) if n == frame.len() => Written::Whole,
+        Sent::Took(n) => {
+            c.extra().output.extend_from_slice(&frame[n..]);
+            block(c, idx, io, stats);
+            Written::Part
+        }
+        Sent::WouldBlock => {
+            block(c, idx, io, stats);
+            Written::Blocked
+        }
+        Sent::Closed => Written::Gone,
+    }
+}
+
+fn block(c: &mut Conn, idx: u32, io: &mut impl Io, stats: &ShardStats) {
+    if c.flags & BLOCKED == 0 {
+        stats.write_blocked.inc();
+        c.flags |= BLOCKED;
+        io.want_write(c.handle(), ConnKey::new(idx, c.gen), true);
+    }
+}
