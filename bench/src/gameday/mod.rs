@@ -61,6 +61,8 @@ pub struct Sample {
     pub edge_cpu_pct: f64,
     /// Edge processes' RSS, bytes (sum).
     pub edge_rss: u64,
+    /// Kernel slab memory of the host, bytes.
+    pub slab: u64,
     /// Reconnects so far.
     pub reconnects: u64,
 }
@@ -364,6 +366,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                 cpu_prev[i] = cpu;
                 s.edge_rss += stack::rss(p.pid());
             }
+            s.slab = stack::slab_bytes();
             bar.set_position(t0.elapsed().as_secs());
             bar.set_message(format!(
                 "{phase} | {} devices on | {} maps",

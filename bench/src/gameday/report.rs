@@ -75,22 +75,21 @@ pub fn summarize(
     } else {
         0.0
     };
+    // Memory per connection, from the first sample at the peak device count (before any
+    // fault) against the first sample of the run: edge RSS for user space; the kernel's slab
+    // for kernel memory, halved because both ends of every connection live on this host (the
+    // prefetch service's short connections add a little to it, so it errs high).
     let peak_open = samples.iter().map(|s| s.open).max().unwrap_or(0);
-    let rss_at_peak = samples
-        .iter()
-        .filter(|s| s.open == peak_open)
-        .map(|s| s.edge_rss)
-        .max()
-        .unwrap_or(0);
-    let rss_start = samples.first().map_or(0, |s| s.edge_rss);
-    let user_bytes = if peak_open > 0 {
-        rss_at_peak.saturating_sub(rss_start) as f64 / peak_open as f64
-    } else {
-        0.0
+    let at_peak = samples.iter().find(|s| s.open == peak_open);
+    let first = samples.first();
+    let per_conn = |f: fn(&Sample) -> u64| match (at_peak, first) {
+        (Some(p), Some(f0)) if peak_open > 0 => {
+            f(p).saturating_sub(f(f0)) as f64 / peak_open as f64
+        }
+        _ => 0.0,
     };
-    // Kernel bytes per connection are not sampled here (other processes churn the slab during a
-    // game day); the estimate uses the density figure measured by `cue-bench density`.
-    let kernel_bytes = 4_936.0;
+    let user_bytes = per_conn(|s| s.edge_rss);
+    let kernel_bytes = per_conn(|s| s.slab) / 2.0;
     let scale = super::scale::at_scale(rate, user_bytes, kernel_bytes);
     Ok(json!({
         "scenario": "gameday",
@@ -117,6 +116,7 @@ pub fn summarize(
         "edges": script.edges,
         "edge_deliveries_per_s_per_core": rate,
         "edge_user_bytes_per_conn": user_bytes,
+        "kernel_bytes_per_conn": kernel_bytes,
         "peak_devices_on": peak_open,
         "at_scale": scale,
         "faults": marks.iter().filter(|m| m.2 == "fault").map(|m| json!({"t_s": m.0, "what": m.1})).collect::<Vec<_>>(),
@@ -500,6 +500,10 @@ pub fn html(
     table += &row(
         "edge user bytes per connection",
         num("/edge_user_bytes_per_conn"),
+    );
+    table += &row(
+        "kernel bytes per connection (slab growth / 2 ends)",
+        num("/kernel_bytes_per_conn"),
     );
     table += &row("at 100M devices", super::scale::line(&g("/at_scale")));
     let mut cues = String::from("<tr><th>cue</th><th>seq</th><th>devices</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>last device ms</th></tr>");
