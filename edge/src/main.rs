@@ -14,8 +14,7 @@ use cue_edge::relay_link::{self, Control, LinkConfig, LinkStats};
 use cue_edge::shard::{self, QuicSpec, ShardSpec};
 use cue_edge::stats::ShardStats;
 use cue_edge::tls::{CertSource, CertStore};
-use cue_origin::config::{load_toml, resolve_secret};
-use cue_origin::token::TokenKeys;
+use cue_origin::config::load_toml;
 
 /// Cue edge: holds device connections (WebSocket, WebSocket over TLS, QUIC) on pinned
 /// thread-per-core shards and fans cues from the origin out to them.
@@ -191,18 +190,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: EdgeConfig) -> Result<(), String> {
-    let keys = if cfg.no_auth {
-        tracing::warn!("auth is OFF (--no-auth): any device may subscribe; local experiments only");
-        None
-    } else {
-        let secret = resolve_secret(
-            std::env::var("CUE_AUTH_SECRET").ok(),
-            cfg.auth_secret.as_deref(),
-            &cfg.secret_file(),
-            false,
-        )?;
-        Some(TokenKeys::new(&secret).map_err(|e| e.to_string())?)
-    };
+    let keys = cue_origin::config::token_keys(
+        cfg.no_auth,
+        cfg.auth_secret.as_deref(),
+        &cfg.secret_file(),
+        false,
+        "any device may subscribe",
+    )?;
 
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())

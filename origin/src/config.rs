@@ -131,6 +131,26 @@ impl OriginConfig {
     }
 }
 
+/// The token keys a service checks with: `None` (and a warning naming what is open) with
+/// `no_auth`, else keys from [`resolve_secret`] (`CUE_AUTH_SECRET`, the inline secret, the file;
+/// `create` makes the file when missing). `open` says what `--no-auth` lets anyone do.
+pub fn token_keys(
+    no_auth: bool,
+    inline: Option<&str>,
+    file: &Path,
+    create: bool,
+    open: &str,
+) -> Result<Option<crate::token::TokenKeys>, String> {
+    if no_auth {
+        tracing::warn!("auth is OFF (--no-auth): {open}; local experiments only");
+        return Ok(None);
+    }
+    let secret = resolve_secret(std::env::var("CUE_AUTH_SECRET").ok(), inline, file, create)?;
+    crate::token::TokenKeys::new(&secret)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 /// Loads a TOML config file into `T` (unknown keys are errors), or `T::default()` without one.
 pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, String> {
     let Some(path) = path else {

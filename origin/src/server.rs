@@ -11,13 +11,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{resolve_secret, OriginConfig};
+use crate::config::{token_keys, OriginConfig};
 use crate::http::Api;
 use crate::log::{CueLog, LogOptions};
 use crate::metrics::{header, single};
 use crate::publish::{PublishMetrics, Publisher};
 use crate::relay::server::{RelayMetrics, RelayOptions};
-use crate::token::TokenKeys;
 
 /// Milliseconds since the Unix epoch (the publish time stamped on cues).
 pub fn unix_now_ms() -> u64 {
@@ -33,19 +32,14 @@ pub async fn run(
     cfg: OriginConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let keys = if cfg.no_auth {
-        tracing::warn!("auth is OFF (--no-auth): anyone can publish; local experiments only");
-        None
-    } else {
-        let secret = resolve_secret(
-            std::env::var("CUE_AUTH_SECRET").ok(),
-            cfg.auth_secret.as_deref(),
-            &cfg.secret_file(),
-            true,
-        )
-        .map_err(anyhow::Error::msg)?;
-        Some(TokenKeys::new(&secret).map_err(anyhow::Error::msg)?)
-    };
+    let keys = token_keys(
+        cfg.no_auth,
+        cfg.auth_secret.as_deref(),
+        &cfg.secret_file(),
+        true,
+        "anyone can publish",
+    )
+    .map_err(anyhow::Error::msg)?;
 
     let opts = LogOptions {
         max_bytes: cfg.log_max_bytes,

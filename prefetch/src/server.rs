@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cue_origin::config::resolve_secret;
-use cue_origin::token::TokenKeys;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -48,19 +46,14 @@ pub async fn run(
     cfg: PrefetchConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let keys = if cfg.no_auth {
-        tracing::warn!("auth is OFF (--no-auth): any device may prefetch; local experiments only");
-        None
-    } else {
-        let secret = resolve_secret(
-            std::env::var("CUE_AUTH_SECRET").ok(),
-            cfg.auth_secret.as_deref(),
-            &cfg.secret_file(),
-            false,
-        )
-        .map_err(anyhow::Error::msg)?;
-        Some(TokenKeys::new(&secret).map_err(anyhow::Error::msg)?)
-    };
+    let keys = cue_origin::config::token_keys(
+        cfg.no_auth,
+        cfg.auth_secret.as_deref(),
+        &cfg.secret_file(),
+        false,
+        "any device may prefetch",
+    )
+    .map_err(anyhow::Error::msg)?;
     let limits = cfg.catalog_limits();
     let catalog = initial_catalog(&cfg, &limits).map_err(anyhow::Error::msg)?;
     tracing::info!(events = catalog.events.len(), dir = %cfg.catalog.display(), "catalog loaded");
