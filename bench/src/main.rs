@@ -108,6 +108,9 @@ enum Cmd {
         /// No progress bar or progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Share of the devices on QUIC (cue/1) instead of WebSocket, 0..=1 (a mixed fleet).
+        #[arg(long, default_value_t = 0.0)]
+        quic_share: f64,
     },
     /// A fleet prefetching stage maps through cue-prefetch, (a) fixed TTLs and no schedule, (b)
     /// jittered TTLs and the schedule: requests/s over time, peak/mean, upstream calls per key
@@ -125,6 +128,9 @@ enum Cmd {
     /// Internal: a game-day fleet worker process.
     #[command(hide = true)]
     GamedayWorker { spec: String },
+    /// Internal: a game-day QUIC fleet worker process.
+    #[command(hide = true)]
+    GamedayQuicWorker { spec: String },
     /// Internal: a fleet worker process.
     #[command(hide = true)]
     Worker { spec: String },
@@ -264,6 +270,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::GamedayQuicWorker { spec } => {
+            return match serde_json::from_str(&spec)
+                .map_err(anyhow::Error::from)
+                .and_then(gameday::quic_fleet::run)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cue-bench gameday quic worker: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Cmd::Gameday {
             devices,
             out,
@@ -271,7 +289,12 @@ fn main() -> ExitCode {
             edge_cpu,
             seed,
             quiet,
+            quic_share,
         } => {
+            if !(0.0..=1.0).contains(&quic_share) {
+                eprintln!("cue-bench: --quic-share: must be 0..=1");
+                return ExitCode::from(2);
+            }
             if !(100..=200_000).contains(&devices) {
                 eprintln!("cue-bench: --devices: must be 100..=200000");
                 return ExitCode::from(2);
@@ -285,6 +308,7 @@ fn main() -> ExitCode {
                 edge_cpu,
                 seed,
                 command,
+                quic_share,
             };
             gameday::run(&o)
         }

@@ -99,7 +99,18 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-fn client_config(fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
+pub(crate) fn client_config(fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
+    // The fleet must not be what times out: the edge's keep-alive and idle timeout rule.
+    client_config_with(fingerprint, Duration::from_secs(120), None)
+}
+
+/// A client config pinning `fingerprint`, with the device's own idle timeout and keep-alive
+/// (a device that must notice a dead edge by itself, as the game day's do).
+pub(crate) fn client_config_with(
+    fingerprint: &str,
+    idle: Duration,
+    keep_alive: Option<Duration>,
+) -> anyhow::Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -113,13 +124,13 @@ fn client_config(fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
     let q = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut c = quinn::ClientConfig::new(Arc::new(q));
     let mut t = quinn::TransportConfig::default();
-    // The fleet must not be what times out: the edge's keep-alive and idle timeout rule.
-    t.max_idle_timeout(Some(Duration::from_secs(120).try_into()?));
+    t.max_idle_timeout(Some(idle.try_into()?));
+    t.keep_alive_interval(keep_alive);
     c.transport_config(Arc::new(t));
     Ok(c)
 }
 
-fn client_endpoint(
+pub(crate) fn client_endpoint(
     src: std::net::Ipv4Addr,
     cfg: &quinn::ClientConfig,
 ) -> anyhow::Result<quinn::Endpoint> {

@@ -9,6 +9,7 @@
 //! stage map for every cue it displayed.
 
 pub mod fleet;
+pub mod quic_fleet;
 pub mod report;
 pub mod scale;
 pub mod script;
@@ -44,6 +45,8 @@ pub struct GamedayOpts {
     pub seed: u64,
     /// The command line, for the report.
     pub command: String,
+    /// Share of the devices that use QUIC (`cue/1`) instead of WebSocket, 0..=1.
+    pub quic_share: f64,
 }
 
 /// A sample of the whole system at one moment.
@@ -85,8 +88,9 @@ fn edge_args(
     admin: SocketAddr,
     cpu: usize,
     i: usize,
+    quic: &[String],
 ) -> Vec<String> {
-    [
+    let mut a: Vec<String> = [
         "--origin",
         &relay.to_string(),
         "--ws",
@@ -103,12 +107,12 @@ fn edge_args(
         "1",
         "--ping-interval-s",
         "10",
-        "--quic",
-        "none",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    a.extend_from_slice(quic);
+    a
 }
 
 /// Runs the game day; returns the summary JSON.
@@ -171,11 +175,43 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             None
         }
     };
+    // QUIC devices need the edges' QUIC listener (one UDP port shared by every edge process)
+    // and the certificate they pin.
+    let quic_devices = (o.devices as f64 * o.quic_share.clamp(0.0, 1.0)).round() as usize;
+    let (quic_args, quic_target) = if quic_devices > 0 {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        let (crt, key) = (o.out.join("edge-tls.crt"), o.out.join("edge-tls.key"));
+        std::fs::write(&crt, cert.cert.pem())?;
+        std::fs::write(&key, cert.key_pair.serialize_pem())?;
+        let fp: String = ring::digest::digest(&ring::digest::SHA256, cert.cert.der())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let args = vec![
+            "--quic".to_string(),
+            addr.to_string(),
+            "--tls-cert".into(),
+            crt.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ];
+        notes.push(format!(
+            "{quic_devices} of the devices use QUIC (cue/1) on {addr}"
+        ));
+        (args, Some((addr, fp)))
+    } else {
+        (vec!["--quic".to_string(), "none".to_string()], None)
+    };
     let edges_n = script.edges;
     let mut edges: Vec<(Proc, SocketAddr, Vec<String>)> = Vec::new();
     for i in 0..edges_n {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let args = edge_args(relay, ws, admin, o.edge_cpu, i);
+        let args = edge_args(relay, ws, admin, o.edge_cpu, i, &quic_args);
         let p = Proc::start(
             &format!("cue-edge-{i}"),
             &edge_bin,
@@ -195,11 +231,12 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
 
     // The fleet.
     let per_worker = 12_000usize;
-    let nworkers = o.devices.div_ceil(per_worker).max(1);
+    let ws_devices = o.devices - quic_devices;
     let (tx, rx) = mpsc::channel::<Line>();
     let mut workers = Vec::new();
-    let mut left = o.devices;
-    for w in 0..nworkers {
+    let mut left = ws_devices;
+    let mut w = 0;
+    while left > 0 {
         let n = left.min(per_worker);
         left -= n;
         let spec = FleetSpec {
@@ -219,38 +256,48 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             seed: o.seed.wrapping_add(w as u64),
             t0_unix_ms,
         };
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .arg("gameday-worker")
-            .arg(serde_json::to_string(&spec)?)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let stdin = child.stdin.take().expect("piped");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(l) = line else { break };
-                let msg = if l.contains("\"newest\"") {
-                    match serde_json::from_str(&l) {
-                        Ok(r) => Line::Report(w, Box::new(r)),
-                        Err(_) => continue,
-                    }
-                } else {
-                    match serde_json::from_str(&l) {
-                        Ok(s) => Line::Status(w, s),
-                        Err(_) => continue,
-                    }
-                };
-                if tx.send(msg).is_err() {
-                    break;
-                }
-            }
-            let _ = tx.send(Line::Gone(w));
-        });
-        workers.push(Worker { proc: child, stdin });
+        workers.push(spawn_worker(
+            "gameday-worker",
+            &serde_json::to_string(&spec)?,
+            w,
+            &tx,
+        )?);
+        w += 1;
     }
+    let mut left = quic_devices;
+    let per_quic_worker = 5_000usize;
+    let mut q = 0;
+    while let (true, Some((addr, fp))) = (left > 0, quic_target.as_ref()) {
+        let n = left.min(per_quic_worker);
+        left -= n;
+        let spec = quic_fleet::QuicFleetSpec {
+            first: q * per_quic_worker,
+            devices: n,
+            edge: *addr,
+            fingerprint: fp.clone(),
+            prefetch: prefetch_addr.as_ref().map(|x| x.1),
+            event: script.event.clone(),
+            keys: script.keys(),
+            secret: secret.clone(),
+            ramp_ms: script.ramp.as_millis() as u64,
+            backoff_min_ms: 1000,
+            backoff_max_ms: 8000,
+            status_ms: 500,
+            source_base: 100 + (q * 20) as u32,
+            cpu: fleet_cpu,
+            seed: o.seed.wrapping_add(1000 + q as u64),
+            t0_unix_ms,
+        };
+        workers.push(spawn_worker(
+            "gameday-quic-worker",
+            &serde_json::to_string(&spec)?,
+            w,
+            &tx,
+        )?);
+        w += 1;
+        q += 1;
+    }
+    let nworkers = workers.len();
 
     // The script.
     let bar = if o.quiet {
@@ -442,6 +489,47 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         eprintln!("{}", scale::line(&s["at_scale"]));
     }
     Ok(s)
+}
+
+/// Starts a fleet worker process (`cue-bench KIND SPEC`) and a thread that turns its stdout
+/// lines into [`Line`]s on `tx`.
+fn spawn_worker(
+    kind: &str,
+    spec: &str,
+    w: usize,
+    tx: &mpsc::Sender<Line>,
+) -> anyhow::Result<Worker> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg(kind)
+        .arg(spec)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take().expect("piped");
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = line else { break };
+            let msg = if l.contains("\"newest\"") {
+                match serde_json::from_str(&l) {
+                    Ok(r) => Line::Report(w, Box::new(r)),
+                    Err(_) => continue,
+                }
+            } else {
+                match serde_json::from_str(&l) {
+                    Ok(s) => Line::Status(w, s),
+                    Err(_) => continue,
+                }
+            };
+            if tx.send(msg).is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(Line::Gone(w));
+    });
+    Ok(Worker { proc: child, stdin })
 }
 
 /// Starts `cue-prefetch` with a catalog for the script's event, if the binary exists and is the
