@@ -131,16 +131,8 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let _ = std::fs::remove_dir_all(&data);
     // One certificate for every edge process, so the QUIC fleet can pin it whichever process
     // the kernel hands a device to.
-    let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let (crt, key) = (o.out.join("edge-tls.crt"), o.out.join("edge-tls.key"));
-    std::fs::write(&crt, cert.cert.pem())?;
-    std::fs::write(&key, cert.key_pair.serialize_pem())?;
-    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, cert.cert.der())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let quic: SocketAddr = format!("127.0.0.1:{}", stack::free_udp_port()?).parse()?;
+    let (crt, key, fingerprint) = stack::edge_cert(&o.out)?;
     let mut procs = Vec::new();
     let args: Vec<String> = vec![
         "--http".into(),
@@ -249,12 +241,6 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         procs,
         quic: Some((quic, fingerprint)),
     })
-}
-
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Starts the QUIC fleet: `--devices` quinn devices over workers of `per_worker` each.

@@ -183,3 +183,42 @@ pub fn random_secret() -> String {
     let b: [u8; 32] = rand::random();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A free loopback UDP port (bound then released).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A self-signed certificate for `localhost`, written to `DIR/edge-tls.crt` and `.key`, shared
+/// by every edge process of a run so devices can pin it whichever process they reach.
+/// Returns (cert path, key path, SHA-256 fingerprint in hex).
+pub fn edge_cert(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (crt, key) = (dir.join("edge-tls.crt"), dir.join("edge-tls.key"));
+    std::fs::write(&crt, cert.cert.pem())?;
+    std::fs::write(&key, cert.key_pair.serialize_pem())?;
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, cert.cert.der())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((crt, key, fingerprint))
+}
+
+/// Commands from the parent: one line of stdin each; `quit` when stdin closes.
+pub fn stdin_commands() -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("quit".to_string());
+    });
+    rx
+}

@@ -132,16 +132,7 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     if let Some(c) = spec.cpu {
         pin(c);
     }
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(l) = line else { break };
-            if cmd_tx.send(l).is_err() {
-                break;
-            }
-        }
-        let _ = cmd_tx.send("quit".into());
-    });
+    let cmd_rx = crate::stack::stdin_commands();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut devs: Vec<Dev> = Vec::with_capacity(spec.devices);

@@ -11,7 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -59,6 +59,10 @@ pub struct FleetSpec {
     pub seed: u64,
     /// Unix ms when the run's clock started (for status lines).
     pub t0_unix_ms: u64,
+    /// QUIC devices only (`quic_fleet`): the SHA-256 of the edge certificate they pin; `edge`
+    /// is then the edges' QUIC address.
+    #[serde(default)]
+    pub quic_fingerprint: Option<String>,
 }
 
 /// Periodic status.
@@ -164,16 +168,7 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
     if let Some(c) = spec.cpu {
         pin(c);
     }
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in std::io::stdin().lock().lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-        let _ = tx.send("quit".into());
-    });
+    let rx = crate::stack::stdin_commands();
     let keys =
         cue_origin::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let now_s = cue_origin::token::unix_now_s();

@@ -179,18 +179,8 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     // and the certificate they pin.
     let quic_devices = (o.devices as f64 * o.quic_share.clamp(0.0, 1.0)).round() as usize;
     let (quic_args, quic_target) = if quic_devices > 0 {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-        let (crt, key) = (o.out.join("edge-tls.crt"), o.out.join("edge-tls.key"));
-        std::fs::write(&crt, cert.cert.pem())?;
-        std::fs::write(&key, cert.key_pair.serialize_pem())?;
-        let fp: String = ring::digest::digest(&ring::digest::SHA256, cert.cert.der())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let (crt, key, fp) = stack::edge_cert(&o.out)?;
+        let port = stack::free_udp_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let args = vec![
             "--quic".to_string(),
@@ -255,6 +245,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             cpu: fleet_cpu,
             seed: o.seed.wrapping_add(w as u64),
             t0_unix_ms,
+            quic_fingerprint: None,
         };
         workers.push(spawn_worker(
             "gameday-worker",
@@ -270,11 +261,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     while let (true, Some((addr, fp))) = (left > 0, quic_target.as_ref()) {
         let n = left.min(per_quic_worker);
         left -= n;
-        let spec = quic_fleet::QuicFleetSpec {
+        let spec = FleetSpec {
             first: q * per_quic_worker,
             devices: n,
             edge: *addr,
-            fingerprint: fp.clone(),
             prefetch: prefetch_addr.as_ref().map(|x| x.1),
             event: script.event.clone(),
             keys: script.keys(),
@@ -287,6 +277,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             cpu: fleet_cpu,
             seed: o.seed.wrapping_add(1000 + q as u64),
             t0_unix_ms,
+            quic_fingerprint: Some(fp.clone()),
         };
         workers.push(spawn_worker(
             "gameday-quic-worker",

@@ -11,48 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::fleet::{FleetReport, Status};
+use super::fleet::{FleetReport, FleetSpec, Status};
 use crate::worker::{pin, source_addr};
-
-/// What one QUIC game-day worker does.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuicFleetSpec {
-    /// First device number (ids are `qdev-N`).
-    pub first: usize,
-    /// Devices.
-    pub devices: usize,
-    /// Edge QUIC address.
-    pub edge: SocketAddr,
-    /// SHA-256 of the edge certificate (hex).
-    pub fingerprint: String,
-    /// Prefetch HTTP address; `None` skips prefetch.
-    pub prefetch: Option<SocketAddr>,
-    /// The event.
-    pub event: String,
-    /// The stage keys, in order (maps are bitmasks over these).
-    pub keys: Vec<String>,
-    /// Token secret (devices mint their own tokens).
-    pub secret: String,
-    /// Connect ramp, ms.
-    pub ramp_ms: u64,
-    /// Reconnect backoff range, ms.
-    pub backoff_min_ms: u64,
-    /// Longest reconnect backoff, ms.
-    pub backoff_max_ms: u64,
-    /// Status line interval, ms.
-    pub status_ms: u64,
-    /// Source address base index.
-    pub source_base: u32,
-    /// Core to pin to.
-    pub cpu: Option<usize>,
-    /// RNG seed.
-    pub seed: u64,
-    /// Unix ms when the run's clock started.
-    pub t0_unix_ms: u64,
-}
 
 #[derive(Default)]
 struct Dev {
@@ -71,7 +33,7 @@ struct Shared {
 type State = Arc<Mutex<Shared>>;
 
 /// Runs a QUIC game-day worker.
-pub fn run(spec: QuicFleetSpec) -> anyhow::Result<()> {
+pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
     if let Some(c) = spec.cpu {
         pin(c);
     }
@@ -91,8 +53,12 @@ pub fn run(spec: QuicFleetSpec) -> anyhow::Result<()> {
     let spec = Arc::new(spec);
     rt.block_on(async move {
         // Devices notice a dead edge by themselves: keep-alive every second, idle after 5 s.
+        let fingerprint = spec
+            .quic_fingerprint
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("a QUIC fleet needs the edge certificate fingerprint"))?;
         let cfg = crate::quic_worker::client_config_with(
-            &spec.fingerprint,
+            fingerprint,
             Duration::from_secs(5),
             Some(Duration::from_secs(1)),
         )?;
@@ -149,7 +115,7 @@ pub fn run(spec: QuicFleetSpec) -> anyhow::Result<()> {
     })
 }
 
-fn status(spec: &QuicFleetSpec, state: &State) -> Status {
+fn status(spec: &FleetSpec, state: &State) -> Status {
     let s = state.lock().expect("fleet lock");
     Status {
         t_ms: (crate::stack::unix_us() / 1000).saturating_sub(spec.t0_unix_ms),
@@ -163,7 +129,7 @@ async fn device(
     i: usize,
     ep: quinn::Endpoint,
     token: String,
-    spec: Arc<QuicFleetSpec>,
+    spec: Arc<FleetSpec>,
     state: State,
     mut drops: tokio::sync::broadcast::Receiver<f64>,
 ) {
@@ -203,7 +169,7 @@ async fn session(
     ep: &quinn::Endpoint,
     token: &str,
     since: u64,
-    spec: &QuicFleetSpec,
+    spec: &FleetSpec,
     state: &State,
     drops: &mut tokio::sync::broadcast::Receiver<f64>,
     rng: &mut rand::rngs::SmallRng,
@@ -264,7 +230,7 @@ async fn session(
     }
 }
 
-fn display(i: usize, seq: u64, key: &str, spec: &QuicFleetSpec, state: &State) {
+fn display(i: usize, seq: u64, key: &str, spec: &FleetSpec, state: &State) {
     let now = crate::stack::unix_us();
     let mut s = state.lock().expect("fleet lock");
     let d = &mut s.devs[i];
@@ -284,7 +250,7 @@ fn display(i: usize, seq: u64, key: &str, spec: &QuicFleetSpec, state: &State) {
 }
 
 /// Schedule, wait, fetch (retrying on errors and 503 with its Retry-After).
-async fn prefetch(i: usize, addr: SocketAddr, spec: &QuicFleetSpec, state: &State, token: &str) {
+async fn prefetch(i: usize, addr: SocketAddr, spec: &FleetSpec, state: &State, token: &str) {
     let dev = format!("qdev-{}", spec.first + i);
     let ev = &spec.event;
     let at = loop {
