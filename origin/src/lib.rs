@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod publish;
 pub mod relay;
 pub mod server;
+pub mod testing;
 pub mod token;

@@ -2,31 +2,17 @@
 //! `kill -9` (including a torn tail), the relay handshake, graceful SIGTERM, token minting.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cue_origin::client::request;
 use cue_origin::relay::proto::{self, Frame};
+use cue_origin::testing::{free_addr, Proc};
 use cue_origin::token::{unix_now_s, TokenKeys};
 
 const SECRET: &str = "origin-integration-secret-0123456789abcdef";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
     let p = Proc(

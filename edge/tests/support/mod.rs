@@ -2,12 +2,14 @@
 //! and a real WebSocket client (tungstenite) to talk to the edge.
 #![allow(dead_code)]
 
+pub use cue_origin::testing::{free_addr, free_udp_addr, wait_until, workspace_bin, Proc};
+
 pub mod quic;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use cue_origin::client::{request, Response};
 use cue_origin::token::{unix_now_s, TokenKeys};
@@ -35,64 +37,6 @@ pub fn publisher_token() -> String {
     keys().mint_publisher(unix_now_s(), 3600)
 }
 
-/// A free loopback UDP address (bound then released).
-pub fn free_udp_addr() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn bin(name: &str) -> PathBuf {
-    // Integration tests run from target/<profile>/deps; the workspace binaries are one level up.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace` (the test command does)",
-        p.display()
-    );
-    p
-}
-
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-    pub fn sigterm(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-    }
-    /// Waits for exit up to `d`; returns the exit status code if it exited.
-    pub fn wait_exit(&mut self, d: Duration) -> Option<i32> {
-        let t = Instant::now();
-        while t.elapsed() < d {
-            if let Ok(Some(s)) = self.0.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
 pub struct Origin {
     pub proc: Proc,
     pub http: SocketAddr,
@@ -101,7 +45,7 @@ pub struct Origin {
 }
 
 pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
-    let child = Command::new(bin("cue-origin"))
+    let child = Command::new(workspace_bin("cue-origin"))
         .args([
             "--http",
             &http.to_string(),
@@ -164,7 +108,7 @@ pub fn start_edge_logged(
         Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
         None => Stdio::null(),
     };
-    let child = Command::new(bin("cue-edge"))
+    let child = Command::new(workspace_bin("cue-edge"))
         .args([
             "--origin",
             &relay.to_string(),
@@ -209,14 +153,6 @@ impl Edge {
         request(self.admin, "GET", "/metrics", &[], b"")
             .unwrap()
             .body
-    }
-}
-
-pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < d, "condition not met within {d:?}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cue_origin::client::{request, Response};
+pub use cue_origin::testing::{free_addr, wait_until, workspace_bin, Proc};
 use cue_origin::token::{unix_now_s, TokenKeys};
 
 pub const SECRET: &str = "prefetch-integration-secret-0123456789abcdef";
@@ -31,58 +32,6 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A workspace binary next to the test's own `target/<profile>/` directory.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn sigterm(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-    }
-    pub fn wait_exit(&mut self, d: Duration) -> Option<i32> {
-        let t = Instant::now();
-        while t.elapsed() < d {
-            if let Ok(Some(s)) = self.0.try_wait() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < d, "condition not met within {d:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Writes `EVENT.json` into `dir`.

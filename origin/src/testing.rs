@@ -1,0 +1,84 @@
+//! Helpers for Cue's integration tests (every crate's `tests/`): the workspace's real binaries,
+//! free loopback ports, a child process killed when dropped, and polling with a deadline.
+//! Test support, not production code: it panics on failure, as tests should.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A workspace binary: integration tests run from `target/<profile>/deps`, and the binaries are
+/// one level up. `cargo test --workspace` builds them first.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace` (the test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A free loopback TCP address (bound then released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free TCP port")
+}
+
+/// A free loopback UDP address (bound then released).
+pub fn free_udp_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+}
+
+/// A child process, SIGKILLed when dropped.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Proc {
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM (a graceful stop).
+    pub fn sigterm(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits up to `d` for the process to exit; its exit code if it did.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// Polls `f` until it holds; panics after `d`.
+pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < d, "condition not met within {d:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
