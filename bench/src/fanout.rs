@@ -546,14 +546,7 @@ fn floor_phase(
 /// Runs the scenario; returns the JSON figures.
 pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&o.out)?;
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let fleet_cpu = if ncpu > 1 {
-        Some((o.edge_cpu + 1) % ncpu)
-    } else {
-        None
-    };
+    let fleet_cpu = stack::fleet_cpu(o.edge_cpu);
     let per_transport = if o.transport == Transport::Mixed {
         2
     } else {

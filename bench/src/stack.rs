@@ -222,3 +222,12 @@ pub fn stdin_commands() -> std::sync::mpsc::Receiver<String> {
     });
     rx
 }
+
+/// The core for the fleet (and origin, prefetch): the one after the edges' core, or none on a
+/// one-core machine.
+pub fn fleet_cpu(edge_cpu: usize) -> Option<usize> {
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (ncpu > 1).then(|| (edge_cpu + 1) % ncpu)
+}

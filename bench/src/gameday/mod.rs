@@ -118,14 +118,7 @@ fn edge_args(
 /// Runs the game day; returns the summary JSON.
 pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&o.out)?;
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let fleet_cpu = if ncpu > 1 {
-        Some((o.edge_cpu + 1) % ncpu)
-    } else {
-        None
-    };
+    let fleet_cpu = stack::fleet_cpu(o.edge_cpu);
     let script = Script::for_devices(o.devices);
     let secret = stack::random_secret();
     let env = vec![("CUE_AUTH_SECRET", secret.clone())];
