@@ -39,20 +39,15 @@ impl ShardCore {
             if c.state != State::Open || c.flags & BLOCKED != 0 {
                 continue;
             }
-            let Some(sub) = c.subs.iter_mut().find(|s| s.slot == slot_idx) else {
+            let Some(si) = c.subs.iter().position(|s| s.slot == slot_idx) else {
                 continue;
             };
-            if sub.seq >= seq {
+            if c.subs[si].seq >= seq {
                 continue;
             }
             match write_cue(c, idx, cue.frame(c.format), io, &self.stats) {
                 Written::Whole | Written::Part => {
-                    let sub = c
-                        .subs
-                        .iter_mut()
-                        .find(|s| s.slot == slot_idx)
-                        .expect("found above");
-                    sub.seq = seq;
+                    c.subs[si].seq = seq;
                     match c.transport() {
                         Transport::Ws => fanout.ws += 1,
                         Transport::Quic => fanout.quic += 1,
