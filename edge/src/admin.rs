@@ -28,6 +28,8 @@ pub struct AdminState {
     pub drain_window: Duration,
     /// Connections this process can hold (from its fd limit and config).
     pub capacity: u64,
+    /// The QUIC TLS settings, when QUIC is on (for the count of sessions holding TLS state).
+    pub quic_tls: Option<Arc<crate::quic::session::LeanServerConfig>>,
 }
 
 /// Serves admin requests on `listener` forever (the thread ends with the process).
@@ -175,6 +177,15 @@ fn metrics(st: &AdminState) -> String {
         "Connections this process can hold (fd limit).",
         st.capacity,
     );
+    if let Some(q) = &st.quic_tls {
+        single(
+            &mut s,
+            "cue_edge_quic_tls_sessions",
+            "gauge",
+            "QUIC connections still holding TLS handshake state (released once established).",
+            q.sessions_holding_tls() as u64,
+        );
+    }
     header(&mut s, "cue_edge_draining", "gauge", "1 while draining.");
     sample(
         &mut s,

@@ -330,6 +330,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         draining: AtomicBool::new(false),
         drain_window: Duration::from_secs(cfg.drain_window_s),
         capacity: capacity as u64,
+        quic_tls: quic_tls.clone(),
     });
     {
         let st = admin_state.clone();

@@ -84,7 +84,7 @@ pub struct QuicSpec {
     /// UDP listen address (shared by shards and processes via SO_REUSEPORT).
     pub listen: SocketAddr,
     /// TLS for QUIC (ALPN `cue/1`).
-    pub crypto: Arc<quinn_proto::crypto::rustls::QuicServerConfig>,
+    pub crypto: Arc<crate::quic::session::LeanServerConfig>,
     /// Limits and transport settings.
     pub settings: QuicSettings,
     /// The forwarding mesh between this process's shards (`None` with one shard).

@@ -119,7 +119,7 @@ impl CertStore {
     /// rustls settings for QUIC: TLS 1.3 only, ALPN `cue/1`, no 0-RTT, no tickets.
     pub fn quic_config(
         self: &Arc<Self>,
-    ) -> Result<Arc<quinn_proto::crypto::rustls::QuicServerConfig>, TlsError> {
+    ) -> Result<Arc<crate::quic::session::LeanServerConfig>, TlsError> {
         let mut c = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -128,7 +128,7 @@ impl CertStore {
         c.alpn_protocols = vec![QUIC_ALPN.to_vec()];
         c.send_tls13_tickets = 0;
         c.max_early_data_size = 0;
-        let q = quinn_proto::crypto::rustls::QuicServerConfig::try_from(c)
+        let q = crate::quic::session::LeanServerConfig::new(Arc::new(c))
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(Arc::new(q))
     }

@@ -95,10 +95,7 @@ pub fn endpoint(mesh_index: u16, seed: u64) -> EndpointConfig {
 }
 
 /// The server settings: TLS from `crypto`, the transport above, handshake buffering bounded.
-pub fn server(
-    crypto: Arc<quinn_proto::crypto::rustls::QuicServerConfig>,
-    s: &QuicSettings,
-) -> ServerConfig {
+pub fn server(crypto: Arc<super::session::LeanServerConfig>, s: &QuicSettings) -> ServerConfig {
     let mut c = ServerConfig::with_crypto(crypto);
     c.transport_config(Arc::new(transport(s)))
         .max_incoming(s.max_handshakes.max(1))

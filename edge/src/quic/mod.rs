@@ -11,9 +11,11 @@
 //!   clock, datagrams forwarded between shards, and the [`crate::core::Io`] that turns the
 //!   core's sends into stream writes.
 //! - [`config`]: transport and server settings tuned for many idle connections.
+//! - [`session`]: the TLS session of a connection, which lets go of rustls after the handshake.
 
 pub mod cid;
 pub mod config;
 pub mod driver;
 pub mod hello;
+pub mod session;
 pub mod udp;
