@@ -8,8 +8,12 @@
 //! 1. [`QuicDriver::receive`]: `recvmmsg` the socket; a datagram whose connection ID names
 //!    another shard goes to that shard over the channel mesh; the rest feed the endpoint.
 //!    New connections are accepted, refused or sent a stateless retry by the limits.
-//! 2. [`QuicDriver::fire_timers`]: a heap of (deadline, connection) with lazy deletion gives
-//!    each due connection its `handle_timeout` (loss detection, keep-alive, idle timeout).
+//! 2. [`QuicDriver::fire_timers`]: a heap of (deadline, connection) gives each due connection
+//!    its `handle_timeout` (loss detection, keep-alive, idle timeout). A connection has at most
+//!    one live entry, its earliest: a later deadline (the keep-alive that replaces a loss timer
+//!    once the ACK came) is not pushed; the earlier entry re-arms when it comes up. A pushed
+//!    entry per deadline change left ~30 stale entries per connection in a fanout (one per cue
+//!    within the keep-alive interval) and made the heap the hottest part of the driver.
 //! 3. [`QuicDriver::drive`]: connections touched since the last pass give up their events,
 //!    turned into [`QuicEvent`]s for the core (stream opened, bytes read, writable, gone).
 //! 4. The core writes (acceptance, cues) into streams through [`QuicDriver::stream_write`].
@@ -67,7 +71,8 @@ struct QConn {
     stream: Option<StreamId>,
     /// The core's key, while the core holds the session.
     key: Option<ConnKey>,
-    /// Deadline registered in the heap.
+    /// The connection's live entry in the timer heap (its earliest; later deadlines are
+    /// looked at when it comes up).
     timer: Option<Instant>,
     dirty: bool,
     connected: bool,
@@ -98,6 +103,12 @@ pub struct QuicDriver {
     now: Instant,
     /// A handshake was worked on since the last [`QuicDriver::take_handshake_flag`].
     handshake_work: bool,
+    /// The connection touched last (datagram in, stream write, timer), whose events and
+    /// packets are taken as soon as another connection is touched, while its state is still
+    /// in cache (see [`QuicDriver::settle`]).
+    hot: Option<u32>,
+    /// Events of connections settled early, for the next [`QuicDriver::drive`].
+    early: Vec<QuicEvent>,
 }
 
 impl std::fmt::Debug for QuicDriver {
@@ -151,6 +162,8 @@ impl QuicDriver {
             settings,
             now,
             handshake_work: false,
+            hot: None,
+            early: Vec::new(),
         }
     }
 
@@ -245,6 +258,7 @@ impl QuicDriver {
                     .push(t.destination, &self.scratch[..t.size], t.segment_size)
             }
             Some(DatagramEvent::ConnectionEvent(ch, ce)) => {
+                self.touch(ch.0 as u32);
                 if let Some(q) = self.conns.get_mut(ch.0).and_then(Option::as_mut) {
                     q.conn.handle_event(ce);
                     if !q.connected {
@@ -326,6 +340,12 @@ impl QuicDriver {
                 continue; // superseded
             }
             q.timer = None;
+            if let Some(next) = next_deadline(q).filter(|&n| n > now) {
+                // The deadline moved later since this entry was armed: arm the new one.
+                q.timer = Some(next);
+                self.timers.push(Reverse((next, id)));
+                continue;
+            }
             if let Some((deadline, code, reason)) = q.closing.clone() {
                 if deadline <= now {
                     q.conn.close(now, VarInt::from_u32(code as u32), reason);
@@ -343,67 +363,108 @@ impl QuicDriver {
     /// Collects the events of touched connections for the core.
     pub fn drive(&mut self, now: Instant, out: &mut Vec<QuicEvent>) {
         self.now = now;
+        out.append(&mut self.early);
         for i in 0..self.dirty.len() {
             let id = self.dirty[i];
-            let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            endpoint_events(&mut self.endpoint, q, id);
-            while let Some(ev) = q.conn.poll() {
-                match ev {
-                    Event::Connected => {
+            self.drive_one(id, out);
+        }
+    }
+
+    /// Hands connection `id`'s events (stream opened, bytes read, writable, gone) to `out`.
+    fn drive_one(&mut self, id: u32, out: &mut Vec<QuicEvent>) {
+        let now = self.now;
+        let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !q.dirty {
+            return; // settled early, nothing new since
+        }
+        endpoint_events(&mut self.endpoint, q, id);
+        while let Some(ev) = q.conn.poll() {
+            match ev {
+                Event::Connected => {
+                    q.connected = true;
+                    self.handshaking -= 1;
+                }
+                Event::ConnectionLost { reason } => {
+                    if !q.connected {
                         q.connected = true;
                         self.handshaking -= 1;
                     }
-                    Event::ConnectionLost { reason } => {
-                        if !q.connected {
-                            q.connected = true;
-                            self.handshaking -= 1;
-                        }
-                        if let Some(k) = q.key.take() {
-                            out.push(QuicEvent::Gone(k, lost_reason(&reason)));
-                        }
-                        q.closing = None;
+                    if let Some(k) = q.key.take() {
+                        out.push(QuicEvent::Gone(k, lost_reason(&reason)));
                     }
-                    Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                        while let Some(sid) = q.conn.streams().accept(Dir::Bi) {
-                            if q.stream.is_none() && q.closing.is_none() {
-                                q.stream = Some(sid);
-                                out.push(QuicEvent::Opened(id));
-                            } else {
-                                // One stream per device: a second one is refused.
-                                let _ = q.conn.recv_stream(sid).stop(VarInt::from_u32(1002));
-                                let _ = q.conn.send_stream(sid).reset(VarInt::from_u32(1002));
-                            }
-                        }
-                        read_stream(q, id, out);
-                    }
-                    Event::Stream(StreamEvent::Readable { id: sid }) if Some(sid) == q.stream => {
-                        read_stream(q, id, out);
-                    }
-                    Event::Stream(StreamEvent::Writable { id: sid })
-                        if Some(sid) == q.stream && q.key.is_some() =>
-                    {
-                        out.push(QuicEvent::Writable(id));
-                    }
-                    Event::Stream(StreamEvent::Finished { id: sid }) if Some(sid) == q.stream => {
-                        if let Some((_, code, reason)) = q.closing.take() {
-                            q.conn.close(now, VarInt::from_u32(code as u32), reason);
-                        }
-                    }
-                    Event::Stream(StreamEvent::Stopped { id: sid, .. })
-                        if Some(sid) == q.stream =>
-                    {
-                        if let Some(k) = q.key.take() {
-                            out.push(QuicEvent::Gone(k, CloseReason::Client));
-                        }
-                        if let Some((_, code, reason)) = q.closing.take() {
-                            q.conn.close(now, VarInt::from_u32(code as u32), reason);
-                        }
-                    }
-                    _ => {}
+                    q.closing = None;
                 }
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    while let Some(sid) = q.conn.streams().accept(Dir::Bi) {
+                        if q.stream.is_none() && q.closing.is_none() {
+                            q.stream = Some(sid);
+                            out.push(QuicEvent::Opened(id));
+                        } else {
+                            // One stream per device: a second one is refused.
+                            let _ = q.conn.recv_stream(sid).stop(VarInt::from_u32(1002));
+                            let _ = q.conn.send_stream(sid).reset(VarInt::from_u32(1002));
+                        }
+                    }
+                    read_stream(q, id, out);
+                }
+                Event::Stream(StreamEvent::Readable { id: sid }) if Some(sid) == q.stream => {
+                    read_stream(q, id, out);
+                }
+                Event::Stream(StreamEvent::Writable { id: sid })
+                    if Some(sid) == q.stream && q.key.is_some() =>
+                {
+                    out.push(QuicEvent::Writable(id));
+                }
+                Event::Stream(StreamEvent::Finished { id: sid }) if Some(sid) == q.stream => {
+                    if let Some((_, code, reason)) = q.closing.take() {
+                        q.conn.close(now, VarInt::from_u32(code as u32), reason);
+                    }
+                }
+                Event::Stream(StreamEvent::Stopped { id: sid, .. }) if Some(sid) == q.stream => {
+                    if let Some(k) = q.key.take() {
+                        out.push(QuicEvent::Gone(k, CloseReason::Client));
+                    }
+                    if let Some((_, code, reason)) = q.closing.take() {
+                        q.conn.close(now, VarInt::from_u32(code as u32), reason);
+                    }
+                }
+                _ => {}
             }
+        }
+    }
+
+    /// Notes that connection `id` is being worked on. The connection touched before it, if
+    /// another, is settled now: its events collected and its packets built while its state is
+    /// still in cache. A fanout touches ~10 KB of quinn-proto state per connection; taking a
+    /// connection's events and packets in later passes over all touched connections found it
+    /// evicted every time.
+    fn touch(&mut self, id: u32) {
+        if self.hot == Some(id) {
+            return;
+        }
+        if let Some(prev) = self.hot.replace(id) {
+            self.settle(prev);
+        }
+    }
+
+    /// Takes connection `id`'s events (kept for the next [`QuicDriver::drive`]) and packets.
+    fn settle(&mut self, id: u32) {
+        let mut early = std::mem::take(&mut self.early);
+        self.drive_one(id, &mut early);
+        self.early = early;
+        let now = self.now;
+        if !self.transmit_one(id, now) {
+            if let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) {
+                q.dirty = false;
+            }
+            if self.dirty.last() == Some(&id) {
+                self.dirty.pop();
+            }
+        }
+        if self.tx.len() >= 4 * udp::TX_BATCH {
+            self.flush();
         }
     }
 
@@ -421,6 +482,7 @@ impl QuicDriver {
 
     /// Writes into the device's stream (the core's send).
     pub fn stream_write(&mut self, id: u32, bytes: &[u8]) -> Sent {
+        self.touch(id);
         let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
             return Sent::Closed;
         };
@@ -476,45 +538,12 @@ impl QuicDriver {
     /// drained ones.
     pub fn transmit(&mut self, now: Instant) {
         self.now = now;
+        self.hot = None;
         let dirty = std::mem::take(&mut self.dirty);
         let mut again = Vec::new();
         for &id in &dirty {
-            let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            q.dirty = false;
-            let mut more = true;
-            for _ in 0..32 {
-                self.scratch.clear();
-                match q.conn.poll_transmit(now, self.gso_max, &mut self.scratch) {
-                    Some(t) => self
-                        .tx
-                        .push(t.destination, &self.scratch[..t.size], t.segment_size),
-                    None => {
-                        more = false;
-                        break;
-                    }
-                }
-            }
-            endpoint_events(&mut self.endpoint, q, id);
-            if more {
-                q.dirty = true;
+            if self.transmit_one(id, now) {
                 again.push(id);
-            }
-            let next = match (q.conn.poll_timeout(), q.closing.as_ref().map(|c| c.0)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if next != q.timer {
-                q.timer = next;
-                if let Some(t) = next {
-                    self.timers.push(Reverse((t, id)));
-                }
-            }
-            if q.conn.is_drained() {
-                self.conns[id as usize] = None;
-                self.live -= 1;
-                self.stats.quic_connections.add(-1);
             }
             if self.tx.len() >= 4 * udp::TX_BATCH {
                 self.flush();
@@ -524,6 +553,51 @@ impl QuicDriver {
         self.dirty = again;
     }
 
+    /// Queues connection `id`'s packets (up to 32 calls of `poll_transmit`), re-arms its timer,
+    /// drops it when drained. True when it has more to send.
+    fn transmit_one(&mut self, id: u32, now: Instant) -> bool {
+        let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        if !q.dirty {
+            return false; // settled early, nothing new since
+        }
+        q.dirty = false;
+        let mut more = true;
+        for _ in 0..32 {
+            self.scratch.clear();
+            match q.conn.poll_transmit(now, self.gso_max, &mut self.scratch) {
+                Some(t) => self
+                    .tx
+                    .push(t.destination, &self.scratch[..t.size], t.segment_size),
+                None => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        endpoint_events(&mut self.endpoint, q, id);
+        if more {
+            q.dirty = true;
+        }
+        if let Some(t) = next_deadline(q) {
+            if q.timer.is_none_or(|armed| t < armed) {
+                q.timer = Some(t);
+                self.timers.push(Reverse((t, id)));
+            }
+        }
+        if q.conn.is_drained() {
+            self.conns[id as usize] = None;
+            self.live -= 1;
+            self.stats.quic_connections.add(-1);
+            if self.hot == Some(id) {
+                self.hot = None;
+            }
+            return false;
+        }
+        more
+    }
+
     fn flush(&mut self) {
         if self.tx.is_empty() {
             return;
@@ -531,6 +605,14 @@ impl QuicDriver {
         let f = self.tx.flush(&self.sock);
         self.stats.quic_datagrams_out.add(f.datagrams);
         self.stats.quic_send_calls.add(f.calls);
+    }
+}
+
+/// The connection's next deadline: quinn-proto's timers and the core's close grace.
+fn next_deadline(q: &mut QConn) -> Option<Instant> {
+    match (q.conn.poll_timeout(), q.closing.as_ref().map(|c| c.0)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
