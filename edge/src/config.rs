@@ -52,6 +52,12 @@ pub struct EdgeConfig {
     /// UDP socket send/receive buffer per shard, KiB. Default 8192: a fanout to many devices
     /// brings their acknowledgements back in one burst; too small a buffer drops them.
     pub quic_socket_buffer_kib: usize,
+    /// Steer QUIC datagrams to the socket that owns their connection with a reuseport eBPF
+    /// program shared by every process on the port (docs/edge.md), so a device whose address
+    /// changes keeps its connection even when several `cue-edge` processes share the port.
+    /// Needs CAP_BPF and CAP_NET_ADMIN (root); without them the edge logs why and runs
+    /// unsteered (forwarding between its own shards only). Default true.
+    pub quic_steer: bool,
     /// Admin/metrics HTTP listener. Default `127.0.0.1:9100`. Several processes on one host
     /// need distinct admin addresses.
     pub admin: SocketAddr,
@@ -136,6 +142,7 @@ impl Default for EdgeConfig {
             quic_retry_above: 256,
             quic_send_window: 65536,
             quic_socket_buffer_kib: 8192,
+            quic_steer: true,
             admin: "127.0.0.1:9100".parse().expect("literal"),
             shards: None,
             cpus: None,

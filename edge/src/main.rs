@@ -61,6 +61,10 @@ struct Cli {
     /// QUIC keep-alive, seconds (< idle timeout) [default: 30].
     #[arg(long)]
     quic_keep_alive_s: Option<u64>,
+    /// Steer QUIC datagrams to their connection's socket across processes with a reuseport
+    /// eBPF program (needs CAP_BPF + CAP_NET_ADMIN; without, a warning) [default: true].
+    #[arg(long)]
+    quic_steer: Option<bool>,
     /// Admin/metrics listen address [default: 127.0.0.1:9100].
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -113,7 +117,8 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         quic_max_handshakes,
         quic_retry_above,
         quic_idle_timeout_s,
-        quic_keep_alive_s
+        quic_keep_alive_s,
+        quic_steer
     );
     if cli.wss.is_some() {
         c.wss = cli.wss;
@@ -258,6 +263,21 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         (Some(c), Some(_)) => Some(c.quic_config().map_err(|e| e.to_string())?),
         _ => None,
     };
+    let steer = match cfg.quic {
+        Some(addr) if cfg.quic_steer && quic_tls.is_some() => {
+            match cue_edge::quic::steer::Steering::open(
+                addr.port(),
+                cue_edge::quic::cid::CID_LEN as u8,
+            ) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "QUIC steering across processes off: a device whose address changes may reach another process on the port and reconnect");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mesh = (nshards > 1 && cfg.quic.is_some())
         .then(|| glommio::channels::channel_mesh::MeshBuilder::full(nshards, 1024));
 
@@ -293,6 +313,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                     crypto: crypto.clone(),
                     settings: cfg.quic_settings(per_shard + REFUSAL_HEADROOM),
                     mesh: mesh.clone(),
+                    steer: steer.clone(),
                 }),
                 _ => None,
             },

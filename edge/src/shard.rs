@@ -89,6 +89,8 @@ pub struct QuicSpec {
     pub settings: QuicSettings,
     /// The forwarding mesh between this process's shards (`None` with one shard).
     pub mesh: Option<MeshBuilder<Forwarded, Full>>,
+    /// The port's steering map and program (`None`: off or not permitted).
+    pub steer: Option<Arc<crate::quic::steer::Steering>>,
 }
 
 impl std::fmt::Debug for QuicSpec {
@@ -140,6 +142,7 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         ),
         None => None,
     };
+    spec.stats.quic_steer_slot.set(-1);
     let udp = match &spec.quic {
         Some(q) => Some(
             UdpSocket::bind(q.listen, q.settings.socket_buffer)
@@ -623,10 +626,25 @@ async fn start_quic(spec: &ShardSpec, q: QuicSpec, sock: UdpSocket, epfd: RawFd)
     };
     epoll_add(epfd, sock.raw_fd(), QUIC_SOCKET, libc::EPOLLIN as u32)
         .expect("registering the QUIC socket with epoll");
-    tracing::info!(shard = spec.id, mesh_index, local = %sock.local, gso = sock.gso, gro = sock.gro, "QUIC endpoint up");
+    let slot = match q.steer.as_ref().map(|s| s.join(sock.raw_fd())) {
+        Some(Ok(slot)) => {
+            spec.stats.quic_steer_slot.set(slot as i64);
+            Some(slot)
+        }
+        Some(Err(e)) => {
+            tracing::warn!(shard = spec.id, error = %e, "QUIC steering off for this shard");
+            None
+        }
+        None => None,
+    };
+    tracing::info!(shard = spec.id, mesh_index, steer_slot = ?slot, local = %sock.local, gso = sock.gso, gro = sock.gro, "QUIC endpoint up");
     QuicDriver::new(
         sock,
-        crate::quic::config::endpoint(mesh_index, spec.seed),
+        crate::quic::config::endpoint(
+            mesh_index,
+            slot.unwrap_or(crate::quic::cid::NO_SLOT),
+            spec.seed,
+        ),
         crate::quic::config::server(q.crypto.clone(), &q.settings),
         q.settings.clone(),
         mesh_index,

@@ -100,6 +100,8 @@ pub struct ShardStats {
     pub quic_refused: Counter,
     /// QUIC connections the driver holds (including handshaking and closing ones).
     pub quic_connections: Gauge,
+    /// The shard's QUIC steering slot, -1 when its datagrams are not steered.
+    pub quic_steer_slot: Gauge,
     /// TLS (wss) handshakes that failed.
     pub tls_failures: Counter,
     /// Closes by [`CloseReason`].
@@ -150,6 +152,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_quic_connections",
             "QUIC connections held, including handshaking and closing ones.",
             |s| s.quic_connections.get(),
+        ),
+        (
+            "cue_edge_quic_steer_slot",
+            "The shard's QUIC steering slot (-1: datagrams not steered across processes).",
+            |s| s.quic_steer_slot.get(),
         ),
     ] {
         header(out, name, "gauge", help);

@@ -284,7 +284,14 @@ fn quic_rebinding_device_is_forwarded_between_shards() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     let log = dir.path().join("edge.log");
-    let edge = start_edge_logged(origin.relay, free_addr(), free_addr(), &[], Some(&log));
+    // Steering off: the kernel would otherwise pick the owner's socket itself (next test).
+    let edge = start_edge_logged(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--quic-steer", "false"],
+        Some(&log),
+    );
     let fp = logged_fingerprint(&log);
     let tok = device_token(&["fight"]);
     rt().block_on(async {
@@ -308,6 +315,71 @@ fn quic_rebinding_device_is_forwarded_between_shards() {
         }
         panic!("24 rebinds never reached the other shard");
     });
+}
+
+/// Two edge processes (2 shards each) share one QUIC port. A device that changes its address
+/// 16 times would, by the kernel's 4-tuple hash alone, reach a socket of the other process about
+/// half the time and lose its connection (no mesh between processes). The steering program
+/// picks its connection's socket every time: every cue arrives, nothing is forwarded.
+#[test]
+fn quic_steering_keeps_a_rebinding_device_across_processes() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("steering needs CAP_BPF/CAP_NET_ADMIN; not root here, skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
+    let g = rcgen::generate_simple_self_signed(vec!["edge.test".to_string()]).unwrap();
+    std::fs::write(&cert, g.cert.pem()).unwrap();
+    std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
+    let fp = cue_edge::tls::sha256_hex(g.cert.der());
+    let quic = free_udp_addr().to_string();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let args = ["--quic", quic.as_str(), "--tls-cert", &c, "--tls-key", &k];
+    let edges = [
+        start_edge(origin.relay, free_addr(), free_addr(), &args),
+        start_edge(origin.relay, free_addr(), free_addr(), &args),
+    ];
+    let mut slots: Vec<i64> = edges
+        .iter()
+        .flat_map(|e| {
+            e.metrics()
+                .lines()
+                .filter(|l| l.starts_with("cue_edge_quic_steer_slot{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    slots.sort();
+    assert_eq!(slots.len(), 4);
+    slots.dedup();
+    assert!(
+        slots.len() == 4 && slots[0] >= 0,
+        "four sockets, four slots: {slots:?}"
+    );
+    let tok = device_token(&["fight"]);
+    rt().block_on(async {
+        let ep = endpoint(&fp);
+        let (v, mut d) = hello(
+            &ep,
+            edges[0].quic,
+            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["ok"], true);
+        for i in 0..16 {
+            ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .unwrap();
+            let s = publish_ok(origin.http, "fight", &format!("k{i}"));
+            let got = tokio::time::timeout(Duration::from_secs(5), d.cue()).await;
+            assert_eq!(got.expect("cue within 5 s").2, s, "rebind {i}");
+        }
+    });
+    for e in &edges {
+        assert_eq!(counter(&e.metrics(), "cue_edge_quic_forwarded_total"), 0.0);
+    }
 }
 
 /// SIGHUP swaps the certificate for new handshakes; an established device keeps its

@@ -1,9 +1,12 @@
 //! Connection IDs that name their shard, and the pure routing function that reads them.
 //!
-//! Every connection ID a shard issues is 8 bytes: the shard's mesh index (u16 big-endian), then
-//! 6 random bytes. The kernel's `SO_REUSEPORT` hash sends a flow to one shard's socket by
-//! 4-tuple; when the 4-tuple changes (NAT rebinding, migration) a datagram may land on another
-//! shard, which reads the destination connection ID and forwards the datagram to its owner.
+//! Every connection ID a shard issues is 8 bytes: the shard's mesh index (u16 big-endian), its
+//! steering slot (one byte, `0xFF` when not steered, [`super::steer`]), then 5 random bytes.
+//! The kernel's `SO_REUSEPORT` hash sends a flow to one shard's socket by 4-tuple; when the
+//! 4-tuple changes (NAT rebinding, migration) a datagram may land on another socket. With
+//! steering on, the kernel reads the slot and picks the owner's socket itself, across
+//! processes; without it (no privileges), the shard that got the datagram reads the mesh index
+//! and forwards it to its owner in the same process.
 //!
 //! The shard index is visible to an observer, as in QUIC-LB's plaintext mode: it tells which
 //! core of this edge holds a connection, which is no secret; the random part keeps IDs of one
@@ -22,14 +25,20 @@ pub const CID_LEN: usize = 8;
 #[derive(Debug)]
 pub struct ShardCids {
     shard: u16,
+    slot: u8,
     rng: StdRng,
 }
 
+/// The slot byte of a shard that is not steered.
+pub const NO_SLOT: u8 = 0xFF;
+
 impl ShardCids {
-    /// A generator for `shard`, with its randomness seeded from `seed`.
-    pub fn new(shard: u16, seed: u64) -> Self {
+    /// A generator for `shard` with steering slot `slot` ([`NO_SLOT`] when not steered), with
+    /// its randomness seeded from `seed`.
+    pub fn new(shard: u16, slot: u8, seed: u64) -> Self {
         Self {
             shard,
+            slot,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -39,7 +48,8 @@ impl ConnectionIdGenerator for ShardCids {
     fn generate_cid(&mut self) -> ConnectionId {
         let mut b = [0u8; CID_LEN];
         b[..2].copy_from_slice(&self.shard.to_be_bytes());
-        self.rng.fill_bytes(&mut b[2..]);
+        b[super::steer::SLOT_BYTE] = self.slot;
+        self.rng.fill_bytes(&mut b[3..]);
         ConnectionId::new(&b)
     }
 
@@ -82,11 +92,13 @@ mod tests {
 
     #[test]
     fn ids_carry_the_shard_and_route_back() {
-        let mut g = ShardCids::new(3, 1);
+        let mut g = ShardCids::new(3, 7, 1);
         let a = g.generate_cid();
         let b = g.generate_cid();
         assert_ne!(a, b);
         assert_eq!(a.len(), CID_LEN);
+        assert_eq!(a[super::super::steer::SLOT_BYTE], 7);
+        assert_eq!(ShardCids::new(3, NO_SLOT, 1).generate_cid()[2], NO_SLOT);
         let mut short = vec![0x40];
         short.extend_from_slice(&a);
         short.extend_from_slice(&[0; 20]);

@@ -79,13 +79,14 @@ pub fn transport(s: &QuicSettings) -> TransportConfig {
     t
 }
 
-/// The endpoint settings of shard `mesh_index`: connection IDs that carry it.
-pub fn endpoint(mesh_index: u16, seed: u64) -> EndpointConfig {
+/// The endpoint settings of shard `mesh_index` with steering slot `slot`: connection IDs that
+/// carry both.
+pub fn endpoint(mesh_index: u16, slot: u8, seed: u64) -> EndpointConfig {
     let mut e = EndpointConfig::default();
     let counter = std::sync::atomic::AtomicU64::new(seed);
     e.cid_generator(move || {
         let s = counter.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
-        Box::new(ShardCids::new(mesh_index, s))
+        Box::new(ShardCids::new(mesh_index, slot, s))
     });
     let mut rng_seed = [0u8; 32];
     rng_seed[..8].copy_from_slice(&seed.to_le_bytes());

@@ -12,10 +12,13 @@
 //!   core's sends into stream writes.
 //! - [`config`]: transport and server settings tuned for many idle connections.
 //! - [`session`]: the TLS session of a connection, which lets go of rustls after the handshake.
+//! - [`steer`]: the reuseport eBPF program that sends a datagram to its connection's socket,
+//!   across the processes sharing the port.
 
 pub mod cid;
 pub mod config;
 pub mod driver;
 pub mod hello;
 pub mod session;
+pub mod steer;
 pub mod udp;
