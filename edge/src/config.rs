@@ -55,7 +55,7 @@ pub struct EdgeConfig {
     /// Steer QUIC datagrams to the socket that owns their connection with a reuseport eBPF
     /// program shared by every process on the port (docs/edge.md), so a device whose address
     /// changes keeps its connection even when several `cue-edge` processes share the port.
-    /// Needs CAP_BPF and CAP_NET_ADMIN (root); without them the edge logs why and runs
+    /// Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); without them the edge logs why and runs
     /// unsteered (forwarding between its own shards only). Default true.
     pub quic_steer: bool,
     /// Admin/metrics HTTP listener. Default `127.0.0.1:9100`. Several processes on one host

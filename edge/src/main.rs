@@ -62,7 +62,7 @@ struct Cli {
     #[arg(long)]
     quic_keep_alive_s: Option<u64>,
     /// Steer QUIC datagrams to their connection's socket across processes with a reuseport
-    /// eBPF program (needs CAP_BPF + CAP_NET_ADMIN; without, a warning) [default: true].
+    /// eBPF program (needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN; without, a warning) [default: true].
     #[arg(long)]
     quic_steer: Option<bool>,
     /// Admin/metrics listen address [default: 127.0.0.1:9100].

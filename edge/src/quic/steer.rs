@@ -16,9 +16,11 @@
 //!   Initial with an 8-byte DCID) and selects that socket. Initial packets, IDs that are not
 //!   ours and free slots fall back to the kernel's hash (any shard can take a new connection).
 //!
-//! The program is 25 instructions, written here as bytecode: no compiler, no object file, no
-//! libbpf. It needs `CAP_BPF` + `CAP_NET_ADMIN` (or root); without them the edge logs why and
-//! runs as before (mesh forwarding within the process only).
+//! The program is 30 instructions, written here as bytecode: no compiler, no object file, no
+//! libbpf. It needs root, or `CAP_BPF` + `CAP_NET_ADMIN` + `CAP_SYS_ADMIN` (the last to find the
+//! map another process made); without them the edge logs why and runs as before (mesh
+//! forwarding within the process only). Never half on: a process that could create a map but
+//! not open the shared one would hand out slots other processes also use.
 
 use std::fs::File;
 use std::io;
@@ -336,7 +338,15 @@ fn find_map(name: &str) -> Result<Option<OwnedFd>, SteerError> {
         a.u32(0, id);
         let fd = match bpf(BPF_MAP_GET_FD_BY_ID, &mut a) {
             Ok(fd) => fd_from(fd),
-            Err(_) => continue, // gone meanwhile
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // gone meanwhile
+            // Not allowed to open other processes' maps: steering with a map of our own would
+            // hand out slots other processes also use, and misroute their devices. Off.
+            Err(err) => {
+                return Err(SteerError::Bpf {
+                    what: "opening a map by id",
+                    err,
+                })
+            }
         };
         let mut info = [0u8; 88];
         let mut a = Attr::new();
