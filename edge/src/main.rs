@@ -278,6 +278,9 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         }
         _ => None,
     };
+    let reset_key = keys
+        .as_ref()
+        .map(|k| k.derive("cue-edge/quic-stateless-reset/v1"));
     let mesh = (nshards > 1 && cfg.quic.is_some())
         .then(|| glommio::channels::channel_mesh::MeshBuilder::full(nshards, 1024));
 
@@ -314,6 +317,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                     settings: cfg.quic_settings(per_shard + REFUSAL_HEADROOM),
                     mesh: mesh.clone(),
                     steer: steer.clone(),
+                    reset_key,
                 }),
                 _ => None,
             },

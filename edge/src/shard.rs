@@ -91,6 +91,9 @@ pub struct QuicSpec {
     pub mesh: Option<MeshBuilder<Forwarded, Full>>,
     /// The port's steering map and program (`None`: off or not permitted).
     pub steer: Option<Arc<crate::quic::steer::Steering>>,
+    /// Stateless-reset key shared by every edge with the same token secret (`None`: auth off,
+    /// a random key per shard).
+    pub reset_key: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for QuicSpec {
@@ -644,6 +647,7 @@ async fn start_quic(spec: &ShardSpec, q: QuicSpec, sock: UdpSocket, epfd: RawFd)
             mesh_index,
             slot.unwrap_or(crate::quic::cid::NO_SLOT),
             spec.seed,
+            q.reset_key,
         ),
         crate::quic::config::server(q.crypto.clone(), &q.settings),
         q.settings.clone(),

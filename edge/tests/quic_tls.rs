@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::quic::{endpoint, hello, logged_fingerprint, wss_subscribe};
+use support::quic::{endpoint, endpoint_keep_alive, hello, logged_fingerprint, wss_subscribe};
 use support::*;
 
 fn python_has(module: &str) -> bool {
@@ -380,6 +380,67 @@ fn quic_steering_keeps_a_rebinding_device_across_processes() {
     for e in &edges {
         assert_eq!(counter(&e.metrics(), "cue_edge_quic_forwarded_total"), 0.0);
     }
+}
+
+/// The edge process holding a device is killed. The device's next keep-alive reaches the other
+/// process on the port, which does not know the connection but answers with a stateless reset
+/// under the key both derive from the token secret: the device knows at once (well within a
+/// second of keep-alives) instead of after its 30 s idle timeout.
+#[test]
+fn quic_device_of_a_killed_edge_is_reset_by_the_other_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
+    let g = rcgen::generate_simple_self_signed(vec!["edge.test".to_string()]).unwrap();
+    std::fs::write(&cert, g.cert.pem()).unwrap();
+    std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
+    let fp = cue_edge::tls::sha256_hex(g.cert.der());
+    let quic = free_udp_addr().to_string();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let args = [
+        "--quic",
+        quic.as_str(),
+        "--tls-cert",
+        &c,
+        "--tls-key",
+        &k,
+        "--quic-idle-timeout-s",
+        "30",
+        "--quic-keep-alive-s",
+        "10",
+    ];
+    let mut edges = [
+        start_edge(origin.relay, free_addr(), free_addr(), &args),
+        start_edge(origin.relay, free_addr(), free_addr(), &args),
+    ];
+    let tok = device_token(&["fight"]);
+    rt().block_on(async {
+        let ep = endpoint_keep_alive(&fp, Some(Duration::from_millis(200)));
+        let (v, mut d) = hello(
+            &ep,
+            edges[0].quic,
+            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["ok"], true);
+        let s = publish_ok(origin.http, "fight", "before");
+        assert_eq!(d.cue().await.2, s);
+        let holder = edges
+            .iter()
+            .position(|e| counter(&e.metrics(), "cue_edge_quic_sessions") == 1.0)
+            .expect("one edge holds the device");
+        edges[holder].proc.kill9();
+        let t0 = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), d.conn.closed())
+            .await
+            .expect("the device learns within 10 s, long before its 30 s idle timeout");
+        assert!(
+            matches!(err, quinn::ConnectionError::Reset),
+            "closed by a stateless reset, not {err:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    });
 }
 
 /// SIGHUP swaps the certificate for new handshakes; an established device keeps its

@@ -433,11 +433,14 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         .map(|r| r.expect("all reported"))
         .collect();
 
-    // Edge figures for the at-scale estimate, from the edges' own counters.
+    // Edge figures for the at-scale estimate, from the edges' own counters: WebSocket
+    // deliveries per CPU-second of WebSocket fanout (QUIC deliveries have their own CPU
+    // counter and their own figures in `cue-bench fanout --transport mixed`).
     let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
     for (_, admin, _) in &edges {
         if let Ok(r) = cue_origin::client::request(*admin, "GET", "/metrics", &[], b"") {
-            deliveries += crate::fanout::metric_sum(&r.body, "cue_edge_deliveries_total");
+            deliveries += crate::fanout::metric_sum(&r.body, "cue_edge_deliveries_total")
+                - crate::fanout::metric_sum(&r.body, "cue_edge_quic_deliveries_total");
             fanout_cpu += crate::fanout::metric_sum(&r.body, "cue_edge_fanout_cpu_seconds_total");
         }
     }

@@ -494,7 +494,7 @@ pub fn html(
     );
     table += &row("edge processes", g("/edges").to_string());
     table += &row(
-        "edge deliveries/s per core (CPU basis)",
+        "edge WebSocket deliveries/s per core (CPU basis)",
         num("/edge_deliveries_per_s_per_core"),
     );
     table += &row(

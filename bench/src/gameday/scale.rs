@@ -39,9 +39,14 @@ pub fn at_scale(rate_per_core: f64, user_bytes: f64, kernel_bytes: f64) -> serde
 
 /// One human line of the estimate.
 pub fn line(v: &serde_json::Value) -> String {
+    if v["deliveries_per_s_per_core"].as_f64().unwrap_or(0.0) <= 0.0 {
+        return "at 100M devices: no WebSocket fanout measured to scale from (an all-QUIC fleet: see cue-bench fanout --transport quic)".into();
+    }
     format!(
-        "at 100M devices: {} edge cores deliver a cue in 60 s, {} in 10 s (at {:.0} deliveries/s/core); connections hold {:.0} GiB ({:.0} B user + {:.0} B kernel each)",
-        v["edge_cores_for_60s"], v["edge_cores_for_10s"], v["deliveries_per_s_per_core"].as_f64().unwrap_or(0.0),
+        "at 100M devices: {:.0} edge cores deliver a cue in 60 s, {:.0} in 10 s (at {:.0} deliveries/s/core); connections hold {:.0} GiB ({:.0} B user + {:.0} B kernel each)",
+        v["edge_cores_for_60s"].as_f64().unwrap_or(f64::NAN),
+        v["edge_cores_for_10s"].as_f64().unwrap_or(f64::NAN),
+        v["deliveries_per_s_per_core"].as_f64().unwrap_or(0.0),
         v["memory_gib"].as_f64().unwrap_or(0.0), v["bytes_per_conn"]["user"].as_f64().unwrap_or(0.0),
         v["bytes_per_conn"]["kernel"].as_f64().unwrap_or(0.0)
     )
@@ -57,5 +62,9 @@ mod tests {
         assert_eq!(v["edge_cores_for_60s"], 17.0);
         assert_eq!(v["edge_cores_for_10s"], 100.0);
         assert_eq!(v["memory_bytes"], 100e6 * 5100.0);
+        assert!(line(&v).starts_with("at 100M devices: 17 edge cores"));
+        // No WebSocket fanout (an all-QUIC fleet): said so, not a number from a zero CPU time.
+        let q = at_scale(0.0, 15000.0, 0.0);
+        assert!(line(&q).contains("no WebSocket fanout"), "{}", line(&q));
     }
 }

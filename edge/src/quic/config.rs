@@ -80,9 +80,24 @@ pub fn transport(s: &QuicSettings) -> TransportConfig {
 }
 
 /// The endpoint settings of shard `mesh_index` with steering slot `slot`: connection IDs that
-/// carry both.
-pub fn endpoint(mesh_index: u16, slot: u8, seed: u64) -> EndpointConfig {
-    let mut e = EndpointConfig::default();
+/// carry both. `reset_key`, when given, is the stateless-reset key every shard of every edge
+/// sharing the token secret uses: a device whose edge process died gets, on its next packet, a
+/// reset it recognises from whichever process receives it, and reconnects at once instead of
+/// waiting out its idle timeout. Without it (auth off) each shard has a random key.
+pub fn endpoint(
+    mesh_index: u16,
+    slot: u8,
+    seed: u64,
+    reset_key: Option<[u8; 32]>,
+) -> EndpointConfig {
+    let mut e = match reset_key {
+        Some(k) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k))),
+        None => EndpointConfig::default(),
+    };
+    // quinn-proto's default (20 ms between resets per endpoint) would take a shard ~13 s to
+    // reset the 667 devices of a dead process in the game day; a reset is smaller than the
+    // packet that caused it (no amplification), so allow 10,000 per second per shard.
+    e.min_reset_interval(Duration::from_micros(100));
     let counter = std::sync::atomic::AtomicU64::new(seed);
     e.cid_generator(move || {
         let s = counter.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);

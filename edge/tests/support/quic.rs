@@ -91,10 +91,19 @@ pub fn client_tls(sha256: &str, alpn: &[u8]) -> rustls::ClientConfig {
 
 /// A quinn client endpoint on loopback trusting `sha256`.
 pub fn endpoint(sha256: &str) -> quinn::Endpoint {
+    endpoint_keep_alive(sha256, None)
+}
+
+/// As [`endpoint`], the device sending a keep-alive every `keep_alive`.
+pub fn endpoint_keep_alive(sha256: &str, keep_alive: Option<Duration>) -> quinn::Endpoint {
     let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let tls = client_tls(sha256, b"cue/1");
     let q = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    e.set_default_client_config(quinn::ClientConfig::new(Arc::new(q)));
+    let mut c = quinn::ClientConfig::new(Arc::new(q));
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(keep_alive);
+    c.transport_config(Arc::new(t));
+    e.set_default_client_config(c);
     e
 }
 
