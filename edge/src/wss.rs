@@ -466,16 +466,24 @@ mod tests {
         }
         /// Device -> edge: what the client has to send, fed `chunk` bytes at a time.
         fn up(&mut self, chunk: usize) -> (TlsRead, Vec<u8>) {
+            self.up_cut(&[chunk])
+        }
+        /// Device -> edge, in reads of the sizes in `cuts` (cycled).
+        fn up_cut(&mut self, cuts: &[usize]) -> (TlsRead, Vec<u8>) {
             let mut wire = Vec::new();
             while self.client.wants_write() {
                 self.client.write_tls(&mut wire).unwrap();
             }
             let mut plain = Vec::new();
-            for c in wire.chunks(chunk.max(1)) {
-                match self.tls.read(self.fd(), c, &mut plain) {
+            let (mut at, mut i) = (0, 0);
+            while at < wire.len() {
+                let n = cuts[i % cuts.len()].max(1).min(wire.len() - at);
+                i += 1;
+                match self.tls.read(self.fd(), &wire[at..at + n], &mut plain) {
                     TlsRead::Ok => {}
                     other => return (other, plain),
                 }
+                at += n;
             }
             (TlsRead::Ok, plain)
         }
@@ -600,5 +608,32 @@ mod tests {
         p.client.read_tls(&mut r).unwrap();
         let state = p.client.process_new_packets().unwrap();
         assert!(state.peer_has_closed(), "close_notify received");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever sizes the socket hands the bytes over in, the handshake completes and the
+        /// device's bytes come out whole and in order.
+        #[test]
+        fn any_read_sizes(
+            cuts in proptest::collection::vec(1usize..400, 1..8),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            tls12 in proptest::prelude::any::<bool>(),
+        ) {
+            let mut p = Pair::with(tls12);
+            for _ in 0..10 {
+                if !p.client.is_handshaking() {
+                    break;
+                }
+                proptest::prop_assert_eq!(p.up_cut(&cuts).0, TlsRead::Ok);
+                p.down();
+            }
+            proptest::prop_assert!(!p.client.is_handshaking());
+            p.client.writer().write_all(&payload).unwrap();
+            let (r, plain) = p.up_cut(&cuts);
+            proptest::prop_assert_eq!(r, TlsRead::Ok);
+            proptest::prop_assert_eq!(plain, payload);
+            proptest::prop_assert_eq!(p.idle_buffers(), (0, 0));
+        }
     }
 }
