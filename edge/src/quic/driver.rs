@@ -103,7 +103,7 @@ pub struct QuicDriver {
     now: Instant,
     /// A handshake was worked on since the last [`QuicDriver::take_handshake_flag`].
     handshake_work: bool,
-    /// The connection touched last (datagram in, stream write, timer), whose events and
+    /// The connection touched last (a datagram in, a stream write), whose events and
     /// packets are taken as soon as another connection is touched, while its state is still
     /// in cache (see [`QuicDriver::settle`]).
     hot: Option<u32>,
