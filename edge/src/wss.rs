@@ -278,25 +278,29 @@ impl TlsSessions {
         if !s.out.is_empty() {
             return Sent::WouldBlock;
         }
-        let UnbufferedStatus { state, .. } = s.tls.process_tls_records(&mut []);
-        let Ok(ConnectionState::WriteTraffic(mut w)) = state else {
-            // Handshake not over (the core sends only after the upgrade it read), or closed.
-            return Sent::Closed;
-        };
-        // A record per 16 KiB of plaintext, each with at most 22 bytes of header, content
-        // type and tag.
+        // Records rustls wants sent first (a key update it started, or answers one the device
+        // asked for) go out ahead of the data, in the same write.
         scratch_out.clear();
-        scratch_out.resize(bytes.len() + 64 * (bytes.len() / 16384 + 1), 0);
-        let n = match w.encrypt(bytes, scratch_out) {
-            Ok(n) => n,
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                scratch_out.resize(required_size, 0);
-                match w.encrypt(bytes, scratch_out) {
-                    Ok(n) => n,
-                    Err(_) => return Sent::Closed,
+        let mut sealed = None;
+        for _ in 0..8 {
+            let UnbufferedStatus { state, .. } = s.tls.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    if encode(&mut e, scratch_out).is_err() {
+                        return Sent::Closed;
+                    }
                 }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    sealed = seal(&mut w, bytes, scratch_out);
+                    break;
+                }
+                // Handshake not over (the core sends only after the upgrade it read), or closed.
+                _ => return Sent::Closed,
             }
-            Err(_) => return Sent::Closed,
+        }
+        let Some(n) = sealed else {
+            return Sent::Closed;
         };
         match write_some(fd, &scratch_out[..n]) {
             Ok(done) => {
@@ -331,6 +335,28 @@ impl TlsSessions {
     pub fn core_wants(&mut self, fd: RawFd) -> bool {
         self.get(fd).is_some_and(|s| s.core_wants)
     }
+}
+
+/// Encrypts `bytes` as application data appended to `out`; the new length of `out`.
+fn seal(
+    w: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    // A record per 16 KiB of plaintext, each with at most 22 bytes of header, content type
+    // and tag.
+    let start = out.len();
+    out.resize(start + bytes.len() + 64 * (bytes.len() / 16384 + 1), 0);
+    let n = match w.encrypt(bytes, &mut out[start..]) {
+        Ok(n) => n,
+        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            out.resize(start + required_size, 0);
+            w.encrypt(bytes, &mut out[start..]).ok()?
+        }
+        Err(_) => return None,
+    };
+    out.truncate(start + n);
+    Some(start + n)
 }
 
 /// Appends the record rustls wants sent to `out`.
@@ -549,6 +575,23 @@ mod tests {
             p.client.send_close_notify();
             assert_eq!(p.up(chunk).0, TlsRead::Eof);
         }
+    }
+
+    /// The device asks for a key update (TLS 1.3): the edge answers with its own in the same
+    /// turn, and traffic goes on both ways under the new keys.
+    #[test]
+    fn key_updates_asked_by_the_device_are_answered() {
+        let mut p = Pair::new();
+        p.handshake(65536);
+        for round in 0..3u8 {
+            p.client.refresh_traffic_keys().unwrap();
+            p.client.writer().write_all(&[b'a' + round]).unwrap();
+            let (r, plain) = p.up(65536);
+            assert_eq!((r, plain), (TlsRead::Ok, vec![b'a' + round]));
+            assert_eq!(p.tls.send(p.fd(), &[b'0' + round]), Sent::Took(1));
+            assert_eq!(p.down(), vec![b'0' + round], "round {round}");
+        }
+        assert_eq!(p.idle_buffers(), (0, 0));
     }
 
     #[test]
