@@ -63,18 +63,18 @@ impl ConnectionIdGenerator for ShardCids {
 }
 
 /// The shard that owns the connection a datagram is for, when the datagram says so: a short
-/// header packet, or a long header packet other than Initial, whose destination connection ID
-/// is one of ours. Initial packets carry the device's own random ID until the handshake gives
-/// it ours, so they stay where the kernel put them (any shard can take a new connection).
+/// header packet, or a Handshake packet, whose destination connection ID is one of ours.
+/// Initial and 0-RTT packets carry the device's own random ID until the handshake gives it
+/// ours, so they stay where the kernel put them (any shard can take a new connection).
 pub fn owner(datagram: &[u8]) -> Option<u16> {
     let first = *datagram.first()?;
     let dcid = if first & 0x80 == 0 {
         datagram.get(1..1 + CID_LEN)?
     } else {
-        // Long header: version (4 bytes), DCID length, DCID. Type bits 0x30 == 0 is Initial
-        // in QUIC v1; version 0 is version negotiation.
+        // Long header: version (4 bytes), DCID length, DCID. Type bits 0x30: 0x00 Initial,
+        // 0x10 0-RTT, 0x20 Handshake in QUIC v1; version 0 is version negotiation.
         let version = u32::from_be_bytes(datagram.get(1..5)?.try_into().ok()?);
-        if version == 0 || first & 0x30 == 0 {
+        if version == 0 || first & 0x30 != 0x20 {
             return None;
         }
         if *datagram.get(5)? as usize != CID_LEN {
@@ -111,6 +111,10 @@ mod tests {
         let mut init = vec![0xC0, 0, 0, 0, 1, CID_LEN as u8];
         init.extend_from_slice(&b);
         assert_eq!(owner(&init), None);
+        // 0-RTT (type 1) too: its DCID is the device's.
+        let mut zero_rtt = vec![0xD0, 0, 0, 0, 1, CID_LEN as u8];
+        zero_rtt.extend_from_slice(&b);
+        assert_eq!(owner(&zero_rtt), None);
         assert_eq!(owner(&[0x40, 1]), None);
         assert_eq!(owner(&[]), None);
     }

@@ -12,9 +12,10 @@
 //!   the socket closes;
 //! * the shard's connection IDs carry its slot (byte 2, [`super::cid`]);
 //! * a small `SK_REUSEPORT` program, attached to the port's reuseport group, reads the slot
-//!   from a datagram's destination connection ID (short header, or a long header other than
-//!   Initial with an 8-byte DCID) and selects that socket. Initial packets, IDs that are not
-//!   ours and free slots fall back to the kernel's hash (any shard can take a new connection).
+//!   from a datagram's destination connection ID (short header, or a Handshake packet with an
+//!   8-byte DCID) and selects that socket. Initial and 0-RTT packets (which carry the device's
+//!   own random ID), IDs that are not ours and free slots fall back to the kernel's hash (any
+//!   shard can take a new connection, and a device's Initials keep its 4-tuple's socket).
 //!
 //! The program is 30 instructions, written here as bytecode: no compiler, no object file, no
 //! libbpf. It needs root, or `CAP_BPF` + `CAP_NET_ADMIN` + `CAP_SYS_ADMIN` (the last to find the
@@ -125,9 +126,9 @@ const HELPER_SK_SELECT_REUSEPORT: i32 = 82;
 ///  load 9 bytes after the 8-byte UDP header to fp-16 (too short: pass)
 ///  b0 = fp[-16]
 ///  if b0 & 0x80 == 0: slot = fp[-16 + 1 + SLOT_BYTE]          (short header)
-///  else: if b0 & 0x30 == 0: pass                                (Initial)
+///  else: if b0 & 0x30 != 0x20: pass                (Initial, 0-RTT: the device's own ID)
 ///        if fp[-16 + 5] != cid_len: pass
-///        slot = fp[-16 + 6 + SLOT_BYTE]                         (Handshake/0-RTT)
+///        slot = fp[-16 + 6 + SLOT_BYTE]                         (Handshake)
 ///  if slot == 0xff: pass
 ///  key = slot; sk_select_reuseport(ctx, map, &key, 0)           (no socket: hash)
 ///  pass: return SK_PASS
@@ -151,7 +152,7 @@ fn program(map_fd: RawFd, cid_len: u8) -> Vec<u64> {
         insn(LDX_B, 2, 10, short_at, 0),                 // 12: r2 = slot (short header)
         insn(JA, 0, 0, 5, 0),                            // 13: goto select (19)
         insn(AND64_IMM, 2, 0, 0, 0x30),                  // 14: packet type bits
-        insn(JEQ_IMM, 2, 0, 0, 0),                       // 15: Initial -> pass (patched)
+        insn(JNE_IMM, 2, 0, 0, 0x20),                    // 15: not Handshake -> pass (patched)
         insn(LDX_B, 3, 10, -16 + 5, 0),                  // 16: r3 = DCID length
         insn(JNE_IMM, 3, 0, 0, cid_len as i32),          // 17: not ours -> pass (patched)
         insn(LDX_B, 2, 10, long_at, 0),                  // 18: r2 = slot (long header)
@@ -460,9 +461,14 @@ mod tests {
                 "short+handshake packets for slot {slot} ({name})"
             );
         }
-        // Initial packets, the unsteered slot and free slots: the kernel's hash, which
-        // spreads 64 source ports over both sockets.
-        for p in [long_packet(0, sa), short_packet(0xff), short_packet(200)] {
+        // Initial and 0-RTT packets, the unsteered slot and free slots: the kernel's hash,
+        // which spreads 64 source ports over both sockets.
+        for p in [
+            long_packet(0, sa),
+            long_packet(1, sa),
+            short_packet(0xff),
+            short_packet(200),
+        ] {
             send_all(&p);
             let (na, nb) = (drain(&a), drain(&b));
             assert_eq!(na + nb, 64);
