@@ -127,7 +127,7 @@ fn not_ready_host_lists_each_change_with_its_fix() {
     );
     assert_eq!(
         ids_with(&lines, Status::Advise),
-        vec!["udp.offload", "cpus.isolated"]
+        vec!["udp.offload", "quic.steer", "cpus.isolated"]
     );
 
     let sysctl = |id: &str| match &by_id(&lines, id).fix {
@@ -251,6 +251,7 @@ fn quic_off_skips_udp_requirements() {
     let lines = checks::run(&facts, &cue_tune::Requirements::new(&config, 4));
     assert_eq!(by_id(&lines, "net.core.rmem_max").status, Status::Ok);
     assert_eq!(by_id(&lines, "udp.offload").status, Status::Ok);
+    assert_eq!(by_id(&lines, "quic.steer").status, Status::Ok);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! QUIC's UDP side: socket buffer ceilings and segmentation/receive offload.
 
 use super::{line, manual, sysctl_at_least, CheckLine};
-use crate::facts::{keys, HostFacts, Reading};
+use crate::facts::{keys, HostFacts, Reading, CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN};
 use crate::model::{Requirements, SHARD_STALL_MS};
 
 pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) {
@@ -22,6 +22,11 @@ pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) 
                 .needed("-")
                 .ok("no QUIC devices planned"),
         );
+        out.push(
+            line("quic.steer", "QUIC steering (eBPF)")
+                .needed("-")
+                .ok("no QUIC devices planned"),
+        );
         return;
     }
     let packets = r.udp_rmem / crate::model::UDP_TRUESIZE;
@@ -38,6 +43,40 @@ pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) 
         &format!("caps a shard's QUIC socket SO_SNDBUF: {packets} datagrams queued per busy spell"),
     ));
     out.push(offload(f));
+    out.push(steer(f));
+}
+
+/// `cue-edge --quic-steer` loads a reuseport eBPF program and opens the port's shared socket
+/// map by id: CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (root has them).
+fn steer(f: &HostFacts) -> CheckLine {
+    let l =
+        line("quic.steer", "QUIC steering (eBPF)").needed("CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN");
+    let caps = match &f.cap_eff {
+        Reading::Value(c) => *c,
+        Reading::Unreadable(reason) => return l.unknown(reason.clone(), false),
+        _ => return l.unknown("CapEff not read", false),
+    };
+    let wanted = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bit, _)| caps & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        return l
+            .current("all three")
+            .ok("each QUIC datagram is steered to its connection's socket across cue-edge processes (this process's capabilities: run check as cue-edge's user)");
+    }
+    l.current(format!("missing {}", missing.join(" "))).advise(
+        "without them cue-edge warns and does not steer: a device whose address changes may reach another cue-edge process on the port and reconnect (one process per host loses nothing)",
+        Some(manual(
+            "run cue-edge as root, or give its unit AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN",
+        )),
+    )
 }
 
 fn offload(f: &HostFacts) -> CheckLine {

@@ -198,6 +198,8 @@ pub const CAP_IPC_LOCK: u32 = 14;
 pub const CAP_SYS_ADMIN: u32 = 21;
 /// CAP_SYS_RESOURCE bit.
 pub const CAP_SYS_RESOURCE: u32 = 24;
+/// CAP_BPF bit (Linux 5.8+; before it, CAP_SYS_ADMIN covers BPF).
+pub const CAP_BPF: u32 = 39;
 
 impl HostFacts {
     /// Whether the process holds capability `bit`; `None` when CapEff is unreadable.
