@@ -210,8 +210,9 @@ impl Steering {
     /// and the program over it, for connection IDs of `cid_len` bytes.
     pub fn open(port: u16, cid_len: u8) -> Result<Self, SteerError> {
         let name = format!("cue_quic_{port}");
-        // Find-or-create under a host-wide lock, so two edges starting together share one map.
-        let lock_path = std::env::temp_dir().join(format!("cue-edge-quic-{port}.lock"));
+        // Find-or-create under a host-wide lock (one file for every port: it is held for a few
+        // system calls at start), so two edges starting together share one map.
+        let lock_path = std::env::temp_dir().join("cue-edge-quic-steer.lock");
         let lock = step("lock file", File::create(&lock_path))?;
         // SAFETY: flock on a file we hold open; released when `lock` is dropped.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
