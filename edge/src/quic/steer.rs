@@ -213,7 +213,19 @@ impl Steering {
         // Find-or-create under a host-wide lock (one file for every port: it is held for a few
         // system calls at start), so two edges starting together share one map.
         let lock_path = std::env::temp_dir().join("cue-edge-quic-steer.lock");
-        let lock = step("lock file", File::create(&lock_path))?;
+        // flock works on a read-only descriptor too, so a file another user created will do.
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o666)
+                .open(&lock_path)
+                .or_else(|_| File::open(&lock_path))
+        };
+        let lock = step("lock file", lock)?;
         // SAFETY: flock on a file we hold open; released when `lock` is dropped.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(SteerError::Bpf {
