@@ -40,6 +40,41 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A device's hello for event `fight` with a valid token.
+fn fight_hello() -> String {
+    let tok = device_token(&["fight"]);
+    format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n")
+}
+
+/// Writes a self-signed certificate for `name` to `dir/edge.crt` and `dir/edge.key`; returns
+/// the two paths and the certificate's SHA-256.
+fn write_cert(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let (cert, key) = (dir.join("edge.crt"), dir.join("edge.key"));
+    let g = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(&cert, g.cert.pem()).unwrap();
+    std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
+    let fp = cue_edge::tls::sha256_hex(g.cert.der());
+    (cert.display().to_string(), key.display().to_string(), fp)
+}
+
+/// Two edge processes (2 shards each) on one QUIC port with one certificate, plus `extra`
+/// flags; returns them and the certificate's fingerprint.
+fn two_edges_on_one_quic_port(
+    dir: &std::path::Path,
+    relay: std::net::SocketAddr,
+    extra: &[&str],
+) -> ([Edge; 2], String) {
+    let (c, k, fp) = write_cert(dir, "edge.test");
+    let quic = free_udp_addr().to_string();
+    let mut args = vec!["--quic", quic.as_str(), "--tls-cert", &c, "--tls-key", &k];
+    args.extend_from_slice(extra);
+    let edges = [
+        start_edge(relay, free_addr(), free_addr(), &args),
+        start_edge(relay, free_addr(), free_addr(), &args),
+    ];
+    (edges, fp)
+}
+
 /// Done-when: an independent QUIC client (aioquic) completes the hello and receives cues, in
 /// both formats; a bad token gets a refusal line and a close with the status as error code.
 #[test]
@@ -195,7 +230,6 @@ fn quic_refusals_and_handshake_flood_are_bounded() {
         Some(&log),
     );
     let fp = logged_fingerprint(&log);
-    let tok = device_token(&["fight"]);
     rt().block_on(async {
         let ep = endpoint(&fp);
         let long = format!(
@@ -257,13 +291,9 @@ fn quic_refusals_and_handshake_flood_are_bounded() {
         );
         drop(conns);
         // After the flood a device gets in.
-        let (v, mut d) = hello(
-            &ep,
-            edge.quic,
-            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let (v, mut d) = hello(&ep, edge.quic, fight_hello().as_bytes())
+            .await
+            .unwrap();
         assert_eq!(v["ok"], true);
         let s = publish_ok(origin.http, "fight", "after-flood");
         assert_eq!(d.cue().await.2, s);
@@ -293,16 +323,11 @@ fn quic_rebinding_device_is_forwarded_between_shards() {
         Some(&log),
     );
     let fp = logged_fingerprint(&log);
-    let tok = device_token(&["fight"]);
     rt().block_on(async {
         let ep = endpoint(&fp);
-        let (v, mut d) = hello(
-            &ep,
-            edge.quic,
-            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let (v, mut d) = hello(&ep, edge.quic, fight_hello().as_bytes())
+            .await
+            .unwrap();
         assert_eq!(v["ok"], true);
         for i in 0..24 {
             ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
@@ -329,18 +354,7 @@ fn quic_steering_keeps_a_rebinding_device_across_processes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
-    let g = rcgen::generate_simple_self_signed(vec!["edge.test".to_string()]).unwrap();
-    std::fs::write(&cert, g.cert.pem()).unwrap();
-    std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
-    let fp = cue_edge::tls::sha256_hex(g.cert.der());
-    let quic = free_udp_addr().to_string();
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let args = ["--quic", quic.as_str(), "--tls-cert", &c, "--tls-key", &k];
-    let edges = [
-        start_edge(origin.relay, free_addr(), free_addr(), &args),
-        start_edge(origin.relay, free_addr(), free_addr(), &args),
-    ];
+    let (edges, fp) = two_edges_on_one_quic_port(dir.path(), origin.relay, &[]);
     let mut slots: Vec<i64> = edges
         .iter()
         .flat_map(|e| {
@@ -358,16 +372,11 @@ fn quic_steering_keeps_a_rebinding_device_across_processes() {
         slots.len() == 4 && slots[0] >= 0,
         "four sockets, four slots: {slots:?}"
     );
-    let tok = device_token(&["fight"]);
     rt().block_on(async {
         let ep = endpoint(&fp);
-        let (v, mut d) = hello(
-            &ep,
-            edges[0].quic,
-            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let (v, mut d) = hello(&ep, edges[0].quic, fight_hello().as_bytes())
+            .await
+            .unwrap();
         assert_eq!(v["ok"], true);
         for i in 0..16 {
             ep.rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
@@ -390,39 +399,16 @@ fn quic_steering_keeps_a_rebinding_device_across_processes() {
 fn quic_device_of_a_killed_edge_is_reset_by_the_other_process() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
-    let g = rcgen::generate_simple_self_signed(vec!["edge.test".to_string()]).unwrap();
-    std::fs::write(&cert, g.cert.pem()).unwrap();
-    std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
-    let fp = cue_edge::tls::sha256_hex(g.cert.der());
-    let quic = free_udp_addr().to_string();
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let args = [
-        "--quic",
-        quic.as_str(),
-        "--tls-cert",
-        &c,
-        "--tls-key",
-        &k,
-        "--quic-idle-timeout-s",
-        "30",
-        "--quic-keep-alive-s",
-        "10",
-    ];
-    let mut edges = [
-        start_edge(origin.relay, free_addr(), free_addr(), &args),
-        start_edge(origin.relay, free_addr(), free_addr(), &args),
-    ];
-    let tok = device_token(&["fight"]);
+    let (mut edges, fp) = two_edges_on_one_quic_port(
+        dir.path(),
+        origin.relay,
+        &["--quic-idle-timeout-s", "30", "--quic-keep-alive-s", "10"],
+    );
     rt().block_on(async {
         let ep = endpoint_keep_alive(&fp, Some(Duration::from_millis(200)));
-        let (v, mut d) = hello(
-            &ep,
-            edges[0].quic,
-            format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let (v, mut d) = hello(&ep, edges[0].quic, fight_hello().as_bytes())
+            .await
+            .unwrap();
         assert_eq!(v["ok"], true);
         let s = publish_ok(origin.http, "fight", "before");
         assert_eq!(d.cue().await.2, s);
@@ -449,29 +435,20 @@ fn quic_device_of_a_killed_edge_is_reset_by_the_other_process() {
 fn sighup_reloads_the_certificate_without_dropping_devices() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
-    let write = |name: &str| {
-        let g = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        std::fs::write(&cert, g.cert.pem()).unwrap();
-        std::fs::write(&key, g.key_pair.serialize_pem()).unwrap();
-        cue_edge::tls::sha256_hex(g.cert.der())
-    };
-    let fp_a = write("a.test");
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let (c, k, fp_a) = write_cert(dir.path(), "a.test");
     let edge = start_edge(
         origin.relay,
         free_addr(),
         free_addr(),
         &["--tls-cert", &c, "--tls-key", &k],
     );
-    let tok = device_token(&["fight"]);
-    let h = format!("{{\"events\":[\"fight\"],\"token\":\"{tok}\"}}\n");
+    let h = fight_hello();
     rt().block_on(async {
         let (v, mut old) = hello(&endpoint(&fp_a), edge.quic, h.as_bytes())
             .await
             .unwrap();
         assert_eq!(v["ok"], true);
-        let fp_b = write("b.test");
+        let fp_b = write_cert(dir.path(), "b.test").2;
         unsafe { libc::kill(edge.proc.0.id() as i32, libc::SIGHUP) };
         let mut reloaded = false;
         for _ in 0..50 {
