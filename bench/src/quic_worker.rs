@@ -12,8 +12,6 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
 
 use crate::worker::{pin, source_addr, WorkerReport};
@@ -41,64 +39,6 @@ pub struct QuicWorkerSpec {
     pub connect_timeout_s: u64,
 }
 
-#[derive(Debug)]
-struct Pinned {
-    sha256: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let d = ring::digest::digest(&ring::digest::SHA256, end_entity);
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        if hex == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate fingerprint mismatch".into(),
-            ))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 pub(crate) fn client_config(fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
     // The fleet must not be what times out: the edge's keep-alive and idle timeout rule.
     client_config_with(fingerprint, Duration::from_secs(120), None)
@@ -115,10 +55,7 @@ pub(crate) fn client_config_with(
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            sha256: fingerprint.to_lowercase(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(cue_edge::tls::PinnedFingerprint::new(fingerprint))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"cue/1".to_vec()];
     let q = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;

@@ -193,6 +193,78 @@ fn load(
     Ok((Arc::new(ck), fp))
 }
 
+/// How a device trusts an edge by certificate fingerprint (the self-signed certificate's
+/// SHA-256 the edge logs, or any other): exactly the certificate whose DER hashes to it, with
+/// handshake signatures still checked against its key. Used by the bench fleets and the tests.
+#[derive(Debug)]
+pub struct PinnedFingerprint {
+    sha256: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedFingerprint {
+    /// A verifier for the lowercase or uppercase hex SHA-256 `sha256`.
+    pub fn new(sha256: &str) -> Arc<Self> {
+        Arc::new(Self {
+            sha256: sha256.to_lowercase(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedFingerprint {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if sha256_hex(end_entity) == self.sha256 {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "certificate fingerprint mismatch".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +278,25 @@ mod tests {
         std::fs::write(&c, g.cert.pem()).unwrap();
         std::fs::write(&k, g.key_pair.serialize_pem()).unwrap();
         (c, k, sha256_hex(g.cert.der()))
+    }
+
+    #[test]
+    fn pinned_fingerprint_accepts_only_its_certificate() {
+        use rustls::client::danger::ServerCertVerifier;
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).unwrap();
+        let pin = PinnedFingerprint::new(&sha256_hex(a.cert.der()).to_uppercase());
+        let check = |der: &CertificateDer<'_>| {
+            pin.verify_server_cert(
+                der,
+                &[],
+                &rustls::pki_types::ServerName::try_from("any").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+        };
+        assert!(check(a.cert.der()).is_ok());
+        assert!(check(b.cert.der()).is_err());
     }
 
     #[test]

@@ -5,76 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
-/// Accepts exactly the certificate whose DER hashes to the pinned SHA-256 (signatures are
-/// still checked with the certificate's key).
-#[derive(Debug)]
-pub struct Pinned {
-    pub sha256: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl Pinned {
-    pub fn new(sha256: &str) -> Arc<Self> {
-        Arc::new(Self {
-            sha256: sha256.to_lowercase(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        })
-    }
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if cue_edge::tls::sha256_hex(end_entity) == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate fingerprint mismatch".into(),
-            ))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+use rustls::pki_types::ServerName;
 
 pub fn client_tls(sha256: &str, alpn: &[u8]) -> rustls::ClientConfig {
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -83,7 +14,7 @@ pub fn client_tls(sha256: &str, alpn: &[u8]) -> rustls::ClientConfig {
     .with_safe_default_protocol_versions()
     .unwrap()
     .dangerous()
-    .with_custom_certificate_verifier(Pinned::new(sha256))
+    .with_custom_certificate_verifier(cue_edge::tls::PinnedFingerprint::new(sha256))
     .with_no_client_auth();
     c.alpn_protocols = vec![alpn.to_vec()];
     c
