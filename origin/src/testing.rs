@@ -3,8 +3,8 @@
 //! Test support, not production code: it panics on failure, as tests should.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::Child;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A workspace binary: integration tests run from `target/<profile>/deps`, and the binaries are
@@ -81,4 +81,46 @@ pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < d, "condition not met within {d:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts the workspace's `cue-origin` with its data in `dir`, publish API on `http`, relay on
+/// `relay`, token secret `secret` and `extra` flags (output discarded), and waits until its
+/// `/healthz` answers 200; panics if it does not within 10 s.
+pub fn start_origin(
+    dir: &Path,
+    http: SocketAddr,
+    relay: SocketAddr,
+    secret: &str,
+    extra: &[&str],
+) -> Proc {
+    let child = Command::new(workspace_bin("cue-origin"))
+        .args([
+            "--http",
+            &http.to_string(),
+            "--relay",
+            &relay.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("CUE_AUTH_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning cue-origin");
+    let p = Proc(child);
+    let t = Instant::now();
+    while crate::client::request(http, "GET", "/healthz", &[], b"")
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "origin did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
 }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cue_origin::client::request;
@@ -15,36 +15,7 @@ use cue_origin::token::{unix_now_s, TokenKeys};
 const SECRET: &str = "origin-integration-secret-0123456789abcdef";
 
 fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
-    let p = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cue-origin"))
-            .args([
-                "--http",
-                &http.to_string(),
-                "--relay",
-                &relay.to_string(),
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env("CUE_AUTH_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while request(http, "GET", "/healthz", &[], b"")
-        .map(|r| r.status)
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "origin did not start"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    p
+    cue_origin::testing::start_origin(dir, http, relay, SECRET, &[])
 }
 
 fn keys() -> TokenKeys {

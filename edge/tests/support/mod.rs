@@ -45,37 +45,18 @@ pub struct Origin {
 }
 
 pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
-    let child = Command::new(workspace_bin("cue-origin"))
-        .args([
-            "--http",
-            &http.to_string(),
-            "--relay",
-            &relay.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .args([
-            "--relay-heartbeat-ms",
-            "200",
-            "--relay-dead-after-ms",
-            "1000",
-        ])
-        .env("CUE_AUTH_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let o = Origin {
-        proc: Proc(child),
+    let extra = [
+        "--relay-heartbeat-ms",
+        "200",
+        "--relay-dead-after-ms",
+        "1000",
+    ];
+    Origin {
+        proc: cue_origin::testing::start_origin(dir, http, relay, SECRET, &extra),
         http,
         relay,
         dir: dir.to_path_buf(),
-    };
-    wait_until(Duration::from_secs(10), || {
-        request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    o
+    }
 }
 
 pub struct Edge {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cue_origin::client::{request, Response};
-pub use cue_origin::testing::{free_addr, wait_until, workspace_bin, Proc};
+pub use cue_origin::testing::{free_addr, wait_until, Proc};
 use cue_origin::token::{unix_now_s, TokenKeys};
 
 pub const SECRET: &str = "prefetch-integration-secret-0123456789abcdef";
@@ -111,30 +111,11 @@ pub struct Origin {
 pub fn start_origin() -> Origin {
     let dir = tempfile::tempdir().unwrap();
     let (http, relay) = (free_addr(), free_addr());
-    let child = Command::new(workspace_bin("cue-origin"))
-        .args([
-            "--http",
-            &http.to_string(),
-            "--relay",
-            &relay.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("CUE_AUTH_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let o = Origin {
-        proc: Proc(child),
+    Origin {
+        proc: cue_origin::testing::start_origin(dir.path(), http, relay, SECRET, &[]),
         http,
         _dir: dir,
-    };
-    wait_until(Duration::from_secs(10), || {
-        request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
-    o
+    }
 }
 
 impl Origin {
