@@ -273,23 +273,7 @@ fn start_quic_fleet(
         };
         workers.push(crate::quic_worker::start(&spec)?);
     }
-    let mut connected = 0;
-    for w in &mut workers {
-        let l: serde_json::Value = serde_json::from_str(&w.line()?)?;
-        connected += l["ready"].as_u64().unwrap_or(0) as usize;
-    }
-    let connect_s = t.elapsed().as_secs_f64();
-    if o.verbose {
-        eprintln!(
-            "{connected}/{} QUIC devices connected in {connect_s:.2}s",
-            o.devices
-        );
-    }
-    Ok(Fleet {
-        workers,
-        connected,
-        connect_s,
-    })
+    ready(workers, t, o, "QUIC devices")
 }
 
 fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
@@ -367,6 +351,16 @@ fn start_fleet(
         };
         workers.push(WorkerProc::start(&spec)?);
     }
+    ready(workers, t, o, "devices")
+}
+
+/// Waits for every worker's "ready" line (started at `t`): the fleet, with how many connected.
+fn ready(
+    mut workers: Vec<WorkerProc>,
+    t: Instant,
+    o: &RunOpts,
+    what: &str,
+) -> anyhow::Result<Fleet> {
     let mut connected = 0;
     for w in &mut workers {
         let l: serde_json::Value = serde_json::from_str(&w.line()?)?;
@@ -375,7 +369,7 @@ fn start_fleet(
     let connect_s = t.elapsed().as_secs_f64();
     if o.verbose {
         eprintln!(
-            "{connected}/{} devices connected in {connect_s:.2}s",
+            "{connected}/{} {what} connected in {connect_s:.2}s",
             o.devices
         );
     }

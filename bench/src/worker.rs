@@ -251,12 +251,7 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             loop {
                 match d.sock.read(&mut chunk) {
                     Ok(0) => {
-                        if matches!(d.phase, Phase::Upgrading { .. }) {
-                            in_flight -= 1;
-                        } else if matches!(d.phase, Phase::Open) {
-                            report.closed += 1;
-                        }
-                        d.phase = Phase::Dead;
+                        gone(d, &mut in_flight, &mut report);
                         let _ = poll.registry().deregister(&mut d.sock);
                         break;
                     }
@@ -271,12 +266,7 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => {
-                        if matches!(d.phase, Phase::Upgrading { .. }) {
-                            in_flight -= 1;
-                        } else if matches!(d.phase, Phase::Open) {
-                            report.closed += 1;
-                        }
-                        d.phase = Phase::Dead;
+                        gone(d, &mut in_flight, &mut report);
                         let _ = poll.registry().deregister(&mut d.sock);
                         break;
                     }
@@ -284,6 +274,17 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The server closed device `d` (or its socket failed): it stops counting as a handshake in
+/// flight or as an open device.
+fn gone(d: &mut Dev, in_flight: &mut usize, report: &mut WorkerReport) {
+    if matches!(d.phase, Phase::Upgrading { .. }) {
+        *in_flight -= 1;
+    } else if matches!(d.phase, Phase::Open) {
+        report.closed += 1;
+    }
+    d.phase = Phase::Dead;
 }
 
 /// Handles bytes from the server; `Err` when the device is finished.

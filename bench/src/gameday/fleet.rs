@@ -13,7 +13,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use cue_edge::ws::frame::{decode_frame, encode_frame, Decoded, Opcode, Role};
@@ -347,19 +346,7 @@ impl Fleet {
             if matches!(self.devs[i].ws, Ws::Open(_)) && self.rng.gen_bool(frac.clamp(0.0, 1.0)) {
                 if let Ws::Open(s) = &self.devs[i].ws {
                     // Abrupt: RST, no close frame (a phone losing its network).
-                    let l = libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    };
-                    unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&l as *const libc::linger).cast(),
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        );
-                    }
+                    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
                 }
                 self.devs[i].attempts = 0;
                 self.retry(i as u32);

@@ -217,6 +217,25 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let ws_devices = o.devices - quic_devices;
     let (tx, rx) = mpsc::channel::<Line>();
     let mut workers = Vec::new();
+    // What every worker shares; each sets its devices, edge, source addresses and seed.
+    let base = FleetSpec {
+        first: 0,
+        devices: 0,
+        edge: ws,
+        prefetch: prefetch_addr.as_ref().map(|x| x.1),
+        event: script.event.clone(),
+        keys: script.keys(),
+        secret: secret.clone(),
+        ramp_ms: script.ramp.as_millis() as u64,
+        backoff_min_ms: 1000,
+        backoff_max_ms: 8000,
+        status_ms: 500,
+        source_base: 0,
+        cpu: fleet_cpu,
+        seed: o.seed,
+        t0_unix_ms,
+        quic_fingerprint: None,
+    };
     let mut left = ws_devices;
     let mut w = 0;
     while left > 0 {
@@ -225,20 +244,9 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         let spec = FleetSpec {
             first: w * per_worker,
             devices: n,
-            edge: ws,
-            prefetch: prefetch_addr.as_ref().map(|x| x.1),
-            event: script.event.clone(),
-            keys: script.keys(),
-            secret: secret.clone(),
-            ramp_ms: script.ramp.as_millis() as u64,
-            backoff_min_ms: 1000,
-            backoff_max_ms: 8000,
-            status_ms: 500,
             source_base: (w * 2) as u32,
-            cpu: fleet_cpu,
             seed: o.seed.wrapping_add(w as u64),
-            t0_unix_ms,
-            quic_fingerprint: None,
+            ..base.clone()
         };
         workers.push(spawn_worker(
             "gameday-worker",
@@ -258,19 +266,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             first: q * per_quic_worker,
             devices: n,
             edge: *addr,
-            prefetch: prefetch_addr.as_ref().map(|x| x.1),
-            event: script.event.clone(),
-            keys: script.keys(),
-            secret: secret.clone(),
-            ramp_ms: script.ramp.as_millis() as u64,
-            backoff_min_ms: 1000,
-            backoff_max_ms: 8000,
-            status_ms: 500,
             source_base: 100 + (q * 20) as u32,
-            cpu: fleet_cpu,
             seed: o.seed.wrapping_add(1000 + q as u64),
-            t0_unix_ms,
             quic_fingerprint: Some(fp.clone()),
+            ..base.clone()
         };
         workers.push(spawn_worker(
             "gameday-quic-worker",
