@@ -14,7 +14,7 @@ use std::fmt;
 use cue_origin::cue::valid_event;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-use crate::ws::query::{Format, Subscribe};
+use crate::ws::query::{quoted, Format, Subscribe};
 
 /// Bounds on a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,17 +304,6 @@ impl<'de> Visitor<'de> for SinceSeed<'_> {
         }
         Ok(out)
     }
-}
-
-/// `s` quoted for an error: at most 64 bytes, control characters escaped.
-fn quoted(s: &str) -> String {
-    const MAX: usize = 64;
-    let mut end = s.len().min(MAX);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let ellipsis = if end < s.len() { "..." } else { "" };
-    format!("'{}{ellipsis}'", s[..end].escape_debug())
 }
 
 #[cfg(test)]

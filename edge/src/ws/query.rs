@@ -223,8 +223,8 @@ fn percent_decode<'a>(param: &'static str, s: &'a str) -> Result<Cow<'a, str>, Q
 }
 
 /// `s` in quotes for an error message: at most 64 bytes of it, control characters escaped, so a
-/// hostile query cannot make the refusal large or odd.
-fn quoted(s: &str) -> String {
+/// hostile query (or hello) cannot make the refusal large or odd.
+pub(crate) fn quoted(s: &str) -> String {
     const MAX: usize = 64;
     let mut end = s.len().min(MAX);
     while !s.is_char_boundary(end) {
