@@ -7,7 +7,6 @@
 //! A TLS session costs memory per device (measured in docs/edge.md); plain `ws` devices pay
 //! nothing for this module but one bounds-checked lookup per send.
 
-use std::io::Write;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -17,35 +16,6 @@ use rustls::unbuffered::{
 };
 
 use crate::core::Sent;
-
-/// Writes to a non-blocking socket.
-struct FdWriter(RawFd);
-
-impl Write for FdWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes; the fd is the caller's socket.
-            let n = unsafe {
-                libc::send(
-                    self.0,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Session {
     tls: UnbufferedServerConnection,
@@ -95,19 +65,48 @@ impl std::fmt::Debug for TlsSessions {
 /// plus overhead; more than that waiting is not TLS.
 const MAX_PARTIAL: usize = 18 * 1024;
 
-/// Writes `buf` to the socket; `Ok(n)` with `n < buf.len()` when the socket is full.
+/// Writes `buf` to the non-blocking socket; `Ok(n)` with `n < buf.len()` when it is full.
 fn write_some(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
-    let mut w = FdWriter(fd);
     let mut done = 0;
     while done < buf.len() {
-        match w.write(&buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+        let rest = &buf[done..];
+        // SAFETY: `rest` is valid for `rest.len()` bytes; the fd is the caller's socket.
+        let n = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        if n == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => break,
+            _ => return Err(e),
         }
     }
     Ok(done)
+}
+
+impl Session {
+    /// Writes the ciphertext waiting in `out`; true when all of it is out (and `out` freed).
+    fn write_out(&mut self, fd: RawFd) -> std::io::Result<bool> {
+        let n = write_some(fd, &self.out)?;
+        self.out.drain(..n);
+        if self.out.is_empty() {
+            self.out = Vec::new();
+            return Ok(true);
+        }
+        Ok(false)
+    }
 }
 
 impl TlsSessions {
@@ -217,14 +216,8 @@ impl TlsSessions {
                     // The handshake's records go out now; what the socket refuses waits in
                     // `out` and is sent on writability.
                     t.done();
-                    match write_some(fd, &s.out) {
-                        Ok(n) => {
-                            s.out.drain(..n);
-                            if s.out.is_empty() {
-                                s.out = Vec::new();
-                            }
-                            None
-                        }
+                    match s.write_out(fd) {
+                        Ok(_) => None,
                         Err(_) => Some(TlsRead::Failed),
                     }
                 }
@@ -252,17 +245,7 @@ impl TlsSessions {
     /// Writes pending ciphertext; `Some(true)` when all is out, `Some(false)` when some waits
     /// for writability, `None` when the socket failed.
     pub fn flush(&mut self, fd: RawFd) -> Option<bool> {
-        let s = self.get(fd)?;
-        if s.out.is_empty() {
-            return Some(true);
-        }
-        let n = write_some(fd, &s.out).ok()?;
-        s.out.drain(..n);
-        if s.out.is_empty() {
-            s.out = Vec::new();
-            return Some(true);
-        }
-        Some(false)
+        self.get(fd)?.write_out(fd).ok()
     }
 
     /// The core's send on a TLS socket: refused while earlier ciphertext waits (so the core
@@ -408,7 +391,7 @@ fn send_alert(s: &mut Session, fd: RawFd, scratch: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
