@@ -195,8 +195,8 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         .context("cue-edge did not link to the origin")?;
     }
     log.push(format!("stack: origin {http} relay {relay}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.shards, o.edge_cpu));
-    let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
-    let now = cue_origin::token::unix_now_s();
+    let keys = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let now = cue_common::time::unix_now_s();
     let device_token = keys.mint_device(
         "bench-fleet",
         &["bench".into(), QUIC_EVENT.into()],

@@ -92,7 +92,7 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
             break;
         };
         let ts = crate::stack::unix_us() / 1000;
-        let cue = cue_origin::cue::Cue::new("bench", &format!("stage-{seq}"), seq, ts)?;
+        let cue = cue_common::cue::Cue::new("bench", &format!("stage-{seq}"), seq, ts)?;
         let frame = cue_edge::encoded::EncodedCue::new(cue).ws_json;
         let (t0, c0) = (Instant::now(), cpu_now());
         for s in &mut socks {

@@ -547,11 +547,11 @@ fn run_mode(
             cache_jitter,
         ],
     )?;
-    let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let keys = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let token = keys.mint_device(
         "bench-fleet",
         &["herd".into()],
-        cue_origin::token::unix_now_s(),
+        cue_common::time::unix_now_s(),
         3600,
     );
     // Mode (b): every device asks for its schedule first (before the window: not counted in the
@@ -643,11 +643,11 @@ fn throughput(a: &HerdArgs, kind: &str, up: &Upstream, secret: &str) -> anyhow::
     args.extend(extra);
     let (mut proc, addr) =
         start_prefetch(a, &format!("prefetch-tput-{kind}"), &dir, secret, &args)?;
-    let keys = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let keys = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let token = keys.mint_device(
         "bench-fleet",
         &["tput".into()],
-        cue_origin::token::unix_now_s(),
+        cue_common::time::unix_now_s(),
         3600,
     );
     let auth = format!("Authorization: Bearer {token}\r\n");

@@ -160,7 +160,7 @@ async fn device(
     loop {
         while let Some(n) = buf.iter().position(|&b| b == b'\n') {
             let now = crate::stack::unix_us();
-            if let Ok(c) = cue_origin::cue::Cue::from_json(&buf[..n]) {
+            if let Ok(c) = cue_common::cue::Cue::from_json(&buf[..n]) {
                 let mut s = shared.lock().expect("fleet lock");
                 s.report.frames += 1;
                 s.report.arrivals.entry(c.seq()).or_default().push(now);

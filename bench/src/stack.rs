@@ -112,7 +112,7 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
-    let r = cue_origin::client::request(addr, method, path, headers, body)?;
+    let r = cue_testkit::client::request(addr, method, path, headers, body)?;
     Ok((r.status, r.body))
 }
 

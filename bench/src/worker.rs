@@ -366,9 +366,9 @@ fn on_bytes(
 /// servers that relay our published JSON are measured the same way).
 fn seq_of(op: Opcode, pl: &[u8]) -> Option<u64> {
     match op {
-        Opcode::Binary => cue_origin::cue::Cue::from_binary(pl).ok().map(|c| c.seq()),
+        Opcode::Binary => cue_common::cue::Cue::from_binary(pl).ok().map(|c| c.seq()),
         _ => {
-            if let Ok(c) = cue_origin::cue::Cue::from_json(pl) {
+            if let Ok(c) = cue_common::cue::Cue::from_json(pl) {
                 return Some(c.seq());
             }
             let v: serde_json::Value = serde_json::from_slice(pl).ok()?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cue_origin::metrics::{header, sample, single};
+use cue_common::metrics::{header, sample, single};
 
 use crate::relay_link::{Control, LinkStats};
 use crate::stats::{render, ShardStats};

@@ -316,11 +316,11 @@ impl EdgeConfig {
         );
         if let Some(s) = &self.auth_secret {
             check(
-                s.len() >= cue_origin::token::MIN_SECRET_LEN,
+                s.len() >= cue_common::token::MIN_SECRET_LEN,
                 format!(
                     "auth_secret: {} bytes, needs at least {}",
                     s.len(),
-                    cue_origin::token::MIN_SECRET_LEN
+                    cue_common::token::MIN_SECRET_LEN
                 ),
             );
         }
@@ -343,7 +343,7 @@ impl EdgeConfig {
     /// The device-logic part, given the token keys and this shard's session limit.
     pub fn core(
         &self,
-        auth: Option<cue_origin::token::TokenKeys>,
+        auth: Option<cue_common::token::TokenKeys>,
         max_connections: usize,
     ) -> CoreConfig {
         CoreConfig {

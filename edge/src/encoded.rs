@@ -8,7 +8,7 @@
 //! - QUIC JSON: the JSON cue and `\n` (one JSON object per line on the stream).
 //! - QUIC binary: a record of `u16` big-endian length, then the binary cue (21..=147 bytes).
 
-use cue_origin::cue::Cue;
+use cue_common::cue::Cue;
 
 use crate::ws::frame::{encode_frame, Opcode};
 use crate::ws::query::Format;

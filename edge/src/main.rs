@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use cue_common::config::load_toml;
 use cue_edge::admin::{self, AdminState};
 use cue_edge::config::EdgeConfig;
 use cue_edge::relay_link::{self, Control, LinkConfig, LinkStats};
 use cue_edge::shard::{self, QuicSpec, ShardSpec};
 use cue_edge::stats::ShardStats;
 use cue_edge::tls::{CertSource, CertStore};
-use cue_origin::config::load_toml;
 
 /// Cue edge: holds device connections (WebSocket, WebSocket over TLS, QUIC) on pinned
 /// thread-per-core shards and fans cues from the origin out to them.
@@ -177,7 +177,7 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_origin::cli::init_logging();
+    cue_common::logging::init_logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -195,7 +195,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: EdgeConfig) -> Result<(), String> {
-    let keys = cue_origin::config::token_keys(
+    let keys = cue_common::config::token_keys(
         cfg.no_auth,
         cfg.auth_secret.as_deref(),
         &cfg.secret_file(),
@@ -214,7 +214,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     // beyond its session limit, to answer excess devices with a 503 instead of a silent close.
     const REFUSAL_HEADROOM: usize = 32;
     let reserved = 64 + (8 + REFUSAL_HEADROOM as u64) * nshards as u64;
-    let limits = cue_tune::limits::raise_soft_limits().map_err(|e| format!("limits: {e}"))?;
+    let limits = cue_common::limits::raise_soft_limits().map_err(|e| format!("limits: {e}"))?;
     for r in &limits.raised {
         tracing::info!("raised {r}");
     }

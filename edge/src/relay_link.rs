@@ -13,8 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cue_origin::metrics::{Counter, Gauge};
-use cue_origin::relay::proto::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
+use cue_common::metrics::{Counter, Gauge};
+use cue_common::relay::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 use glommio::net::TcpStream;
@@ -162,7 +162,7 @@ enum LinkError {
     #[error("connect: {0}")]
     Connect(String),
     #[error("protocol: {0}")]
-    Proto(#[from] proto::RelayError),
+    Proto(#[from] relay::RelayError),
     #[error("origin closed the link")]
     Closed,
     #[error("origin silent for {0:?}")]
@@ -189,7 +189,7 @@ async fn link_once(
         .map_err(|e| LinkError::Connect(e.to_string()))?;
     let mut out = Vec::with_capacity(1024);
     let since = newest.borrow().since();
-    proto::encode(
+    relay::encode(
         &Frame::Hello {
             edge_id: cfg.edge_id.clone(),
             since,
@@ -234,7 +234,7 @@ async fn read_loop(
             Err(e) => return Err(e.into()),
         }
         let mut used = 0;
-        while let Some((frame, n)) = proto::decode(&buf[used..])? {
+        while let Some((frame, n)) = relay::decode(&buf[used..])? {
             used += n;
             match frame {
                 Frame::Cue(cue) => {
@@ -250,7 +250,7 @@ async fn read_loop(
                         }
                     }
                 }
-                Frame::Ping(n) => proto::encode(&Frame::Pong(n), out),
+                Frame::Ping(n) => relay::encode(&Frame::Pong(n), out),
                 Frame::CaughtUp(n) => tracing::info!(cues = n, "relay catch-up done"),
                 Frame::Pong(_) => {}
                 Frame::Hello { .. } => tracing::warn!("unexpected HELLO from origin, ignored"),
@@ -261,7 +261,7 @@ async fn read_loop(
             LivenessAction::Dead => return Err(LinkError::Dead(cfg.dead_after)),
             LivenessAction::SendPing => {
                 nonce += 1;
-                proto::encode(&Frame::Ping(nonce), out);
+                relay::encode(&Frame::Ping(nonce), out);
             }
             LivenessAction::Idle => {}
         }

@@ -1,7 +1,7 @@
 //! Per-shard counters. Each shard is the only writer of its own [`ShardStats`] (relaxed
 //! atomics, no contention); the admin thread reads them all to render `/metrics`.
 
-use cue_origin::metrics::{header, sample, Counter, Gauge, Histogram};
+use cue_common::metrics::{header, sample, Counter, Gauge, Histogram};
 
 /// Why a device connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,9 +55,9 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
     assert!(quiet_for(&mut c, Duration::from_millis(300)));
 
     // Refusals before the upgrade.
-    let other = cue_origin::token::TokenKeys::new(&[1u8; 32])
+    let other = cue_common::token::TokenKeys::new(&[1u8; 32])
         .unwrap()
-        .mint_device("d", &["fight".into()], cue_origin::token::unix_now_s(), 60);
+        .mint_device("d", &["fight".into()], cue_common::time::unix_now_s(), 60);
     let cases = [
         ("events=fight".to_string(), None, 401),
         (
@@ -94,7 +94,7 @@ fn origin_kill9_after_201_loses_nothing_and_edges_relink() {
     assert_eq!(next_cue(&mut dev).2, s1);
     origin.proc.kill9();
     let origin = start_origin(dir.path(), http, relay);
-    let cur = cue_origin::client::request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
+    let cur = cue_testkit::client::request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
     let v: serde_json::Value = serde_json::from_str(&cur.body).unwrap();
     assert_eq!(v["current"]["seq"].as_u64(), Some(s1), "{}", cur.body);
     assert_eq!(v["current"]["key"], "round-1");
@@ -158,7 +158,7 @@ fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
     let mut devs: Vec<_> = (0..10)
         .map(|_| subscribe(edge.ws, "events=fight", Some(&tok)).unwrap())
         .collect();
-    let r = cue_origin::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"")
+    let r = cue_testkit::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"")
         .unwrap();
     assert_eq!(r.status, 202, "{}", r.body);
     for d in &mut devs {
@@ -182,7 +182,7 @@ fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
         .parse()
         .expect(&body);
     assert!((5..=60).contains(&retry), "{body}");
-    let h = cue_origin::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
+    let h = cue_testkit::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
     assert_eq!(h.status, 503);
     // SIGTERM after a drain: exits cleanly.
     edge.proc.sigterm();

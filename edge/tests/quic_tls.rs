@@ -183,7 +183,7 @@ fn wss_clients_pinned_by_fingerprint() {
     let s = publish_ok(origin.http, "fight", "round-tls");
     match ws.read().unwrap() {
         tungstenite::Message::Text(t) => {
-            let c = cue_origin::cue::Cue::from_json(t.as_bytes()).unwrap();
+            let c = cue_common::cue::Cue::from_json(t.as_bytes()).unwrap();
             assert_eq!((c.key(), c.seq()), ("round-tls", s));
         }
         m => panic!("{m:?}"),

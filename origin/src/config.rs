@@ -1,11 +1,10 @@
 //! `cue-origin` configuration: one typed struct, TOML file (`--config`) with flags on top,
 //! embedded defaults that run on loopback, and a `validate()` that reports every problem at once.
-//! Also the TOML loading and shared-secret resolution every Cue binary uses.
+//! TOML loading and secret resolution are `cue_common::config`'s.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// Origin settings. Every field has a default; see each for its trade-off.
@@ -112,11 +111,11 @@ impl OriginConfig {
             e.push("max_edges: must be > 0".into());
         }
         if let Some(s) = &self.auth_secret {
-            if s.len() < crate::token::MIN_SECRET_LEN {
+            if s.len() < cue_common::token::MIN_SECRET_LEN {
                 e.push(format!(
                     "auth_secret: {} bytes, needs at least {}",
                     s.len(),
-                    crate::token::MIN_SECRET_LEN
+                    cue_common::token::MIN_SECRET_LEN
                 ));
             }
         }
@@ -128,105 +127,6 @@ impl OriginConfig {
         self.auth_secret_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("auth.secret"))
-    }
-}
-
-/// The token keys a service checks with: `None` (and a warning naming what is open) with
-/// `no_auth`, else keys from [`resolve_secret`] (`CUE_AUTH_SECRET`, the inline secret, the file;
-/// `create` makes the file when missing). `open` says what `--no-auth` lets anyone do.
-pub fn token_keys(
-    no_auth: bool,
-    inline: Option<&str>,
-    file: &Path,
-    create: bool,
-    open: &str,
-) -> Result<Option<crate::token::TokenKeys>, String> {
-    if no_auth {
-        tracing::warn!("auth is OFF (--no-auth): {open}; local experiments only");
-        return Ok(None);
-    }
-    let secret = resolve_secret(std::env::var("CUE_AUTH_SECRET").ok(), inline, file, create)?;
-    crate::token::TokenKeys::new(&secret)
-        .map(Some)
-        .map_err(|e| e.to_string())
-}
-
-/// Loads a TOML config file into `T` (unknown keys are errors), or `T::default()` without one.
-pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, String> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("config {}: cannot read: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        format!(
-            "config {}: {}",
-            path.display(),
-            msg.lines().next().unwrap_or("invalid TOML")
-        )
-    })
-}
-
-/// Resolves the shared token secret: `CUE_AUTH_SECRET` from the environment, else the inline
-/// setting, else the secret file. With `create`, a missing file is created (0600) holding a
-/// random 64-hex-digit secret. Errors are one line naming the setting.
-pub fn resolve_secret(
-    env: Option<String>,
-    inline: Option<&str>,
-    file: &Path,
-    create: bool,
-) -> Result<Vec<u8>, String> {
-    let check = |s: Vec<u8>, from: &str| {
-        if s.len() < crate::token::MIN_SECRET_LEN {
-            Err(format!(
-                "{from}: secret is {} bytes, needs at least {}",
-                s.len(),
-                crate::token::MIN_SECRET_LEN
-            ))
-        } else {
-            Ok(s)
-        }
-    };
-    if let Some(s) = env.filter(|s| !s.is_empty()) {
-        return check(s.into_bytes(), "CUE_AUTH_SECRET");
-    }
-    if let Some(s) = inline {
-        return check(s.as_bytes().to_vec(), "auth_secret");
-    }
-    match std::fs::read_to_string(file) {
-        Ok(s) => check(
-            s.trim().as_bytes().to_vec(),
-            &format!("auth secret file {}", file.display()),
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            use rand::Rng;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut raw = [0u8; 32];
-            rand::thread_rng().fill(&mut raw);
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("auth secret file {}: {e}", file.display()))?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(file)
-                .map_err(|e| format!("auth secret file {}: cannot create: {e}", file.display()))?;
-            writeln!(f, "{hex}")
-                .and_then(|_| f.sync_all())
-                .map_err(|e| format!("auth secret file {}: cannot write: {e}", file.display()))?;
-            tracing::warn!(file = %file.display(), "no auth secret configured: generated one");
-            Ok(hex.into_bytes())
-        }
-        Err(e) => Err(format!(
-            "auth secret: none configured and {} is unreadable ({e}); set CUE_AUTH_SECRET, \
-             auth_secret_file, or --no-auth",
-            file.display()
-        )),
     }
 }
 
@@ -260,27 +160,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "htp = \"127.0.0.1:1\"\n").unwrap();
-        let e = load_toml::<OriginConfig>(Some(&p)).unwrap_err();
+        let e = cue_common::config::load_toml::<OriginConfig>(Some(&p)).unwrap_err();
         assert!(e.contains("htp"), "{e}");
         std::fs::write(&p, "max_edges = 3\n").unwrap();
-        assert_eq!(load_toml::<OriginConfig>(Some(&p)).unwrap().max_edges, 3);
-    }
-
-    #[test]
-    fn secret_resolution_order_and_creation() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("sub/auth.secret");
-        assert!(resolve_secret(None, None, &f, false).is_err());
-        let s = resolve_secret(None, None, &f, true).unwrap();
-        assert_eq!(s.len(), 64);
-        assert_eq!(resolve_secret(None, None, &f, false).unwrap(), s);
-        let env = "e".repeat(40);
         assert_eq!(
-            resolve_secret(Some(env.clone()), Some(&"i".repeat(40)), &f, false).unwrap(),
-            env.as_bytes()
+            cue_common::config::load_toml::<OriginConfig>(Some(&p))
+                .unwrap()
+                .max_edges,
+            3
         );
-        assert!(resolve_secret(Some("short".into()), None, &f, false)
-            .unwrap_err()
-            .starts_with("CUE_AUTH_SECRET"));
     }
 }

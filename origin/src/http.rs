@@ -15,9 +15,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::cue::{valid_key, EventName};
 use crate::publish::{Latest, PublishError, Publisher};
-use crate::token::{unix_now_s, TokenKeys};
+use cue_common::cue::{valid_key, EventName};
+use cue_common::time::unix_now_s;
+use cue_common::token::TokenKeys;
 
 /// Largest publish body accepted.
 pub const MAX_BODY: usize = 4096;
@@ -33,9 +34,9 @@ pub struct Api {
     /// Renders `/metrics`.
     pub render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// Counts requests by route and status.
-    pub requests: crate::metrics::Counter,
+    pub requests: cue_common::metrics::Counter,
     /// Counts refused publishes by status.
-    pub refused: [crate::metrics::Counter; 5],
+    pub refused: [cue_common::metrics::Counter; 5],
 }
 
 impl std::fmt::Debug for Api {
@@ -186,7 +187,7 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
 }
 
 fn render_metrics(api: &Api) -> String {
-    use crate::metrics::{header, sample, single};
+    use cue_common::metrics::{header, sample, single};
     let mut s = (api.render_metrics)();
     single(
         &mut s,

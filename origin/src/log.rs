@@ -34,7 +34,7 @@
 //! offset  size  field
 //! 0       4     L = payload length, u32 little-endian, 1..=MAX_BINARY_LEN (147)
 //! 4       4     CRC-32C (Castagnoli) of the L payload bytes, u32 little-endian
-//! 8       L     payload: one cue in its binary form (`crate::cue`, version byte first,
+//! 8       L     payload: one cue in its binary form (`cue_common::cue`, version byte first,
 //!               big-endian integers inside)
 //! ```
 //!
@@ -79,7 +79,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::cue::{Cue, EventName, MAX_BINARY_LEN};
+use cue_common::cue::{Cue, EventName, MAX_BINARY_LEN};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE_NAME: &str = "cues.log";

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use cue_origin::config::{load_toml, resolve_secret, OriginConfig};
-use cue_origin::token::{unix_now_s, TokenKeys};
+use cue_common::config::{load_toml, resolve_secret};
+use cue_common::time::unix_now_s;
+use cue_common::token::TokenKeys;
+use cue_origin::config::OriginConfig;
 
 /// Cue origin: publish API, durable cue log, relay to edges.
 ///
@@ -130,7 +132,7 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_origin::cli::init_logging();
+    cue_common::logging::init_logging();
     let cfg = match config(&cli.serve) {
         Ok(c) => c,
         Err(e) => {
@@ -163,7 +165,7 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
         TokenKind::Device { sub, events, ttl } => {
             let evs: Vec<String> = events.split(',').map(|s| s.trim().to_string()).collect();
             for e in &evs {
-                if e != "*" && !cue_origin::cue::valid_event(e) {
+                if e != "*" && !cue_common::cue::valid_event(e) {
                     eprintln!(
                         "cue-origin: --events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'"
                     );
@@ -183,5 +185,5 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
 }
 
 fn serve(cfg: OriginConfig) -> ExitCode {
-    cue_origin::cli::run_service("cue-origin", 2, |stop| cue_origin::server::run(cfg, stop))
+    cue_service::run_service("cue-origin", 2, |stop| cue_origin::server::run(cfg, stop))
 }

@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::cue::{Cue, EventName};
 use crate::log::CueLog;
-use crate::metrics::{Counter, Gauge, Histogram};
+use cue_common::cue::{Cue, EventName};
+use cue_common::metrics::{Counter, Gauge, Histogram};
 
 /// Newest cue of every event, shared by the HTTP API and the relay (read-mostly).
 pub type Latest = Arc<RwLock<HashMap<EventName, Cue>>>;

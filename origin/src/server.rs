@@ -11,20 +11,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{token_keys, OriginConfig};
+use crate::config::OriginConfig;
 use crate::http::Api;
 use crate::log::{CueLog, LogOptions};
-use crate::metrics::{header, single};
 use crate::publish::{PublishMetrics, Publisher};
-use crate::relay::server::{RelayMetrics, RelayOptions};
-
-/// Milliseconds since the Unix epoch (the publish time stamped on cues).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::relay::{RelayMetrics, RelayOptions};
+use cue_common::config::token_keys;
+use cue_common::metrics::{header, single};
+use cue_common::time::unix_now_ms;
 
 /// Runs the origin until `shutdown` resolves, then stops accepting, lets in-flight publishes
 /// finish, and returns.
@@ -82,7 +76,7 @@ pub async fn run(
     tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let relay_task = tokio::spawn(crate::relay::server::serve(
+    let relay_task = tokio::spawn(crate::relay::serve(
         relay,
         latest.clone(),
         live.clone(),

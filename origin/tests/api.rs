@@ -7,15 +7,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cue_origin::client::request;
-use cue_origin::relay::proto::{self, Frame};
-use cue_origin::testing::{free_addr, Proc};
-use cue_origin::token::{unix_now_s, TokenKeys};
+use cue_common::relay::{self, Frame};
+use cue_common::time::unix_now_s;
+use cue_common::token::TokenKeys;
+use cue_testkit::client::request;
+use cue_testkit::{free_addr, Proc};
 
 const SECRET: &str = "origin-integration-secret-0123456789abcdef";
 
 fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
-    cue_origin::testing::start_origin(dir, http, relay, SECRET, &[])
+    cue_testkit::start_origin(dir, http, relay, SECRET, &[])
 }
 
 fn keys() -> TokenKeys {
@@ -174,8 +175,8 @@ fn relay_catch_up_then_live_then_heartbeat() {
     let mut s = TcpStream::connect(relay).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut hello = Vec::new();
-    let a = cue_origin::cue::EventName::new("a").unwrap();
-    proto::encode(
+    let a = cue_common::cue::EventName::new("a").unwrap();
+    relay::encode(
         &Frame::Hello {
             edge_id: "t".into(),
             since: vec![(a, 1)],
@@ -187,7 +188,7 @@ fn relay_catch_up_then_live_then_heartbeat() {
     let mut frames = Vec::new();
     let mut read_frames = |s: &mut TcpStream, n: usize, frames: &mut Vec<Frame>| {
         while frames.len() < n {
-            if let Some((f, used)) = proto::decode(&buf).unwrap() {
+            if let Some((f, used)) = relay::decode(&buf).unwrap() {
                 buf.drain(..used);
                 frames.push(f);
                 continue;

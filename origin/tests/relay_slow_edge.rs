@@ -8,14 +8,14 @@ use std::io::{Read, Write};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use cue_origin::cue::Cue;
-use cue_origin::relay::proto::{self, Frame};
-use cue_origin::relay::server::{serve, RelayMetrics, RelayOptions};
+use cue_common::cue::Cue;
+use cue_common::relay::{self, Frame};
+use cue_origin::relay::{serve, RelayMetrics, RelayOptions};
 use tokio::sync::{broadcast, watch};
 
 fn hello(id: &str) -> Vec<u8> {
     let mut b = Vec::new();
-    proto::encode(
+    relay::encode(
         &Frame::Hello {
             edge_id: id.into(),
             since: vec![],
@@ -73,7 +73,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
             assert!(n > 0, "healthy edge was disconnected");
             buf.extend_from_slice(&chunk[..n]);
             let mut used = 0;
-            while let Some((f, k)) = proto::decode(&buf[used..]).unwrap() {
+            while let Some((f, k)) = relay::decode(&buf[used..]).unwrap() {
                 used += k;
                 if let Frame::Cue(c) = f {
                     assert!(c.seq() > newest, "seqs only go up");

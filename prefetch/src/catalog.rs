@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cue_origin::cue::{valid_event, valid_key};
+use cue_common::cue::{valid_event, valid_key};
 use serde_json::{Map, Value};
 
 use crate::schedule::Window;

@@ -215,11 +215,11 @@ impl PrefetchConfig {
         );
         pair("shed_rps", self.shed_rps[0], self.shed_rps[1], &mut e);
         if let Some(s) = &self.auth_secret {
-            if s.len() < cue_origin::token::MIN_SECRET_LEN {
+            if s.len() < cue_common::token::MIN_SECRET_LEN {
                 e.push(format!(
                     "auth_secret: {} bytes, needs at least {}",
                     s.len(),
-                    cue_origin::token::MIN_SECRET_LEN
+                    cue_common::token::MIN_SECRET_LEN
                 ));
             }
         }
@@ -303,12 +303,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.toml");
         std::fs::write(&p, "http = \"127.0.0.1:7200\"\nshed_in_flight = [10, 20]\nupstream = \"http://127.0.0.1:9/r?e={event}\"\n").unwrap();
-        let c: PrefetchConfig = cue_origin::config::load_toml(Some(&p)).unwrap();
+        let c: PrefetchConfig = cue_common::config::load_toml(Some(&p)).unwrap();
         assert_eq!(c.http.port(), 7200);
         assert_eq!(c.shed_in_flight, [10, 20]);
         assert!(c.validate().is_empty());
         std::fs::write(&p, "catalg = \"x\"\n").unwrap();
-        let e = cue_origin::config::load_toml::<PrefetchConfig>(Some(&p)).unwrap_err();
+        let e = cue_common::config::load_toml::<PrefetchConfig>(Some(&p)).unwrap_err();
         assert!(e.contains("catalg"), "{e}");
     }
 }

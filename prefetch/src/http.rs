@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cue_origin::token::{unix_now_s, Claims, TokenError};
+use cue_common::time::unix_now_s;
+use cue_common::token::{Claims, TokenError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -196,7 +197,7 @@ fn check<'a>(
         .expect("catalog lock")
         .get(event)
         .cloned();
-    if spec.is_none() && (app.upstream.is_none() || !cue_origin::cue::valid_event(event)) {
+    if spec.is_none() && (app.upstream.is_none() || !cue_common::cue::valid_event(event)) {
         return Err(Refusal(StatusCode::NOT_FOUND, "unknown event".into()));
     }
     if claims.as_ref().is_some_and(|c| !c.allows_event(event)) {

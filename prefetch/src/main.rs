@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cue_origin::config::load_toml;
+use cue_common::config::load_toml;
 use cue_prefetch::config::PrefetchConfig;
 
 /// Cue prefetch: serves each device its stage map for an event ahead of time.
@@ -165,7 +165,7 @@ fn config(a: &Cli) -> Result<PrefetchConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_origin::cli::init_logging();
+    cue_common::logging::init_logging();
     let cfg = match config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    cue_origin::cli::run_service("cue-prefetch", threads, |stop| {
+    cue_service::run_service("cue-prefetch", threads, |stop| {
         cue_prefetch::server::run(cfg, stop)
     })
 }

@@ -1,6 +1,6 @@
-//! The service's counters and their Prometheus rendering (the primitives are `cue_origin`'s).
+//! The service's counters and their Prometheus rendering (the primitives are `cue_common`'s).
 
-use cue_origin::metrics::{header, sample, single, Counter, Gauge, Histogram};
+use cue_common::metrics::{header, sample, single, Counter, Gauge, Histogram};
 
 use crate::cache::CacheStats;
 use crate::shed::Priority;

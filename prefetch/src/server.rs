@@ -46,7 +46,7 @@ pub async fn run(
     cfg: PrefetchConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let keys = cue_origin::config::token_keys(
+    let keys = cue_common::config::token_keys(
         cfg.no_auth,
         cfg.auth_secret.as_deref(),
         &cfg.secret_file(),
@@ -238,7 +238,7 @@ async fn load_ticker(app: Arc<App>, mut policy: LoadPolicy, mut stop: watch::Rec
         m.load_level.set(level as i64);
         m.queue_us.set(q.as_micros() as i64);
         m.rps.set(r as i64);
-        let now_ms = cue_origin::server::unix_now_ms();
+        let now_ms = cue_common::time::unix_now_ms();
         let cat = app.catalog.read().expect("catalog lock").clone();
         let live = app.live.read().expect("live lock");
         m.live_events.set(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 
-fn body(r: &cue_origin::client::Response) -> Value {
+fn body(r: &cue_testkit::client::Response) -> Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
@@ -92,11 +92,11 @@ fn contract_against_a_catalog() {
     let expired = keys().mint_device(
         "d",
         &["*".into()],
-        cue_origin::token::unix_now_s() - 7200,
+        cue_common::time::unix_now_s() - 7200,
         3600,
     );
     assert_eq!(p.prefetch("fight-night", "d", &expired, None).status, 401);
-    let publisher = keys().mint_publisher(cue_origin::token::unix_now_s(), 60);
+    let publisher = keys().mint_publisher(cue_common::time::unix_now_s(), 60);
     assert_eq!(
         p.prefetch("fight-night", "d", &publisher, None).status,
         401,
@@ -168,8 +168,8 @@ fn contract_against_a_catalog() {
     assert_eq!(h["events"], 2);
 }
 
-fn request_method(p: &Prefetch, method: &str, path: &str) -> cue_origin::client::Response {
-    cue_origin::client::request(p.http, method, path, &[], b"").unwrap()
+fn request_method(p: &Prefetch, method: &str, path: &str) -> cue_testkit::client::Response {
+    cue_testkit::client::request(p.http, method, path, &[], b"").unwrap()
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn load_sheds_background_then_normal_never_critical() {
                 let tok = tok.clone();
                 std::thread::spawn(move || {
                     let auth = format!("Bearer {tok}");
-                    cue_origin::client::request(
+                    cue_testkit::client::request(
                         http,
                         "GET",
                         &format!("/v1/events/slow/prefetch?device={tag}-{i}"),
@@ -333,7 +333,7 @@ fn slow_upstream_gets_one_call_per_key() {
                 // 40 concurrent misses over 2 keys.
                 let dev = if i % 2 == 0 { "tv-1" } else { "tv-2" };
                 let auth = format!("Bearer {tok}");
-                let r = cue_origin::client::request(
+                let r = cue_testkit::client::request(
                     http,
                     "GET",
                     &format!("/v1/events/ev/prefetch?device={dev}"),
@@ -444,7 +444,7 @@ fn failing_and_flapping_upstream_serve_stale_with_one_call_at_a_time() {
                 let t = std::time::Instant::now();
                 let mut statuses = Vec::new();
                 while t.elapsed() < Duration::from_millis(3000) {
-                    let r = cue_origin::client::request(
+                    let r = cue_testkit::client::request(
                         http,
                         "GET",
                         "/v1/events/ev/prefetch?device=tv",

@@ -10,8 +10,8 @@
 //! - [`plan`] prints the layout, memory budget and fanout estimate for a machine.
 //! - [`apply`] writes a sysctl.d file, a systemd drop-in and the live sysctls, saving the
 //!   previous values so `revert` restores them.
-//! - [`limits`] is what `cue-edge` calls at start-up: [`raise_soft_limits`] and
-//!   [`LimitReport::capacity_line`].
+//! - [`limits`] re-exports `cue_common::limits`: the rlimits every service raises at start-up
+//!   and these checks read.
 //!
 //! What it does not do: restart services, run `sysctl --system` or `systemctl`, change another
 //! process's limits, or guess a value it could not read.
@@ -21,7 +21,8 @@ pub mod checks;
 pub mod config;
 pub mod facts;
 pub mod layout;
-pub mod limits;
+/// The resource limits, shared with the services.
+pub use cue_common::limits;
 pub mod model;
 pub mod plan;
 pub mod report;

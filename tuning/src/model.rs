@@ -20,7 +20,7 @@ use crate::layout::Layout;
 use crate::units::{div_ceil, round_up};
 
 /// Cue's design target per edge host, and the default `--connections`.
-pub const DESIGN_TARGET_CONNECTIONS: u64 = 1_000_000;
+pub use cue_common::limits::DESIGN_TARGET_CONNECTIONS;
 /// Edge user-space bytes per idle WebSocket device (target; spike measured ~870 B).
 pub const EDGE_USER_BYTES_PER_CONN: u64 = 256;
 /// Kernel bytes per idle TCP socket, measured on the development host (~5 KiB).

@@ -4,71 +4,8 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use crate::limits::{Resource, Rlimit};
-
 fn last_error() -> io::Error {
     io::Error::last_os_error()
-}
-
-/// `getrlimit(2)`. `RLIM_INFINITY` comes back as `u64::MAX`.
-pub(crate) fn getrlimit(resource: Resource) -> io::Result<Rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable `rlimit` that outlives the call; the resource constant
-    // comes from libc for this target.
-    let rc = unsafe {
-        match resource {
-            Resource::NoFile => libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim),
-            Resource::MemLock => libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim),
-        }
-    };
-    if rc != 0 {
-        return Err(last_error());
-    }
-    Ok(Rlimit {
-        soft: widen(lim.rlim_cur),
-        hard: widen(lim.rlim_max),
-    })
-}
-
-/// `rlim_t` is u64 on 64-bit Linux but narrower on some 32-bit targets: map RLIM_INFINITY to
-/// `u64::MAX` explicitly so "unlimited" means the same everywhere.
-#[allow(clippy::unnecessary_cast)]
-fn widen(value: libc::rlim_t) -> u64 {
-    if value == libc::RLIM_INFINITY {
-        u64::MAX
-    } else {
-        value as u64
-    }
-}
-
-fn narrow(value: u64) -> libc::rlim_t {
-    if value == u64::MAX {
-        libc::RLIM_INFINITY
-    } else {
-        value as libc::rlim_t
-    }
-}
-
-/// `setrlimit(2)`.
-pub(crate) fn setrlimit(resource: Resource, value: Rlimit) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: narrow(value.soft),
-        rlim_max: narrow(value.hard),
-    };
-    // SAFETY: `lim` is a valid `rlimit` that outlives the call; the kernel only reads it.
-    let rc = unsafe {
-        match resource {
-            Resource::NoFile => libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
-            Resource::MemLock => libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim),
-        }
-    };
-    if rc != 0 {
-        return Err(last_error());
-    }
-    Ok(())
 }
 
 /// `struct io_uring_params` is 120 bytes (linux/io_uring.h): the kernel reads the flags and

@@ -15,26 +15,7 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// Formats a count with a k/M suffix, rounding down so a capacity is never overstated:
-/// `19904` is `19.9k`, `999` stays `999`.
-pub fn count(n: u64) -> String {
-    if n < 1_000 {
-        n.to_string()
-    } else if n < 1_000_000 {
-        format!("{}.{}k", n / 1_000, (n % 1_000) / 100)
-    } else {
-        format!("{}.{}M", n / 1_000_000, (n % 1_000_000) / 100_000)
-    }
-}
-
-/// A limit value where `u64::MAX` is `RLIM_INFINITY`.
-pub fn limit(n: u64) -> String {
-    if n == u64::MAX {
-        "unlimited".to_string()
-    } else {
-        n.to_string()
-    }
-}
+pub use cue_common::units::{count, limit};
 
 /// `ceil(a / b)` for planning arithmetic; `b` is never zero after config validation.
 pub fn div_ceil(a: u64, b: u64) -> u64 {

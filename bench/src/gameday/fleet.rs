@@ -169,8 +169,8 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
     }
     let rx = crate::stack::stdin_commands();
     let keys =
-        cue_origin::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
-    let now_s = cue_origin::token::unix_now_s();
+        cue_common::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
+    let now_s = cue_common::time::unix_now_s();
     let tokens = (0..spec.devices)
         .map(|i| {
             keys.mint_device(
@@ -448,7 +448,7 @@ impl Fleet {
                     let pl = &buf[used + payload.start..used + payload.end];
                     match opcode {
                         Opcode::Text => {
-                            if let Ok(c) = cue_origin::cue::Cue::from_json(pl) {
+                            if let Ok(c) = cue_common::cue::Cue::from_json(pl) {
                                 self.display(idx, c.seq(), c.key(), now);
                             }
                         }

@@ -303,10 +303,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut cpu_prev: Vec<f64> = vec![0.0; edges_n];
     let mut killed: Option<usize> = None;
     let pub_token = {
-        let k = cue_origin::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+        let k = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
         format!(
             "Bearer {}",
-            k.mint_publisher(cue_origin::token::unix_now_s(), 7200)
+            k.mint_publisher(cue_common::time::unix_now_s(), 7200)
         )
     };
     let mut phase = "ramp".to_string();
@@ -321,7 +321,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             match &a.action {
                 Action::Cue(key) => {
                     let t_us = stack::unix_us();
-                    let r = cue_origin::client::request(
+                    let r = cue_testkit::client::request(
                         http,
                         "POST",
                         &format!("/v1/events/{}/cues", script.event),
@@ -437,7 +437,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     // counter and their own figures in `cue-bench fanout --transport mixed`).
     let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
     for (_, admin, _) in &edges {
-        if let Ok(r) = cue_origin::client::request(*admin, "GET", "/metrics", &[], b"") {
+        if let Ok(r) = cue_testkit::client::request(*admin, "GET", "/metrics", &[], b"") {
             deliveries += crate::fanout::metric_sum(&r.body, "cue_edge_deliveries_total")
                 - crate::fanout::metric_sum(&r.body, "cue_edge_quic_deliveries_total");
             fanout_cpu += crate::fanout::metric_sum(&r.body, "cue_edge_fanout_cpu_seconds_total");

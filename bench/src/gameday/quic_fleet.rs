@@ -62,8 +62,8 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
             Duration::from_secs(5),
             Some(Duration::from_secs(1)),
         )?;
-        let keys = cue_origin::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
-        let now_s = cue_origin::token::unix_now_s();
+        let keys = cue_common::token::TokenKeys::new(spec.secret.as_bytes()).map_err(anyhow::Error::msg)?;
+        let now_s = cue_common::time::unix_now_s();
         let state: State = Arc::new(Mutex::new(Shared {
             devs: (0..spec.devices).map(|_| Dev::default()).collect(),
             ..Default::default()
@@ -208,7 +208,7 @@ async fn session(
                 state.lock().expect("fleet lock").devs[i].open = true;
                 continue;
             }
-            if let Ok(c) = cue_origin::cue::Cue::from_json(&l[..n]) {
+            if let Ok(c) = cue_common::cue::Cue::from_json(&l[..n]) {
                 display(i, c.seq(), c.key(), spec, state);
             }
         }

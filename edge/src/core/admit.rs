@@ -3,8 +3,8 @@
 //! event slots, subscription, catch-up). Only the answer differs: `101` or an HTTP refusal for
 //! WebSocket, `{"ok":true}` or `{"ok":false,...}` for QUIC.
 
-use cue_origin::cue::EventName;
-use cue_origin::token::TokenError;
+use cue_common::cue::EventName;
+use cue_common::token::TokenError;
 use rand::Rng;
 
 use super::conn::{State, Sub};

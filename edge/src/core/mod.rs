@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cue_origin::cue::EventName;
-use cue_origin::token::TokenKeys;
+use cue_common::cue::EventName;
+use cue_common::token::TokenKeys;
 use rand::rngs::SmallRng;
 
 use crate::encoded::{EncodedCue, Transport};

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cue_origin::cue::{Cue, EventName};
-use cue_origin::relay::proto::{self, Frame, Newest};
+use cue_common::cue::{Cue, EventName};
+use cue_common::relay::{self, Frame, Newest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,7 +53,7 @@ impl Edge {
             return;
         };
         let mut used = 0;
-        while let Some((frame, n)) = proto::decode(&inbox[used..]).expect("valid relay frames") {
+        while let Some((frame, n)) = relay::decode(&inbox[used..]).expect("valid relay frames") {
             if used + n > max {
                 break;
             }
@@ -83,7 +83,7 @@ impl Origin {
         self.latest.insert(ev, cue.clone());
         for e in edges.iter_mut() {
             if let Some(inbox) = e.inbox.as_mut() {
-                proto::encode(&Frame::Cue(cue.clone()), inbox);
+                relay::encode(&Frame::Cue(cue.clone()), inbox);
             }
         }
     }
@@ -91,20 +91,20 @@ impl Origin {
     /// An edge (re)links: HELLO with what it holds, catch-up into its inbox.
     fn link(&self, edge: &mut Edge) {
         let mut hello = Vec::new();
-        proto::encode(
+        relay::encode(
             &Frame::Hello {
                 edge_id: "e".into(),
                 since: edge.newest.since(),
             },
             &mut hello,
         );
-        let Some((Frame::Hello { since, .. }, _)) = proto::decode(&hello).unwrap() else {
+        let Some((Frame::Hello { since, .. }, _)) = relay::decode(&hello).unwrap() else {
             unreachable!()
         };
         let since: HashMap<_, _> = since.into_iter().collect();
         let mut inbox = Vec::new();
-        for c in proto::catch_up(self.latest.values(), &since) {
-            proto::encode(&Frame::Cue(c), &mut inbox);
+        for c in relay::catch_up(self.latest.values(), &since) {
+            relay::encode(&Frame::Cue(c), &mut inbox);
         }
         edge.inbox = Some(inbox);
     }

@@ -169,11 +169,11 @@ impl Device {
                     let pl = &buf[used + payload.start..used + payload.end];
                     match opcode {
                         Opcode::Text => {
-                            let c = cue_origin::cue::Cue::from_json(pl).expect("cue JSON");
+                            let c = cue_common::cue::Cue::from_json(pl).expect("cue JSON");
                             self.got(c);
                         }
                         Opcode::Binary => {
-                            let c = cue_origin::cue::Cue::from_binary(pl).expect("binary cue");
+                            let c = cue_common::cue::Cue::from_binary(pl).expect("binary cue");
                             self.got(c);
                         }
                         Opcode::Close => {
@@ -196,7 +196,7 @@ impl Device {
         p.inbox = buf[used..].to_vec();
     }
 
-    fn got(&mut self, c: cue_origin::cue::Cue) {
+    fn got(&mut self, c: cue_common::cue::Cue) {
         self.cues.push((c.event().to_string(), c.seq()));
         let e = self
             .newest
@@ -302,14 +302,14 @@ impl QuicDevice {
                 if rest.len() < 2 + n {
                     break;
                 }
-                let c = cue_origin::cue::Cue::from_binary(&rest[2..2 + n]).expect("binary record");
+                let c = cue_common::cue::Cue::from_binary(&rest[2..2 + n]).expect("binary record");
                 self.cues.push((c.event().to_string(), c.seq()));
                 used += 2 + n;
             } else {
                 let Some(n) = rest.iter().position(|&b| b == b'\n') else {
                     break;
                 };
-                let c = cue_origin::cue::Cue::from_json(&rest[..n]).expect("JSON cue line");
+                let c = cue_common::cue::Cue::from_json(&rest[..n]).expect("JSON cue line");
                 self.cues.push((c.event().to_string(), c.seq()));
                 used += n + 1;
             }

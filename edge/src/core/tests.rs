@@ -1,8 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cue_origin::cue::Cue;
-use cue_origin::token::TokenKeys;
+use cue_common::cue::Cue;
+use cue_common::token::TokenKeys;
 use proptest::prelude::*;
 use rand::SeedableRng;
 

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use cue_origin::cue::valid_event;
+use cue_common::cue::valid_event;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use crate::ws::query::{quoted, Format, Subscribe};

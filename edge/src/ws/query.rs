@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use cue_origin::cue::valid_event;
+use cue_common::cue::valid_event;
 
 /// Bounds on a subscribe query. Both keep the per-connection work of a hostile query small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! and a real WebSocket client (tungstenite) to talk to the edge.
 #![allow(dead_code)]
 
-pub use cue_origin::testing::{free_addr, free_udp_addr, wait_until, workspace_bin, Proc};
+pub use cue_testkit::{free_addr, free_udp_addr, wait_until, workspace_bin, Proc};
 
 pub mod quic;
 
@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cue_origin::client::{request, Response};
-use cue_origin::token::{unix_now_s, TokenKeys};
+use cue_common::time::unix_now_s;
+use cue_common::token::TokenKeys;
+use cue_testkit::client::{request, Response};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -52,7 +53,7 @@ pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
         "1000",
     ];
     Origin {
-        proc: cue_origin::testing::start_origin(dir, http, relay, SECRET, &extra),
+        proc: cue_testkit::start_origin(dir, http, relay, SECRET, &extra),
         http,
         relay,
         dir: dir.to_path_buf(),
@@ -202,11 +203,11 @@ pub fn next_cue(s: &mut Ws) -> (String, String, u64) {
     loop {
         match s.read().expect("read cue") {
             Message::Text(t) => {
-                let c = cue_origin::cue::Cue::from_json(t.as_bytes()).unwrap();
+                let c = cue_common::cue::Cue::from_json(t.as_bytes()).unwrap();
                 return (c.event().to_string(), c.key().to_string(), c.seq());
             }
             Message::Binary(b) => {
-                let c = cue_origin::cue::Cue::from_binary(&b).unwrap();
+                let c = cue_common::cue::Cue::from_binary(&b).unwrap();
                 return (c.event().to_string(), c.key().to_string(), c.seq());
             }
             Message::Close(c) => panic!("closed: {c:?}"),

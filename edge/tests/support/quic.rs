@@ -92,7 +92,7 @@ impl Device {
     /// The next cue (JSON line) as (event, key, seq).
     pub async fn cue(&mut self) -> (String, String, u64) {
         let l = self.line().await.expect("cue line");
-        let c = cue_origin::cue::Cue::from_json(&l).expect("cue JSON");
+        let c = cue_common::cue::Cue::from_json(&l).expect("cue JSON");
         (c.event().to_string(), c.key().to_string(), c.seq())
     }
 }

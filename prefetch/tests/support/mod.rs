@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cue_origin::client::{request, Response};
-pub use cue_origin::testing::{free_addr, wait_until, Proc};
-use cue_origin::token::{unix_now_s, TokenKeys};
+use cue_common::time::unix_now_s;
+use cue_common::token::TokenKeys;
+use cue_testkit::client::{request, Response};
+pub use cue_testkit::{free_addr, wait_until, Proc};
 
 pub const SECRET: &str = "prefetch-integration-secret-0123456789abcdef";
 
@@ -112,7 +113,7 @@ pub fn start_origin() -> Origin {
     let dir = tempfile::tempdir().unwrap();
     let (http, relay) = (free_addr(), free_addr());
     Origin {
-        proc: cue_origin::testing::start_origin(dir.path(), http, relay, SECRET, &[]),
+        proc: cue_testkit::start_origin(dir.path(), http, relay, SECRET, &[]),
         http,
         _dir: dir,
     }

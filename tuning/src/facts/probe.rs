@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Reading;
-use crate::limits::{Resource, Rlimit};
+use crate::limits::{Resource, Rlimit, RlimitOps, SystemRlimits};
 use crate::sys;
 
 /// io_uring operations glommio 0.9 requires (its `GLOMMIO_URING_OPS`), as (opcode, name).
@@ -78,7 +78,7 @@ pub struct RealHost;
 
 impl HostProbe for RealHost {
     fn rlimit(&self, resource: Resource) -> Reading<Rlimit> {
-        match sys::getrlimit(resource) {
+        match SystemRlimits.get(resource) {
             Ok(limit) => Reading::Value(limit),
             Err(e) => Reading::Unreadable(format!("getrlimit {}: {e}", resource.name())),
         }

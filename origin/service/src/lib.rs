@@ -1,21 +1,10 @@
-//! What every Cue binary does the same way at the top: logging to stderr (`CUE_LOG` filter,
-//! colours only on a terminal), a tokio runtime that runs a service until SIGTERM or SIGINT,
-//! and the exit codes (1 for a runtime failure; 2, for bad settings, is each binary's own).
+//! `cue-service`: what Cue's tokio services (`cue-origin`, `cue-prefetch`) do the same way at
+//! the top: a tokio runtime that runs a service until SIGTERM or SIGINT, and the exit codes (1
+//! for a runtime failure; 2, for bad settings, is each binary's own). Logging and everything
+//! else the binaries share without tokio is in `cue-common`.
 
 use std::future::Future;
 use std::process::ExitCode;
-
-/// Logs to stderr, filtered by `CUE_LOG` (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
 
 /// Resolves at the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

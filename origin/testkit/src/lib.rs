@@ -1,6 +1,9 @@
-//! Helpers for Cue's integration tests (every crate's `tests/`): the workspace's real binaries,
-//! free loopback ports, a child process killed when dropped, and polling with a deadline.
-//! Test support, not production code: it panics on failure, as tests should.
+//! `cue-testkit`: helpers for Cue's integration tests (every crate's `tests/`) and tools: the
+//! workspace's real binaries, free loopback ports, a child process killed when dropped, polling
+//! with a deadline, and a minimal blocking HTTP client ([`client`]). Test support, not
+//! production code: it panics on failure, as tests should.
+
+pub mod client;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

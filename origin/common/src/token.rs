@@ -174,14 +174,6 @@ impl TokenKeys {
     }
 }
 
-/// Seconds since the Unix epoch, for binaries (logic takes `now` as a parameter).
-pub fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

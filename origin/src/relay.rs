@@ -15,10 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
-use super::proto::{self, Frame, Liveness, LivenessAction};
-use crate::cue::{Cue, EventName};
-use crate::metrics::{Counter, Gauge};
 use crate::publish::Latest;
+use cue_common::cue::{Cue, EventName};
+use cue_common::metrics::{Counter, Gauge};
+use cue_common::relay::{self, Frame, Liveness, LivenessAction};
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ enum LinkError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("protocol: {0}")]
-    Proto(#[from] proto::RelayError),
+    Proto(#[from] relay::RelayError),
     #[error("no HELLO within {0:?}")]
     NoHello(Duration),
     #[error("first frame was not HELLO")]
@@ -128,7 +128,7 @@ impl Conn {
     /// Reads until one frame is complete.
     async fn read_frame(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
-            if let Some((f, n)) = proto::decode(&self.rbuf)? {
+            if let Some((f, n)) = relay::decode(&self.rbuf)? {
                 self.rbuf.drain(..n);
                 return Ok(Some(f));
             }
@@ -178,7 +178,7 @@ async fn edge_link(
     let mut held: HashMap<EventName, u64> = since.into_iter().collect();
     let n = send_catch_up(&mut c, &latest, &mut held, m);
     c.wbuf.reserve(16);
-    proto::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
+    relay::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
     c.flush(opts.write_timeout).await?;
     tracing::info!(edge = %edge_id, catch_up = n, "relay: edge linked");
 
@@ -192,14 +192,14 @@ async fn edge_link(
                     Ok(cue) => {
                         if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
                             held.insert(cue.event().clone(), cue.seq());
-                            proto::encode(&Frame::Cue(cue), &mut c.wbuf);
+                            relay::encode(&Frame::Cue(cue), &mut c.wbuf);
                             m.cues_sent.inc();
                         }
                         // Take whatever else is already waiting, then write once.
                         while let Ok(cue) = live.try_recv() {
                             if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
                                 held.insert(cue.event().clone(), cue.seq());
-                                proto::encode(&Frame::Cue(cue), &mut c.wbuf);
+                                relay::encode(&Frame::Cue(cue), &mut c.wbuf);
                                 m.cues_sent.inc();
                             }
                         }
@@ -218,7 +218,7 @@ async fn edge_link(
                 match r? {
                     None => return Ok(edge_id),
                     Some(Frame::Ping(n)) => {
-                        proto::encode(&Frame::Pong(n), &mut c.wbuf);
+                        relay::encode(&Frame::Pong(n), &mut c.wbuf);
                         c.flush(opts.write_timeout).await?;
                         liveness.sent(Instant::now().into_std());
                     }
@@ -234,7 +234,7 @@ async fn edge_link(
                     LivenessAction::Dead => return Err(LinkError::Dead(opts.dead_after)),
                     LivenessAction::SendPing => {
                         nonce += 1;
-                        proto::encode(&Frame::Ping(nonce), &mut c.wbuf);
+                        relay::encode(&Frame::Ping(nonce), &mut c.wbuf);
                         c.flush(opts.write_timeout).await?;
                         liveness.sent(Instant::now().into_std());
                     }
@@ -254,11 +254,11 @@ fn send_catch_up(
 ) -> usize {
     let cues = {
         let l = latest.read().expect("latest lock");
-        proto::catch_up(l.values(), held)
+        relay::catch_up(l.values(), held)
     };
     for cue in &cues {
         held.insert(cue.event().clone(), cue.seq());
-        proto::encode(&Frame::Cue(cue.clone()), &mut c.wbuf);
+        relay::encode(&Frame::Cue(cue.clone()), &mut c.wbuf);
     }
     m.cues_sent.add(cues.len() as u64);
     m.catch_up_cues.add(cues.len() as u64);

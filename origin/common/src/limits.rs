@@ -1,10 +1,10 @@
-//! What `cue-edge` calls at start-up: raise the soft resource limits to the hard ones, then say
-//! plainly how many connections the result allows.
+//! What a service calls at start-up: raise the soft resource limits to the hard ones, then say
+//! plainly how many connections the result allows. `cue-tune` reads the same limits for its
+//! host checks.
 //!
 //! ```no_run
-//! let report = cue_tune::raise_soft_limits()?;
-//! let shards = 2;
-//! tracing::info!("{}", report.capacity_line(cue_tune::model::reserved_fds(shards)));
+//! let report = cue_common::limits::raise_soft_limits()?;
+//! tracing::info!("{}", report.capacity_line(96));
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
@@ -12,8 +12,10 @@ use std::io;
 
 use serde::Serialize;
 
-use crate::model::DESIGN_TARGET_CONNECTIONS;
 use crate::units;
+
+/// Connections per edge host Cue is designed for; a limit below it is called out at start-up.
+pub const DESIGN_TARGET_CONNECTIONS: u64 = 1_000_000;
 
 /// The resource limits Cue cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,11 +60,72 @@ pub struct SystemRlimits;
 
 impl RlimitOps for SystemRlimits {
     fn get(&self, resource: Resource) -> io::Result<Rlimit> {
-        crate::sys::getrlimit(resource)
+        getrlimit(resource)
     }
 
     fn set(&self, resource: Resource, value: Rlimit) -> io::Result<()> {
-        crate::sys::setrlimit(resource, value)
+        setrlimit(resource, value)
+    }
+}
+
+/// `getrlimit(2)`. `RLIM_INFINITY` comes back as `u64::MAX`.
+fn getrlimit(resource: Resource) -> io::Result<Rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` that outlives the call; the resource constant
+    // comes from libc for this target.
+    let rc = unsafe {
+        match resource {
+            Resource::NoFile => libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim),
+            Resource::MemLock => libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim),
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Rlimit {
+        soft: widen(lim.rlim_cur),
+        hard: widen(lim.rlim_max),
+    })
+}
+
+/// `setrlimit(2)`.
+fn setrlimit(resource: Resource, value: Rlimit) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: narrow(value.soft),
+        rlim_max: narrow(value.hard),
+    };
+    // SAFETY: `lim` is a valid `rlimit` that outlives the call; the kernel only reads it.
+    let rc = unsafe {
+        match resource {
+            Resource::NoFile => libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+            Resource::MemLock => libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim),
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `rlim_t` is u64 on 64-bit Linux but narrower on some 32-bit targets: map RLIM_INFINITY to
+/// `u64::MAX` explicitly so "unlimited" means the same everywhere.
+#[allow(clippy::unnecessary_cast)]
+fn widen(value: libc::rlim_t) -> u64 {
+    if value == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        value as u64
+    }
+}
+
+fn narrow(value: u64) -> libc::rlim_t {
+    if value == u64::MAX {
+        libc::RLIM_INFINITY
+    } else {
+        value as libc::rlim_t
     }
 }
 
@@ -132,7 +195,7 @@ fn raise_one(
 
 impl LimitReport {
     /// How many connections the nofile limit allows once `reserved_fds` (listeners, io_uring
-    /// rings, origin links, logs; see [`crate::model::reserved_fds`]) are set aside.
+    /// rings, origin links, logs) are set aside.
     pub fn max_connections(&self, reserved_fds: u64) -> u64 {
         self.nofile_soft.saturating_sub(reserved_fds)
     }
@@ -158,38 +221,6 @@ impl LimitReport {
             line.push_str(" (production: raise LimitNOFILE; see cue-tune check)");
         }
         line
-    }
-
-    /// Logs what was raised and the capacity line: a warning when the nofile limit is below
-    /// Cue's design target, info otherwise.
-    pub fn log(&self, reserved_fds: u64) {
-        for raised in &self.raised {
-            tracing::info!("raised {raised}");
-        }
-        let line = self.capacity_line(reserved_fds);
-        if self.max_connections(reserved_fds) < DESIGN_TARGET_CONNECTIONS {
-            tracing::warn!("{line}");
-        } else {
-            tracing::info!("{line}");
-        }
-    }
-
-    /// Memlock in force versus what `shards` glommio shards register; `None` when enough.
-    /// `has_ipc_lock` is whether the process holds `CAP_IPC_LOCK` (then memlock is not
-    /// enforced for io_uring buffers, but glommio still wants 512 KiB soft at start-up).
-    pub fn memlock_shortfall(&self, need: u64, has_ipc_lock: bool) -> Option<String> {
-        let need = if has_ipc_lock {
-            crate::model::GLOMMIO_MIN_MEMLOCK
-        } else {
-            need
-        };
-        (self.memlock_soft < need).then(|| {
-            format!(
-                "memlock limit {} is below the {} the io_uring rings need (raise LimitMEMLOCK or grant CAP_IPC_LOCK; see cue-tune check)",
-                units::bytes(self.memlock_soft),
-                units::bytes(need)
-            )
-        })
     }
 }
 
@@ -282,23 +313,6 @@ mod tests {
         assert!(
             err.to_string().starts_with("raising RLIMIT_NOFILE"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn memlock_shortfall_respects_ipc_lock() {
-        let report = LimitReport {
-            nofile_soft: 1,
-            nofile_hard: 1,
-            memlock_soft: 8 << 20,
-            memlock_hard: 8 << 20,
-            raised: vec![],
-        };
-        assert!(report.memlock_shortfall(12 << 20, true).is_none());
-        let line = report.memlock_shortfall(12 << 20, false).unwrap();
-        assert!(
-            line.contains("8.0 MiB") && line.contains("12.0 MiB"),
-            "{line}"
         );
     }
 

@@ -1,0 +1,24 @@
+//! `cue-common`: what every Cue binary shares, with no async runtime in it (no tokio, no hyper,
+//! no glommio), so the glommio edge and the tokio origin and prefetch link the same code and
+//! speak exactly the same wire formats.
+//!
+//! - [`cue`]: the cue model and its JSON and binary encodings.
+//! - [`relay`]: the origin-edge relay protocol, sans-IO (frame codec, catch-up, newest-per-event,
+//!   liveness, backoff).
+//! - [`token`]: device and publisher tokens (minting and verification, `now` from the caller).
+//! - [`metrics`]: counters, gauges and histograms rendered in the Prometheus text format.
+//! - [`config`]: TOML loading and token-secret resolution.
+//! - [`limits`]: raising the soft rlimits at start-up and saying what caps the process.
+//! - [`logging`], [`time`], [`units`]: the top of every binary.
+//!
+//! It does no I/O of its own beyond reading config and secret files and the rlimit calls.
+
+pub mod config;
+pub mod cue;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod relay;
+pub mod time;
+pub mod token;
+pub mod units;
