@@ -14,9 +14,9 @@ use crate::ws::query::QueryLimits;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// Origin relay addresses to link to (all of them; cues are de-duplicated by seq).
-    /// Default `["127.0.0.1:7001"]`.
-    pub origins: Vec<SocketAddr>,
+    /// Origin relay addresses to link to, `HOST:PORT` each (a name is resolved at every dial);
+    /// all of them are linked and cues are de-duplicated by seq. Default `["127.0.0.1:7001"]`.
+    pub origins: Vec<String>,
     /// Device WebSocket listener, shared by every shard and every `cue-edge` process on the host
     /// (SO_REUSEPORT). Default `127.0.0.1:8080`.
     pub ws: SocketAddr,
@@ -130,7 +130,7 @@ pub struct EdgeConfig {
 impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
-            origins: vec!["127.0.0.1:7001".parse().expect("literal")],
+            origins: vec!["127.0.0.1:7001".into()],
             ws: "127.0.0.1:8080".parse().expect("literal"),
             wss: None,
             quic: Some("127.0.0.1:8443".parse().expect("literal")),
@@ -190,6 +190,13 @@ impl EdgeConfig {
             !self.origins.is_empty(),
             "origins: at least one origin relay address is needed".into(),
         );
+        for o in &self.origins {
+            let r = cue_common::config::host_port(o);
+            check(
+                r.is_ok(),
+                format!("origins: {}", r.err().unwrap_or_default()),
+            );
+        }
         check(
             self.ws != self.admin,
             format!("ws and admin: both are {}; they must differ", self.ws),

@@ -27,9 +27,10 @@ struct Cli {
     /// TOML config file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Origin relay address; repeat for several origins [default: 127.0.0.1:7001].
+    /// Origin relay address, HOST:PORT (a name or an IP); repeat for several origins
+    /// [default: 127.0.0.1:7001].
     #[arg(long = "origin")]
-    origins: Vec<SocketAddr>,
+    origins: Vec<String>,
     /// Device WebSocket listen address (SO_REUSEPORT: shared by shards and processes)
     /// [default: 127.0.0.1:8080].
     #[arg(long)]

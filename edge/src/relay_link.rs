@@ -55,8 +55,8 @@ pub struct LinkStats {
 /// Settings of the links.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Origins' relay addresses.
-    pub origins: Vec<SocketAddr>,
+    /// Origins' relay addresses, `HOST:PORT` (resolved at every dial).
+    pub origins: Vec<String>,
     /// Edge identity sent in HELLO.
     pub edge_id: String,
     /// Heartbeat interval.
@@ -98,7 +98,7 @@ pub fn spawn(
                     stats.clone(),
                     stop.clone(),
                 );
-                let addr = *addr;
+                let addr = addr.clone();
                 tasks.push(glommio::spawn_local(async move {
                     let mut rng =
                         rand::rngs::SmallRng::seed_from_u64(cfg.seed.wrapping_add(i as u64));
@@ -106,7 +106,7 @@ pub fn spawn(
                     while !stop.get() {
                         stats.dials.inc();
                         let up = Instant::now();
-                        match link_once(addr, &cfg, &senders, &newest, &stats, &stop).await {
+                        match link_once(&addr, &cfg, &senders, &newest, &stats, &stop).await {
                             Ok(()) => {}
                             Err(e) => {
                                 tracing::warn!(origin = %addr, error = %e, "relay link down");
@@ -169,20 +169,38 @@ enum LinkError {
     Dead(Duration),
 }
 
+/// Resolves `HOST:PORT` off the executor (a name lookup may block) and dials each address it
+/// names in turn.
+async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let name = addr.to_string();
+    let addrs: Vec<SocketAddr> = glommio::executor()
+        .spawn_blocking(move || {
+            std::net::ToSocketAddrs::to_socket_addrs(&name).map(|a| a.collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| format!("resolving {addr}: {e}"))?;
+    let mut last = format!("{addr} resolves to no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 async fn link_once(
-    addr: SocketAddr,
+    addr: &str,
     cfg: &LinkConfig,
     senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
     newest: &Rc<RefCell<Newest>>,
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
 ) -> Result<(), LinkError> {
-    let mut sock = TcpStream::connect_timeout(addr, cfg.dead_after)
-        .await
-        .map_err(|e| {
-            stats.dial_failures.inc();
-            LinkError::Connect(e.to_string())
-        })?;
+    let mut sock = dial(addr, cfg.dead_after).await.map_err(|e| {
+        stats.dial_failures.inc();
+        LinkError::Connect(e)
+    })?;
     let _ = sock.set_nodelay(true);
     // Reads wake at least every heartbeat so liveness is checked even when nothing arrives.
     sock.set_read_timeout(Some(cfg.heartbeat / 2))

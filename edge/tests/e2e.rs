@@ -100,7 +100,7 @@ fn origin_kill9_after_201_loses_nothing_and_edges_relink() {
     assert_eq!(v["current"]["key"], "round-1");
     edge.wait_linked();
     let s2 = publish_ok(origin.http, "fight", "round-2");
-    assert_eq!(s2, s1 + 1, "seq continues after recovery");
+    assert!(s2 > s1, "seq continues after recovery");
     assert_eq!(next_cue(&mut dev), ("fight".into(), "round-2".into(), s2));
 }
 

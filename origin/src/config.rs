@@ -44,6 +44,57 @@ pub struct OriginConfig {
     pub relay_write_timeout_ms: u64,
     /// Most edges linked at once. Default 1024.
     pub max_edges: usize,
+    /// Where cues are made durable: `embedded` (default: the log in `data_dir`, fsync before
+    /// 201) or `nats://HOST:PORT[,HOST:PORT...]` (a JetStream stream; several origins on one
+    /// stream are peers). See docs/config.md for what a 201 promises in each.
+    pub store: String,
+    /// JetStream stream name, also the subject prefix. Default `CUE`.
+    pub nats_stream: String,
+    /// Replicas of the stream when the origin creates it (an existing stream must match).
+    /// Default 3: a quorum of 2 survives one dead server. 1 for a single server.
+    pub nats_replicas: usize,
+    /// NATS user (with `nats_password`). Default none.
+    pub nats_user: Option<String>,
+    /// NATS password (prefer `CUE_NATS_PASSWORD` in the environment). Default none.
+    pub nats_password: Option<String>,
+    /// NATS credentials file (`.creds`: JWT and NKey seed). Default none.
+    pub nats_creds_file: Option<PathBuf>,
+    /// CA certificate (PEM) the NATS servers' certificates chain to; turns TLS on. Default none.
+    pub nats_ca_file: Option<PathBuf>,
+    /// Require TLS to NATS. Default false (true when `nats_ca_file` is set).
+    pub nats_tls: bool,
+    /// How long a publish waits for JetStream's ack before 503, ms. Default 2000: long enough
+    /// for a stream leader election after a server dies (~1-2 s), short enough that a
+    /// publisher retries soon.
+    pub nats_ack_timeout_ms: u64,
+}
+
+/// Where the origin keeps cues, from [`OriginConfig::store`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded log.
+    Embedded,
+    /// JetStream on these `HOST:PORT` servers.
+    Nats(Vec<String>),
+}
+
+/// Parses a `store` value: `embedded` or `nats://HOST:PORT[,HOST:PORT...]`.
+pub fn parse_store(s: &str) -> Result<StoreKind, String> {
+    if s == "embedded" {
+        return Ok(StoreKind::Embedded);
+    }
+    let Some(list) = s.strip_prefix("nats://") else {
+        return Err(format!(
+            "store: '{s}' is neither 'embedded' nor 'nats://HOST:PORT[,HOST:PORT...]'"
+        ));
+    };
+    let mut servers = Vec::new();
+    for hp in list.split(',') {
+        let hp = hp.trim().trim_start_matches("nats://");
+        cue_common::config::host_port(hp).map_err(|e| format!("store: {e}"))?;
+        servers.push(hp.to_string());
+    }
+    Ok(StoreKind::Nats(servers))
 }
 
 impl Default for OriginConfig {
@@ -63,6 +114,15 @@ impl Default for OriginConfig {
             relay_dead_after_ms: 5000,
             relay_write_timeout_ms: 5000,
             max_edges: 1024,
+            store: "embedded".into(),
+            nats_stream: "CUE".into(),
+            nats_replicas: 3,
+            nats_user: None,
+            nats_password: None,
+            nats_creds_file: None,
+            nats_ca_file: None,
+            nats_tls: false,
+            nats_ack_timeout_ms: 2000,
         }
     }
 }
@@ -110,6 +170,27 @@ impl OriginConfig {
         if self.max_edges == 0 {
             e.push("max_edges: must be > 0".into());
         }
+        if let Err(m) = parse_store(&self.store) {
+            e.push(m);
+        }
+        if !crate::store::nats::valid_stream_name(&self.nats_stream) {
+            e.push(format!(
+                "nats_stream: '{}' must be 1-32 chars of [A-Za-z0-9_-]",
+                self.nats_stream
+            ));
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            e.push(format!(
+                "nats_replicas: {} must be 1..=5 (JetStream's limit)",
+                self.nats_replicas
+            ));
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            e.push("nats_user and nats_password: set both or neither".into());
+        }
+        if self.nats_ack_timeout_ms == 0 {
+            e.push("nats_ack_timeout_ms: must be > 0".into());
+        }
         if let Some(s) = &self.auth_secret {
             if s.len() < cue_common::token::MIN_SECRET_LEN {
                 e.push(format!(
@@ -120,6 +201,24 @@ impl OriginConfig {
             }
         }
         e
+    }
+
+    /// The NATS settings, when `store` is `nats://...`.
+    pub fn nats(&self) -> Option<crate::store::nats::NatsOptions> {
+        let StoreKind::Nats(servers) = parse_store(&self.store).ok()? else {
+            return None;
+        };
+        Some(crate::store::nats::NatsOptions {
+            servers,
+            stream: self.nats_stream.clone(),
+            replicas: self.nats_replicas,
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            creds_file: self.nats_creds_file.clone(),
+            ca_file: self.nats_ca_file.clone(),
+            tls: self.nats_tls,
+            ack_timeout: std::time::Duration::from_millis(self.nats_ack_timeout_ms),
+        })
     }
 
     /// Where the secret file is.
@@ -139,6 +238,29 @@ mod tests {
         let c = OriginConfig::default();
         assert!(c.validate().is_empty());
         assert!(c.http.ip().is_loopback() && c.relay.ip().is_loopback());
+    }
+
+    #[test]
+    fn store_values() {
+        assert_eq!(parse_store("embedded").unwrap(), StoreKind::Embedded);
+        assert_eq!(
+            parse_store("nats://a:4222, 127.0.0.1:4223,nats://b.example:1").unwrap(),
+            StoreKind::Nats(vec![
+                "a:4222".into(),
+                "127.0.0.1:4223".into(),
+                "b.example:1".into()
+            ])
+        );
+        for bad in [
+            "nats",
+            "nats://",
+            "nats://a",
+            "nats://a:0",
+            "nats://:1",
+            "redis://a:1",
+        ] {
+            assert!(parse_store(bad).unwrap_err().starts_with("store:"), "{bad}");
+        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! * `POST /v1/events/{event}/cues` `{"key":"..."}` with a publisher token -> `201` with the
 //!   cue once durable; `400` bad input, `401` missing/invalid/expired token, `403` a token that
 //!   is not a publisher's, `413` body too large, `503` (with `Retry-After`) when the cue could
-//!   not be made durable or the queue is full.
+//!   not be made durable or the queue is full. An `Idempotency-Key` header (1-128 visible ASCII
+//!   characters) makes a retry within the store's window answer with the first cue.
 //! * `GET /v1/events/{event}` -> `{"event":"...","current":CUE|null}`.
-//! * `GET /metrics`, `GET /healthz`.
+//! * `GET /metrics`; `GET /healthz` -> `200 {"status":"ok"}`, or `503 {"status":"unhealthy",
+//!   "reason":...}` while the store cannot make cues durable.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,18 +17,22 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::publish::{Latest, PublishError, Publisher};
+use crate::store::{Health, Latest, Store};
 use cue_common::cue::{valid_key, EventName};
 use cue_common::time::unix_now_s;
 use cue_common::token::TokenKeys;
 
 /// Largest publish body accepted.
 pub const MAX_BODY: usize = 4096;
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// What the HTTP handlers need.
 pub struct Api {
-    /// Publish queue.
-    pub publisher: Publisher,
+    /// Where publishes go.
+    pub store: Store,
+    /// The store's health.
+    pub health: Health,
     /// Newest cue per event.
     pub latest: Latest,
     /// Token keys; `None` when auth is off (`--no-auth`).
@@ -77,7 +83,13 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
             .header("content-type", "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(render_metrics(&api))))
             .expect("valid response"),
-        (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status":"ok"})),
+        (&Method::GET, ["healthz"]) => match api.health.borrow().as_deref() {
+            None => json(StatusCode::OK, &serde_json::json!({"status":"ok"})),
+            Some(why) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status":"unhealthy","reason":why}),
+            ),
+        },
         (_, ["v1", "events", _, "cues"])
         | (_, ["v1", "events", _])
         | (_, ["metrics"])
@@ -142,6 +154,23 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             "event must be 1-64 chars of [a-z0-9._-]",
         );
     };
+    let idempotency = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k)
+                if (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len())
+                    && k.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(k.to_string())
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Idempotency-Key must be 1-128 visible ASCII characters",
+                )
+            }
+        },
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -169,17 +198,13 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             "key must be 1-64 chars of [A-Za-z0-9._:-]",
         );
     }
-    match api.publisher.publish(event, &key).await {
+    match api.store.publish(event, &key, idempotency.as_deref()).await {
         Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
         Err(e) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            let retry = match e {
-                PublishError::Overloaded => "1",
-                PublishError::Log(_) | PublishError::ShuttingDown => "2",
-            };
             r.headers_mut().insert(
                 "retry-after",
-                hyper::header::HeaderValue::from_static(retry),
+                hyper::header::HeaderValue::from(e.retry_after_s()),
             );
             r
         }

@@ -68,6 +68,34 @@ struct ServeArgs {
     /// Most edges linked at once [default: 1024].
     #[arg(long)]
     max_edges: Option<usize>,
+    /// Where cues are made durable: `embedded` (the log in DATA_DIR) or
+    /// `nats://HOST:PORT[,HOST:PORT...]` (a JetStream stream) [default: embedded].
+    #[arg(long)]
+    store: Option<String>,
+    /// JetStream stream name and subject prefix [default: CUE].
+    #[arg(long)]
+    nats_stream: Option<String>,
+    /// Replicas when creating the stream; an existing one must match [default: 3].
+    #[arg(long)]
+    nats_replicas: Option<usize>,
+    /// NATS user name (with --nats-password or CUE_NATS_PASSWORD).
+    #[arg(long)]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "CUE_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// NATS credentials file (.creds).
+    #[arg(long)]
+    nats_creds_file: Option<PathBuf>,
+    /// CA certificate (PEM) for TLS to NATS; turns TLS on.
+    #[arg(long)]
+    nats_ca_file: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long)]
+    nats_tls: bool,
+    /// How long a publish waits for JetStream's ack, ms [default: 2000].
+    #[arg(long)]
+    nats_ack_timeout_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +144,12 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
         relay_heartbeat_ms
     );
     over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
+    over!(store, nats_stream, nats_replicas, nats_ack_timeout_ms);
+    macro_rules! over_opt {
+        ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f.clone(); } )* };
+    }
+    over_opt!(nats_user, nats_password, nats_creds_file, nats_ca_file);
+    c.nats_tls |= a.nats_tls;
     if a.auth_secret_file.is_some() {
         c.auth_secret_file = a.auth_secret_file.clone();
     }

@@ -5,6 +5,10 @@
 //! gets `Lagged`, and is re-synchronised from the newest state, which is the same catch-up a
 //! reconnecting edge gets. Writes have a deadline; an edge that does not take bytes for that long
 //! is dropped, and its re-dial catches it up. So a slow edge cannot stall the others.
+//!
+//! While the store is unhealthy (a poisoned log, no NATS quorum) the relay serves nobody: it
+//! drops every link and closes new ones at once, so edges linked to several origins take their
+//! cues from a healthy one instead of waiting on stale state here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
-use crate::publish::Latest;
+use crate::store::{Health, Latest};
 use cue_common::cue::{Cue, EventName};
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Frame, Liveness, LivenessAction};
@@ -50,6 +54,8 @@ pub struct RelayMetrics {
     pub resyncs: Counter,
     /// Links ended by a protocol error, a dead peer or a write timeout.
     pub dropped: Counter,
+    /// Links refused or ended because the store was unhealthy.
+    pub store_unhealthy: Counter,
 }
 
 /// Runs the relay listener until `shutdown` turns true.
@@ -59,6 +65,7 @@ pub async fn serve(
     live: broadcast::Sender<Cue>,
     opts: RelayOptions,
     metrics: Arc<RelayMetrics>,
+    health: Health,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -73,6 +80,11 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        if let Some(why) = health.borrow().as_deref() {
+            metrics.store_unhealthy.inc();
+            tracing::warn!(%peer, reason = why, "relay: store unhealthy, refusing link");
+            continue;
+        }
         if metrics.edges.get() as usize >= opts.max_edges {
             metrics.refused.inc();
             tracing::warn!(%peer, max = opts.max_edges, "relay: too many edges, refusing link");
@@ -81,15 +93,16 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         metrics.accepted.inc();
         metrics.edges.add(1);
-        let (latest, rx, opts, m, sd) = (
+        let (latest, rx, opts, m, h, sd) = (
             latest.clone(),
             live.subscribe(),
             opts.clone(),
             metrics.clone(),
+            health.clone(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
-            match edge_link(sock, latest, rx, &opts, &m, sd).await {
+            match edge_link(sock, latest, rx, &opts, &m, h, sd).await {
                 Ok(id) => tracing::info!(%peer, edge = %id, "relay: edge link closed"),
                 Err(e) => {
                     m.dropped.inc();
@@ -116,6 +129,8 @@ enum LinkError {
     Dead(Duration),
     #[error("edge did not accept a write within {0:?}")]
     WriteTimeout(Duration),
+    #[error("store unhealthy: {0}")]
+    StoreUnhealthy(String),
 }
 
 struct Conn {
@@ -159,6 +174,7 @@ async fn edge_link(
     mut live: broadcast::Receiver<Cue>,
     opts: &RelayOptions,
     m: &RelayMetrics,
+    mut health: Health,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<String, LinkError> {
     let mut c = Conn {
@@ -242,6 +258,12 @@ async fn edge_link(
                 }
             }
             _ = shutdown.changed() => return Ok(edge_id),
+            Ok(()) = health.changed() => {
+                if let Some(why) = health.borrow_and_update().clone() {
+                    m.store_unhealthy.inc();
+                    return Err(LinkError::StoreUnhealthy(why));
+                }
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Wires the origin together on a tokio runtime: log recovery, the writer thread, the HTTP API,
 //! the relay listener, metrics and graceful shutdown.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,27 +15,22 @@ use tokio::sync::{broadcast, watch};
 use crate::config::OriginConfig;
 use crate::http::Api;
 use crate::log::{CueLog, LogOptions};
-use crate::publish::{PublishMetrics, Publisher};
 use crate::relay::{RelayMetrics, RelayOptions};
+use crate::store::embedded::{Publisher, WriterParts};
+use crate::store::nats::NatsStore;
+use crate::store::{Health, Latest, PublishMetrics, Store};
 use cue_common::config::token_keys;
+use cue_common::cue::Cue;
 use cue_common::metrics::{header, single};
 use cue_common::time::unix_now_ms;
 
-/// Runs the origin until `shutdown` resolves, then stops accepting, lets in-flight publishes
-/// finish, and returns.
-pub async fn run(
-    cfg: OriginConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let keys = token_keys(
-        cfg.no_auth,
-        cfg.auth_secret.as_deref(),
-        &cfg.secret_file(),
-        true,
-        "anyone can publish",
-    )
-    .map_err(anyhow::Error::msg)?;
-
+/// Opens the embedded log, loads its newest cues into `latest` and starts its writer thread.
+fn start_embedded(
+    cfg: &OriginConfig,
+    latest: &Latest,
+    live: &broadcast::Sender<Cue>,
+    pm: &Arc<PublishMetrics>,
+) -> anyhow::Result<(Publisher, Health, std::thread::JoinHandle<()>)> {
     let opts = LogOptions {
         max_bytes: cfg.log_max_bytes,
         sync: cfg.fsync,
@@ -54,18 +50,66 @@ pub async fn run(
             "dropped a torn tail from the cue log (never served)"
         );
     }
-    let latest = Arc::new(RwLock::new(log.latest().clone()));
-    let (live, _) = broadcast::channel(cfg.relay_buffer);
-    let pm = Arc::new(PublishMetrics::default());
-    let rm = Arc::new(RelayMetrics::default());
-    let (publisher, writer) = Publisher::start(
-        log,
-        latest.clone(),
-        live.clone(),
-        pm.clone(),
+    *latest.write().expect("latest lock") = log.latest().clone();
+    let (health_tx, health) = watch::channel(None);
+    let (p, w) = Publisher::start(
+        WriterParts {
+            log,
+            latest: latest.clone(),
+            relay: live.clone(),
+            metrics: pm.clone(),
+            health: health_tx,
+        },
         cfg.publish_queue,
         unix_now_ms,
     );
+    Ok((p, health, w))
+}
+
+/// Runs the origin until `shutdown` resolves, then stops accepting, lets in-flight publishes
+/// finish, and returns.
+pub async fn run(
+    cfg: OriginConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let keys = token_keys(
+        cfg.no_auth,
+        cfg.auth_secret.as_deref(),
+        &cfg.secret_file(),
+        true,
+        "anyone can publish",
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let latest: Latest = Arc::new(RwLock::new(HashMap::new()));
+    let (live, _) = broadcast::channel(cfg.relay_buffer);
+    let pm = Arc::new(PublishMetrics::default());
+    let rm = Arc::new(RelayMetrics::default());
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (store, health, writer) = match cfg.nats() {
+        None => {
+            let (p, health, w) = start_embedded(&cfg, &latest, &live, &pm)?;
+            (Store::Embedded(p), health, Some(w))
+        }
+        Some(opts) => {
+            let start = NatsStore::start(
+                &opts,
+                latest.clone(),
+                live.clone(),
+                pm.clone(),
+                cfg.publish_queue,
+                unix_now_ms,
+            );
+            let s = tokio::select! {
+                r = start => r.map_err(|e| anyhow::anyhow!("store {}: {e}", cfg.store))?,
+                _ = &mut shutdown => {
+                    tracing::info!("shut down before the store was reachable");
+                    return Ok(());
+                }
+            };
+            (Store::Nats(s.clone()), s.health(), None)
+        }
+    };
 
     let http = TcpListener::bind(cfg.http)
         .await
@@ -87,16 +131,18 @@ pub async fn run(
             max_edges: cfg.max_edges,
         },
         rm.clone(),
+        health.clone(),
         stop_rx.clone(),
     ));
 
     let api = Arc::new(Api {
-        publisher,
+        store,
+        health: health.clone(),
         latest,
         keys,
         render_metrics: {
-            let (pm, rm) = (pm.clone(), rm.clone());
-            Box::new(move || render(&pm, &rm))
+            let (pm, rm, h) = (pm.clone(), rm.clone(), health.clone());
+            Box::new(move || render(&pm, &rm, &h))
         },
         requests: Default::default(),
         refused: Default::default(),
@@ -134,19 +180,21 @@ pub async fn run(
         .await;
     });
 
-    shutdown.await;
+    (&mut shutdown).await;
     tracing::info!("shutting down: closing listeners, finishing in-flight publishes");
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = relay_task.await;
     // The writer stops once every publisher handle is gone.
     drop(api);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    if let Some(writer) = writer {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
     tracing::info!("cue-origin stopped");
     Ok(())
 }
 
-fn render(pm: &PublishMetrics, rm: &RelayMetrics) -> String {
+fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
     let mut s = String::with_capacity(4096);
     single(
         &mut s,
@@ -166,8 +214,29 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics) -> String {
         &mut s,
         "cue_origin_publish_batches_total",
         "counter",
-        "Group commits written.",
+        "Group commits written (embedded) or publishes sent to JetStream.",
         pm.batches.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_publish_overloaded_total",
+        "counter",
+        "Publishes refused because the publish queue was full.",
+        pm.overloaded.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_publish_idempotent_repeats_total",
+        "counter",
+        "Publishes answered with an earlier cue for their Idempotency-Key.",
+        pm.idempotent_repeats.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_publish_seq_conflicts_total",
+        "counter",
+        "JetStream publishes retried because another origin published the event first.",
+        pm.seq_conflicts.get(),
     );
     header(
         &mut s,
@@ -239,6 +308,20 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics) -> String {
         "counter",
         "Catch-up cues sent after HELLO or resync.",
         rm.catch_up_cues.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_store_unhealthy_total",
+        "counter",
+        "Edge links refused or dropped because the store was unhealthy.",
+        rm.store_unhealthy.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_store_healthy",
+        "gauge",
+        "1 while the store can make cues durable, else 0.",
+        u8::from(health.borrow().is_none()),
     );
     single(
         &mut s,

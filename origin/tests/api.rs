@@ -1,6 +1,7 @@
 //! The real `cue-origin` binary on loopback: publish API validation and auth, durability across
 //! `kill -9` (including a torn tail), the relay handshake, graceful SIGTERM, token minting.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -21,6 +22,13 @@ fn start(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Proc {
 
 fn keys() -> TokenKeys {
     TokenKeys::new(SECRET.as_bytes()).unwrap()
+}
+
+/// The seq of a `201` body.
+fn seq_of(body: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq in {body}"))
 }
 
 fn post(http: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -83,10 +91,22 @@ fn publish_validation_auth_and_current() {
             201,
         ),
     ];
+    let mut seqs = Vec::new();
     for (path, tok, body, want) in cases {
         let (st, b) = post(http, path, tok, body);
         assert_eq!(st, want, "{path} {body}: {b}");
+        if st == 201 {
+            seqs.push(seq_of(&b));
+        }
     }
+    assert_eq!(seqs.len(), 2);
+    assert!(seqs[1] > seqs[0], "{seqs:?}");
+    // A seq is the publish time in ms unless the event already had that one.
+    let now_ms = unix_now_s() * 1000;
+    assert!(
+        seqs[0] + 120_000 > now_ms && seqs[0] <= now_ms + 2_000,
+        "{seqs:?}"
+    );
     let big = format!("{{\"key\":\"{}\"}}", "a".repeat(5000));
     assert_eq!(
         post(http, "/v1/events/fight/cues", Some(&pubt), &big).0,
@@ -95,7 +115,7 @@ fn publish_validation_auth_and_current() {
     let r = request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["event"], "fight");
-    assert_eq!(v["current"]["seq"], 2);
+    assert_eq!(v["current"]["seq"], seqs[1]);
     assert_eq!(v["current"]["key"], "round-2");
     let r = request(http, "GET", "/v1/events/nothing-yet", &[], b"").unwrap();
     assert_eq!(r.body.trim(), r#"{"current":null,"event":"nothing-yet"}"#);
@@ -120,17 +140,16 @@ fn kill9_then_torn_tail_recovers_last_durable_cue() {
     let (http, relay) = (free_addr(), free_addr());
     let mut o = start(dir.path(), http, relay);
     let pubt = keys().mint_publisher(unix_now_s(), 60);
+    let mut last = 0;
     for i in 1..=5 {
-        assert_eq!(
-            post(
-                http,
-                "/v1/events/fight/cues",
-                Some(&pubt),
-                &format!("{{\"key\":\"r{i}\"}}")
-            )
-            .0,
-            201
+        let (st, b) = post(
+            http,
+            "/v1/events/fight/cues",
+            Some(&pubt),
+            &format!("{{\"key\":\"r{i}\"}}"),
         );
+        assert_eq!(st, 201);
+        last = seq_of(&b);
     }
     let _ = o.0.kill();
     let _ = o.0.wait();
@@ -142,7 +161,7 @@ fn kill9_then_torn_tail_recovers_last_durable_cue() {
     let _o = start(dir.path(), http, relay);
     let r = request(http, "GET", "/v1/events/fight", &[], b"").unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(v["current"]["seq"], 5, "{}", r.body);
+    assert_eq!(v["current"]["seq"], last, "{}", r.body);
     assert_eq!(v["current"]["key"], "r5");
     let (st, b) = post(
         http,
@@ -151,7 +170,7 @@ fn kill9_then_torn_tail_recovers_last_durable_cue() {
         r#"{"key":"r6"}"#,
     );
     assert_eq!(st, 201);
-    assert!(b.contains("\"seq\":6"), "{b}");
+    assert!(seq_of(&b) > last, "{b}");
 }
 
 #[test]
@@ -160,17 +179,16 @@ fn relay_catch_up_then_live_then_heartbeat() {
     let (http, relay) = (free_addr(), free_addr());
     let _o = start(dir.path(), http, relay);
     let pubt = keys().mint_publisher(unix_now_s(), 60);
+    let mut seq = HashMap::new();
     for (e, k) in [("a", "a1"), ("a", "a2"), ("b", "b1")] {
-        assert_eq!(
-            post(
-                http,
-                &format!("/v1/events/{e}/cues"),
-                Some(&pubt),
-                &format!("{{\"key\":\"{k}\"}}")
-            )
-            .0,
-            201
+        let (st, b) = post(
+            http,
+            &format!("/v1/events/{e}/cues"),
+            Some(&pubt),
+            &format!("{{\"key\":\"{k}\"}}"),
         );
+        assert_eq!(st, 201);
+        seq.insert(k, seq_of(&b));
     }
     let mut s = TcpStream::connect(relay).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -179,7 +197,7 @@ fn relay_catch_up_then_live_then_heartbeat() {
     relay::encode(
         &Frame::Hello {
             edge_id: "t".into(),
-            since: vec![(a, 1)],
+            since: vec![(a, seq["a1"])],
         },
         &mut hello,
     );
@@ -208,10 +226,18 @@ fn relay_catch_up_then_live_then_heartbeat() {
             other => format!("{other:?}"),
         })
         .collect();
-    assert_eq!(seqs, vec!["a:2", "b:1", "caught-up:2"]);
-    post(http, "/v1/events/b/cues", Some(&pubt), r#"{"key":"b2"}"#);
+    assert_eq!(
+        seqs,
+        vec![
+            format!("a:{}", seq["a2"]),
+            format!("b:{}", seq["b1"]),
+            "caught-up:2".into()
+        ]
+    );
+    let b2 = seq_of(&post(http, "/v1/events/b/cues", Some(&pubt), r#"{"key":"b2"}"#).1);
+    assert!(b2 > seq["b1"]);
     read_frames(&mut s, 4, &mut frames);
-    assert!(matches!(&frames[3], Frame::Cue(c) if c.key() == "b2" && c.seq() == 2));
+    assert!(matches!(&frames[3], Frame::Cue(c) if c.key() == "b2" && c.seq() == b2));
     // Silent for a heartbeat: the origin pings.
     read_frames(&mut s, 5, &mut frames);
     assert!(matches!(frames[4], Frame::Ping(_)), "{:?}", frames[4]);

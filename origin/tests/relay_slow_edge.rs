@@ -40,6 +40,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
     let (live, _) = broadcast::channel(64);
     let metrics = Arc::new(RelayMetrics::default());
     let (_stop_tx, stop_rx) = watch::channel(false);
+    let (_health_tx, health) = watch::channel(None);
     let opts = RelayOptions {
         heartbeat: Duration::from_millis(200),
         dead_after: Duration::from_secs(3),
@@ -52,6 +53,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
         live.clone(),
         opts,
         metrics.clone(),
+        health,
         stop_rx,
     ));
 

@@ -25,6 +25,24 @@ pub fn token_keys(
         .map_err(|e| e.to_string())
 }
 
+/// Checks a `HOST:PORT` address (a host name, an IPv4 address or a bracketed IPv6 address, and
+/// a port 1-65535) and returns its parts; names are resolved when dialled, not here.
+pub fn host_port(s: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("'{s}' is not HOST:PORT");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if port == 0 || !(bracketed || name_ok) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
 /// Loads a TOML config file into `T` (unknown keys are errors), or `T::default()` without one.
 pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, String> {
     let Some(path) = path else {
@@ -107,6 +125,21 @@ pub fn resolve_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(
+            host_port("origin-a.example:7001").unwrap(),
+            ("origin-a.example", 7001)
+        );
+        assert_eq!(host_port("127.0.0.1:1").unwrap(), ("127.0.0.1", 1));
+        assert_eq!(host_port("[::1]:7001").unwrap(), ("[::1]", 7001));
+        for bad in [
+            "", "a", "a:", ":1", "a:0", "a:70000", "a b:1", "[]:1", "a/b:1",
+        ] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn secret_resolution_order_and_creation() {
