@@ -119,16 +119,20 @@ pub fn start_edge_logged(
         admin,
         quic: quic_addr,
     };
-    e.wait_linked();
+    e.wait_linked_n(1 + extra.iter().filter(|a| **a == "--origin").count());
     e
 }
 
 impl Edge {
     pub fn wait_linked(&self) {
+        self.wait_linked_n(1);
+    }
+    /// Waits until exactly `n` origins are linked.
+    pub fn wait_linked_n(&self, n: usize) {
         let admin = self.admin;
+        let want = format!("\"origins_linked\":{n},");
         wait_until(Duration::from_secs(15), || {
-            request(admin, "GET", "/healthz", &[], b"")
-                .is_ok_and(|r| r.body.contains("\"origins_linked\":1"))
+            request(admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.body.contains(&want))
         });
     }
     pub fn metrics(&self) -> String {

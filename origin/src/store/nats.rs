@@ -210,9 +210,10 @@ struct SetupError {
 /// Classifies a JetStream API error met while setting the stream up.
 fn setup_error(what: &str, e: &dyn std::fmt::Display, replicas: usize) -> SetupError {
     let l = e.to_string().to_ascii_lowercase();
-    // JetStream off for good; anything else (no meta leader yet, too few servers up yet, time
-    // outs) may pass while a cluster starts.
-    let fatal = l.contains("not enabled");
+    // JetStream off (no responders to its API, or says so), or a single server asked for
+    // replicas: settings. Anything else (no meta leader yet, too few servers up yet, time outs)
+    // may pass while a cluster starts.
+    let fatal = jetstream_off(&l) || l.contains("non-clustered");
     SetupError {
         fatal,
         msg: format!("{what}: {}", explain(e, replicas)),
@@ -278,11 +279,18 @@ async fn try_ensure_stream(js: &Context, opts: &NatsOptions) -> Result<stream::S
     }
 }
 
+/// True when a (lower-cased) JetStream API error says nothing answers the API: JetStream is off.
+fn jetstream_off(l: &str) -> bool {
+    l.contains("not enabled")
+        || l.contains("no responders")
+        || l.contains("resource does not exist")
+}
+
 /// What a JetStream API error means for an operator, with the server's own words.
 fn explain(e: &dyn std::fmt::Display, replicas: usize) -> String {
     let s = e.to_string();
     let l = s.to_ascii_lowercase();
-    let hint = if l.contains("not enabled") || l.contains("no responders") {
+    let hint = if jetstream_off(&l) {
         "; JetStream is off on that server: start nats-server with -js (or `jetstream {}` in its config)"
             .to_string()
     } else if l.contains("insufficient resources")

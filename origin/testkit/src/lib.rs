@@ -4,6 +4,7 @@
 //! production code: it panics on failure, as tests should.
 
 pub mod client;
+pub mod nats;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -86,16 +87,21 @@ pub fn wait_until(d: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Starts the workspace's `cue-origin` with its data in `dir`, publish API on `http`, relay on
-/// `relay`, token secret `secret` and `extra` flags (output discarded), and waits until its
-/// `/healthz` answers 200; panics if it does not within 10 s.
-pub fn start_origin(
+/// Spawns the workspace's `cue-origin` with its data in `dir`, publish API on `http`, relay on
+/// `relay`, token secret `secret` and `extra` flags; stderr goes to `log` (or nowhere). Does not
+/// wait for it.
+pub fn spawn_origin(
     dir: &Path,
     http: SocketAddr,
     relay: SocketAddr,
     secret: &str,
     extra: &[&str],
+    log: Option<&Path>,
 ) -> Proc {
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).expect("origin log file")),
+        None => Stdio::null(),
+    };
     let child = Command::new(workspace_bin("cue-origin"))
         .args([
             "--http",
@@ -109,21 +115,29 @@ pub fn start_origin(
         .env("CUE_AUTH_SECRET", secret)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawning cue-origin");
-    let p = Proc(child);
-    let t = Instant::now();
-    while crate::client::request(http, "GET", "/healthz", &[], b"")
-        .map(|r| r.status)
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "origin did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Proc(child)
+}
+
+/// Waits up to `d` until `GET /healthz` on `http` answers 200.
+pub fn wait_healthy(http: SocketAddr, d: Duration) {
+    wait_until(d, || {
+        crate::client::request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+    });
+}
+
+/// Starts the workspace's `cue-origin` (see [`spawn_origin`]; output discarded) and waits
+/// until its `/healthz` answers 200; panics if it does not within 10 s.
+pub fn start_origin(
+    dir: &Path,
+    http: SocketAddr,
+    relay: SocketAddr,
+    secret: &str,
+    extra: &[&str],
+) -> Proc {
+    let p = spawn_origin(dir, http, relay, secret, extra, None);
+    wait_healthy(http, Duration::from_secs(10));
     p
 }

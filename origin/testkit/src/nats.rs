@@ -1,0 +1,203 @@
+//! Real `nats-server` processes for tests: a JetStream cluster of N nodes on free loopback ports,
+//! each node killable, freezable (SIGSTOP, as a node cut off by a partition looks to the others)
+//! and restartable on its own store directory.
+//!
+//! `nats-server` must be on PATH (Debian's package of that name; `.ci/run` installs it). A test
+//! that needs it and cannot find it fails with that message: it never passes without running.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_addr, Proc};
+
+/// The `nats-server` binary on PATH; panics with how to install it when there is none.
+pub fn nats_server_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .expect("nats-server is not on PATH: `apt-get install nats-server` (.ci/run does)")
+}
+
+/// One node of a [`NatsCluster`].
+#[derive(Debug)]
+pub struct NatsNode {
+    /// Server name.
+    pub name: String,
+    /// Client port.
+    pub client: SocketAddr,
+    /// Cluster (route) port.
+    pub route: SocketAddr,
+    /// HTTP monitoring port (`/healthz`, `/jsz`).
+    pub monitor: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+/// A JetStream cluster (or, with one node, a single JetStream server) under a directory.
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsNode>,
+}
+
+impl NatsCluster {
+    /// Writes the configs of `n` nodes under `dir` (one store directory each) and starts them;
+    /// returns once every node's `/healthz` says JetStream is ready.
+    pub fn start(dir: &Path, n: usize) -> NatsCluster {
+        Self::start_with(dir, n, true)
+    }
+
+    /// As [`NatsCluster::start`], with JetStream on or off.
+    pub fn start_with(dir: &Path, n: usize, jetstream: bool) -> NatsCluster {
+        let mut c = Self::configure(dir, n, jetstream);
+        for i in 0..n {
+            c.start_node(i);
+        }
+        for i in 0..n {
+            c.wait_ready(i, Duration::from_secs(30));
+        }
+        c
+    }
+
+    /// Writes the nodes' configs and picks their ports, starting none of them.
+    pub fn configure(dir: &Path, n: usize, jetstream: bool) -> NatsCluster {
+        let ports: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..n)
+            .map(|_| (free_addr(), free_addr(), free_addr()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client, route, monitor)) in ports.iter().enumerate() {
+            let name = format!("n{i}");
+            let store = dir.join(&name);
+            std::fs::create_dir_all(&store).expect("node store dir");
+            let mut conf = format!("server_name: {name}\nlisten: {client}\nhttp: {monitor}\n",);
+            if jetstream {
+                conf.push_str(&format!(
+                    "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n",
+                    store.display()
+                ));
+            }
+            if n > 1 {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats-route://{}", p.1))
+                    .collect();
+                conf.push_str(&format!(
+                    "cluster {{\n  name: cue-test\n  listen: {route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ));
+            }
+            let config = dir.join(format!("{name}.conf"));
+            std::fs::write(&config, conf).expect("node config");
+            nodes.push(NatsNode {
+                name,
+                client: *client,
+                route: *route,
+                monitor: *monitor,
+                log: dir.join(format!("n{i}.log")),
+                config,
+                proc: None,
+            });
+        }
+        NatsCluster { nodes }
+    }
+
+    /// `nats://HOST:PORT,...` of every node, for `--store`.
+    pub fn store_url(&self) -> String {
+        let list: Vec<String> = self.nodes.iter().map(|n| n.client.to_string()).collect();
+        format!("nats://{}", list.join(","))
+    }
+
+    /// Starts node `i` (again) on its config and store directory.
+    pub fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(&node.log).expect("node log");
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning nats-server");
+        node.proc = Some(Proc(child));
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// SIGSTOPs node `i`: to the other nodes and its clients it is cut off, not gone.
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONTs a frozen node.
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        let p = self.nodes[i].proc.as_ref().expect("node running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(p.0.id() as i32, sig) };
+    }
+
+    /// Waits until node `i`'s `/healthz` answers 200 (JetStream ready), up to `d`.
+    pub fn wait_ready(&self, i: usize, d: Duration) {
+        let node = &self.nodes[i];
+        let t = Instant::now();
+        loop {
+            let ok = crate::client::request(node.monitor, "GET", "/healthz", &[], b"")
+                .is_ok_and(|r| r.status == 200);
+            if ok {
+                return;
+            }
+            assert!(
+                t.elapsed() < d,
+                "nats-server {} not ready within {d:?}; its log:\n{}",
+                node.name,
+                std::fs::read_to_string(&node.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The name of the node that leads stream `stream`, from any running node's `/jsz`.
+    pub fn stream_leader(&self, stream: &str) -> Option<String> {
+        let q = "/jsz?streams=true&accounts=true";
+        for n in self.nodes.iter().filter(|n| n.proc.is_some()) {
+            let Ok(r) = crate::client::request(n.monitor, "GET", q, &[], b"") else {
+                continue;
+            };
+            // The stream's detail carries "cluster":{"leader":"nX",...} after its name.
+            let Some(at) = r.body.find(&format!("\"name\":\"{stream}\"")) else {
+                continue;
+            };
+            let rest = &r.body[at..];
+            if let Some(l) = rest.find("\"leader\":\"") {
+                let rest = &rest[l + 10..];
+                if let Some(end) = rest.find('"') {
+                    return Some(rest[..end].to_string());
+                }
+            }
+        }
+        None
+    }
+
+    /// Index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node name")
+    }
+}
