@@ -67,6 +67,22 @@ pub struct RunOpts {
     pub peer_pid: Option<u32>,
     /// Fleet transport(s).
     pub transport: Transport,
+    /// The origins' store: `None` for the embedded log, else a JetStream cluster.
+    pub store: Option<StoreSpec>,
+}
+
+/// Origins on a JetStream cluster (started by the caller).
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// `nats://HOST:PORT,...`.
+    pub url: String,
+    /// `--nats-replicas`.
+    pub replicas: u32,
+    /// Origins on the stream; every edge links to all of them.
+    pub origins: usize,
+    /// SIGKILL the origin publishes go to right before this cue (1-based) is published; the
+    /// next origin takes it.
+    pub kill_origin_before_cue: Option<usize>,
 }
 
 /// The QUIC event (WebSocket devices follow `bench`).
@@ -75,12 +91,34 @@ const QUIC_EVENT: &str = "bench-q";
 /// Most sockets one process holds here (hard RLIMIT_NOFILE is 20000; keep headroom).
 pub const PER_PROCESS: usize = 18_000;
 
+/// The seqs one publish got: the WebSocket fleet's event and the QUIC fleet's event (a seq is
+/// the origin's, per event).
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    ws: Option<u64>,
+    quic: Option<u64>,
+    /// Unix µs right before the publish request (after any fault made for this cue).
+    sent_us: u64,
+    /// Unix µs when the origin was killed for this cue, if it was.
+    killed_us: Option<u64>,
+}
+
+/// Per fleet: seq -> publish time (Unix µs), the seq of the last cue, and when an origin was
+/// killed (Unix µs) with the seq of the cue published right after.
+#[derive(Debug, Default)]
+struct Series {
+    times: HashMap<u64, u64>,
+    last: u64,
+    killed: Option<(u64, u64)>,
+}
+
 struct Target {
     addr: SocketAddr,
     host: String,
     path: String,
     token: Option<String>,
-    publish: Box<dyn FnMut(u64) -> anyhow::Result<()>>,
+    /// Publishes cue number `n` (1-based); returns the seq each fleet will see it with.
+    publish: Box<dyn FnMut(u64) -> anyhow::Result<Published>>,
     edge_pids: Vec<u32>,
     edge_admins: Vec<SocketAddr>,
     procs: Vec<Proc>,
@@ -127,37 +165,65 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
     let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
-    let data = o.out.join("origin-data");
-    let _ = std::fs::remove_dir_all(&data);
     // One certificate for every edge process, so the QUIC fleet can pin it whichever process
     // the kernel hands a device to.
     let quic: SocketAddr = format!("127.0.0.1:{}", stack::free_udp_port()?).parse()?;
     let (crt, key, fingerprint) = stack::edge_cert(&o.out)?;
     let mut procs = Vec::new();
-    let args: Vec<String> = vec![
-        "--http".into(),
-        http.to_string(),
-        "--relay".into(),
-        relay.to_string(),
-        "--data-dir".into(),
-        data.display().to_string(),
-    ];
-    procs.push(Proc::start(
-        "cue-origin",
-        &origin_bin,
-        &args,
-        &env,
-        &o.out.join("origin.log"),
-    )?);
-    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true)
-        .context("cue-origin did not start")?;
+    let (n_origins, store_args) = match &o.store {
+        None => (1, vec![]),
+        Some(st) => (
+            st.origins.max(1),
+            vec![
+                "--store".to_string(),
+                st.url.clone(),
+                "--nats-replicas".into(),
+                st.replicas.to_string(),
+            ],
+        ),
+    };
+    let mut origins: Vec<(SocketAddr, SocketAddr, Proc)> = Vec::new();
+    for i in 0..n_origins {
+        let data = o.out.join(format!("origin-data-{i}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let (http, relay) = if i == 0 {
+            (http, relay)
+        } else {
+            (
+                format!("127.0.0.1:{}", free_port()?).parse()?,
+                format!("127.0.0.1:{}", free_port()?).parse()?,
+            )
+        };
+        let mut args: Vec<String> = vec![
+            "--http".into(),
+            http.to_string(),
+            "--relay".into(),
+            relay.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        args.extend(store_args.iter().cloned());
+        let p = Proc::start(
+            &format!("cue-origin-{i}"),
+            &origin_bin,
+            &args,
+            &env,
+            &o.out.join(format!("origin-{i}.log")),
+        )?;
+        stack::wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
+            .context("cue-origin did not start")?;
+        origins.push((http, relay, p));
+    }
+    let relays: Vec<String> = origins.iter().map(|o| o.1.to_string()).collect();
     let mut admins = Vec::new();
     let mut edge_pids = Vec::new();
     for i in 0..edges {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let args: Vec<String> = vec![
-            "--origin".into(),
-            relay.to_string(),
+        let mut args: Vec<String> = relays
+            .iter()
+            .flat_map(|r| ["--origin".to_string(), r.clone()])
+            .collect();
+        args.extend([
             "--ws".into(),
             ws.to_string(),
             "--admin".into(),
@@ -176,7 +242,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             crt.display().to_string(),
             "--tls-key".into(),
             key.display().to_string(),
-        ];
+        ]);
         let p = Proc::start(
             &format!("cue-edge-{i}"),
             &edge_bin,
@@ -188,13 +254,15 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         procs.push(p);
         admins.push(admin);
     }
+    let linked = format!("\"origins_linked\":{n_origins},");
     for a in &admins {
         stack::wait_http(*a, "/healthz", Duration::from_secs(15), |b| {
-            b.contains("\"origins_linked\":1")
+            b.contains(&linked)
         })
         .context("cue-edge did not link to the origin")?;
     }
-    log.push(format!("stack: origin {http} relay {relay}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.shards, o.edge_cpu));
+    log.push(format!("stack: {n_origins} origin(s) (first: {http}, relay {relay}), store {}; {edges} edge process(es) on {ws}, {} shard(s) each, pinned to core {}", o.store.as_ref().map_or("embedded".to_string(), |s| format!("{} R{}", s.url, s.replicas)), o.shards, o.edge_cpu));
+    let kill_before = o.store.as_ref().and_then(|s| s.kill_origin_before_cue);
     let keys = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let now = cue_common::time::unix_now_s();
     let device_token = keys.mint_device(
@@ -211,8 +279,22 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     if o.transport != Transport::Ws {
         events.push(QUIC_EVENT);
     }
-    let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
-        let body = format!("{{\"key\":\"stage-{seq}\"}}");
+    // The origins are the closure's: dropping the target kills them.
+    let mut alive = 0usize;
+    let publish = Box::new(move |n: u64| -> anyhow::Result<Published> {
+        let mut killed_us = None;
+        if kill_before == Some(n as usize) && alive + 1 < origins.len() {
+            killed_us = Some(stack::unix_us());
+            origins[alive].2.kill();
+            alive += 1;
+        }
+        let http = origins[alive].0;
+        let body = format!("{{\"key\":\"stage-{n}\"}}");
+        let mut got = Published {
+            sent_us: stack::unix_us(),
+            killed_us,
+            ..Default::default()
+        };
         for ev in &events {
             let (st, b) = stack::http(
                 http,
@@ -227,8 +309,15 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             if st != 201 {
                 bail!("publish {ev}: {st} {b}");
             }
+            let v: serde_json::Value = serde_json::from_str(&b)?;
+            let seq = v["seq"].as_u64().context("201 without seq")?;
+            if *ev == QUIC_EVENT {
+                got.quic = Some(seq);
+            } else {
+                got.ws = Some(seq);
+            }
         }
-        Ok(())
+        Ok(got)
     });
     Ok(Target {
         addr: ws,
@@ -284,7 +373,8 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
             .context("--publish-url is needed with --target-url")?,
         "http://",
     )?;
-    let publish = Box::new(move |seq: u64| -> anyhow::Result<()> {
+    let publish = Box::new(move |seq: u64| -> anyhow::Result<Published> {
+        let t = stack::unix_us();
         let body = format!(
             "{{\"event\":\"bench\",\"key\":\"stage-{seq}\",\"seq\":{seq},\"ts\":{}}}",
             stack::unix_us() / 1000
@@ -299,7 +389,11 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         if !(200..300).contains(&st) {
             bail!("publish: {st} {b}");
         }
-        Ok(())
+        Ok(Published {
+            ws: Some(seq),
+            sent_us: t,
+            ..Default::default()
+        })
     });
     Ok(Target {
         addr,
@@ -393,7 +487,8 @@ struct Seen {
     refusals: HashMap<u16, usize>,
 }
 
-fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> anyhow::Result<Seen> {
+fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Seen> {
+    let published = &series.times;
     let mut reports: Vec<WorkerReport> = Vec::new();
     let mut workers = fleet.workers;
     for w in &mut workers {
@@ -428,13 +523,18 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
     for s in seqs {
         let (f, l, n) = first_last[&s];
         let p = published[&s];
-        per_cue.push(json!({"seq": s, "devices": n, "first_ms": (f.saturating_sub(p)) as f64 / 1e3, "last_ms": (l.saturating_sub(p)) as f64 / 1e3}));
+        let mut c = json!({"seq": s, "devices": n, "first_ms": (f.saturating_sub(p)) as f64 / 1e3, "last_ms": (l.saturating_sub(p)) as f64 / 1e3});
+        if let Some((killed, _)) = series.killed.filter(|k| k.1 == s) {
+            // Origin killed -> the last device has this, the next cue.
+            c["failover_ms"] = json!((l.saturating_sub(killed)) as f64 / 1e3);
+        }
+        per_cue.push(c);
         if n > 1 && l > f {
             rates.push(n as f64 / ((l - f) as f64 / 1e6));
         }
     }
     rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let last_seq = o.cues as u64;
+    let last_seq = series.last;
     let held: usize = reports.iter().map(|r| r.final_seqs.len()).sum();
     let missed = reports
         .iter()
@@ -462,23 +562,31 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, published: &HashMap<u64, u64>) -> any
     })
 }
 
-/// Publishes `cues` cues `interval` apart with `publish`; returns seq -> publish time (Unix µs).
+/// Publishes `cues` cues `interval` apart with `publish`; returns the WebSocket and the QUIC
+/// fleet's series.
 fn publish_series(
     cues: usize,
     interval: Duration,
-    publish: &mut dyn FnMut(u64) -> anyhow::Result<()>,
-) -> anyhow::Result<HashMap<u64, u64>> {
-    let mut published = HashMap::new();
-    for seq in 1..=cues as u64 {
-        let t = stack::unix_us();
-        publish(seq).with_context(|| format!("publishing cue {seq}"))?;
-        published.insert(seq, t);
+    publish: &mut dyn FnMut(u64) -> anyhow::Result<Published>,
+) -> anyhow::Result<(Series, Series)> {
+    let (mut ws, mut quic) = (Series::default(), Series::default());
+    for n in 1..=cues as u64 {
+        let p = publish(n).with_context(|| format!("publishing cue {n}"))?;
+        for (series, seq) in [(&mut ws, p.ws), (&mut quic, p.quic)] {
+            if let Some(seq) = seq {
+                series.times.insert(seq, p.sent_us);
+                series.last = seq;
+                if let Some(k) = p.killed_us {
+                    series.killed = Some((k, seq));
+                }
+            }
+        }
         std::thread::sleep(interval);
     }
     if cues > 0 {
         std::thread::sleep(interval.max(Duration::from_secs(1)));
     }
-    Ok(published)
+    Ok((ws, quic))
 }
 
 /// The floor phase: floor processes pinned to the edge core, the same fleet shape, the same
@@ -515,7 +623,8 @@ fn floor_phase(
         p.line()?; // accepted
     }
     let mut total = FloorResult::default();
-    let mut round = |seq: u64| -> anyhow::Result<()> {
+    let mut round = |seq: u64| -> anyhow::Result<Published> {
+        let t = stack::unix_us();
         for p in procs.iter_mut() {
             p.round(seq)?;
         }
@@ -525,9 +634,14 @@ fn floor_phase(
             total.seconds += r.seconds;
             total.cpu_s += r.cpu_s;
         }
-        Ok(())
+        // The floor writes cue number `seq` with that seq.
+        Ok(Published {
+            ws: Some(seq),
+            sent_us: t,
+            ..Default::default()
+        })
     };
-    let published = publish_series(o.cues, interval, &mut round)?;
+    let (published, _) = publish_series(o.cues, interval, &mut round)?;
     let seen = finish_fleet(fleet, o, &published)?;
     let cpu_rate = if total.cpu_s > 0.0 {
         total.writes as f64 / total.cpu_s
@@ -609,14 +723,14 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // Whole-process CPU of the serving side over the publish phase: the same measure for Cue's
     // edges and for a peer, so `process_cpu` compares like with like.
     let cpu_before: f64 = server_pids.iter().map(|&p| stack::cpu_s(p)).sum();
-    let published = publish_series(o.cues, interval, &mut target.publish)?;
+    let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
     let server_cpu = server_pids.iter().map(|&p| stack::cpu_s(p)).sum::<f64>() - cpu_before;
     let quic_seen = match quic_fleet {
-        Some(f) => Some(finish_fleet(f, o, &published)?),
+        Some(f) => Some(finish_fleet(f, o, &quic_series)?),
         None => None,
     };
     let seen = match ws_fleet {
-        Some(f) => finish_fleet(f, o, &published)?,
+        Some(f) => finish_fleet(f, o, &ws_series)?,
         None => quic_seen.as_ref().cloned().context("no fleet")?,
     };
 
@@ -729,6 +843,8 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "kernel_bytes_per_conn": kernel_bytes,
         "edge_rss_bytes": rss1,
         "interval_ms": interval.as_millis() as u64,
+        "store": o.store.as_ref().map_or(json!("embedded"), |s| json!({"url": s.url, "replicas": s.replicas, "origins": s.origins})),
+        "origin_killed_before_cue": o.store.as_ref().and_then(|s| s.kill_origin_before_cue),
         "per_cue": seen.per_cue,
         "closed_by_server": seen.closed,
         "refusals": seen.refusals,

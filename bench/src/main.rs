@@ -8,6 +8,7 @@ mod gameday;
 mod herd;
 mod quic_worker;
 mod stack;
+mod store;
 mod worker;
 
 use std::path::PathBuf;
@@ -111,6 +112,11 @@ enum Cmd {
         /// Share of the devices on QUIC (cue/1) instead of WebSocket, 0..=1 (a mixed fleet).
         #[arg(long, default_value_t = 0.0)]
         quic_share: f64,
+        /// The origins' store: `embedded` (one origin) or `nats` (a 3-node JetStream cluster
+        /// from the nats-server on PATH, two origins, and two more faults: the stream leader's
+        /// node and the publishing origin killed during the event).
+        #[arg(long, value_enum, default_value_t = gameday::GamedayStore::Embedded)]
+        store: gameday::GamedayStore,
     },
     /// A fleet prefetching stage maps through cue-prefetch, (a) fixed TTLs and no schedule, (b)
     /// jittered TTLs and the schedule: requests/s over time, peak/mean, upstream calls per key
@@ -124,6 +130,38 @@ enum Cmd {
         /// Cues to publish to each.
         #[arg(long, default_value_t = 10)]
         cues: usize,
+    },
+    /// The origin's stores side by side in one run: embedded log, JetStream R1, JetStream R3
+    /// (nats-server from PATH): publish -> 201 p50/p99, publishes/s, publish -> last device
+    /// through each, and the failover of an origin killed mid-event (R3, two origins).
+    Store {
+        /// WebSocket devices of the fanout phase.
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Cues of the fanout phase.
+        #[arg(long, default_value_t = 10)]
+        cues: usize,
+        /// Sequential publishes of the latency phase.
+        #[arg(long, default_value_t = 2_000)]
+        publishes: usize,
+        /// Concurrent publishers of the throughput phase (one event each).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of the throughput phase.
+        #[arg(long, default_value_t = 5)]
+        throughput_s: u64,
+        /// Output directory.
+        #[arg(long, default_value = "bench-out/store")]
+        out: PathBuf,
+        /// Directory holding cue-origin and cue-edge [default: next to cue-bench].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Core the edges are pinned to.
+        #[arg(long, default_value_t = 0)]
+        edge_cpu: usize,
+        /// Progress on stderr.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Internal: a game-day fleet worker process.
     #[command(hide = true)]
@@ -159,6 +197,7 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         verbose: c.verbose,
         peer_pid: None,
         transport: c.transport,
+        store: None,
     }
 }
 
@@ -290,6 +329,7 @@ fn main() -> ExitCode {
             seed,
             quiet,
             quic_share,
+            store,
         } => {
             if !(0.0..=1.0).contains(&quic_share) {
                 eprintln!("cue-bench: --quic-share: must be 0..=1");
@@ -308,6 +348,7 @@ fn main() -> ExitCode {
                 edge_cpu,
                 seed,
                 command,
+                store,
                 quic_share,
             };
             gameday::run(&o)
@@ -358,6 +399,33 @@ fn main() -> ExitCode {
             o.publish_url = publish_url;
             o.no_floor = no_floor;
             fanout::run(&o, "fanout")
+        }
+        Cmd::Store {
+            devices,
+            cues,
+            publishes,
+            concurrency,
+            throughput_s,
+            out,
+            bin_dir,
+            edge_cpu,
+            verbose,
+        } => {
+            if devices == 0 || cues < 3 || publishes == 0 || concurrency == 0 || throughput_s == 0 {
+                eprintln!("cue-bench: --devices, --publishes, --concurrency, --throughput-s must be > 0 and --cues >= 3");
+                return ExitCode::from(2);
+            }
+            store::run(&store::StoreBenchOpts {
+                devices,
+                cues,
+                publishes,
+                concurrency,
+                throughput: std::time::Duration::from_secs(throughput_s),
+                out,
+                bin_dir,
+                edge_cpu,
+                verbose,
+            })
         }
         Cmd::PrefetchHerd(a) => {
             if let Err(e) = herd::validate(&a) {

@@ -29,8 +29,11 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
     // `a` goes away; three cues are published; it comes back with since=its last seq and gets
     // only the newest, then live cues.
     drop(a);
+    let mut s4 = s1;
     for k in ["round-2", "round-3", "round-4"] {
-        publish_ok(origin.http, "fight", k);
+        let s = publish_ok(origin.http, "fight", k);
+        assert!(s > s4, "seqs go up");
+        s4 = s;
     }
     let mut a = subscribe(
         edge.ws,
@@ -38,7 +41,7 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
         Some(&tok),
     )
     .unwrap();
-    assert_eq!(next_cue(&mut a), ("fight".into(), "round-4".into(), s1 + 3));
+    assert_eq!(next_cue(&mut a), ("fight".into(), "round-4".into(), s4));
     assert!(
         quiet_for(&mut a, Duration::from_millis(300)),
         "no backlog after the newest"

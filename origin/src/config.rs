@@ -44,6 +44,11 @@ pub struct OriginConfig {
     pub relay_write_timeout_ms: u64,
     /// Most edges linked at once. Default 1024.
     pub max_edges: usize,
+    /// How long the store must stay unhealthy before the relay drops its edges, ms. Default
+    /// 5000: longer than a JetStream leader election (~2-4 s), during which nobody can publish
+    /// and dropping links would only delay the next cue; an origin cut off for longer stops
+    /// relaying so its edges follow the others.
+    pub relay_unhealthy_grace_ms: u64,
     /// Where cues are made durable: `embedded` (default: the log in `data_dir`, fsync before
     /// 201) or `nats://HOST:PORT[,HOST:PORT...]` (a JetStream stream; several origins on one
     /// stream are peers). See docs/config.md for what a 201 promises in each.
@@ -114,6 +119,7 @@ impl Default for OriginConfig {
             relay_dead_after_ms: 5000,
             relay_write_timeout_ms: 5000,
             max_edges: 1024,
+            relay_unhealthy_grace_ms: 5000,
             store: "embedded".into(),
             nats_stream: "CUE".into(),
             nats_replicas: 3,

@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Most edges linked at once [default: 1024].
     #[arg(long)]
     max_edges: Option<usize>,
+    /// The store must be unhealthy this long before the relay drops edges, ms [default: 5000].
+    #[arg(long)]
+    relay_unhealthy_grace_ms: Option<u64>,
     /// Where cues are made durable: `embedded` (the log in DATA_DIR) or
     /// `nats://HOST:PORT[,HOST:PORT...]` (a JetStream stream) [default: embedded].
     #[arg(long)]
@@ -144,6 +147,7 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
         relay_heartbeat_ms
     );
     over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
+    over!(relay_unhealthy_grace_ms);
     over!(store, nats_stream, nats_replicas, nats_ack_timeout_ms);
     macro_rules! over_opt {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f.clone(); } )* };

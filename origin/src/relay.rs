@@ -6,9 +6,10 @@
 //! reconnecting edge gets. Writes have a deadline; an edge that does not take bytes for that long
 //! is dropped, and its re-dial catches it up. So a slow edge cannot stall the others.
 //!
-//! While the store is unhealthy (a poisoned log, no NATS quorum) the relay serves nobody: it
-//! drops every link and closes new ones at once, so edges linked to several origins take their
-//! cues from a healthy one instead of waiting on stale state here.
+//! While the store has been unhealthy (a poisoned log, no NATS quorum) for longer than
+//! `relay_unhealthy_grace_ms` the relay serves nobody: it drops every link and closes new ones at
+//! once, so edges linked to several origins take their cues from a healthy one instead of
+//! waiting on stale state here (`crate::store::after_grace`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

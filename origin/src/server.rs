@@ -131,7 +131,10 @@ pub async fn run(
             max_edges: cfg.max_edges,
         },
         rm.clone(),
-        health.clone(),
+        crate::store::after_grace(
+            health.clone(),
+            Duration::from_millis(cfg.relay_unhealthy_grace_ms),
+        ),
         stop_rx.clone(),
     ));
 

@@ -47,6 +47,19 @@ pub struct GamedayOpts {
     pub command: String,
     /// Share of the devices that use QUIC (`cue/1`) instead of WebSocket, 0..=1.
     pub quic_share: f64,
+    /// The origins' store: the embedded log (one origin), or a 3-node JetStream cluster with
+    /// two origins and the two store faults of [`Script::with_store_faults`].
+    pub store: GamedayStore,
+}
+
+/// `cue-bench gameday --store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum GamedayStore {
+    /// One origin on its embedded log.
+    #[default]
+    Embedded,
+    /// Two origins on a 3-node JetStream cluster (nats-server from PATH), R3.
+    Nats,
 }
 
 /// A sample of the whole system at one moment.
@@ -83,34 +96,37 @@ enum Line {
 }
 
 fn edge_args(
-    relay: SocketAddr,
+    relays: &[SocketAddr],
     ws: SocketAddr,
     admin: SocketAddr,
     cpu: usize,
     i: usize,
     quic: &[String],
 ) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--origin",
-        &relay.to_string(),
-        "--ws",
-        &ws.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--shards",
-        "1",
-        "--cpus",
-        &cpu.to_string(),
-        "--edge-id",
-        &format!("gameday-edge-{i}"),
-        "--drain-window-s",
-        "1",
-        "--ping-interval-s",
-        "10",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a: Vec<String> = relays
+        .iter()
+        .flat_map(|r| ["--origin".to_string(), r.to_string()])
+        .collect();
+    a.extend(
+        [
+            "--ws",
+            &ws.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--shards",
+            "1",
+            "--cpus",
+            &cpu.to_string(),
+            "--edge-id",
+            &format!("gameday-edge-{i}"),
+            "--drain-window-s",
+            "1",
+            "--ping-interval-s",
+            "10",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.extend_from_slice(quic);
     a
 }
@@ -129,30 +145,66 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         }
     };
 
-    // The stack.
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    // The stack: the store, then the origins.
+    let nats = o.store == GamedayStore::Nats;
+    let script = if nats {
+        script.with_store_faults()
+    } else {
+        script
+    };
+    let mut cluster = if nats {
+        crate::store::require_nats_server()?;
+        let c = cue_testkit::nats::NatsCluster::start(&o.out.join("nats"), 3);
+        notes.push(format!(
+            "store: 3-node JetStream cluster ({}), stream R3, two origins",
+            c.store_url()
+        ));
+        Some(c)
+    } else {
+        None
+    };
+    let store_args: Vec<String> = match &cluster {
+        Some(c) => vec![
+            "--store".into(),
+            c.store_url(),
+            "--nats-replicas".into(),
+            "3".into(),
+        ],
+        None => vec![],
+    };
     let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let data = o.out.join("origin-data");
-    let _ = std::fs::remove_dir_all(&data);
     let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
     let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
-    let mut origin = Proc::start(
-        "cue-origin",
-        &origin_bin,
-        &[
+    // (process, publish API, relay); `None` once killed.
+    let mut origins: Vec<(Option<Proc>, SocketAddr, SocketAddr)> = Vec::new();
+    for i in 0..if nats { 2 } else { 1 } {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let data = o.out.join(format!("origin-data-{i}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut args = vec![
             "--http".into(),
             http.to_string(),
             "--relay".into(),
             relay.to_string(),
             "--data-dir".into(),
             data.display().to_string(),
-        ],
-        &env,
-        &o.out.join("origin.log"),
-    )?;
-    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true)
-        .context("cue-origin did not start")?;
+        ];
+        args.extend(store_args.iter().cloned());
+        let p = Proc::start(
+            &format!("cue-origin-{i}"),
+            &origin_bin,
+            &args,
+            &env,
+            &o.out.join(format!("origin-{i}.log")),
+        )?;
+        stack::wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
+            .context("cue-origin did not start")?;
+        origins.push((Some(p), http, relay));
+    }
+    let relays: Vec<SocketAddr> = origins.iter().map(|o| o.2).collect();
+    // Prefetch's live signal comes from the last origin: the one no fault kills.
+    let http = origins.last().expect("an origin").1;
     let t0 = Instant::now();
     let t0_unix_ms = stack::unix_us() / 1000;
 
@@ -194,7 +246,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut edges: Vec<(Proc, SocketAddr, Vec<String>)> = Vec::new();
     for i in 0..edges_n {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let args = edge_args(relay, ws, admin, o.edge_cpu, i, &quic_args);
+        let args = edge_args(&relays, ws, admin, o.edge_cpu, i, &quic_args);
         let p = Proc::start(
             &format!("cue-edge-{i}"),
             &edge_bin,
@@ -204,13 +256,20 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         )?;
         edges.push((p, admin, args));
     }
+    let linked = format!("\"origins_linked\":{},", origins.len());
     for (_, admin, _) in &edges {
         stack::wait_http(*admin, "/healthz", Duration::from_secs(15), |b| {
-            b.contains("\"origins_linked\":1")
+            b.contains(&linked)
         })
         .context("cue-edge did not link")?;
     }
-    notes.push(format!("cue-origin on {http} (relay {relay}); {edges_n} cue-edge processes on {ws}, pinned to core {}", o.edge_cpu));
+    for (_, http, relay) in &origins {
+        notes.push(format!("cue-origin on {http} (relay {relay})"));
+    }
+    notes.push(format!(
+        "{edges_n} cue-edge processes on {ws}, each linked to every origin, pinned to core {}",
+        o.edge_cpu
+    ));
 
     // The fleet.
     let per_worker = 12_000usize;
@@ -321,21 +380,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             match &a.action {
                 Action::Cue(key) => {
                     let t_us = stack::unix_us();
-                    let r = cue_testkit::client::request(
-                        http,
-                        "POST",
-                        &format!("/v1/events/{}/cues", script.event),
-                        &[
-                            ("Authorization", &pub_token),
-                            ("Content-Type", "application/json"),
-                        ],
-                        format!("{{\"key\":\"{key}\"}}").as_bytes(),
-                    )?;
-                    if r.status != 201 {
-                        bail!("publishing {key}: {} {}", r.status, r.body);
-                    }
-                    let v: serde_json::Value = serde_json::from_str(&r.body)?;
-                    let seq = v["seq"].as_u64().context("seq")?;
+                    let seq = publish_cue(&origins, &script.event, key, &pub_token)?;
                     published.insert(seq, (t_us, key.clone()));
                     let down = if killed.is_some() {
                         " (an edge is down)"
@@ -359,6 +404,22 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                     edges[*i].0.kill();
                     killed = Some(*i);
                     marks.push((t, format!("edge {i} killed (SIGKILL)"), "fault"));
+                }
+                Action::KillNatsNode => {
+                    let c = cluster.as_mut().context("no NATS cluster")?;
+                    let leader = c.stream_leader("CUE").unwrap_or_else(|| "n0".into());
+                    c.kill9(c.index_of(&leader));
+                    marks.push((
+                        t,
+                        format!("NATS node {leader} (stream leader) killed (SIGKILL)"),
+                        "fault",
+                    ));
+                }
+                Action::KillOrigin(i) => {
+                    if let Some(mut p) = origins[*i].0.take() {
+                        p.kill();
+                    }
+                    marks.push((t, format!("origin {i} killed (SIGKILL)"), "fault"));
                 }
                 Action::RestartEdge(i) => {
                     let args = edges[*i].2.clone();
@@ -449,7 +510,12 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     if let Some((mut p, _)) = prefetch_addr {
         p.stop(Duration::from_secs(5));
     }
-    origin.stop(Duration::from_secs(5));
+    for (p, _, _) in &mut origins {
+        if let Some(p) = p {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+    drop(cluster);
 
     let summary = report::summarize(
         &script, o, &reports, &published, &samples, &marks, &notes, deliveries, fanout_cpu,
@@ -475,6 +541,44 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         eprintln!("{}", scale::line(&s["at_scale"]));
     }
     Ok(s)
+}
+
+/// Publishes `key` to the first origin still running, retrying (with an `Idempotency-Key`, so a
+/// retry never makes a second cue) on another origin or after a pause for up to 15 s; the seq.
+fn publish_cue(
+    origins: &[(Option<Proc>, SocketAddr, SocketAddr)],
+    event: &str,
+    key: &str,
+    token: &str,
+) -> anyhow::Result<u64> {
+    let t = Instant::now();
+    let idem = format!("gameday-{event}-{key}");
+    let mut last = String::new();
+    while t.elapsed() < Duration::from_secs(15) {
+        for (_, http, _) in origins.iter().filter(|o| o.0.is_some()) {
+            match cue_testkit::client::request(
+                *http,
+                "POST",
+                &format!("/v1/events/{event}/cues"),
+                &[
+                    ("Authorization", token),
+                    ("Content-Type", "application/json"),
+                    ("Idempotency-Key", &idem),
+                ],
+                format!("{{\"key\":\"{key}\"}}").as_bytes(),
+            ) {
+                Ok(r) if r.status == 201 => {
+                    let v: serde_json::Value = serde_json::from_str(&r.body)?;
+                    return v["seq"].as_u64().context("201 without seq");
+                }
+                Ok(r) if r.status == 503 => last = format!("{http}: 503 {}", r.body),
+                Ok(r) => bail!("publishing {key}: {} {}", r.status, r.body),
+                Err(e) => last = format!("{http}: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("publishing {key}: no origin took it within 15 s (last: {last})")
 }
 
 /// Starts a fleet worker process (`cue-bench KIND SPEC`) and a thread that turns its stdout

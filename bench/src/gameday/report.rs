@@ -127,6 +127,7 @@ pub fn summarize(
             "end_s": script.end.as_secs_f64(),
         },
         "command": o.command,
+        "store": format!("{:?}", o.store).to_lowercase(),
         "machine": machine(),
         "notes": notes,
     }))

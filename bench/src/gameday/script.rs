@@ -17,6 +17,10 @@ pub enum Action {
     KillEdge(usize),
     /// Start edge process i again.
     RestartEdge(usize),
+    /// SIGKILL the JetStream stream's leader node (`--store nats`).
+    KillNatsNode,
+    /// SIGKILL this origin (`--store nats`: the one publishes go to; the other takes over).
+    KillOrigin(usize),
 }
 
 /// An action at a time since the start.
@@ -108,6 +112,30 @@ impl Script {
     }
 
     /// The stage keys.
+    /// The two store faults of `--store nats`: the stream leader's NATS node killed 4 s after
+    /// round-1 (round-2 is published on the two nodes left), and origin 0, which takes the
+    /// publishes, killed 2 s before round-3 (which origin 1 takes). Neither is restarted.
+    pub fn with_store_faults(mut self) -> Self {
+        let at = |key: &str| {
+            self.actions
+                .iter()
+                .find(|a| a.action == Action::Cue(key.into()))
+                .map(|a| a.at)
+                .expect("stage in script")
+        };
+        let (r1, r3) = (at("round-1"), at("round-3"));
+        self.actions.push(Timed {
+            at: r1 + Duration::from_secs(4),
+            action: Action::KillNatsNode,
+        });
+        self.actions.push(Timed {
+            at: r3 - Duration::from_secs(2),
+            action: Action::KillOrigin(0),
+        });
+        self.actions.sort_by_key(|a| a.at);
+        self
+    }
+
     pub fn keys(&self) -> Vec<String> {
         STAGES.iter().map(|s| s.to_string()).collect()
     }
@@ -168,6 +196,18 @@ mod tests {
             cues.iter().any(|c| c.at > kill && c.at < restart),
             "one cue while the edge is down"
         );
+        assert!(sc.actions.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[test]
+    fn store_faults_fall_between_cues() {
+        let sc = Script::for_devices(20_000).with_store_faults();
+        let pos = |a: &Action| sc.actions.iter().position(|x| &x.action == a).unwrap();
+        let cue = |k: &str| pos(&Action::Cue(k.into()));
+        assert!(cue("round-1") < pos(&Action::KillNatsNode));
+        assert!(pos(&Action::KillNatsNode) < cue("round-2"));
+        assert!(cue("round-2") < pos(&Action::KillOrigin(0)));
+        assert!(pos(&Action::KillOrigin(0)) < cue("round-3"));
         assert!(sc.actions.windows(2).all(|w| w[0].at <= w[1].at));
     }
 

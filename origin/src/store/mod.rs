@@ -17,6 +17,7 @@ pub mod nats;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
@@ -45,6 +46,43 @@ pub fn offer(latest: &Latest, relay: &broadcast::Sender<Cue>, cue: &Cue) -> bool
     // No receivers (no edge linked) is fine: edges catch up on HELLO.
     let _ = relay.send(cue.clone());
     true
+}
+
+/// The store's health as the relay should act on it: unhealthy only once `health` has been
+/// unhealthy for `grace` without a break, healthy again at once. A JetStream leader election
+/// after a node dies leaves every origin without a leader for a few seconds; nobody can publish
+/// then, so nothing an origin holds is stale, and dropping every edge link would only make the
+/// edges re-dial (with backoff) and deliver the next cue late. An origin cut off for longer
+/// stops relaying, and its edges take their cues from the origins that are not.
+pub fn after_grace(mut health: Health, grace: Duration) -> Health {
+    let (tx, rx) = watch::channel(health.borrow().clone());
+    tokio::spawn(async move {
+        loop {
+            let now = health.borrow_and_update().clone();
+            match now {
+                None => {
+                    tx.send_replace(None);
+                }
+                Some(why) if tx.borrow().is_none() => {
+                    match tokio::time::timeout(grace, health.changed()).await {
+                        // Still unhealthy after the grace: the relay acts on it.
+                        Err(_) => {
+                            tx.send_replace(Some(why));
+                        }
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return,
+                    }
+                }
+                Some(why) => {
+                    tx.send_replace(Some(why));
+                }
+            }
+            if health.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Why a publish was not made durable. Every variant is a `503` to the publisher, with
@@ -124,5 +162,38 @@ impl Store {
             Store::Embedded(p) => p.publish(event, key, idempotency).await,
             Store::Nats(n) => n.publish(event, key, idempotency).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn relay_health_turns_bad_only_after_the_grace() {
+        let (tx, rx) = watch::channel(None);
+        let grace = Duration::from_millis(200);
+        let mut gated = after_grace(rx, grace);
+        // A blip shorter than the grace never reaches the relay.
+        tx.send_replace(Some("election".into()));
+        tokio::time::sleep(grace / 4).await;
+        tx.send_replace(None);
+        tokio::time::sleep(grace * 2).await;
+        assert_eq!(*gated.borrow_and_update(), None);
+        // A longer outage does, and recovery is passed on at once.
+        tx.send_replace(Some("cut off".into()));
+        tokio::time::sleep(grace / 2).await;
+        assert_eq!(*gated.borrow(), None);
+        tokio::time::timeout(grace * 4, gated.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gated.borrow_and_update().as_deref(), Some("cut off"));
+        tx.send_replace(None);
+        tokio::time::timeout(grace, gated.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*gated.borrow(), None);
     }
 }

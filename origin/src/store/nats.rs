@@ -18,9 +18,10 @@
 //! - **Idempotency.** A publish with `Idempotency-Key: K` is sent with `Nats-Msg-Id:
 //!   <event>:K`; JetStream drops a repeat within [`DUPLICATE_WINDOW`] and answers with the
 //!   first one's sequence, whose cue the origin reads back and answers with.
-//! - **Every origin relays every cue.** Each origin follows the stream with an ordered consumer
-//!   (newest per subject first, then live) and hands each newer cue to its edges; its own
-//!   publishes are relayed at once after their ack, and the stream's copy is then a duplicate.
+//! - **Every origin relays every cue.** Each origin follows the stream with a pull consumer
+//!   (newest per subject first, then live; a 1 s heartbeat, replaced after two missed ones) and
+//!   hands each newer cue to its edges; its own publishes are relayed at once after their ack,
+//!   and the stream's copy is then a duplicate.
 //! - **Health.** The origin probes the stream every [`PROBE_INTERVAL`]; when the probe fails
 //!   (no connection, no stream leader: a minority partition) the store is unhealthy: publishes
 //!   get `503`, `/healthz` says why, and the relay drops its edges, which fail over to a healthy
@@ -49,6 +50,9 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How many times a publish is retried after another origin published the same event first.
 pub const MAX_SEQ_CONFLICTS: usize = 16;
+/// Heartbeat of the consumer an origin follows the stream with: two missed ones (a dead node)
+/// and the origin follows it anew.
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Locks that serialise this origin's publishes of one event (by hash; events on different
 /// stripes publish concurrently).
 const STRIPES: usize = 64;
@@ -103,6 +107,8 @@ pub struct NatsStore {
     prefix: String,
     /// Per event: stream sequence and seq of the newest cue this origin knows of.
     tips: Mutex<HashMap<EventName, (u64, u64)>>,
+    /// The last stream sequence the consumer delivered (own publishes do not move it).
+    followed: std::sync::atomic::AtomicU64,
     stripes: Vec<tokio::sync::Mutex<()>>,
     latest: Latest,
     relay: broadcast::Sender<Cue>,
@@ -329,6 +335,7 @@ impl NatsStore {
             stream,
             prefix: opts.stream.clone(),
             tips: Mutex::new(HashMap::new()),
+            followed: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             latest,
             relay,
@@ -349,26 +356,42 @@ impl NatsStore {
         self.health.clone()
     }
 
-    fn consumer_config(&self, deliver: consumer::DeliverPolicy) -> consumer::pull::OrderedConfig {
-        consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.>", self.prefix),
-            deliver_policy: deliver,
-            ..Default::default()
-        }
+    /// An ephemeral, unacknowledged pull consumer over every event's subject, on the node the
+    /// stream chooses; if that node dies, [`NatsStore::follow`] makes another.
+    async fn open_consumer(
+        &self,
+        deliver: consumer::DeliverPolicy,
+    ) -> Result<consumer::pull::Stream, String> {
+        let c = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: format!("{}.>", self.prefix),
+                deliver_policy: deliver,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        c.stream()
+            .heartbeat(FOLLOW_HEARTBEAT)
+            .expires(FOLLOW_HEARTBEAT * 5)
+            .max_messages_per_batch(512)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Reads the newest cue of every event, then returns the consumer to follow live cues.
-    async fn initial_load(&self) -> Result<consumer::pull::Ordered, NatsError> {
+    async fn initial_load(&self) -> Result<consumer::pull::Stream, NatsError> {
         let t0 = Instant::now();
         let unavailable = |e: &dyn std::fmt::Display| NatsError::Unavailable(e.to_string());
         let mut s = self.stream.clone();
         let messages_now = s.info().await.map_err(|e| unavailable(&e))?.state.messages;
         let mut messages = self
-            .stream
-            .create_consumer(self.consumer_config(consumer::DeliverPolicy::LastPerSubject))
-            .await
-            .map_err(|e| unavailable(&e))?
-            .messages()
+            .open_consumer(consumer::DeliverPolicy::LastPerSubject)
             .await
             .map_err(|e| unavailable(&e))?;
         let mut events = 0usize;
@@ -399,6 +422,8 @@ impl NatsStore {
     fn take(&self, m: &jetstream::Message) -> bool {
         let Ok(info) = m.info() else { return false };
         let sseq = info.stream_sequence;
+        self.followed
+            .fetch_max(sseq, std::sync::atomic::Ordering::Relaxed);
         let cue = match Cue::from_binary(&m.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -418,10 +443,10 @@ impl NatsStore {
         }
     }
 
-    /// Follows the stream for cues other origins publish, until the process ends. The ordered
-    /// consumer re-creates itself after a gap or a failover; if it gives up, a new one starts
-    /// after the newest stream sequence this origin holds.
-    async fn follow(self: Arc<Self>, mut messages: consumer::pull::Ordered) {
+    /// Follows the stream for cues other origins publish, until the process ends. A consumer
+    /// that errs or misses two heartbeats (its node died, it was deleted) is replaced by one
+    /// that starts after the last stream sequence this one delivered, so nothing is skipped.
+    async fn follow(self: Arc<Self>, mut messages: consumer::pull::Stream) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             while let Some(m) = messages.next().await {
@@ -434,34 +459,24 @@ impl NatsStore {
                                 .set(self.latest.read().expect("latest lock").len() as i64);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "JetStream: following the stream"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JetStream: following the stream; re-following");
+                        break;
+                    }
                 }
             }
             loop {
                 tokio::time::sleep(backoff.next_delay(rand::random())).await;
-                let after = self
-                    .tips
-                    .lock()
-                    .expect("tips lock")
-                    .values()
-                    .map(|t| t.0)
-                    .max()
-                    .unwrap_or(0);
+                let after = self.followed.load(std::sync::atomic::Ordering::Relaxed);
                 let deliver = consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 };
-                match self
-                    .stream
-                    .create_consumer(self.consumer_config(deliver))
-                    .await
-                {
-                    Ok(c) => match c.messages().await {
-                        Ok(m) => {
-                            messages = m;
-                            break;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "JetStream: re-following the stream"),
-                    },
+                match self.open_consumer(deliver).await {
+                    Ok(m) => {
+                        tracing::info!(from = after + 1, "JetStream: following the stream again");
+                        messages = m;
+                        break;
+                    }
                     Err(e) => tracing::warn!(error = %e, "JetStream: re-following the stream"),
                 }
             }
@@ -474,12 +489,10 @@ impl NatsStore {
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
             let verdict = match tokio::time::timeout(self.ack_timeout, s.info()).await {
-                Ok(Ok(info)) => match &info.cluster {
-                    Some(c) if c.leader.as_deref().is_none_or(str::is_empty) => {
-                        Some(format!("stream {} has no leader", self.prefix))
-                    }
-                    _ => None,
-                },
+                Ok(Ok(info)) => info
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| quorum_problem(&self.prefix, c)),
                 Ok(Err(e)) => Some(format!("stream {}: {e}", self.prefix)),
                 Err(_) => Some(format!(
                     "stream {}: no answer within {:?}",
@@ -634,6 +647,30 @@ impl NatsStore {
     }
 }
 
+/// A replica heard from within this long counts towards the stream's quorum. Raft heartbeats
+/// come every second, so a live replica is well inside it.
+const REPLICA_ACTIVE: Duration = Duration::from_secs(3);
+
+/// Why a stream cannot take publishes, from its cluster info: no leader, or a leader that hears
+/// from too few replicas to make a quorum (it is on the minority side of a partition, and
+/// will keep calling itself leader for a while before it steps down).
+fn quorum_problem(stream: &str, c: &stream::ClusterInfo) -> Option<String> {
+    let leader = c.leader.as_deref().filter(|l| !l.is_empty());
+    let Some(leader) = leader else {
+        return Some(format!("stream {stream} has no leader"));
+    };
+    let size = c.replicas.len() + 1;
+    let reachable = 1 + c
+        .replicas
+        .iter()
+        .filter(|p| !p.offline && p.active < REPLICA_ACTIVE)
+        .count();
+    let quorum = size / 2 + 1;
+    (reachable < quorum).then(|| {
+        format!("stream {stream}: leader {leader} hears from {reachable} of {size} replicas, a quorum needs {quorum}")
+    })
+}
+
 /// Connects to NATS, retrying with jittered backoff and a log line per failed try. The
 /// connection then re-connects by itself; its state feeds the store's health.
 async fn connect(
@@ -716,6 +753,34 @@ mod tests {
         let e = EventName::new("ufc.300-main_card").unwrap();
         assert_eq!(subject("CUE", &e), "CUE.ufc:300-main_card");
         assert_eq!(subject("CUE", &EventName::new("..").unwrap()), "CUE.::");
+    }
+
+    #[test]
+    fn a_leader_without_a_quorum_is_a_problem() {
+        let peer = |name: &str, active_s: u64| stream::PeerInfo {
+            name: name.into(),
+            current: true,
+            active: Duration::from_secs(active_s),
+            offline: false,
+            lag: None,
+        };
+        let info = |leader: Option<&str>, replicas| stream::ClusterInfo {
+            leader: leader.map(Into::into),
+            replicas,
+            ..Default::default()
+        };
+        assert_eq!(quorum_problem("CUE", &info(Some("n0"), vec![])), None);
+        assert_eq!(
+            quorum_problem("CUE", &info(Some("n0"), vec![peer("n1", 0), peer("n2", 9)])),
+            None
+        );
+        assert_eq!(
+            quorum_problem("CUE", &info(Some("n0"), vec![peer("n1", 9), peer("n2", 9)])).unwrap(),
+            "stream CUE: leader n0 hears from 1 of 3 replicas, a quorum needs 2"
+        );
+        assert!(quorum_problem("CUE", &info(None, vec![]))
+            .unwrap()
+            .contains("no leader"));
     }
 
     #[test]
