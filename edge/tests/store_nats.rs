@@ -131,7 +131,9 @@ fn nats_node_killed_during_publishes_loses_no_acknowledged_cue() {
     let mut acked = HashMap::new();
     let mut last_201 = Instant::now();
     let mut longest_gap = Duration::ZERO;
-    let leader = cluster.stream_leader("CUE").unwrap_or_else(|| "n0".into());
+    let leader = cluster
+        .stream_leader("CUE")
+        .expect("the stream has a leader in /jsz");
     for (i, e) in events.iter().enumerate() {
         if i == 5 {
             let at = cluster.index_of(&leader);
@@ -148,10 +150,13 @@ fn nats_node_killed_during_publishes_loses_no_acknowledged_cue() {
         acked.insert(e.clone(), seq);
         std::thread::sleep(Duration::from_millis(30));
     }
+    // Publishing waits out the election of a new stream leader: nats-server 2.9's Raft
+    // election timeout is 4-9 s, plus the time to notice the leader is gone.
     assert!(
-        longest_gap < Duration::from_secs(8),
+        longest_gap < Duration::from_secs(15),
         "publishes stalled {longest_gap:?} after the stream leader {leader} died"
     );
+    eprintln!("longest gap between 201s: {longest_gap:?} (stream leader {leader} killed)");
     // Both origins converge on every acknowledged cue (the one that did not take a publish
     // learns it from the stream; after a node death, within a few seconds).
     let t = Instant::now();

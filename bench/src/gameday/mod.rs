@@ -369,6 +369,8 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         )
     };
     let mut phase = "ramp".to_string();
+    let (pub_tx, pub_rx) = mpsc::channel::<PublishResult>();
+    let mut publishers = Vec::new();
     while t0.elapsed() < script.end {
         let now = t0.elapsed();
         while let Some(a) = actions.peek() {
@@ -379,9 +381,24 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             let t = t0.elapsed().as_secs_f64();
             match &a.action {
                 Action::Cue(key) => {
+                    // On its own thread: a publish waiting out a NATS election must not hold
+                    // the rest of the script back.
                     let t_us = stack::unix_us();
-                    let seq = publish_cue(&origins, &script.event, key, &pub_token)?;
-                    published.insert(seq, (t_us, key.clone()));
+                    let alive: Vec<SocketAddr> = origins
+                        .iter()
+                        .filter(|o| o.0.is_some())
+                        .map(|o| o.1)
+                        .collect();
+                    let (tx, event, key2, token) = (
+                        pub_tx.clone(),
+                        script.event.clone(),
+                        key.clone(),
+                        pub_token.clone(),
+                    );
+                    publishers.push(std::thread::spawn(move || {
+                        let r = publish_cue(&alive, &event, &key2, &token);
+                        let _ = tx.send((t_us, key2, r));
+                    }));
                     let down = if killed.is_some() {
                         " (an edge is down)"
                     } else {
@@ -407,7 +424,9 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                 }
                 Action::KillNatsNode => {
                     let c = cluster.as_mut().context("no NATS cluster")?;
-                    let leader = c.stream_leader("CUE").unwrap_or_else(|| "n0".into());
+                    let leader = c
+                        .stream_leader("CUE")
+                        .context("no node reports the stream's leader (/jsz)")?;
                     c.kill9(c.index_of(&leader));
                     marks.push((
                         t,
@@ -431,6 +450,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                 }
             }
         }
+        drain_published(&pub_rx, &mut published)?;
         while let Ok(l) = rx.try_recv() {
             if let Line::Status(w, s) = l {
                 statuses[w] = s;
@@ -468,6 +488,10 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bar.finish_and_clear();
+    for p in publishers {
+        let _ = p.join();
+    }
+    drain_published(&pub_rx, &mut published)?;
 
     // The end: every device reports.
     for w in &mut workers {
@@ -545,17 +569,27 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
 
 /// Publishes `key` to the first origin still running, retrying (with an `Idempotency-Key`, so a
 /// retry never makes a second cue) on another origin or after a pause for up to 15 s; the seq.
-fn publish_cue(
-    origins: &[(Option<Proc>, SocketAddr, SocketAddr)],
-    event: &str,
-    key: &str,
-    token: &str,
-) -> anyhow::Result<u64> {
+/// A publish thread's answer: when it started (Unix µs), the key, the seq or why not.
+type PublishResult = (u64, String, anyhow::Result<u64>);
+
+/// Takes the publishes that have been answered into `published` (seq -> (time, key)); a publish
+/// that failed fails the run.
+fn drain_published(
+    rx: &mpsc::Receiver<PublishResult>,
+    published: &mut HashMap<u64, (u64, String)>,
+) -> anyhow::Result<()> {
+    while let Ok((t_us, key, r)) = rx.try_recv() {
+        published.insert(r?, (t_us, key));
+    }
+    Ok(())
+}
+
+fn publish_cue(origins: &[SocketAddr], event: &str, key: &str, token: &str) -> anyhow::Result<u64> {
     let t = Instant::now();
     let idem = format!("gameday-{event}-{key}");
     let mut last = String::new();
     while t.elapsed() < Duration::from_secs(15) {
-        for (_, http, _) in origins.iter().filter(|o| o.0.is_some()) {
+        for http in origins {
             match cue_testkit::client::request(
                 *http,
                 "POST",

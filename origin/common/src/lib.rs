@@ -9,6 +9,7 @@
 //! - [`metrics`]: counters, gauges and histograms rendered in the Prometheus text format.
 //! - [`config`]: TOML loading and token-secret resolution.
 //! - [`limits`]: raising the soft rlimits at start-up and saying what caps the process.
+//! - [`tls`]: the relay's mutual TLS (rustls configs from PEM files, reloadable).
 //! - [`logging`], [`time`], [`units`]: the top of every binary.
 //!
 //! It does no I/O of its own beyond reading config and secret files and the rlimit calls.
@@ -20,5 +21,6 @@ pub mod logging;
 pub mod metrics;
 pub mod relay;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod units;

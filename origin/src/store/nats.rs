@@ -489,10 +489,22 @@ impl NatsStore {
         loop {
             tokio::time::sleep(PROBE_INTERVAL).await;
             let verdict = match tokio::time::timeout(self.ack_timeout, s.info()).await {
-                Ok(Ok(info)) => info
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| quorum_problem(&self.prefix, c)),
+                Ok(Ok(info)) => {
+                    let followed = self.followed.load(std::sync::atomic::Ordering::Relaxed);
+                    if info.state.last_sequence < followed {
+                        // The stream was deleted and made again under this origin: follow the
+                        // new one from its start (offers drop what is not newer).
+                        tracing::warn!(
+                            last = info.state.last_sequence,
+                            followed,
+                            "JetStream: the stream is behind what was followed (recreated?); following it from the start"
+                        );
+                        self.followed.store(0, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    info.cluster
+                        .as_ref()
+                        .and_then(|c| quorum_problem(&self.prefix, c))
+                }
                 Ok(Err(e)) => Some(format!("stream {}: {e}", self.prefix)),
                 Err(_) => Some(format!(
                     "stream {}: no answer within {:?}",
@@ -619,7 +631,11 @@ impl NatsStore {
                         m.sequence
                     ))
                 })?;
-                self.record_tip(event, m.sequence, cue.seq());
+                // The stream's word, even below what was held (the stream was recreated).
+                self.tips
+                    .lock()
+                    .expect("tips lock")
+                    .insert(event.clone(), (m.sequence, cue.seq()));
                 offer(&self.latest, &self.relay, &cue);
                 Ok(())
             }

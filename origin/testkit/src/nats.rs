@@ -171,23 +171,26 @@ impl NatsCluster {
         }
     }
 
-    /// The name of the node that leads stream `stream`, from any running node's `/jsz`.
+    /// The name of the node that leads stream `stream`, from a running node's `/jsz`.
     pub fn stream_leader(&self, stream: &str) -> Option<String> {
         let q = "/jsz?streams=true&accounts=true";
         for n in self.nodes.iter().filter(|n| n.proc.is_some()) {
             let Ok(r) = crate::client::request(n.monitor, "GET", q, &[], b"") else {
                 continue;
             };
-            // The stream's detail carries "cluster":{"leader":"nX",...} after its name.
-            let Some(at) = r.body.find(&format!("\"name\":\"{stream}\"")) else {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) else {
                 continue;
             };
-            let rest = &r.body[at..];
-            if let Some(l) = rest.find("\"leader\":\"") {
-                let rest = &rest[l + 10..];
-                if let Some(end) = rest.find('"') {
-                    return Some(rest[..end].to_string());
-                }
+            let leader = v["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .find(|s| s["name"] == stream)
+                .and_then(|s| s["cluster"]["leader"].as_str())
+                .filter(|l| !l.is_empty());
+            if let Some(l) = leader {
+                return Some(l.to_string());
             }
         }
         None
