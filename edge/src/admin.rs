@@ -165,6 +165,20 @@ fn metrics(st: &AdminState) -> String {
     );
     single(
         &mut s,
+        "cue_edge_relay_cues_refused_total",
+        "counter",
+        "Cues refused from origins: seq or time beyond the clock (never adopted).",
+        l.cues_refused.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_tls_failures_total",
+        "counter",
+        "Links to origins whose TLS handshake failed (certificate not trusted or wrong name).",
+        l.tls_failures.get(),
+    );
+    single(
+        &mut s,
         "cue_edge_last_cue_timestamp_ms",
         "gauge",
         "Origin ts of the newest cue.",

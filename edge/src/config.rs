@@ -33,6 +33,17 @@ pub struct EdgeConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`. Default none.
     pub tls_key: Option<PathBuf>,
+    /// Relay TLS: the CA origins' certificates must chain to (PEM); with `relay_cert` and
+    /// `relay_key` the links to the origins speak TLS 1.3, the origin must name the host dialled,
+    /// and the edge presents its own certificate. Default none (plaintext, loopback only).
+    pub origin_ca: Option<PathBuf>,
+    /// Relay TLS: this edge's certificate chain (PEM), presented to origins. Default none.
+    pub relay_cert: Option<PathBuf>,
+    /// Relay TLS: this edge's private key (PEM). Default none.
+    pub relay_key: Option<PathBuf>,
+    /// Allow plaintext links to origins that are not on loopback (anyone on the path can read
+    /// and inject cues; logged as a warning). Default false: such an edge refuses to start.
+    pub relay_insecure: bool,
     /// QUIC keep-alive, seconds: the edge PINGs a connection that has sent nothing this long,
     /// so NAT bindings stay open and a gone device is noticed. Default 30 (as `ping_interval_s`);
     /// shorter finds dead devices sooner and costs a packet per device per interval.
@@ -136,6 +147,10 @@ impl Default for EdgeConfig {
             quic: Some("127.0.0.1:8443".parse().expect("literal")),
             tls_cert: None,
             tls_key: None,
+            origin_ca: None,
+            relay_cert: None,
+            relay_key: None,
+            relay_insecure: false,
             quic_keep_alive_s: 30,
             quic_idle_timeout_s: 60,
             quic_max_handshakes: 1024,
@@ -178,6 +193,15 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// The relay's TLS files, when all three are set.
+    pub fn relay_tls(&self) -> Option<cue_common::tls::RelayTlsFiles> {
+        Some(cue_common::tls::RelayTlsFiles {
+            cert: self.relay_cert.clone()?,
+            key: self.relay_key.clone()?,
+            ca: self.origin_ca.clone()?,
+        })
+    }
+
     /// Every problem, one line each; empty when valid.
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
@@ -205,6 +229,26 @@ impl EdgeConfig {
             check(
                 w != self.ws && w != self.admin,
                 format!("wss: {w} is also the ws or admin address"),
+            );
+        }
+        let relay_tls = [&self.origin_ca, &self.relay_cert, &self.relay_key]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        check(
+            relay_tls == 0 || relay_tls == 3,
+            "origin_ca, relay_cert, relay_key: set all three or none".into(),
+        );
+        for o in &self.origins {
+            let loopback = cue_common::config::host_port(o).is_ok_and(|(h, _)| {
+                h == "localhost"
+                    || h.trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            check(
+                loopback || relay_tls == 3 || self.relay_insecure,
+                format!("origins: {o} is not loopback and relay TLS is off; set origin_ca, relay_cert and relay_key, or relay_insecure to accept plaintext"),
             );
         }
         check(

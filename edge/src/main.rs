@@ -49,6 +49,18 @@ struct Cli {
     /// PEM private key for --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Relay TLS: CA the origins' certificates must chain to (with --relay-cert, --relay-key).
+    #[arg(long)]
+    origin_ca: Option<PathBuf>,
+    /// Relay TLS: this edge's certificate chain (PEM), presented to origins.
+    #[arg(long)]
+    relay_cert: Option<PathBuf>,
+    /// Relay TLS: this edge's private key (PEM).
+    #[arg(long)]
+    relay_key: Option<PathBuf>,
+    /// Allow plaintext links to origins off loopback (anyone on the path reads and injects cues).
+    #[arg(long)]
+    relay_insecure: bool,
     /// QUIC handshakes in flight per shard before new ones are refused [default: 1024].
     #[arg(long)]
     quic_max_handshakes: Option<usize>,
@@ -121,6 +133,16 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         quic_keep_alive_s,
         quic_steer
     );
+    for (f, v) in [
+        (&mut c.origin_ca, &cli.origin_ca),
+        (&mut c.relay_cert, &cli.relay_cert),
+        (&mut c.relay_key, &cli.relay_key),
+    ] {
+        if v.is_some() {
+            *f = v.clone();
+        }
+    }
+    c.relay_insecure |= cli.relay_insecure;
     if cli.wss.is_some() {
         c.wss = cli.wss;
     }
@@ -326,6 +348,18 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         handles.push(shard::spawn(spec).map_err(|e| format!("shard {i}: {e} (ws {})", cfg.ws))?);
     }
 
+    let relay_tls = match cfg.relay_tls() {
+        None => {
+            if cfg.relay_insecure {
+                tracing::warn!("relay links are plaintext (--relay-insecure): anyone on the path can read and inject cues");
+            }
+            None
+        }
+        Some(files) => Some(Arc::new(
+            cue_common::tls::Reloadable::new(move || cue_common::tls::relay_client_config(&files))
+                .map_err(|e| format!("relay TLS: {e}"))?,
+        )),
+    };
     let link_stats = Arc::new(LinkStats::default());
     let (ctl_tx, ctl_rx) = crossbeam_channel::bounded(16);
     let link = relay_link::spawn(
@@ -340,6 +374,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             backoff_base: Duration::from_millis(cfg.backoff_base_ms),
             backoff_max: Duration::from_millis(cfg.backoff_max_ms),
             seed,
+            tls: relay_tls.clone(),
         },
         senders,
         ctl_rx,
@@ -385,6 +420,12 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
                         // New handshakes get the new certificate; connections stay.
+                        if let Some(t) = &relay_tls {
+                            match t.reload() {
+                                Ok(()) => tracing::info!("SIGHUP: relay certificates reloaded (new links)"),
+                                Err(e) => tracing::error!(error = %e, "SIGHUP: relay certificates NOT reloaded; keeping the ones in force"),
+                            }
+                        }
                         match certs.as_ref().map(|c| c.reload()) {
                             Some(Ok(fp)) => tracing::info!(sha256 = %fp, "SIGHUP: TLS certificate reloaded"),
                             Some(Err(e)) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),

@@ -2,7 +2,10 @@
 //! that dials every `--origin`, says what the edge holds, takes catch-up and live cues, keeps
 //! only the newest per event (several origins may send the same cue), encodes each new cue once
 //! per format and hands it to every shard over its channel. Links are re-dialled with jittered
-//! exponential backoff and resume from the seqs the edge holds.
+//! exponential backoff and resume from the seqs the edge holds. With relay TLS every link is
+//! TLS 1.3 with the edge's certificate, to an origin whose certificate chains to the origin CA
+//! and names the host dialled. A cue whose seq is beyond any clock ([`MAX_SEQ_AHEAD_MS`]) is
+//! refused and counted.
 //!
 //! The same executor forwards control messages (drain, stop) from the admin thread and the
 //! signal handler to the shards, since each shard channel has exactly one sender: this thread.
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -50,6 +53,10 @@ pub struct LinkStats {
     pub cues_forwarded: Counter,
     /// Unix ms of the newest cue forwarded.
     pub last_cue_ts: Gauge,
+    /// Cues refused because their seq or time was beyond [`MAX_SEQ_AHEAD_MS`] of the clock.
+    pub cues_refused: Counter,
+    /// Links whose TLS handshake failed (the origin's certificate did not check out).
+    pub tls_failures: Counter,
 }
 
 /// Settings of the links.
@@ -69,6 +76,21 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// RNG seed for backoff jitter.
     pub seed: u64,
+    /// Relay TLS (the origins' CA and this edge's certificate); `None` for plaintext.
+    pub tls: Option<Arc<cue_common::tls::Reloadable<rustls::ClientConfig>>>,
+}
+
+/// How far ahead of this edge's clock a cue's seq may be. Seqs follow the publish time in ms
+/// (`cue_common::cue::next_seq`) and run ahead of it only while an event gets more than one cue
+/// per millisecond, so an hour is far beyond any real burst; a seq past it (a forged
+/// `u64::MAX` would silence its event for good) is refused and counted, never adopted.
+pub const MAX_SEQ_AHEAD_MS: u64 = 3_600_000;
+
+/// True when `cue` could have come from an origin: its seq and publish time are not beyond
+/// [`MAX_SEQ_AHEAD_MS`] past `now_ms`.
+pub fn plausible(cue: &cue_common::cue::Cue, now_ms: u64) -> bool {
+    let limit = now_ms.saturating_add(MAX_SEQ_AHEAD_MS);
+    cue.seq() <= limit && cue.ts() <= limit
 }
 
 /// Starts the link thread. It forwards cues to `shards` until it gets [`Control::Stop`].
@@ -167,6 +189,8 @@ enum LinkError {
     Closed,
     #[error("origin silent for {0:?}")]
     Dead(Duration),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Resolves `HOST:PORT` off the executor (a name lookup may block) and dials each address it
@@ -197,7 +221,7 @@ async fn link_once(
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
 ) -> Result<(), LinkError> {
-    let mut sock = dial(addr, cfg.dead_after).await.map_err(|e| {
+    let sock = dial(addr, cfg.dead_after).await.map_err(|e| {
         stats.dial_failures.inc();
         LinkError::Connect(e)
     })?;
@@ -205,6 +229,34 @@ async fn link_once(
     // Reads wake at least every heartbeat so liveness is checked even when nothing arrives.
     sock.set_read_timeout(Some(cfg.heartbeat / 2))
         .map_err(|e| LinkError::Connect(e.to_string()))?;
+    match &cfg.tls {
+        None => speak(sock, addr, cfg, senders, newest, stats, stop).await,
+        Some(tls) => {
+            let name = cue_common::tls::server_name(addr).map_err(LinkError::Connect)?;
+            let handshake = futures_rustls::TlsConnector::from(tls.get()).connect(name, sock);
+            let s = glommio::timer::timeout(cfg.dead_after, async {
+                handshake.await.map_err(glommio::GlommioError::from)
+            })
+            .await
+            .map_err(|e| {
+                stats.tls_failures.inc();
+                LinkError::Tls(e.to_string())
+            })?;
+            speak(s, addr, cfg, senders, newest, stats, stop).await
+        }
+    }
+}
+
+/// The relay protocol over an established link (plaintext or TLS).
+async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sock: S,
+    addr: &str,
+    cfg: &LinkConfig,
+    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    newest: &Rc<RefCell<Newest>>,
+    stats: &LinkStats,
+    stop: &std::cell::Cell<bool>,
+) -> Result<(), LinkError> {
     let mut out = Vec::with_capacity(1024);
     let since = newest.borrow().since();
     relay::encode(
@@ -224,8 +276,8 @@ async fn link_once(
     result
 }
 
-async fn read_loop(
-    sock: &mut TcpStream,
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: &mut S,
     cfg: &LinkConfig,
     senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
     newest: &Rc<RefCell<Newest>>,
@@ -257,6 +309,14 @@ async fn read_loop(
             match frame {
                 Frame::Cue(cue) => {
                     stats.cues_received.inc();
+                    if !plausible(&cue, cue_common::time::unix_now_ms()) {
+                        stats.cues_refused.inc();
+                        tracing::warn!(
+                            ?cue,
+                            "relay: cue with a seq or time beyond the clock refused"
+                        );
+                        continue;
+                    }
                     if newest.borrow_mut().offer(&cue) {
                         stats.cues_forwarded.inc();
                         stats.last_cue_ts.set(cue.ts() as i64);

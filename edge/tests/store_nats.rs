@@ -192,8 +192,10 @@ fn origin_killed_its_edge_takes_the_next_cue_from_the_other() {
     for d in &mut devices {
         assert_eq!(next_cue(d).2, s1);
     }
-    // Both origins hold the same current cue.
-    assert_eq!(current_seq(o2.http, "fight"), Some(s1));
+    // Both origins hold the same current cue (the other one learns it from the stream).
+    wait_until(Duration::from_secs(5), || {
+        current_seq(o2.http, "fight") == Some(s1)
+    });
     o1.proc.kill9();
     let t0 = Instant::now();
     let s2 = publish_ok(o2.http, "fight", "round-2");

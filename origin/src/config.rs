@@ -44,10 +44,22 @@ pub struct OriginConfig {
     pub relay_write_timeout_ms: u64,
     /// Most edges linked at once. Default 1024.
     pub max_edges: usize,
+    /// Relay TLS: the origin's certificate chain (PEM). With `relay_key` and `relay_client_ca`
+    /// the relay speaks TLS 1.3 and accepts only edges whose certificate chains to the client
+    /// CA. Default none (plaintext, for the loopback default).
+    pub relay_cert: Option<PathBuf>,
+    /// Relay TLS: the origin's private key (PEM). Default none.
+    pub relay_key: Option<PathBuf>,
+    /// Relay TLS: the CA edges' certificates must chain to (PEM). Default none.
+    pub relay_client_ca: Option<PathBuf>,
+    /// Allow a plaintext relay on an address that is not loopback (anyone on the path can read
+    /// and inject cues; logged as a warning). Default false: such a relay refuses to start.
+    pub relay_insecure: bool,
     /// How long the store must stay unhealthy before the relay drops its edges, ms. Default
-    /// 5000: longer than a JetStream leader election (~2-4 s), during which nobody can publish
-    /// and dropping links would only delay the next cue; an origin cut off for longer stops
-    /// relaying so its edges follow the others.
+    /// 15000: longer than a JetStream leader election (nats-server's Raft waits 4-9 s before
+    /// it campaigns, 7.5 s measured here), during which nobody can publish and dropping links
+    /// would only delay the next cue; an origin cut off for longer stops relaying so its edges
+    /// follow the others.
     pub relay_unhealthy_grace_ms: u64,
     /// Where cues are made durable: `embedded` (default: the log in `data_dir`, fsync before
     /// 201) or `nats://HOST:PORT[,HOST:PORT...]` (a JetStream stream; several origins on one
@@ -119,7 +131,11 @@ impl Default for OriginConfig {
             relay_dead_after_ms: 5000,
             relay_write_timeout_ms: 5000,
             max_edges: 1024,
-            relay_unhealthy_grace_ms: 5000,
+            relay_unhealthy_grace_ms: 15_000,
+            relay_cert: None,
+            relay_key: None,
+            relay_client_ca: None,
+            relay_insecure: false,
             store: "embedded".into(),
             nats_stream: "CUE".into(),
             nats_replicas: 3,
@@ -176,6 +192,19 @@ impl OriginConfig {
         if self.max_edges == 0 {
             e.push("max_edges: must be > 0".into());
         }
+        let tls_set = [&self.relay_cert, &self.relay_key, &self.relay_client_ca]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if tls_set != 0 && tls_set != 3 {
+            e.push("relay_cert, relay_key, relay_client_ca: set all three or none".into());
+        }
+        if tls_set == 0 && !self.relay.ip().is_loopback() && !self.relay_insecure {
+            e.push(format!(
+                "relay: {} is not loopback and relay TLS is off; set relay_cert, relay_key and relay_client_ca, or relay_insecure to accept plaintext",
+                self.relay
+            ));
+        }
         if let Err(m) = parse_store(&self.store) {
             e.push(m);
         }
@@ -224,6 +253,15 @@ impl OriginConfig {
             ca_file: self.nats_ca_file.clone(),
             tls: self.nats_tls,
             ack_timeout: std::time::Duration::from_millis(self.nats_ack_timeout_ms),
+        })
+    }
+
+    /// The relay's TLS files, when all three are set.
+    pub fn relay_tls(&self) -> Option<cue_common::tls::RelayTlsFiles> {
+        Some(cue_common::tls::RelayTlsFiles {
+            cert: self.relay_cert.clone()?,
+            key: self.relay_key.clone()?,
+            ca: self.relay_client_ca.clone()?,
         })
     }
 

@@ -68,7 +68,19 @@ struct ServeArgs {
     /// Most edges linked at once [default: 1024].
     #[arg(long)]
     max_edges: Option<usize>,
-    /// The store must be unhealthy this long before the relay drops edges, ms [default: 5000].
+    /// Relay TLS: the origin's certificate chain (PEM); with --relay-key and --relay-client-ca.
+    #[arg(long)]
+    relay_cert: Option<PathBuf>,
+    /// Relay TLS: the origin's private key (PEM).
+    #[arg(long)]
+    relay_key: Option<PathBuf>,
+    /// Relay TLS: the CA edges' certificates must chain to (PEM).
+    #[arg(long)]
+    relay_client_ca: Option<PathBuf>,
+    /// Allow a plaintext relay off loopback (anyone on the path reads and injects cues).
+    #[arg(long)]
+    relay_insecure: bool,
+    /// The store must be unhealthy this long before the relay drops edges, ms [default: 15000].
     #[arg(long)]
     relay_unhealthy_grace_ms: Option<u64>,
     /// Where cues are made durable: `embedded` (the log in DATA_DIR) or
@@ -153,6 +165,8 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f.clone(); } )* };
     }
     over_opt!(nats_user, nats_password, nats_creds_file, nats_ca_file);
+    over_opt!(relay_cert, relay_key, relay_client_ca);
+    c.relay_insecure |= a.relay_insecure;
     c.nats_tls |= a.nats_tls;
     if a.auth_secret_file.is_some() {
         c.auth_secret_file = a.auth_secret_file.clone();

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
@@ -36,6 +36,8 @@ pub struct RelayOptions {
     pub write_timeout: Duration,
     /// Most edges connected at once; more are refused (closed at once).
     pub max_edges: usize,
+    /// The listener's TLS (`relay_cert`, `relay_key`, `relay_client_ca`); `None` for plaintext.
+    pub tls: Option<RelayTls>,
 }
 
 /// Relay metrics.
@@ -57,7 +59,12 @@ pub struct RelayMetrics {
     pub dropped: Counter,
     /// Links refused or ended because the store was unhealthy.
     pub store_unhealthy: Counter,
+    /// Dialers refused in the TLS handshake (no certificate, a foreign CA, plaintext, too slow).
+    pub tls_refused: Counter,
 }
+
+/// The relay listener's TLS, when it has one (`relay_cert`, `relay_key`, `relay_client_ca`).
+pub type RelayTls = Arc<cue_common::tls::Reloadable<rustls::ServerConfig>>;
 
 /// Runs the relay listener until `shutdown` turns true.
 pub async fn serve(
@@ -102,9 +109,32 @@ pub async fn serve(
             health.clone(),
             shutdown.clone(),
         );
+        let tls = opts.tls.as_ref().map(|t| t.get());
         tokio::spawn(async move {
-            match edge_link(sock, latest, rx, &opts, &m, h, sd).await {
+            let r = match tls {
+                None => edge_link(sock, latest, rx, &opts, &m, h, sd).await,
+                // The handshake has the HELLO's deadline; a dialer that cannot prove itself
+                // never gets a frame.
+                Some(cfg) => match timeout(
+                    opts.dead_after,
+                    tokio_rustls::TlsAcceptor::from(cfg).accept(sock),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => edge_link(s, latest, rx, &opts, &m, h, sd).await,
+                    Ok(Err(e)) => Err(LinkError::Tls(e.to_string())),
+                    Err(_) => Err(LinkError::Tls(format!(
+                        "no handshake within {:?}",
+                        opts.dead_after
+                    ))),
+                },
+            };
+            match r {
                 Ok(id) => tracing::info!(%peer, edge = %id, "relay: edge link closed"),
+                Err(LinkError::Tls(e)) => {
+                    m.tls_refused.inc();
+                    tracing::warn!(%peer, error = %e, "relay: TLS handshake refused");
+                }
                 Err(e) => {
                     m.dropped.inc();
                     tracing::warn!(%peer, error = %e, "relay: edge link dropped");
@@ -132,15 +162,17 @@ enum LinkError {
     WriteTimeout(Duration),
     #[error("store unhealthy: {0}")]
     StoreUnhealthy(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-struct Conn {
-    sock: TcpStream,
+struct Conn<S> {
+    sock: S,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads until one frame is complete.
     async fn read_frame(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
@@ -169,8 +201,8 @@ impl Conn {
     }
 }
 
-async fn edge_link(
-    sock: TcpStream,
+async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: S,
     latest: Latest,
     mut live: broadcast::Receiver<Cue>,
     opts: &RelayOptions,
@@ -269,8 +301,8 @@ async fn edge_link(
     }
 }
 
-fn send_catch_up(
-    c: &mut Conn,
+fn send_catch_up<S>(
+    c: &mut Conn<S>,
     latest: &Latest,
     held: &mut HashMap<EventName, u64>,
     m: &RelayMetrics,

@@ -24,6 +24,24 @@ use cue_common::cue::Cue;
 use cue_common::metrics::{header, single};
 use cue_common::time::unix_now_ms;
 
+/// Loads the relay's certificates again at every `SIGHUP`, for new links; a failed reload keeps
+/// the ones in force and says why.
+async fn reload_on_sighup(tls: crate::relay::RelayTls) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: relay certificates reload only at restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: relay certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: relay certificates NOT reloaded; keeping the ones in force")
+            }
+        }
+    }
+}
+
 /// Opens the embedded log, loads its newest cues into `latest` and starts its writer thread.
 fn start_embedded(
     cfg: &OriginConfig,
@@ -119,6 +137,24 @@ pub async fn run(
         .with_context(|| format!("relay: binding {}", cfg.relay))?;
     tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
 
+    let relay_tls = match cfg.relay_tls() {
+        None => {
+            if !cfg.relay.ip().is_loopback() {
+                tracing::warn!(relay = %cfg.relay, "relay is plaintext off loopback (--relay-insecure): anyone on the path can read and inject cues");
+            }
+            None
+        }
+        Some(files) => {
+            let t = cue_common::tls::Reloadable::new(move || {
+                cue_common::tls::relay_server_config(&files)
+            })
+            .map_err(|e| anyhow::anyhow!("relay TLS: {e}"))?;
+            tracing::info!("relay: TLS 1.3, edges must present a certificate of relay_client_ca");
+            let t = Arc::new(t);
+            tokio::spawn(reload_on_sighup(t.clone()));
+            Some(t)
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let relay_task = tokio::spawn(crate::relay::serve(
         relay,
@@ -129,6 +165,7 @@ pub async fn run(
             dead_after: Duration::from_millis(cfg.relay_dead_after_ms),
             write_timeout: Duration::from_millis(cfg.relay_write_timeout_ms),
             max_edges: cfg.max_edges,
+            tls: relay_tls,
         },
         rm.clone(),
         crate::store::after_grace(
@@ -318,6 +355,13 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
         "counter",
         "Edge links refused or dropped because the store was unhealthy.",
         rm.store_unhealthy.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_tls_refused_total",
+        "counter",
+        "Relay dialers refused in the TLS handshake.",
+        rm.tls_refused.get(),
     );
     single(
         &mut s,

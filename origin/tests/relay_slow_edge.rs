@@ -46,6 +46,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
         dead_after: Duration::from_secs(3),
         write_timeout: Duration::from_millis(1000),
         max_edges: 8,
+        tls: None,
     };
     rt.spawn(serve(
         listener,
