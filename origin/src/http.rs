@@ -4,7 +4,8 @@
 //!   cue once durable; `400` bad input, `401` missing/invalid/expired token, `403` a token that
 //!   is not a publisher's, `413` body too large, `503` (with `Retry-After`) when the cue could
 //!   not be made durable or the queue is full. An `Idempotency-Key` header (1-128 visible ASCII
-//!   characters) makes a retry within the store's window answer with the first cue.
+//!   characters) makes a retry within the store's window answer with the first cue. A publisher
+//!   token with an `events` claim may publish only those events (`403` for another).
 //! * `GET /v1/events/{event}` -> `{"event":"...","current":CUE|null}`.
 //! * `GET /metrics`; `GET /healthz` -> `200 {"status":"ok"}`, or `503 {"status":"unhealthy",
 //!   "reason":...}` while the store cannot make cues durable.
@@ -143,7 +144,13 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             );
         };
         match keys.verify(token, unix_now_s()) {
-            Ok(c) if c.is_publisher() => {}
+            Ok(c) if c.may_publish(event) => {}
+            Ok(c) if c.is_publisher() => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "publisher token is not allowed this event",
+                )
+            }
             Ok(_) => return error(StatusCode::FORBIDDEN, "token is not a publisher token"),
             Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
         }

@@ -135,12 +135,18 @@ enum TokenKind {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
+        /// Grant prefetch's `critical` priority class (never shed) to this device.
+        #[arg(long)]
+        critical: bool,
     },
     /// A publisher token.
     Publisher {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
+        /// Events the token may publish, comma-separated [default: every event].
+        #[arg(long)]
+        events: Option<String>,
     },
 }
 
@@ -213,24 +219,46 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
     };
     let keys = TokenKeys::new(&secret).expect("resolve_secret checked the length");
     let now = unix_now_s();
-    let t = match kind {
-        TokenKind::Device { sub, events, ttl } => {
-            let evs: Vec<String> = events.split(',').map(|s| s.trim().to_string()).collect();
-            for e in &evs {
-                if e != "*" && !cue_common::cue::valid_event(e) {
-                    eprintln!(
-                        "cue-origin: --events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'"
-                    );
-                    return ExitCode::from(2);
-                }
+    let events = |list: &str| -> Result<Vec<String>, String> {
+        let evs: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+        for e in &evs {
+            if e != "*" && !cue_common::cue::valid_event(e) {
+                return Err(format!(
+                    "--events: '{e}' is not 1-64 chars of [a-z0-9._-] or '*'"
+                ));
             }
-            if sub.is_empty() || sub.len() > 256 {
-                eprintln!("cue-origin: --sub: must be 1-256 bytes");
-                return ExitCode::from(2);
-            }
-            keys.mint_device(&sub, &evs, now, ttl)
         }
-        TokenKind::Publisher { ttl } => keys.mint_publisher(now, ttl),
+        Ok(evs)
+    };
+    let minted = match kind {
+        TokenKind::Device {
+            sub,
+            events: list,
+            ttl,
+            critical,
+        } => events(&list).and_then(|evs| {
+            if sub.is_empty() || sub.len() > 256 {
+                return Err("--sub: must be 1-256 bytes".into());
+            }
+            Ok(keys.mint(&cue_common::token::Claims {
+                sub: Some(sub),
+                events: Some(evs),
+                role: None,
+                priority: critical.then(|| "critical".to_string()),
+                exp: now.saturating_add(ttl),
+            }))
+        }),
+        TokenKind::Publisher { ttl, events: list } => match list {
+            None => Ok(keys.mint_publisher(now, ttl)),
+            Some(l) => events(&l).map(|evs| keys.mint_publisher_for(Some(&evs), now, ttl)),
+        },
+    };
+    let t = match minted {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cue-origin: {e}");
+            return ExitCode::from(2);
+        }
     };
     println!("{t}");
     ExitCode::SUCCESS

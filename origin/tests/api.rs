@@ -298,3 +298,53 @@ fn sigterm_stops_gracefully_and_token_cli_mints() {
     assert_eq!(none.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&none.stderr).contains("auth secret"));
 }
+
+#[test]
+fn publisher_tokens_scoped_to_events_publish_those_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _o = start(dir.path(), http, relay);
+    // Minted by the CLI, as an operator would.
+    let out = Command::new(cue_testkit::workspace_bin("cue-origin"))
+        .args([
+            "token",
+            "publisher",
+            "--events",
+            "fight,gala",
+            "--ttl",
+            "60",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scoped = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let body = r#"{"key":"round-1"}"#;
+    assert_eq!(
+        post(http, "/v1/events/fight/cues", Some(&scoped), body).0,
+        201
+    );
+    assert_eq!(
+        post(http, "/v1/events/gala/cues", Some(&scoped), body).0,
+        201
+    );
+    let (st, b) = post(http, "/v1/events/other/cues", Some(&scoped), body);
+    assert_eq!(st, 403, "{b}");
+    assert!(b.contains("not allowed this event"), "{b}");
+    // A device token, even for '*', never publishes.
+    let dev = keys().mint_device("d", &["*".into()], unix_now_s(), 60);
+    assert_eq!(post(http, "/v1/events/fight/cues", Some(&dev), body).0, 403);
+    // A bad event list is a settings error.
+    let out = Command::new(cue_testkit::workspace_bin("cue-origin"))
+        .args(["token", "publisher", "--events", "Bad Name"])
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

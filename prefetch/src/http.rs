@@ -159,9 +159,18 @@ struct Checked<'a> {
     spec: Option<Arc<EventSpec>>,
 }
 
-/// The device a request is about: `device=`, else the token's `sub`.
+/// The device a request is about: `device=`, else the token's `sub`. With a token, `device=`
+/// must be its `sub` (403 otherwise): one device's personalised map is not another's.
 fn device_of<'a>(q: &'a PrefetchQuery<'a>, claims: Option<&'a Claims>) -> Result<&'a str, Refusal> {
     match (&q.device, claims.and_then(|c| c.sub.as_deref())) {
+        (Some(d), Some(sub)) if d.as_ref() != sub => Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "device= is not this token's device (sub)".into(),
+        )),
+        (Some(_), None) if claims.is_some() => Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "token has no device (sub)".into(),
+        )),
         (Some(d), _) => Ok(d.as_ref()),
         (None, Some(sub)) if !sub.is_empty() && sub.len() <= query::MAX_DEVICE => Ok(sub),
         _ => Err(Refusal(
@@ -188,9 +197,18 @@ fn check<'a>(
             )
         })?,
     };
-    app.metrics.class[class.index()].requests.inc();
     *claims =
         authenticate(app, bearer(req, q)).map_err(|m| Refusal(StatusCode::UNAUTHORIZED, m))?;
+    // `critical` (never shed) is the token's to grant; asked for without the claim it is
+    // `normal`. With auth off the header is taken as it is.
+    let class = match (class, claims.as_ref()) {
+        (Priority::Critical, Some(c)) if !c.grants_critical() => {
+            app.metrics.critical_demoted.inc();
+            Priority::Normal
+        }
+        (c, _) => c,
+    };
+    app.metrics.class[class.index()].requests.inc();
     let spec = app
         .catalog
         .read()

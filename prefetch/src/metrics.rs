@@ -37,6 +37,8 @@ pub struct Metrics {
     pub requests: Counter,
     /// Schedule answers.
     pub schedules: Counter,
+    /// Requests that asked for `critical` without a token granting it (served as `normal`).
+    pub critical_demoted: Counter,
     /// Upstream calls started.
     pub upstream_calls: Counter,
     /// Upstream calls in flight.
@@ -177,6 +179,13 @@ impl Metrics {
             "counter",
             "Schedule answers.",
             self.schedules.get(),
+        );
+        single(
+            &mut s,
+            "cue_prefetch_critical_demoted_total",
+            "counter",
+            "Requests asking for critical without a token claim granting it (served as normal).",
+            self.critical_demoted.get(),
         );
         single(
             &mut s,

@@ -33,7 +33,12 @@ fn contract_against_a_catalog() {
     let tok = device_token("tv-1", &["fight-night"]);
 
     // 200, {device} everywhere in strings, Cache-Control with jitter, ETag.
-    let r = p.prefetch("fight-night", "tv-42", &tok, None);
+    let r = p.prefetch(
+        "fight-night",
+        "tv-42",
+        &device_token("tv-42", &["fight-night"]),
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
@@ -46,7 +51,12 @@ fn contract_against_a_catalog() {
     let etag = r.header("etag").unwrap().to_string();
     let mut ages = HashSet::new();
     for _ in 0..20 {
-        let r = p.prefetch("fight-night", "tv-42", &tok, None);
+        let r = p.prefetch(
+            "fight-night",
+            "tv-42",
+            &device_token("tv-42", &["fight-night"]),
+            None,
+        );
         assert_eq!(r.header("etag"), Some(etag.as_str()), "same map, same tag");
         let cc = r.header("cache-control").unwrap();
         let age: u64 = cc.strip_prefix("max-age=").unwrap().parse().unwrap();
@@ -58,13 +68,18 @@ fn contract_against_a_catalog() {
     }
     assert!(ages.len() > 5, "max-age is jittered per response: {ages:?}");
     assert_ne!(
-        p.prefetch("fight-night", "tv-43", &tok, None)
-            .header("etag"),
+        p.prefetch(
+            "fight-night",
+            "tv-43",
+            &device_token("tv-43", &["fight-night"]),
+            None
+        )
+        .header("etag"),
         Some(etag.as_str())
     );
 
     // 304 on If-None-Match, with the headers again and no body.
-    let auth = format!("Bearer {tok}");
+    let auth = format!("Bearer {}", device_token("tv-42", &["fight-night"]));
     let r = p.get(
         "/v1/events/fight-night/prefetch?device=tv-42",
         &[("Authorization", &auth), ("If-None-Match", &etag)],
@@ -82,7 +97,12 @@ fn contract_against_a_catalog() {
     // Token in the query (browsers); device defaults to the token's sub; device ids are escaped.
     let r = p.get(&format!("/v1/events/fight-night/prefetch?token={tok}"), &[]);
     assert_eq!(body(&r)["device"], "tv-1");
-    let r = p.prefetch("fight-night", "a%22b%20c", &tok, None);
+    let r = p.prefetch(
+        "fight-night",
+        "a%22b%20c",
+        &device_token("a\"b c", &["fight-night"]),
+        None,
+    );
     assert_eq!(body(&r)["stages"]["round-1"]["tags"][0], "for-a\"b c");
 
     // Refusals.
@@ -103,15 +123,35 @@ fn contract_against_a_catalog() {
         "not a device token"
     );
     let star = device_token("d", &["*"]);
-    assert_eq!(p.prefetch("no-such-event", "d", &star, None).status, 404);
-    assert_eq!(p.prefetch("BadName", "d", &star, None).status, 404);
+    // A device token fetches its own map only.
+    let r = p.prefetch("fight-night", "tv-99", &tok, None);
+    assert_eq!(r.status, 403, "tv-1's token for tv-99's map: {}", r.body);
     assert_eq!(
-        p.prefetch("gala", "d", &tok, None).status,
+        p.prefetch("no-such-event", "d", &device_token("d", &["*"]), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        p.prefetch("BadName", "d", &device_token("d", &["*"]), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        p.prefetch("gala", "d", &device_token("d", &["fight-night"]), None)
+            .status,
         403,
         "token is for fight-night only"
     );
-    assert_eq!(p.prefetch("gala", "d", &star, None).status, 200);
-    assert_eq!(p.prefetch("gala", "d", &star, Some("urgent")).status, 400);
+    assert_eq!(
+        p.prefetch("gala", "d", &device_token("d", &["*"]), None)
+            .status,
+        200
+    );
+    assert_eq!(
+        p.prefetch("gala", "d", &device_token("d", &["*"]), Some("urgent"))
+            .status,
+        400
+    );
     assert_eq!(
         p.get(
             "/v1/events/gala/prefetch?device=",
@@ -199,12 +239,12 @@ fn live_event_sheds_background_and_serves_critical() {
         dir.path(),
         &["--origin-http", &origin_url, "--live-poll-ms", "100"],
     );
-    let tok = device_token("d", &["*"]);
 
     // Not live yet: every class is served.
     for c in ["critical", "normal", "background"] {
         assert_eq!(
-            p.prefetch("fight", "d", &tok, Some(c)).status,
+            p.prefetch("fight", "d", &device_token("d", &["*"]), Some(c))
+                .status,
             200,
             "{c} before the event is live"
         );
@@ -212,10 +252,12 @@ fn live_event_sheds_background_and_serves_critical() {
     origin.publish("fight", "round-1");
     origin.publish("rerun", "round-1");
     wait_until(Duration::from_secs(10), || {
-        p.prefetch("fight", "d", &tok, Some("background")).status == 503
+        p.prefetch("fight", "d", &device_token("d", &["*"]), Some("background"))
+            .status
+            == 503
     });
 
-    let r = p.prefetch("fight", "d", &tok, Some("background"));
+    let r = p.prefetch("fight", "d", &device_token("d", &["*"]), Some("background"));
     assert_eq!(r.status, 503);
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(
@@ -223,22 +265,36 @@ fn live_event_sheds_background_and_serves_critical() {
         "jittered Retry-After in [5, 10]: {retry}"
     );
     assert_eq!(
-        p.prefetch("fight", "d", &tok, Some("critical")).status,
+        p.prefetch("fight", "d", &critical_token("d"), Some("critical"))
+            .status,
         200,
         "critical is never shed"
     );
+    // Asking for critical without the claim is asking for normal.
+    let before = p.metric("cue_prefetch_critical_demoted_total");
+    let r = p.prefetch("fight", "d", &device_token("d", &["*"]), Some("critical"));
+    assert_eq!(r.status, 200, "normal, not shed while unloaded");
     assert_eq!(
-        p.prefetch("fight", "d", &tok, None).status,
+        p.metric("cue_prefetch_critical_demoted_total"),
+        before + 1.0
+    );
+    let r = p.prefetch("fight", "d", &device_token("d", &["*"]), Some("background"));
+    assert_eq!(r.status, 503, "a header alone cannot lift a request");
+    assert_eq!(
+        p.prefetch("fight", "d", &device_token("d", &["*"]), None)
+            .status,
         200,
         "normal is shed only when live and loaded"
     );
     // Another event with no cue, and an event whose window is over, are not live.
     assert_eq!(
-        p.prefetch("quiet", "d", &tok, Some("background")).status,
+        p.prefetch("quiet", "d", &device_token("d", &["*"]), Some("background"))
+            .status,
         200
     );
     assert_eq!(
-        p.prefetch("rerun", "d", &tok, Some("background")).status,
+        p.prefetch("rerun", "d", &device_token("d", &["*"]), Some("background"))
+            .status,
         200
     );
     assert!(p.metric("cue_prefetch_shed_total{class=\"background\"}") >= 2.0);
@@ -269,14 +325,12 @@ fn load_sheds_background_then_normal_never_critical() {
             "5000",
         ],
     );
-    let tok = device_token("d", &["*"]);
     let http = p.http;
     let hold = |n: usize, tag: &'static str| -> Vec<std::thread::JoinHandle<u16>> {
         (0..n)
             .map(|i| {
-                let tok = tok.clone();
                 std::thread::spawn(move || {
-                    let auth = format!("Bearer {tok}");
+                    let auth = format!("Bearer {}", critical_token(&format!("{tag}-{i}")));
                     cue_testkit::client::request(
                         http,
                         "GET",
@@ -295,7 +349,8 @@ fn load_sheds_background_then_normal_never_critical() {
         p.metric("cue_prefetch_in_flight") >= 4.0
     });
     assert_eq!(
-        p.prefetch("slow", "x", &tok, Some("background")).status,
+        p.prefetch("slow", "x", &device_token("x", &["*"]), Some("background"))
+            .status,
         503,
         "elevated: background shed"
     );
@@ -304,7 +359,8 @@ fn load_sheds_background_then_normal_never_critical() {
         p.metric("cue_prefetch_in_flight") >= 8.0
     });
     assert_eq!(
-        p.prefetch("slow", "y", &tok, None).status,
+        p.prefetch("slow", "y", &device_token("y", &["*"]), None)
+            .status,
         503,
         "high: normal shed"
     );
@@ -325,14 +381,13 @@ fn slow_upstream_gets_one_call_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let tpl = up.template();
     let p = start_prefetch(dir.path(), &["--origin-http", "", "--upstream", &tpl]);
-    let tok = device_token("d", &["*"]);
     let threads: Vec<_> = (0..40)
         .map(|i| {
-            let (http, tok) = (p.http, tok.clone());
+            let http = p.http;
             std::thread::spawn(move || {
                 // 40 concurrent misses over 2 keys.
                 let dev = if i % 2 == 0 { "tv-1" } else { "tv-2" };
-                let auth = format!("Bearer {tok}");
+                let auth = format!("Bearer {}", device_token(dev, &["*"]));
                 let r = cue_testkit::client::request(
                     http,
                     "GET",
@@ -360,8 +415,16 @@ fn slow_upstream_gets_one_call_per_key() {
     assert_eq!(p.metric("cue_prefetch_upstream_calls_total"), 2.0);
     assert!(p.metric("cue_prefetch_cache_coalesced_total") >= 30.0);
     // Upstream 404 is a 404 (and is cached too).
-    assert_eq!(p.prefetch("missing", "d", &tok, None).status, 404);
-    assert_eq!(p.prefetch("missing", "d", &tok, None).status, 404);
+    assert_eq!(
+        p.prefetch("missing", "d", &device_token("d", &["*"]), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        p.prefetch("missing", "d", &device_token("d", &["*"]), None)
+            .status,
+        404
+    );
     assert_eq!(up.calls_for("missing/d"), 1);
 }
 
@@ -391,12 +454,12 @@ fn failing_and_flapping_upstream_serve_stale_with_one_call_at_a_time() {
             "300",
         ],
     );
-    let tok = device_token("d", &["*"]);
+    let tok = device_token("tv", &["*"]);
 
     // Cold and failing: 503 with Retry-After; the error is cached, so a burst makes one call.
     up.set_mode(FAIL);
     for _ in 0..10 {
-        let r = p.prefetch("ev", "cold", &tok, None);
+        let r = p.prefetch("ev", "cold", &device_token("cold", &["*"]), None);
         assert_eq!(r.status, 503);
         assert!(r.header("retry-after").is_some());
     }
@@ -404,14 +467,18 @@ fn failing_and_flapping_upstream_serve_stale_with_one_call_at_a_time() {
 
     // Filled, then the upstream fails: the expired map keeps being served.
     up.set_mode(OK);
-    assert_eq!(p.prefetch("ev", "tv", &tok, None).status, 200);
+    assert_eq!(
+        p.prefetch("ev", "tv", &device_token("tv", &["*"]), None)
+            .status,
+        200
+    );
     assert_eq!(up.calls_for("ev/tv"), 1);
     up.set_mode(FAIL);
     std::thread::sleep(Duration::from_millis(1100));
     let t = std::time::Instant::now();
     let mut served = 0;
     while t.elapsed() < Duration::from_millis(2500) {
-        let r = p.prefetch("ev", "tv", &tok, None);
+        let r = p.prefetch("ev", "tv", &device_token("tv", &["*"]), None);
         assert_eq!(
             r.status, 200,
             "stale but valid while the upstream fails: {}",
@@ -555,8 +622,7 @@ fn catalog_changes_are_picked_up_and_bad_ones_refused() {
         dir.path(),
         &["--origin-http", "", "--catalog-reload-ms", "100"],
     );
-    let tok = device_token("d", &["*"]);
-    let v1 = p.prefetch("a", "d", &tok, None);
+    let v1 = p.prefetch("a", "d", &device_token("d", &["*"]), None);
     assert_eq!(body(&v1)["stages"]["k"], "v1");
     write_event(
         dir.path(),
@@ -569,9 +635,11 @@ fn catalog_changes_are_picked_up_and_bad_ones_refused() {
         &json!({"window": window_now(), "stages": {"k": 1}}),
     );
     wait_until(Duration::from_secs(5), || {
-        p.prefetch("b", "d", &tok, None).status == 200
+        p.prefetch("b", "d", &device_token("d", &["*"]), None)
+            .status
+            == 200
     });
-    let v2 = p.prefetch("a", "d", &tok, None);
+    let v2 = p.prefetch("a", "d", &device_token("d", &["*"]), None);
     assert_eq!(body(&v2)["stages"]["k"], "v2");
     assert_ne!(
         v1.header("etag"),
@@ -583,7 +651,7 @@ fn catalog_changes_are_picked_up_and_bad_ones_refused() {
         p.metric("cue_prefetch_catalog_reload_errors_total") >= 1.0
     });
     assert_eq!(
-        body(&p.prefetch("a", "d", &tok, None))["stages"]["k"],
+        body(&p.prefetch("a", "d", &device_token("d", &["*"]), None))["stages"]["k"],
         "v2",
         "previous catalog kept"
     );

@@ -154,6 +154,8 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     };
     let mut cluster = if nats {
         crate::store::require_nats_server()?;
+        // A fresh store: an old run's stream would hand the edges its last cue at start.
+        let _ = std::fs::remove_dir_all(o.out.join("nats"));
         let c = cue_testkit::nats::NatsCluster::start(&o.out.join("nats"), 3);
         notes.push(format!(
             "store: 3-node JetStream cluster ({}), stream R3, two origins",

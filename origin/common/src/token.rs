@@ -1,7 +1,9 @@
 //! Device and publisher tokens: HS256 JWTs signed with the shared secret (`CUE_AUTH_SECRET`).
 //!
-//! * Device token: `sub` = device id, `events` = the events it may follow (or `["*"]`), `exp`.
-//! * Publisher token: `role` = `"publisher"`, `exp`.
+//! * Device token: `sub` = device id, `events` = the events it may follow (or `["*"]`), `exp`;
+//!   optionally `priority` = `"critical"`, which grants prefetch's never-shed class.
+//! * Publisher token: `role` = `"publisher"`, `exp`; optionally `events`, the only events it
+//!   may publish (without it, every event).
 //!
 //! Verification takes `now` (seconds since the Unix epoch) from the caller, so expiry is
 //! testable without a clock, and it never allows a token without `exp`.
@@ -26,6 +28,9 @@ pub struct Claims {
     /// `"publisher"` for publisher tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// `"critical"` grants a device prefetch's never-shed priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
 }
@@ -40,6 +45,15 @@ impl Claims {
     /// True when this is a publisher token.
     pub fn is_publisher(&self) -> bool {
         self.role.as_deref() == Some("publisher")
+    }
+    /// True when a publisher token may publish `event`: its `events` claim lists it (or `*`),
+    /// or it has no `events` claim.
+    pub fn may_publish(&self, event: &str) -> bool {
+        self.is_publisher() && (self.events.is_none() || self.allows_event(event))
+    }
+    /// True when the token grants the `critical` priority class.
+    pub fn grants_critical(&self) -> bool {
+        self.priority.as_deref() == Some("critical")
     }
 }
 
@@ -117,16 +131,23 @@ impl TokenKeys {
             sub: Some(sub.to_string()),
             events: Some(events.to_vec()),
             role: None,
+            priority: None,
             exp: now_s.saturating_add(ttl_s),
         })
     }
 
-    /// A publisher token valid for `ttl_s` from `now_s`.
+    /// A publisher token for every event, valid for `ttl_s` from `now_s`.
     pub fn mint_publisher(&self, now_s: u64, ttl_s: u64) -> String {
+        self.mint_publisher_for(None, now_s, ttl_s)
+    }
+
+    /// A publisher token limited to `events` (`None`: every event).
+    pub fn mint_publisher_for(&self, events: Option<&[String]>, now_s: u64, ttl_s: u64) -> String {
         self.mint(&Claims {
             sub: None,
-            events: None,
+            events: events.map(<[String]>::to_vec),
             role: Some("publisher".into()),
+            priority: None,
             exp: now_s.saturating_add(ttl_s),
         })
     }
@@ -160,7 +181,7 @@ impl TokenKeys {
         events: impl IntoIterator<Item = &'a str>,
     ) -> Result<Claims, Result<String, TokenError>> {
         let claims = self.verify(token, now_s).map_err(Err)?;
-        if claims.events.is_none() {
+        if claims.events.is_none() || claims.is_publisher() {
             return Err(Err(TokenError::Invalid(
                 "not a device token (no events claim)".into(),
             )));
@@ -223,6 +244,33 @@ mod tests {
         );
         let star = k.mint_device("d", &["*".into()], 1000, 60);
         assert!(k.verify_device(&star, 1000, ["anything"]).is_ok());
+    }
+
+    #[test]
+    fn publisher_scopes_and_critical_claim() {
+        let k = keys();
+        let all = k.verify(&k.mint_publisher(1000, 60), 1000).unwrap();
+        assert!(all.may_publish("fight") && all.may_publish("other"));
+        let one = k
+            .verify(
+                &k.mint_publisher_for(Some(&["fight".into()]), 1000, 60),
+                1000,
+            )
+            .unwrap();
+        assert!(one.may_publish("fight") && !one.may_publish("other"));
+        let dev = k
+            .verify(&k.mint_device("d", &["*".into()], 1000, 60), 1000)
+            .unwrap();
+        assert!(!dev.may_publish("fight"), "a device token never publishes");
+        assert!(!dev.grants_critical());
+        let crit = k.mint(&Claims {
+            priority: Some("critical".into()),
+            ..dev
+        });
+        assert!(k.verify(&crit, 1000).unwrap().grants_critical());
+        // A scoped publisher token is not a device token for its events.
+        let p = k.mint_publisher_for(Some(&["fight".into()]), 1000, 60);
+        assert!(k.verify_device(&p, 1000, ["fight"]).is_err());
     }
 
     #[test]

@@ -23,9 +23,10 @@
 //!   hands each newer cue to its edges; its own publishes are relayed at once after their ack,
 //!   and the stream's copy is then a duplicate.
 //! - **Health.** The origin probes the stream every [`PROBE_INTERVAL`]; when the probe fails
-//!   (no connection, no stream leader: a minority partition) the store is unhealthy: publishes
-//!   get `503`, `/healthz` says why, and the relay drops its edges, which fail over to a healthy
-//!   origin.
+//!   (no connection, no stream leader, a leader without a quorum: a minority partition) the
+//!   store is unhealthy: `/healthz` says why, and after a grace the relay drops its edges, which
+//!   fail over to a healthy origin. Publishes are not gated on it: JetStream refuses, or does
+//!   not acknowledge, what it cannot make durable, and that is a `503` either way.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -530,10 +531,9 @@ impl NatsStore {
         key: &str,
         idempotency: Option<&str>,
     ) -> Result<Cue, PublishError> {
-        if let Some(why) = self.health.borrow().clone() {
-            self.metrics.failed.inc();
-            return Err(NatsError::Unavailable(why).into());
-        }
+        // Not gated on the probe's health: JetStream itself refuses (or does not ack) a publish
+        // it cannot make durable, and the first publish after an election should not wait for
+        // the next probe to notice the new leader.
         let Ok(_permit) = self.inflight.try_acquire() else {
             self.metrics.overloaded.inc();
             return Err(PublishError::Overloaded);

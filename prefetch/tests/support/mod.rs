@@ -28,6 +28,17 @@ pub fn device_token(sub: &str, events: &[&str]) -> String {
     keys().mint_device(sub, &evs, unix_now_s(), 3600)
 }
 
+/// A device token for every event whose `priority` claim grants `critical`.
+pub fn critical_token(sub: &str) -> String {
+    keys().mint(&cue_common::token::Claims {
+        sub: Some(sub.into()),
+        events: Some(vec!["*".into()]),
+        role: None,
+        priority: Some("critical".into()),
+        exp: unix_now_s() + 3600,
+    })
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
