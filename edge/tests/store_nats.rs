@@ -400,6 +400,42 @@ fn stream_setup_errors_say_what_is_wrong() {
         err.contains("exists with other settings: replicas are 1, --nats-replicas says 2"),
         "{err}"
     );
+    // A server that wants a user and password: refused without them (exit 1, saying so), served
+    // with them (the password from the environment).
+    let mut auth = NatsCluster::configure_with(
+        &dir.path().join("auth"),
+        1,
+        true,
+        "authorization { user: cue, password: s3cret-pw }\n",
+    );
+    auth.start_node(0);
+    auth.wait_ready(0, Duration::from_secs(20));
+    let url = auth.store_url();
+    let (code, err) = origin_exit(dir.path(), &["--store", &url, "--nats-replicas", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused this origin"), "{err}");
+    let (http, relay) = (free_addr(), free_addr());
+    let mut with_pw = std::process::Command::new(workspace_bin("cue-origin"))
+        .args(["--http", &http.to_string(), "--relay", &relay.to_string()])
+        .args([
+            "--store",
+            &url,
+            "--nats-replicas",
+            "1",
+            "--nats-user",
+            "cue",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("auth-o"))
+        .env("CUE_AUTH_SECRET", SECRET)
+        .env("CUE_NATS_PASSWORD", "s3cret-pw")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Proc)
+        .unwrap();
+    wait_healthy(http, Duration::from_secs(20));
+    assert!(publish_ok(http, "fight", "round-1") > 0);
+    with_pw.kill9();
     // A bad store value is a settings error (exit 2).
     let out = std::process::Command::new(workspace_bin("cue-origin"))
         .args(["--store", "redis://x:1"])

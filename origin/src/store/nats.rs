@@ -746,6 +746,19 @@ async fn connect(
                 tracing::info!(servers = %list, "NATS: connected");
                 return Ok(c);
             }
+            // Credentials or TLS the server refuses: settings, not an outage.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
+                        | async_nats::ConnectErrorKind::Tls
+                ) =>
+            {
+                return Err(NatsError::Config(format!(
+                    "NATS at {list} refused this origin: {e} (check nats_user/nats_password, nats_creds_file, nats_ca_file)"
+                )));
+            }
             Err(e) => {
                 let d = backoff.next_delay(rand::random());
                 tracing::warn!(

@@ -65,6 +65,12 @@ impl NatsCluster {
 
     /// Writes the nodes' configs and picks their ports, starting none of them.
     pub fn configure(dir: &Path, n: usize, jetstream: bool) -> NatsCluster {
+        Self::configure_with(dir, n, jetstream, "")
+    }
+
+    /// As [`NatsCluster::configure`], with `extra` appended to every node's config (e.g. an
+    /// `authorization { ... }` block).
+    pub fn configure_with(dir: &Path, n: usize, jetstream: bool, extra: &str) -> NatsCluster {
         let ports: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..n)
             .map(|_| (free_addr(), free_addr(), free_addr()))
             .collect();
@@ -92,6 +98,7 @@ impl NatsCluster {
                     routes.join(", ")
                 ));
             }
+            conf.push_str(extra);
             let config = dir.join(format!("{name}.conf"));
             std::fs::write(&config, conf).expect("node config");
             nodes.push(NatsNode {
