@@ -6,6 +6,7 @@
 //! - [`relay`]: the origin-edge relay protocol, sans-IO (frame codec, catch-up, newest-per-event,
 //!   liveness, backoff).
 //! - [`token`]: device and publisher tokens (minting and verification, `now` from the caller).
+//! - [`keys`]: asymmetric token keys (EdDSA, ES256): private signing sets, public JWKS sets.
 //! - [`metrics`]: counters, gauges and histograms rendered in the Prometheus text format.
 //! - [`config`]: TOML loading and token-secret resolution.
 //! - [`limits`]: raising the soft rlimits at start-up and saying what caps the process.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod cue;
+pub mod keys;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

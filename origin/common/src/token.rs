@@ -154,22 +154,8 @@ impl TokenKeys {
 
     /// Verifies signature, algorithm and expiry against `now_s`.
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, TokenError> {
-        if token.is_empty() {
-            return Err(TokenError::Missing);
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::TooLong);
-        }
-        let mut v = Validation::new(Algorithm::HS256);
-        // Expiry is checked below against the caller's clock, not the library's.
-        v.validate_exp = false;
-        v.required_spec_claims = ["exp"].into_iter().map(String::from).collect();
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &v)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        if data.claims.exp <= now_s {
-            return Err(TokenError::Expired);
-        }
-        Ok(data.claims)
+        check_size(token)?;
+        check(token, now_s, &self.dec, Algorithm::HS256)
     }
 
     /// Verifies a device token and checks it may follow every event in `events`.
@@ -180,7 +166,47 @@ impl TokenKeys {
         now_s: u64,
         events: impl IntoIterator<Item = &'a str>,
     ) -> Result<Claims, Result<String, TokenError>> {
-        let claims = self.verify(token, now_s).map_err(Err)?;
+        device_claims(self.verify(token, now_s).map_err(Err)?, events)
+    }
+}
+
+/// Refuses an empty or oversized token before any parsing.
+pub(crate) fn check_size(token: &str) -> Result<(), TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong);
+    }
+    Ok(())
+}
+
+/// Signature with `key` under exactly `alg`, a required `exp`, and expiry against the caller's
+/// clock.
+pub(crate) fn check(
+    token: &str,
+    now_s: u64,
+    key: &DecodingKey,
+    alg: Algorithm,
+) -> Result<Claims, TokenError> {
+    let mut v = Validation::new(alg);
+    // Expiry is checked below against the caller's clock, not the library's.
+    v.validate_exp = false;
+    v.required_spec_claims = ["exp"].into_iter().map(String::from).collect();
+    let data = jsonwebtoken::decode::<Claims>(token, key, &v)
+        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    if data.claims.exp <= now_s {
+        return Err(TokenError::Expired);
+    }
+    Ok(data.claims)
+}
+
+/// A verified token's claims as a device's: it must be a device token allowed every event.
+pub(crate) fn device_claims<'a>(
+    claims: Claims,
+    events: impl IntoIterator<Item = &'a str>,
+) -> Result<Claims, Result<String, TokenError>> {
+    {
         if claims.events.is_none() || claims.is_publisher() {
             return Err(Err(TokenError::Invalid(
                 "not a device token (no events claim)".into(),
