@@ -19,7 +19,7 @@ fn verify(c: &mut Criterion) {
     let now = 1_800_000_000;
     let hs = TokenKeys::new(&[7u8; 32]).unwrap();
     let hs_token = hs.mint(&claims());
-    let hs = Verifier::Secret(hs);
+    let hs = Verifier::Secret(Box::new(hs));
     let mut g = c.benchmark_group("verify_device_token");
     g.bench_function("HS256", |b| {
         b.iter(|| {

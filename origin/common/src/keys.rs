@@ -399,7 +399,7 @@ impl KeySet {
 #[derive(Debug, Clone)]
 pub enum Verifier {
     /// A shared HS256 secret (`CUE_AUTH_SECRET`): single-host use and tests.
-    Secret(TokenKeys),
+    Secret(Box<TokenKeys>),
     /// Public keys only.
     Keys(KeySet),
 }
