@@ -7,6 +7,7 @@ mod floor;
 mod gameday;
 mod herd;
 mod quic_worker;
+mod relay_bench;
 mod stack;
 mod store;
 mod worker;
@@ -162,6 +163,25 @@ enum Cmd {
         /// Progress on stderr.
         #[arg(long)]
         verbose: bool,
+    },
+    /// The origin's relay, plaintext then mutual TLS, in one run: cues delivered to --links
+    /// relay links per CPU-second of the origin, and per second.
+    Relay {
+        /// Relay links (edges), held by this process.
+        #[arg(long, default_value_t = 64)]
+        links: usize,
+        /// Publishers, each on its own event.
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Seconds of publishing per phase.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Output directory.
+        #[arg(long, default_value = "bench-out/relay")]
+        out: PathBuf,
+        /// Directory holding cue-origin [default: next to cue-bench].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Internal: a game-day fleet worker process.
     #[command(hide = true)]
@@ -425,6 +445,25 @@ fn main() -> ExitCode {
                 bin_dir,
                 edge_cpu,
                 verbose,
+            })
+        }
+        Cmd::Relay {
+            links,
+            publishers,
+            seconds,
+            out,
+            bin_dir,
+        } => {
+            if !(1..=1000).contains(&links) || publishers == 0 || seconds == 0 {
+                eprintln!("cue-bench: --links must be 1..=1000, --publishers and --seconds > 0");
+                return ExitCode::from(2);
+            }
+            relay_bench::run(&relay_bench::RelayBenchOpts {
+                links,
+                publishers,
+                seconds,
+                out,
+                bin_dir,
             })
         }
         Cmd::PrefetchHerd(a) => {
