@@ -81,6 +81,10 @@ pub struct EdgeConfig {
     pub auth_secret: Option<String>,
     /// Secret file. Default `./cue-data/auth.secret` (what `cue-origin` writes on first start).
     pub auth_secret_file: Option<PathBuf>,
+    /// The public token key set (JWKS) to verify device tokens with. Default
+    /// `./cue-data/token-keys.pub.json` (what `cue-origin` writes beside its signing keys) when
+    /// no secret is set; a configured file must exist. Reloaded only at start for now.
+    pub keys: Option<PathBuf>,
     /// Token checks off (local experiments; logged as a warning). Default false.
     pub no_auth: bool,
     /// Device input poll interval in ms (upgrades, pongs, closes; never cue delivery).
@@ -163,6 +167,7 @@ impl Default for EdgeConfig {
             cpus: None,
             auth_secret: None,
             auth_secret_file: None,
+            keys: None,
             no_auth: false,
             poll_ms: 1,
             poll_idle_max_ms: 16,
@@ -384,17 +389,22 @@ impl EdgeConfig {
         e
     }
 
-    /// The secret file path.
-    pub fn secret_file(&self) -> PathBuf {
-        self.auth_secret_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("./cue-data/auth.secret"))
+    /// The token settings (defaults in `./cue-data`).
+    pub fn auth(&self) -> cue_common::config::AuthSettings<'_> {
+        cue_common::config::AuthSettings {
+            no_auth: self.no_auth,
+            secret: self.auth_secret.as_deref(),
+            secret_file: self.auth_secret_file.as_deref(),
+            keys_file: self.keys.as_deref(),
+            dir: std::path::Path::new("./cue-data"),
+            open: "any device may subscribe",
+        }
     }
 
     /// The device-logic part, given the token keys and this shard's session limit.
     pub fn core(
         &self,
-        auth: Option<cue_common::token::TokenKeys>,
+        auth: Option<cue_common::keys::Verifier>,
         max_connections: usize,
     ) -> CoreConfig {
         CoreConfig {

@@ -87,9 +87,12 @@ struct Cli {
     /// Cores to pin shards to, comma-separated; 'none' disables pinning [default: 0..cores].
     #[arg(long)]
     cpus: Option<String>,
-    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: ./cue-data/auth.secret].
+    /// File with a shared HS256 token secret (CUE_AUTH_SECRET wins); must exist.
     #[arg(long)]
     auth_secret_file: Option<PathBuf>,
+    /// Public token key set (JWKS) [default: ./cue-data/token-keys.pub.json when no secret is set].
+    #[arg(long)]
+    keys: Option<PathBuf>,
     /// Turn token checks off: any device may subscribe. Local experiments only.
     #[arg(long)]
     no_auth: bool,
@@ -174,6 +177,9 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
     if cli.seed.is_some() {
         c.seed = cli.seed;
     }
+    if cli.keys.is_some() {
+        c.keys = cli.keys.clone();
+    }
     if cli.auth_secret_file.is_some() {
         c.auth_secret_file = cli.auth_secret_file.clone();
     }
@@ -217,14 +223,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The stateless-reset key of the edges on this host: HMAC-SHA256 of a 32-byte secret in
+/// `file`, made (0600) by the first edge that finds none. Edges that share the file reset each
+/// other's devices, as those sharing a token secret do.
+fn quic_reset_key(file: &std::path::Path) -> Result<[u8; 32], String> {
+    if !file.exists() {
+        let raw: [u8; 32] = rand::random();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+        cue_common::config::write_atomic(&tmp, &hex, 0o600)?;
+        // A link never replaces: when another edge won the race, its secret stays.
+        let _ = std::fs::hard_link(&tmp, file);
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let s = cue_common::config::resolve_secret(None, None, file)?;
+    Ok(cue_common::token::TokenKeys::new(&s)
+        .map_err(|e| format!("quic reset secret {}: {e}", file.display()))?
+        .derive("cue-edge/quic-stateless-reset/v1"))
+}
+
 fn run(cfg: EdgeConfig) -> Result<(), String> {
-    let keys = cue_common::config::token_keys(
-        cfg.no_auth,
-        cfg.auth_secret.as_deref(),
-        &cfg.secret_file(),
-        false,
-        "any device may subscribe",
-    )?;
+    let keys = cue_common::config::verifier(cfg.auth())?;
 
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -301,9 +320,17 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         }
         _ => None,
     };
-    let reset_key = keys
-        .as_ref()
-        .map(|k| k.derive("cue-edge/quic-stateless-reset/v1"));
+    // With a shared secret every edge derives the same reset key from it; with public keys
+    // there is no secret to derive from, and the edges of a host share a reset secret file.
+    let reset_key = match &keys {
+        Some(cue_common::keys::Verifier::Secret(k)) => {
+            Some(k.derive("cue-edge/quic-stateless-reset/v1"))
+        }
+        Some(cue_common::keys::Verifier::Keys(_)) => Some(quic_reset_key(std::path::Path::new(
+            "./cue-data/quic-reset.secret",
+        ))?),
+        None => None,
+    };
     let mesh = (nshards > 1 && cfg.quic.is_some())
         .then(|| glommio::channels::channel_mesh::MeshBuilder::full(nshards, 1024));
 

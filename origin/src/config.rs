@@ -19,10 +19,14 @@ pub struct OriginConfig {
     pub data_dir: PathBuf,
     /// Shared token secret (prefer `CUE_AUTH_SECRET` or `auth_secret_file`). Default none.
     pub auth_secret: Option<String>,
-    /// File holding the secret. Default `<data_dir>/auth.secret`, created with a random secret
-    /// on first start when no secret is configured, so `cue-origin token` and a `cue-edge` in the
-    /// same directory share it.
+    /// File holding a shared HS256 secret (single-host use). Must exist; never created.
+    /// Default none.
     pub auth_secret_file: Option<PathBuf>,
+    /// The origin's signing keys (`cue-origin keys ...`). Default `<data_dir>/token-keys.json`,
+    /// created with one Ed25519 key on first start when no secret is set; a configured file
+    /// must exist. The public set is written beside it as `token-keys.pub.json`, which is what
+    /// edges and prefetch read.
+    pub keys_file: Option<PathBuf>,
     /// Turn token checks off (local experiments only; logged as a warning). Default false.
     pub no_auth: bool,
     /// Compact the log when it grows past this many bytes. Default 64 MiB. Smaller compacts more
@@ -122,6 +126,7 @@ impl Default for OriginConfig {
             data_dir: PathBuf::from("./cue-data"),
             auth_secret: None,
             auth_secret_file: None,
+            keys_file: None,
             no_auth: false,
             log_max_bytes: 64 << 20,
             fsync: true,
@@ -265,11 +270,16 @@ impl OriginConfig {
         })
     }
 
-    /// Where the secret file is.
-    pub fn secret_file(&self) -> PathBuf {
-        self.auth_secret_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("auth.secret"))
+    /// The token settings.
+    pub fn auth(&self) -> cue_common::config::AuthSettings<'_> {
+        cue_common::config::AuthSettings {
+            no_auth: self.no_auth,
+            secret: self.auth_secret.as_deref(),
+            secret_file: self.auth_secret_file.as_deref(),
+            keys_file: self.keys_file.as_deref(),
+            dir: &self.data_dir,
+            open: "anyone can publish",
+        }
     }
 }
 

@@ -20,8 +20,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::store::{Health, Latest, Store};
 use cue_common::cue::{valid_key, EventName};
+use cue_common::keys::Verifier;
 use cue_common::time::unix_now_s;
-use cue_common::token::TokenKeys;
 
 /// Largest publish body accepted.
 pub const MAX_BODY: usize = 4096;
@@ -37,7 +37,7 @@ pub struct Api {
     /// Newest cue per event.
     pub latest: Latest,
     /// Token keys; `None` when auth is off (`--no-auth`).
-    pub keys: Option<TokenKeys>,
+    pub keys: Option<Verifier>,
     /// Renders `/metrics`.
     pub render_metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// Counts requests by route and status.

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use cue_common::config::{load_toml, resolve_secret};
+use cue_common::config::load_toml;
 use cue_common::time::unix_now_s;
-use cue_common::token::TokenKeys;
 use cue_origin::config::OriginConfig;
 
 /// Cue origin: publish API, durable cue log, relay to edges.
@@ -37,10 +36,12 @@ struct ServeArgs {
     /// Directory of the durable cue log [default: ./cue-data].
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: DATA_DIR/auth.secret,
-    /// created on first start].
+    /// File with a shared HS256 token secret (CUE_AUTH_SECRET wins); must exist.
     #[arg(long, global = true)]
     auth_secret_file: Option<PathBuf>,
+    /// The signing keys [default: DATA_DIR/token-keys.json, made on first start].
+    #[arg(long, global = true)]
+    keys_file: Option<PathBuf>,
     /// Turn token checks off: anyone may publish. Local experiments only.
     #[arg(long)]
     no_auth: bool,
@@ -115,11 +116,41 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Mint a token with the shared secret and print it.
+    /// Mint a token with the origin's keys (or CUE_AUTH_SECRET) and print it.
     Token {
         #[command(subcommand)]
         kind: TokenKind,
     },
+    /// Manage the signing keys (KEYS_FILE; the public set is written beside it).
+    Keys {
+        #[command(subcommand)]
+        op: KeysOp,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysOp {
+    /// Make the signing keys with one key (refuses to replace existing ones).
+    New {
+        /// EdDSA (Ed25519) or ES256 (P-256).
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// Add a new active key; older keys keep verifying until retired. Then give edges and
+    /// prefetch the new public set and SIGHUP them, and SIGHUP (or restart) the origin.
+    Rotate {
+        /// EdDSA (Ed25519) or ES256 (P-256).
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// Drop a key: tokens signed with it stop verifying where the new public set is loaded.
+    Retire {
+        /// The key's id.
+        #[arg(long)]
+        kid: String,
+    },
+    /// Print the public key set (JWKS) for edges and prefetch.
+    Export,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +205,9 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
     over_opt!(relay_cert, relay_key, relay_client_ca);
     c.relay_insecure |= a.relay_insecure;
     c.nats_tls |= a.nats_tls;
+    if a.keys_file.is_some() {
+        c.keys_file = a.keys_file.clone();
+    }
     if a.auth_secret_file.is_some() {
         c.auth_secret_file = a.auth_secret_file.clone();
     }
@@ -200,24 +234,85 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Some(Cmd::Token { kind }) => token(&cfg, kind),
+        Some(Cmd::Keys { op }) => keys(&cfg, op),
         None => serve(cfg),
     }
 }
 
+fn keys(cfg: &OriginConfig, op: KeysOp) -> ExitCode {
+    use cue_common::config::{write_atomic, write_public_set, SIGNING_KEYS_FILE};
+    use cue_common::keys::{KeyAlg, SigningKeys};
+    let file = cfg
+        .keys_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join(SIGNING_KEYS_FILE));
+    let alg = |a: &str| match a {
+        "EdDSA" => Ok(KeyAlg::EdDSA),
+        "ES256" => Ok(KeyAlg::ES256),
+        other => Err(format!("--alg: '{other}' is not EdDSA or ES256")),
+    };
+    let load = || -> Result<SigningKeys, String> {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("signing keys {}: {e}", file.display()))?;
+        SigningKeys::from_json(&text).map_err(|e| format!("signing keys {}: {e}", file.display()))
+    };
+    let now = unix_now_s();
+    let r = (|| -> Result<String, String> {
+        let (keys, say) = match op {
+            KeysOp::Export => return Ok(load()?.export()),
+            KeysOp::New { alg: a } => {
+                if file.exists() {
+                    return Err(format!(
+                        "signing keys {} exist: use `keys rotate`",
+                        file.display()
+                    ));
+                }
+                let k = SigningKeys::generate(alg(&a)?, now).map_err(|e| e.to_string())?;
+                let say = format!("new key {}", k.active_kid());
+                (k, say)
+            }
+            KeysOp::Rotate { alg: a } => {
+                let mut k = load()?;
+                let kid = k.rotate(alg(&a)?, now).map_err(|e| e.to_string())?;
+                (k, format!("active key now {kid}"))
+            }
+            KeysOp::Retire { kid } => {
+                let mut k = load()?;
+                k.retire(&kid).map_err(|e| e.to_string())?;
+                (k, format!("retired {kid}"))
+            }
+        };
+        write_atomic(&file, &keys.to_json(), 0o600)?;
+        write_public_set(&keys, &file)?;
+        Ok(format!(
+            "{say}; wrote {} and its public set beside it",
+            file.display()
+        ))
+    })();
+    match r {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cue-origin: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
-    let secret = match resolve_secret(
-        std::env::var("CUE_AUTH_SECRET").ok(),
-        cfg.auth_secret.as_deref(),
-        &cfg.secret_file(),
-        false,
-    ) {
-        Ok(s) => s,
+    let keys = match cue_common::config::origin_keys(cfg.auth(), false, unix_now_s()) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            eprintln!("cue-origin: --no-auth: no keys to sign with");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("cue-origin: {e}");
             return ExitCode::from(2);
         }
     };
-    let keys = TokenKeys::new(&secret).expect("resolve_secret checked the length");
     let now = unix_now_s();
     let events = |list: &str| -> Result<Vec<String>, String> {
         let evs: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
@@ -248,10 +343,21 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
                 exp: now.saturating_add(ttl),
             }))
         }),
-        TokenKind::Publisher { ttl, events: list } => match list {
-            None => Ok(keys.mint_publisher(now, ttl)),
-            Some(l) => events(&l).map(|evs| keys.mint_publisher_for(Some(&evs), now, ttl)),
-        },
+        TokenKind::Publisher { ttl, events: list } => {
+            let evs = match list {
+                None => Ok(None),
+                Some(l) => events(&l).map(Some),
+            };
+            evs.map(|evs| {
+                keys.mint(&cue_common::token::Claims {
+                    sub: None,
+                    events: evs,
+                    role: Some("publisher".into()),
+                    priority: None,
+                    exp: now.saturating_add(ttl),
+                })
+            })
+        }
     };
     let t = match minted {
         Ok(t) => t,

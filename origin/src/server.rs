@@ -19,7 +19,6 @@ use crate::relay::{RelayMetrics, RelayOptions};
 use crate::store::embedded::{Publisher, WriterParts};
 use crate::store::nats::NatsStore;
 use crate::store::{Health, Latest, PublishMetrics, Store};
-use cue_common::config::token_keys;
 use cue_common::cue::Cue;
 use cue_common::metrics::{header, single};
 use cue_common::time::unix_now_ms;
@@ -90,14 +89,9 @@ pub async fn run(
     cfg: OriginConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let keys = token_keys(
-        cfg.no_auth,
-        cfg.auth_secret.as_deref(),
-        &cfg.secret_file(),
-        true,
-        "anyone can publish",
-    )
-    .map_err(anyhow::Error::msg)?;
+    let keys = cue_common::config::origin_keys(cfg.auth(), true, cue_common::time::unix_now_s())
+        .map_err(anyhow::Error::msg)?
+        .map(|k| k.verifier());
 
     let latest: Latest = Arc::new(RwLock::new(HashMap::new()));
     let (live, _) = broadcast::channel(cfg.relay_buffer);

@@ -288,7 +288,7 @@ fn sigterm_stops_gracefully_and_token_cli_mints() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--events"));
-    // No secret anywhere: one clear line naming it.
+    // No keys anywhere: one clear line saying what to do.
     let none = Command::new(env!("CARGO_BIN_EXE_cue-origin"))
         .args(["token", "publisher", "--data-dir"])
         .arg(dir.path().join("empty"))
@@ -296,7 +296,7 @@ fn sigterm_stops_gracefully_and_token_cli_mints() {
         .output()
         .unwrap();
     assert_eq!(none.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&none.stderr).contains("auth secret"));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no token keys"));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cue_common::token::TokenKeys;
+use cue_common::keys::Verifier;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
@@ -42,7 +42,7 @@ pub struct Upstream {
 /// Shared state of the service.
 pub struct App {
     /// Token keys; `None` with `--no-auth`.
-    pub keys: Option<TokenKeys>,
+    pub keys: Option<Verifier>,
     /// The catalog, swapped whole on reload.
     pub catalog: RwLock<Arc<Catalog>>,
     /// Events with a cue at the origin.

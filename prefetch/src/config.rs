@@ -88,6 +88,10 @@ pub struct PrefetchConfig {
     pub auth_secret: Option<String>,
     /// Secret file. Default `./cue-data/auth.secret` (what `cue-origin` writes on first start).
     pub auth_secret_file: Option<PathBuf>,
+    /// The public token key set (JWKS) to verify device tokens with. Default
+    /// `./cue-data/token-keys.pub.json` (what `cue-origin` writes beside its signing keys) when
+    /// no secret is set; a configured file must exist. Reloaded only at start for now.
+    pub keys: Option<PathBuf>,
     /// Turn token checks off (local experiments only; logged as a warning). Default false.
     pub no_auth: bool,
 }
@@ -126,6 +130,7 @@ impl Default for PrefetchConfig {
             seed: None,
             auth_secret: None,
             auth_secret_file: None,
+            keys: None,
             no_auth: false,
         }
     }
@@ -226,11 +231,16 @@ impl PrefetchConfig {
         e
     }
 
-    /// Where the secret file is.
-    pub fn secret_file(&self) -> PathBuf {
-        self.auth_secret_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("./cue-data/auth.secret"))
+    /// The token settings (defaults in `./cue-data`).
+    pub fn auth(&self) -> cue_common::config::AuthSettings<'_> {
+        cue_common::config::AuthSettings {
+            no_auth: self.no_auth,
+            secret: self.auth_secret.as_deref(),
+            secret_file: self.auth_secret_file.as_deref(),
+            keys_file: self.keys.as_deref(),
+            dir: std::path::Path::new("./cue-data"),
+            open: "any device may prefetch",
+        }
     }
 
     /// Catalog parsing limits.

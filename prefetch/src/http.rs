@@ -129,7 +129,7 @@ fn authenticate(app: &App, token: Option<&str>) -> Result<Option<Claims>, String
         return Ok(None);
     };
     match keys.verify(token.unwrap_or(""), unix_now_s()) {
-        Ok(c) if c.events.is_some() => Ok(Some(c)),
+        Ok(c) if c.events.is_some() && !c.is_publisher() => Ok(Some(c)),
         Ok(_) => Err("not a device token (no events claim)".into()),
         Err(TokenError::Missing) => Err("missing token (Authorization: Bearer, or token=)".into()),
         Err(e) => Err(e.to_string()),

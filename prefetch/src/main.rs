@@ -94,9 +94,12 @@ struct Cli {
     /// Seed of the jitter RNGs [default: random].
     #[arg(long)]
     seed: Option<u64>,
-    /// File with the shared token secret (CUE_AUTH_SECRET wins) [default: ./cue-data/auth.secret].
+    /// File with a shared HS256 token secret (CUE_AUTH_SECRET wins); must exist.
     #[arg(long)]
     auth_secret_file: Option<PathBuf>,
+    /// Public token key set (JWKS) [default: ./cue-data/token-keys.pub.json when no secret is set].
+    #[arg(long)]
+    keys: Option<PathBuf>,
     /// Turn token checks off: any device may prefetch. Local experiments only.
     #[arg(long)]
     no_auth: bool,
@@ -151,6 +154,9 @@ fn config(a: &Cli) -> Result<PrefetchConfig, String> {
     }
     if a.seed.is_some() {
         c.seed = a.seed;
+    }
+    if a.keys.is_some() {
+        c.keys = a.keys.clone();
     }
     if a.auth_secret_file.is_some() {
         c.auth_secret_file = a.auth_secret_file.clone();

@@ -46,14 +46,7 @@ pub async fn run(
     cfg: PrefetchConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let keys = cue_common::config::token_keys(
-        cfg.no_auth,
-        cfg.auth_secret.as_deref(),
-        &cfg.secret_file(),
-        false,
-        "any device may prefetch",
-    )
-    .map_err(anyhow::Error::msg)?;
+    let keys = cue_common::config::verifier(cfg.auth()).map_err(anyhow::Error::msg)?;
     let limits = cfg.catalog_limits();
     let catalog = initial_catalog(&cfg, &limits).map_err(anyhow::Error::msg)?;
     tracing::info!(events = catalog.events.len(), dir = %cfg.catalog.display(), "catalog loaded");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cue_common::cue::EventName;
-use cue_common::token::TokenKeys;
+use cue_common::keys::Verifier;
 use rand::rngs::SmallRng;
 
 use crate::encoded::{EncodedCue, Transport};
@@ -113,7 +113,7 @@ pub struct Now {
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// Token keys; `None` turns auth off.
-    pub auth: Option<TokenKeys>,
+    pub auth: Option<Verifier>,
     /// Largest upgrade request head.
     pub max_request: usize,
     /// Query limits (length, events per device).

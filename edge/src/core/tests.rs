@@ -103,7 +103,7 @@ fn auth_refusals() {
     let keys = TokenKeys::new(&[9u8; 32]).unwrap();
     let now_s = clock.now().unix_ms / 1000;
     let cfg = CoreConfig {
-        auth: Some(keys.clone()),
+        auth: Some(cue_common::keys::Verifier::Secret(Box::new(keys.clone()))),
         ..Default::default()
     };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
@@ -517,7 +517,7 @@ fn quic_hello_refusals_share_the_websocket_auth_path() {
     let keys = TokenKeys::new(&[9u8; 32]).unwrap();
     let now_s = clock.now().unix_ms / 1000;
     let cfg = CoreConfig {
-        auth: Some(keys.clone()),
+        auth: Some(cue_common::keys::Verifier::Secret(Box::new(keys.clone()))),
         ..Default::default()
     };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());

@@ -5,24 +5,206 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-/// The token keys a service checks with: `None` (and a warning naming what is open) with
-/// `no_auth`, else keys from [`resolve_secret`] (`CUE_AUTH_SECRET`, the inline secret, the file;
-/// `create` makes the file when missing). `open` says what `--no-auth` lets anyone do.
-pub fn token_keys(
-    no_auth: bool,
-    inline: Option<&str>,
-    file: &Path,
-    create: bool,
-    open: &str,
-) -> Result<Option<crate::token::TokenKeys>, String> {
-    if no_auth {
-        tracing::warn!("auth is OFF (--no-auth): {open}; local experiments only");
+/// Name of the public key set (JWKS) an origin writes beside its signing keys, and that edges
+/// and prefetch read by default from `./cue-data`.
+pub const PUBLIC_KEYS_FILE: &str = "token-keys.pub.json";
+/// Name of an origin's signing keys in its data directory.
+pub const SIGNING_KEYS_FILE: &str = "token-keys.json";
+/// Name of the legacy shared-secret file.
+pub const SECRET_FILE: &str = "auth.secret";
+
+/// Where a service's token settings come from.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthSettings<'a> {
+    /// `--no-auth`.
+    pub no_auth: bool,
+    /// `auth_secret` (inline).
+    pub secret: Option<&'a str>,
+    /// `auth_secret_file`, when configured.
+    pub secret_file: Option<&'a Path>,
+    /// `keys`, when configured: the public set (edge, prefetch) or the signing set (origin).
+    pub keys_file: Option<&'a Path>,
+    /// Where the defaults live: the origin's data directory, `./cue-data` for the others.
+    pub dir: &'a Path,
+    /// What `--no-auth` lets anyone do (for the warning).
+    pub open: &'a str,
+}
+
+fn env_secret() -> Option<String> {
+    std::env::var("CUE_AUTH_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A secret from the environment, the inline setting or a configured file, if one is set.
+fn explicit_secret(a: &AuthSettings<'_>) -> Result<Option<crate::token::TokenKeys>, String> {
+    if env_secret().is_none() && a.secret.is_none() && a.secret_file.is_none() {
         return Ok(None);
     }
-    let secret = resolve_secret(std::env::var("CUE_AUTH_SECRET").ok(), inline, file, create)?;
-    crate::token::TokenKeys::new(&secret)
+    let file = a.secret_file.unwrap_or_else(|| Path::new(""));
+    let s = resolve_secret(env_secret(), a.secret, file)?;
+    crate::token::TokenKeys::new(&s)
         .map(Some)
         .map_err(|e| e.to_string())
+}
+
+fn read_file(path: &Path, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// What an edge or prefetch checks tokens with: `None` with `no_auth` (and a warning); a shared
+/// secret when one is set (`CUE_AUTH_SECRET`, `auth_secret`, a configured `auth_secret_file`);
+/// else the public key set (`keys`, or `DIR/token-keys.pub.json`); else, for a host set up
+/// before asymmetric keys, `DIR/auth.secret`. A configured file that is missing is an error,
+/// never a silent fallback.
+pub fn verifier(a: AuthSettings<'_>) -> Result<Option<crate::keys::Verifier>, String> {
+    use crate::keys::{KeySet, Verifier};
+    if a.no_auth {
+        tracing::warn!(
+            "auth is OFF (--no-auth): {}; local experiments only",
+            a.open
+        );
+        return Ok(None);
+    }
+    if let Some(k) = explicit_secret(&a)? {
+        return Ok(Some(Verifier::Secret(Box::new(k))));
+    }
+    let default_keys = a.dir.join(PUBLIC_KEYS_FILE);
+    let keys = a
+        .keys_file
+        .map(Path::to_path_buf)
+        .or_else(|| default_keys.exists().then_some(default_keys.clone()));
+    if let Some(path) = keys {
+        let set = KeySet::from_jwks(&read_file(&path, "keys")?)
+            .map_err(|e| format!("keys {}: {e}", path.display()))?;
+        tracing::info!(file = %path.display(), kids = ?set.kids(), "token keys: public key set");
+        return Ok(Some(Verifier::Keys(set)));
+    }
+    let legacy = a.dir.join(SECRET_FILE);
+    if legacy.exists() {
+        tracing::warn!(file = %legacy.display(), "token keys: the shared secret of an older setup (HS256); an origin of this version writes a public key set instead");
+        let s = resolve_secret(None, None, &legacy)?;
+        return crate::token::TokenKeys::new(&s)
+            .map(|k| Some(Verifier::Secret(Box::new(k))))
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "no token keys: set CUE_AUTH_SECRET, auth_secret_file or keys, or start cue-origin with its data directory at {} first (it writes {})",
+        a.dir.display(),
+        default_keys.display()
+    ))
+}
+
+/// An origin's token keys: a shared secret, or signing keys (and the file they live in).
+// One per process, never moved on a hot path: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum OriginKeys {
+    /// A shared HS256 secret.
+    Secret(Box<crate::token::TokenKeys>),
+    /// Signing keys; the public set is written beside them.
+    Signing {
+        /// The keys.
+        keys: crate::keys::SigningKeys,
+        /// Their file.
+        file: std::path::PathBuf,
+    },
+}
+
+impl OriginKeys {
+    /// Signs `claims` (HS256 with the secret, or the active signing key).
+    pub fn mint(&self, claims: &crate::token::Claims) -> String {
+        match self {
+            OriginKeys::Secret(k) => k.mint(claims),
+            OriginKeys::Signing { keys, .. } => keys.mint(claims),
+        }
+    }
+
+    /// What the origin checks publisher tokens with.
+    pub fn verifier(&self) -> crate::keys::Verifier {
+        match self {
+            OriginKeys::Secret(k) => crate::keys::Verifier::Secret(k.clone()),
+            OriginKeys::Signing { keys, .. } => crate::keys::Verifier::Keys(keys.key_set()),
+        }
+    }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, `mode` bits, fsynced.
+pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let e = |what: &str, err: std::io::Error| format!("{} {}: {err}", what, path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|err| e("creating the directory of", err))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|err| e("writing", err))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|err| e("writing", err))?;
+    std::fs::rename(&tmp, path).map_err(|err| e("renaming onto", err))
+}
+
+/// Writes the public set of `keys` beside `file` (`token-keys.pub.json`).
+pub fn write_public_set(keys: &crate::keys::SigningKeys, file: &Path) -> Result<(), String> {
+    let public = file.with_file_name(PUBLIC_KEYS_FILE);
+    write_atomic(&public, &keys.export(), 0o644)
+}
+
+/// The origin's token keys: `None` with `no_auth`; a shared secret when one is set; else the
+/// signing keys (`keys`, or `DIR/token-keys.json`); else the `DIR/auth.secret` of an older
+/// setup; else, with `create`, a new Ed25519 key pair in `DIR` (logged). A configured file that
+/// is missing is an error. With signing keys the public set is (re)written beside them.
+pub fn origin_keys(
+    a: AuthSettings<'_>,
+    create: bool,
+    now_s: u64,
+) -> Result<Option<OriginKeys>, String> {
+    use crate::keys::{KeyAlg, SigningKeys};
+    if a.no_auth {
+        tracing::warn!(
+            "auth is OFF (--no-auth): {}; local experiments only",
+            a.open
+        );
+        return Ok(None);
+    }
+    if let Some(k) = explicit_secret(&a)? {
+        return Ok(Some(OriginKeys::Secret(Box::new(k))));
+    }
+    let default = a.dir.join(SIGNING_KEYS_FILE);
+    let path = a
+        .keys_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default.clone());
+    let keys = if path.exists() || a.keys_file.is_some() {
+        SigningKeys::from_json(&read_file(&path, "signing keys")?)
+            .map_err(|e| format!("signing keys {}: {e}", path.display()))?
+    } else if a.dir.join(SECRET_FILE).exists() {
+        let legacy = a.dir.join(SECRET_FILE);
+        tracing::warn!(file = %legacy.display(), "token keys: the shared secret of an older setup (HS256); `cue-origin keys new` moves to asymmetric keys");
+        let s = resolve_secret(None, None, &legacy)?;
+        return crate::token::TokenKeys::new(&s)
+            .map(|k| Some(OriginKeys::Secret(Box::new(k))))
+            .map_err(|e| e.to_string());
+    } else if create {
+        let k = SigningKeys::generate(KeyAlg::EdDSA, now_s).map_err(|e| e.to_string())?;
+        write_atomic(&path, &k.to_json(), 0o600)?;
+        tracing::warn!(file = %path.display(), kid = k.active_kid(), "no token keys configured: generated an Ed25519 signing key");
+        k
+    } else {
+        return Err(format!(
+            "no token keys: {} does not exist (start cue-origin once, or `cue-origin keys new`), and no CUE_AUTH_SECRET or auth_secret_file is set",
+            path.display()
+        ));
+    };
+    write_public_set(&keys, &path)?;
+    Ok(Some(OriginKeys::Signing { keys, file: path }))
 }
 
 /// Checks a `HOST:PORT` address (a host name, an IPv4 address or a bracketed IPv6 address, and
@@ -61,13 +243,11 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
 }
 
 /// Resolves the shared token secret: `CUE_AUTH_SECRET` from the environment, else the inline
-/// setting, else the secret file. With `create`, a missing file is created (0600) holding a
-/// random 64-hex-digit secret. Errors are one line naming the setting.
+/// setting, else the secret file (which must exist). Errors are one line naming the setting.
 pub fn resolve_secret(
     env: Option<String>,
     inline: Option<&str>,
     file: &Path,
-    create: bool,
 ) -> Result<Vec<u8>, String> {
     let check = |s: Vec<u8>, from: &str| {
         if s.len() < crate::token::MIN_SECRET_LEN {
@@ -91,32 +271,8 @@ pub fn resolve_secret(
             s.trim().as_bytes().to_vec(),
             &format!("auth secret file {}", file.display()),
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            use rand::Rng;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut raw = [0u8; 32];
-            rand::thread_rng().fill(&mut raw);
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("auth secret file {}: {e}", file.display()))?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(file)
-                .map_err(|e| format!("auth secret file {}: cannot create: {e}", file.display()))?;
-            writeln!(f, "{hex}")
-                .and_then(|_| f.sync_all())
-                .map_err(|e| format!("auth secret file {}: cannot write: {e}", file.display()))?;
-            tracing::warn!(file = %file.display(), "no auth secret configured: generated one");
-            Ok(hex.into_bytes())
-        }
         Err(e) => Err(format!(
-            "auth secret: none configured and {} is unreadable ({e}); set CUE_AUTH_SECRET, \
-             auth_secret_file, or --no-auth",
+            "auth secret file {}: cannot read it ({e}); a configured file is never created",
             file.display()
         )),
     }
@@ -142,20 +298,63 @@ mod tests {
     }
 
     #[test]
-    fn secret_resolution_order_and_creation() {
+    fn secret_resolution_order_and_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("sub/auth.secret");
-        assert!(resolve_secret(None, None, &f, false).is_err());
-        let s = resolve_secret(None, None, &f, true).unwrap();
-        assert_eq!(s.len(), 64);
-        assert_eq!(resolve_secret(None, None, &f, false).unwrap(), s);
+        let e = resolve_secret(None, None, &f).unwrap_err();
+        assert!(e.contains("never created"), "{e}");
+        assert!(!f.exists(), "a missing secret file is not created");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, format!("{}\n", "f".repeat(40))).unwrap();
+        assert_eq!(
+            resolve_secret(None, None, &f).unwrap(),
+            "f".repeat(40).as_bytes()
+        );
         let env = "e".repeat(40);
         assert_eq!(
-            resolve_secret(Some(env.clone()), Some(&"i".repeat(40)), &f, false).unwrap(),
+            resolve_secret(Some(env.clone()), Some(&"i".repeat(40)), &f).unwrap(),
             env.as_bytes()
         );
-        assert!(resolve_secret(Some("short".into()), None, &f, false)
+        assert!(resolve_secret(Some("short".into()), None, &f)
             .unwrap_err()
             .starts_with("CUE_AUTH_SECRET"));
+    }
+
+    #[test]
+    fn origin_makes_keys_once_and_services_read_the_public_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = |keys: Option<&'static Path>| AuthSettings {
+            no_auth: false,
+            secret: None,
+            secret_file: None,
+            keys_file: keys,
+            dir: dir.path(),
+            open: "",
+        };
+        // Nothing there and no creation: an error naming what to do.
+        let e = origin_keys(a(None), false, 1).unwrap_err();
+        assert!(e.contains("keys new"), "{e}");
+        let Some(OriginKeys::Signing { keys, .. }) = origin_keys(a(None), true, 1).unwrap() else {
+            panic!("signing keys")
+        };
+        let kid = keys.active_kid().to_string();
+        // Again: the same keys, not new ones.
+        let Some(OriginKeys::Signing { keys: again, .. }) = origin_keys(a(None), true, 2).unwrap()
+        else {
+            panic!("signing keys")
+        };
+        assert_eq!(again.active_kid(), kid);
+        // An edge in the same directory verifies with the public set only.
+        let Some(crate::keys::Verifier::Keys(set)) = verifier(a(None)).unwrap() else {
+            panic!("public set")
+        };
+        assert_eq!(set.kids(), vec![kid]);
+        // A configured file that is missing is an error, never a fallback.
+        let missing: &'static Path = Path::new("/nonexistent/cue/token-keys.pub.json");
+        assert!(verifier(a(Some(missing)))
+            .unwrap_err()
+            .contains("/nonexistent"));
+        assert!(origin_keys(a(Some(missing)), true, 1).is_err());
+        assert!(!missing.exists());
     }
 }
