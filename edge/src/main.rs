@@ -440,6 +440,8 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         ])
         .map_err(|e| format!("signals: {e}"))?;
         let certs = certs.clone();
+        let keys_mode = matches!(keys, Some(cue_common::keys::Verifier::Keys(_)));
+        let cfg_auth = cfg.clone();
         std::thread::Builder::new()
             .name("cue-signals".into())
             .spawn(move || {
@@ -447,6 +449,18 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                 for sig in signals.forever() {
                     if sig == signal_hook::consts::SIGHUP {
                         // New handshakes get the new certificate; connections stay.
+                        // Token keys: a public set is read again and sent to the shards;
+                        // a shared secret comes from the environment and stays.
+                        if keys_mode {
+                            match cue_common::config::verifier(cfg_auth.auth()) {
+                                Ok(Some(k)) => {
+                                    let _ = st.control.send(Control::Keys(k));
+                                    tracing::info!("SIGHUP: token key set reloaded");
+                                }
+                                Ok(None) => {}
+                                Err(e) => tracing::error!(error = %e, "SIGHUP: token key set NOT reloaded; keeping the one in force"),
+                            }
+                        }
                         if let Some(t) = &relay_tls {
                             match t.reload() {
                                 Ok(()) => tracing::info!("SIGHUP: relay certificates reloaded (new links)"),

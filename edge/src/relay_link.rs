@@ -28,8 +28,10 @@ use crate::encoded::EncodedCue;
 use crate::shard::ShardMsg;
 
 /// Control requests for the shards.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Control {
+    /// New token keys (SIGHUP): new sessions are checked with them; sessions up stay.
+    Keys(cue_common::keys::Verifier),
     /// Drain over this window.
     Drain(Duration),
     /// Stop the shards and the links.
@@ -153,6 +155,11 @@ pub fn spawn(
                     Ok(Control::Drain(w)) => {
                         for s in senders.iter() {
                             let _ = s.send(ShardMsg::Drain(w)).await;
+                        }
+                    }
+                    Ok(Control::Keys(k)) => {
+                        for s in senders.iter() {
+                            let _ = s.send(ShardMsg::Keys(k.clone())).await;
                         }
                     }
                     Ok(Control::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => break,

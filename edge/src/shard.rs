@@ -42,6 +42,8 @@ pub enum ShardMsg {
     Drain(Duration),
     /// Stop now (after a drain, or on a second signal).
     Stop,
+    /// New token keys for new sessions (SIGHUP); sessions up are not checked again.
+    Keys(cue_common::keys::Verifier),
 }
 
 /// Everything a shard needs to start.
@@ -287,6 +289,10 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                     sessions = drv.core.open_sessions(),
                     "draining"
                 );
+            }
+            ShardMsg::Keys(k) => {
+                d.borrow_mut().core.set_auth(Some(k));
+                tracing::info!(shard = spec.id, "token keys reloaded");
             }
             ShardMsg::Stop => break,
         }

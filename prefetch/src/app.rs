@@ -41,8 +41,8 @@ pub struct Upstream {
 
 /// Shared state of the service.
 pub struct App {
-    /// Token keys; `None` with `--no-auth`.
-    pub keys: Option<Verifier>,
+    /// Token keys; `None` with `--no-auth`. A public key set is replaced on SIGHUP.
+    pub keys: RwLock<Option<Verifier>>,
     /// The catalog, swapped whole on reload.
     pub catalog: RwLock<Arc<Catalog>>,
     /// Events with a cue at the origin.

@@ -90,7 +90,7 @@ pub struct PrefetchConfig {
     pub auth_secret_file: Option<PathBuf>,
     /// The public token key set (JWKS) to verify device tokens with. Default
     /// `./cue-data/token-keys.pub.json` (what `cue-origin` writes beside its signing keys) when
-    /// no secret is set; a configured file must exist. Reloaded only at start for now.
+    /// no secret is set; a configured file must exist. Read again on SIGHUP, for new sessions.
     pub keys: Option<PathBuf>,
     /// Turn token checks off (local experiments only; logged as a warning). Default false.
     pub no_auth: bool,

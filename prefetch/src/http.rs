@@ -125,7 +125,8 @@ fn bearer<'a>(req: &'a Request<Incoming>, q: &'a PrefetchQuery<'a>) -> Option<&'
 /// Verifies the token when auth is on (`Ok(None)` when it is off); the error is the 401's
 /// message.
 fn authenticate(app: &App, token: Option<&str>) -> Result<Option<Claims>, String> {
-    let Some(keys) = &app.keys else {
+    let keys = app.keys.read().expect("keys lock");
+    let Some(keys) = keys.as_ref() else {
         return Ok(None);
     };
     match keys.verify(token.unwrap_or(""), unix_now_s()) {

@@ -48,6 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let keys = cue_common::config::verifier(cfg.auth()).map_err(anyhow::Error::msg)?;
     let limits = cfg.catalog_limits();
+    let auth_cfg = cfg.clone();
     let catalog = initial_catalog(&cfg, &limits).map_err(anyhow::Error::msg)?;
     tracing::info!(events = catalog.events.len(), dir = %cfg.catalog.display(), "catalog loaded");
     let seed = cfg.seed.unwrap_or_else(rand::random);
@@ -64,8 +65,9 @@ pub async fn run(
         }
         None => None,
     };
+    let keys_mode = matches!(keys, Some(cue_common::keys::Verifier::Keys(_)));
     let app = Arc::new(App {
-        keys,
+        keys: RwLock::new(keys),
         catalog: RwLock::new(Arc::new(catalog)),
         live: Arc::new(RwLock::new(LiveSet::new())),
         level: Default::default(),
@@ -94,6 +96,27 @@ pub async fn run(
         LoadPolicy::new(cfg.load_thresholds()),
         stop_rx.clone(),
     )));
+    if keys_mode {
+        // A public key set is read again on SIGHUP; requests in flight keep the old one.
+        let app = app.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match cue_common::config::verifier(auth_cfg.auth()) {
+                    Ok(k) => {
+                        *app.keys.write().expect("keys lock") = k;
+                        tracing::info!("SIGHUP: token key set reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: token key set NOT reloaded; keeping the one in force")
+                    }
+                }
+            }
+        });
+    }
     if cfg.catalog_reload_ms > 0 {
         let every = Duration::from_millis(cfg.catalog_reload_ms);
         tasks.push(tokio::spawn(reload_catalog(

@@ -264,6 +264,12 @@ impl ShardCore {
         self.open
     }
 
+    /// Checks new sessions with `auth` from now on (a key set reloaded on SIGHUP); sessions
+    /// already admitted stay.
+    pub fn set_auth(&mut self, auth: Option<Verifier>) {
+        self.cfg.auth = auth;
+    }
+
     /// True once a drain has started.
     pub fn draining(&self) -> bool {
         self.drain.is_some()
