@@ -160,8 +160,6 @@ fn parse_url(url: &str, scheme: &str) -> anyhow::Result<(SocketAddr, String, Str
 fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result<Target> {
     let secret = stack::random_secret();
     let env = vec![("CUE_AUTH_SECRET", secret.clone())];
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let ws: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
     let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
@@ -186,35 +184,18 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     for i in 0..n_origins {
         let data = o.out.join(format!("origin-data-{i}"));
         let _ = std::fs::remove_dir_all(&data);
-        let (http, relay) = if i == 0 {
-            (http, relay)
-        } else {
-            (
-                format!("127.0.0.1:{}", free_port()?).parse()?,
-                format!("127.0.0.1:{}", free_port()?).parse()?,
-            )
-        };
-        let mut args: Vec<String> = vec![
-            "--http".into(),
-            http.to_string(),
-            "--relay".into(),
-            relay.to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ];
-        args.extend(store_args.iter().cloned());
-        let p = Proc::start(
-            &format!("cue-origin-{i}"),
+        let org = stack::start_origin(
             &origin_bin,
-            &args,
+            &format!("cue-origin-{i}"),
+            &data,
+            &store_args,
             &env,
             &o.out.join(format!("origin-{i}.log")),
         )?;
-        stack::wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
-            .context("cue-origin did not start")?;
-        origins.push((http, relay, p));
+        origins.push((org.http, org.relay, org.proc));
     }
     let relays: Vec<String> = origins.iter().map(|o| o.1.to_string()).collect();
+    let (http, relay) = (origins[0].0, origins[0].1);
     let mut admins = Vec::new();
     let mut edge_pids = Vec::new();
     for i in 0..edges {

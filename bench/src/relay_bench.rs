@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use cue_common::relay::{self, Frame};
 use serde_json::json;
 
-use crate::stack::{self, free_port, Proc};
+use crate::stack;
 
 /// Options of `cue-bench relay`.
 #[derive(Debug, Clone)]
@@ -151,15 +151,7 @@ fn phase(
 ) -> anyhow::Result<(u64, f64, f64, u64)> {
     std::fs::create_dir_all(dir)?;
     let secret = stack::random_secret();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut args: Vec<String> = vec![
-        "--http".into(),
-        http.to_string(),
-        "--relay".into(),
-        relay.to_string(),
-        "--data-dir".into(),
-        dir.join("origin-data").display().to_string(),
         "--no-fsync".into(),
         "--relay-buffer".into(),
         "65536".into(),
@@ -176,15 +168,18 @@ fn phase(
             p.edge_ca.display().to_string(),
         ]);
     }
-    let mut origin = Proc::start(
-        "cue-origin",
+    let stack::Origin {
+        proc: mut origin,
+        http,
+        relay,
+    } = stack::start_origin(
         &stack::bin(o.bin_dir.as_deref(), "cue-origin")?,
+        "cue-origin",
+        &dir.join("origin-data"),
         &args,
         &[("CUE_AUTH_SECRET", secret.clone())],
         &dir.join("origin.log"),
     )?;
-    stack::wait_http(http, "/healthz", Duration::from_secs(10), |_| true)
-        .context("cue-origin did not start")?;
     let client = match tls {
         None => None,
         Some(p) => Some(cue_common::tls::relay_client_config(

@@ -104,6 +104,43 @@ impl Drop for Proc {
     }
 }
 
+/// A running `cue-origin` of the bench: the process, its publish API and relay addresses.
+pub struct Origin {
+    /// The process (SIGKILLed when dropped).
+    pub proc: Proc,
+    /// Publish/admin HTTP.
+    pub http: SocketAddr,
+    /// Relay listener.
+    pub relay: SocketAddr,
+}
+
+/// Starts `bin` (cue-origin) on free loopback ports with its data in `data` and `extra` flags,
+/// stderr to `log`, and waits up to 30 s for its `/healthz`.
+pub fn start_origin(
+    bin: &Path,
+    name: &str,
+    data: &Path,
+    extra: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<Origin> {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut args: Vec<String> = vec![
+        "--http".into(),
+        http.to_string(),
+        "--relay".into(),
+        relay.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let proc = Proc::start(name, bin, &args, env, log)?;
+    wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
+        .with_context(|| format!("{name} did not start (log: {})", log.display()))?;
+    Ok(Origin { proc, http, relay })
+}
+
 /// One HTTP/1.1 request; returns status and body.
 pub fn http(
     addr: SocketAddr,

@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::fanout::{self, RunOpts, StoreSpec, Transport};
-use crate::stack::{self, free_port, Proc};
+use crate::stack::{self, Proc};
 
 /// Options of `cue-bench store`.
 #[derive(Debug, Clone)]
@@ -241,27 +241,15 @@ fn start_origin(
     secret: &str,
     store_args: &[String],
 ) -> anyhow::Result<(Proc, SocketAddr)> {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut args: Vec<String> = vec![
-        "--http".into(),
-        http.to_string(),
-        "--relay".into(),
-        relay.to_string(),
-        "--data-dir".into(),
-        dir.join("origin-data").display().to_string(),
-    ];
-    args.extend(store_args.iter().cloned());
-    let p = Proc::start(
-        "cue-origin",
+    let org = stack::start_origin(
         &stack::bin(o.bin_dir.as_deref(), "cue-origin")?,
-        &args,
+        "cue-origin",
+        &dir.join("origin-data"),
+        store_args,
         &[("CUE_AUTH_SECRET", secret.to_string())],
         &dir.join("origin.log"),
     )?;
-    stack::wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
-        .context("cue-origin did not start")?;
-    Ok((p, http))
+    Ok((org.proc, org.http))
 }
 
 fn publisher_token(secret: &str) -> anyhow::Result<String> {

@@ -180,29 +180,17 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     // (process, publish API, relay); `None` once killed.
     let mut origins: Vec<(Option<Proc>, SocketAddr, SocketAddr)> = Vec::new();
     for i in 0..if nats { 2 } else { 1 } {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let relay: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let data = o.out.join(format!("origin-data-{i}"));
         let _ = std::fs::remove_dir_all(&data);
-        let mut args = vec![
-            "--http".into(),
-            http.to_string(),
-            "--relay".into(),
-            relay.to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ];
-        args.extend(store_args.iter().cloned());
-        let p = Proc::start(
-            &format!("cue-origin-{i}"),
+        let org = stack::start_origin(
             &origin_bin,
-            &args,
+            &format!("cue-origin-{i}"),
+            &data,
+            &store_args,
             &env,
             &o.out.join(format!("origin-{i}.log")),
         )?;
-        stack::wait_http(http, "/healthz", Duration::from_secs(30), |_| true)
-            .context("cue-origin did not start")?;
-        origins.push((Some(p), http, relay));
+        origins.push((Some(org.proc), org.http, org.relay));
     }
     let relays: Vec<SocketAddr> = origins.iter().map(|o| o.2).collect();
     // Prefetch's live signal comes from the last origin: the one no fault kills.

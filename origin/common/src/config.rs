@@ -48,6 +48,19 @@ fn explicit_secret(a: &AuthSettings<'_>) -> Result<Option<crate::token::TokenKey
         .map_err(|e| e.to_string())
 }
 
+/// The `DIR/auth.secret` an older version left, if there is one (with a warning).
+fn legacy_secret(dir: &Path) -> Result<Option<crate::token::TokenKeys>, String> {
+    let legacy = dir.join(SECRET_FILE);
+    if !legacy.exists() {
+        return Ok(None);
+    }
+    tracing::warn!(file = %legacy.display(), "token keys: the shared secret of an older setup (HS256); `cue-origin keys new` moves to asymmetric keys");
+    let s = resolve_secret(None, None, &legacy)?;
+    crate::token::TokenKeys::new(&s)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn read_file(path: &Path, what: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
@@ -80,13 +93,8 @@ pub fn verifier(a: AuthSettings<'_>) -> Result<Option<crate::keys::Verifier>, St
         tracing::info!(file = %path.display(), kids = ?set.kids(), "token keys: public key set");
         return Ok(Some(Verifier::Keys(set)));
     }
-    let legacy = a.dir.join(SECRET_FILE);
-    if legacy.exists() {
-        tracing::warn!(file = %legacy.display(), "token keys: the shared secret of an older setup (HS256); an origin of this version writes a public key set instead");
-        let s = resolve_secret(None, None, &legacy)?;
-        return crate::token::TokenKeys::new(&s)
-            .map(|k| Some(Verifier::Secret(Box::new(k))))
-            .map_err(|e| e.to_string());
+    if let Some(k) = legacy_secret(a.dir)? {
+        return Ok(Some(Verifier::Secret(Box::new(k))));
     }
     Err(format!(
         "no token keys: set CUE_AUTH_SECRET, auth_secret_file or keys, or start cue-origin with its data directory at {} first (it writes {})",
@@ -185,13 +193,8 @@ pub fn origin_keys(
     let keys = if path.exists() || a.keys_file.is_some() {
         SigningKeys::from_json(&read_file(&path, "signing keys")?)
             .map_err(|e| format!("signing keys {}: {e}", path.display()))?
-    } else if a.dir.join(SECRET_FILE).exists() {
-        let legacy = a.dir.join(SECRET_FILE);
-        tracing::warn!(file = %legacy.display(), "token keys: the shared secret of an older setup (HS256); `cue-origin keys new` moves to asymmetric keys");
-        let s = resolve_secret(None, None, &legacy)?;
-        return crate::token::TokenKeys::new(&s)
-            .map(|k| Some(OriginKeys::Secret(Box::new(k))))
-            .map_err(|e| e.to_string());
+    } else if let Some(k) = legacy_secret(a.dir)? {
+        return Ok(Some(OriginKeys::Secret(Box::new(k))));
     } else if create {
         let k = SigningKeys::generate(KeyAlg::EdDSA, now_s).map_err(|e| e.to_string())?;
         write_atomic(&path, &k.to_json(), 0o600)?;
