@@ -417,6 +417,7 @@ fn start_fleet(
             host: host.to_string(),
             path: path.to_string(),
             token: token.map(str::to_string),
+            tokens_file: None,
             devices: n,
             source_base: (w * o.per_worker.div_ceil(10_000)) as u32,
             per_source: 10_000,

@@ -10,6 +10,7 @@ mod quic_worker;
 mod relay_bench;
 mod stack;
 mod store;
+mod storm;
 mod worker;
 
 use std::path::PathBuf;
@@ -182,6 +183,22 @@ enum Cmd {
         /// Directory holding cue-origin [default: next to cue-bench].
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+    },
+    /// A reconnect storm with a token per device, HS256 against EdDSA in one run: how long
+    /// until every device is connected, first and again after all drop at once.
+    Storm {
+        /// Devices, each with its own token.
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Output directory.
+        #[arg(long, default_value = "bench-out/storm")]
+        out: PathBuf,
+        /// Directory holding cue-edge [default: next to cue-bench].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Core the edges are pinned to; the fleet gets the next one.
+        #[arg(long, default_value_t = 0)]
+        edge_cpu: usize,
     },
     /// Internal: a game-day fleet worker process.
     #[command(hide = true)]
@@ -464,6 +481,23 @@ fn main() -> ExitCode {
                 seconds,
                 out,
                 bin_dir,
+            })
+        }
+        Cmd::Storm {
+            devices,
+            out,
+            bin_dir,
+            edge_cpu,
+        } => {
+            if !(1..=200_000).contains(&devices) {
+                eprintln!("cue-bench: --devices must be 1..=200000");
+                return ExitCode::from(2);
+            }
+            storm::run(&storm::StormOpts {
+                devices,
+                out,
+                bin_dir,
+                edge_cpu,
             })
         }
         Cmd::PrefetchHerd(a) => {

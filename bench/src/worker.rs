@@ -31,6 +31,9 @@ pub struct WorkerSpec {
     pub path: String,
     /// Bearer token, if any.
     pub token: Option<String>,
+    /// A JSON array of tokens, one per device (device i uses entry i): overrides `token`.
+    #[serde(default)]
+    pub tokens_file: Option<std::path::PathBuf>,
     /// Devices to hold.
     pub devices: usize,
     /// First source address index: devices use 127.0.(x/250).(2 + x%250) from here on.
@@ -141,6 +144,10 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let mut in_flight = 0usize;
     let t0 = Instant::now();
     let mut ready_sent = false;
+    let tokens: Vec<String> = match &spec.tokens_file {
+        None => vec![],
+        Some(f) => serde_json::from_str(&std::fs::read_to_string(f)?)?,
+    };
     let mut out = Vec::with_capacity(512);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -225,13 +232,12 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     let nonce: [u8; 16] = rand::random();
                     let key = client_key(nonce);
                     out.clear();
-                    write_client_request(
-                        &spec.host,
-                        &spec.path,
-                        &key,
-                        spec.token.as_deref(),
-                        &mut out,
-                    );
+                    let token = if tokens.is_empty() {
+                        spec.token.as_deref()
+                    } else {
+                        Some(tokens[i % tokens.len()].as_str())
+                    };
+                    write_client_request(&spec.host, &spec.path, &key, token, &mut out);
                     if d.sock.write_all(&out).is_err() {
                         d.phase = Phase::Dead;
                         in_flight -= 1;

@@ -61,6 +61,8 @@ pub struct ShardStats {
     pub cues_in: Counter,
     /// Cue frames written to devices (catch-up and live).
     pub deliveries: Counter,
+    /// Admissions answered from the verified-token cache (no signature check).
+    pub token_cache_hits: Counter,
     /// Deliveries skipped because the device was blocked and later got a newer cue instead.
     pub conflated: Counter,
     /// Times a device's socket would not take a whole frame.
@@ -181,7 +183,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 17] = [
+    let counters: [Row; 18] = [
         (
             "cue_edge_quic_deliveries_total",
             "Cues written to QUIC devices (also in cue_edge_deliveries_total).",
@@ -251,6 +253,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_deliveries_total",
             "Cue frames written to devices.",
             |s| s.deliveries.get(),
+        ),
+        (
+            "cue_edge_token_cache_hits_total",
+            "Admissions whose token had passed a public-key check before (no signature check).",
+            |s| s.token_cache_hits.get(),
         ),
         (
             "cue_edge_conflated_total",

@@ -128,7 +128,14 @@ impl ShardCore {
         if let Some(keys) = &self.cfg.auth {
             let token = bearer.or(sub.token.as_deref()).unwrap_or("");
             let evs = sub.events.iter().map(|(e, _)| e.as_str());
-            match keys.verify_device(token, now.unix_ms / 1000, evs) {
+            let before = self.admit_cache.hits;
+            let r = self
+                .admit_cache
+                .verify_device(keys, token, now.unix_ms / 1000, evs);
+            self.stats
+                .token_cache_hits
+                .add(self.admit_cache.hits - before);
+            match r {
                 Ok(_) => {}
                 Err(Ok(ev)) => {
                     return Err(Refusal::new(

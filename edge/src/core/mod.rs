@@ -174,9 +174,16 @@ struct Drain {
     closed: usize,
 }
 
+/// Admissions per shard remembered as verified (~70 bytes each with the map: ~1.1 MiB at the
+/// bound). A reconnect storm of devices this shard admitted before then costs a SHA-256 per
+/// device instead of an EdDSA check.
+pub const ADMIT_CACHE: usize = 16_384;
+
 /// One shard's devices and newest cues.
 pub struct ShardCore {
     cfg: CoreConfig,
+    /// Admissions a public key set passed before (see `AdmitCache`).
+    admit_cache: cue_common::keys::AdmitCache,
     stats: Arc<ShardStats>,
     rng: SmallRng,
     epoch: Instant,
@@ -235,6 +242,7 @@ impl ShardCore {
     pub fn new(cfg: CoreConfig, stats: Arc<ShardStats>, rng: SmallRng, epoch: Instant) -> Self {
         Self {
             cfg,
+            admit_cache: cue_common::keys::AdmitCache::new(ADMIT_CACHE),
             stats,
             rng,
             epoch,
@@ -268,6 +276,8 @@ impl ShardCore {
     /// already admitted stay.
     pub fn set_auth(&mut self, auth: Option<Verifier>) {
         self.cfg.auth = auth;
+        // A retired key's tokens must stop admitting: nothing verified before counts now.
+        self.admit_cache.clear();
     }
 
     /// True once a drain has started.
