@@ -96,8 +96,9 @@ pub async fn run(
         LoadPolicy::new(cfg.load_thresholds()),
         stop_rx.clone(),
     )));
-    if keys_mode {
-        // A public key set is read again on SIGHUP; requests in flight keep the old one.
+    {
+        // A public key set is read again on SIGHUP; requests in flight keep the old one. The
+        // handler is there in every mode, so SIGHUP never ends the service.
         let app = app.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
@@ -105,6 +106,10 @@ pub async fn run(
                 return;
             };
             while hup.recv().await.is_some() {
+                if !keys_mode {
+                    tracing::info!("SIGHUP: no token key set to reload (shared secret or no auth)");
+                    continue;
+                }
                 match cue_common::config::verifier(auth_cfg.auth()) {
                     Ok(k) => {
                         *app.keys.write().expect("keys lock") = k;

@@ -656,3 +656,17 @@ fn catalog_changes_are_picked_up_and_bad_ones_refused() {
         "previous catalog kept"
     );
 }
+
+#[test]
+fn sighup_reloads_or_is_ignored_but_never_stops_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_prefetch(dir.path(), &["--origin-http", ""]);
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(p.proc.0.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        p.get("/healthz", &[]).status,
+        200,
+        "SIGHUP ended cue-prefetch"
+    );
+}
