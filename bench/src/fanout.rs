@@ -180,20 +180,11 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             ],
         ),
     };
-    let mut origins: Vec<(SocketAddr, SocketAddr, Proc)> = Vec::new();
-    for i in 0..n_origins {
-        let data = o.out.join(format!("origin-data-{i}"));
-        let _ = std::fs::remove_dir_all(&data);
-        let org = stack::start_origin(
-            &origin_bin,
-            &format!("cue-origin-{i}"),
-            &data,
-            &store_args,
-            &env,
-            &o.out.join(format!("origin-{i}.log")),
-        )?;
-        origins.push((org.http, org.relay, org.proc));
-    }
+    let mut origins: Vec<(SocketAddr, SocketAddr, Proc)> =
+        stack::start_origins(&origin_bin, &o.out, n_origins, &store_args, &env)?
+            .into_iter()
+            .map(|org| (org.http, org.relay, org.proc))
+            .collect();
     let relays: Vec<String> = origins.iter().map(|o| o.1.to_string()).collect();
     let (http, relay) = (origins[0].0, origins[0].1);
     let mut admins = Vec::new();

@@ -141,6 +141,30 @@ pub fn start_origin(
     Ok(Origin { proc, http, relay })
 }
 
+/// Starts `n` origins (`cue-origin-I`, data in `out/origin-data-I`, fresh) with the same flags.
+pub fn start_origins(
+    bin: &Path,
+    out: &Path,
+    n: usize,
+    extra: &[String],
+    env: &[(&str, String)],
+) -> anyhow::Result<Vec<Origin>> {
+    (0..n)
+        .map(|i| {
+            let data = out.join(format!("origin-data-{i}"));
+            let _ = std::fs::remove_dir_all(&data);
+            start_origin(
+                bin,
+                &format!("cue-origin-{i}"),
+                &data,
+                extra,
+                env,
+                &out.join(format!("origin-{i}.log")),
+            )
+        })
+        .collect()
+}
+
 /// One HTTP/1.1 request; returns status and body.
 pub fn http(
     addr: SocketAddr,

@@ -391,14 +391,13 @@ impl EdgeConfig {
 
     /// The token settings (defaults in `./cue-data`).
     pub fn auth(&self) -> cue_common::config::AuthSettings<'_> {
-        cue_common::config::AuthSettings {
-            no_auth: self.no_auth,
-            secret: self.auth_secret.as_deref(),
-            secret_file: self.auth_secret_file.as_deref(),
-            keys_file: self.keys.as_deref(),
-            dir: std::path::Path::new("./cue-data"),
-            open: "any device may subscribe",
-        }
+        cue_common::config::AuthSettings::service(
+            self.no_auth,
+            self.auth_secret.as_deref(),
+            self.auth_secret_file.as_deref(),
+            self.keys.as_deref(),
+            "any device may subscribe",
+        )
     }
 
     /// The device-logic part, given the token keys and this shard's session limit.

@@ -178,20 +178,16 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let origin_bin = stack::bin(o.bin_dir.as_deref(), "cue-origin")?;
     let edge_bin = stack::bin(o.bin_dir.as_deref(), "cue-edge")?;
     // (process, publish API, relay); `None` once killed.
-    let mut origins: Vec<(Option<Proc>, SocketAddr, SocketAddr)> = Vec::new();
-    for i in 0..if nats { 2 } else { 1 } {
-        let data = o.out.join(format!("origin-data-{i}"));
-        let _ = std::fs::remove_dir_all(&data);
-        let org = stack::start_origin(
-            &origin_bin,
-            &format!("cue-origin-{i}"),
-            &data,
-            &store_args,
-            &env,
-            &o.out.join(format!("origin-{i}.log")),
-        )?;
-        origins.push((Some(org.proc), org.http, org.relay));
-    }
+    let mut origins: Vec<(Option<Proc>, SocketAddr, SocketAddr)> = stack::start_origins(
+        &origin_bin,
+        &o.out,
+        if nats { 2 } else { 1 },
+        &store_args,
+        &env,
+    )?
+    .into_iter()
+    .map(|org| (Some(org.proc), org.http, org.relay))
+    .collect();
     let relays: Vec<SocketAddr> = origins.iter().map(|o| o.2).collect();
     // Prefetch's live signal comes from the last origin: the one no fault kills.
     let http = origins.last().expect("an origin").1;

@@ -30,10 +30,51 @@ pub struct AuthSettings<'a> {
     pub open: &'a str,
 }
 
+impl<'a> AuthSettings<'a> {
+    /// An edge's or prefetch's settings: defaults in `./cue-data`.
+    pub fn service(
+        no_auth: bool,
+        secret: Option<&'a str>,
+        secret_file: Option<&'a Path>,
+        keys_file: Option<&'a Path>,
+        open: &'a str,
+    ) -> Self {
+        Self {
+            no_auth,
+            secret,
+            secret_file,
+            keys_file,
+            dir: Path::new("./cue-data"),
+            open,
+        }
+    }
+}
+
 fn env_secret() -> Option<String> {
     std::env::var("CUE_AUTH_SECRET")
         .ok()
         .filter(|s| !s.is_empty())
+}
+
+/// What every service decides before looking at key files: auth off, a shared secret, or keys.
+enum First {
+    Off,
+    Secret(Box<crate::token::TokenKeys>),
+    Keys,
+}
+
+fn first(a: &AuthSettings<'_>) -> Result<First, String> {
+    if a.no_auth {
+        tracing::warn!(
+            "auth is OFF (--no-auth): {}; local experiments only",
+            a.open
+        );
+        return Ok(First::Off);
+    }
+    Ok(match explicit_secret(a)? {
+        Some(k) => First::Secret(Box::new(k)),
+        None => First::Keys,
+    })
 }
 
 /// A secret from the environment, the inline setting or a configured file, if one is set.
@@ -72,15 +113,10 @@ fn read_file(path: &Path, what: &str) -> Result<String, String> {
 /// never a silent fallback.
 pub fn verifier(a: AuthSettings<'_>) -> Result<Option<crate::keys::Verifier>, String> {
     use crate::keys::{KeySet, Verifier};
-    if a.no_auth {
-        tracing::warn!(
-            "auth is OFF (--no-auth): {}; local experiments only",
-            a.open
-        );
-        return Ok(None);
-    }
-    if let Some(k) = explicit_secret(&a)? {
-        return Ok(Some(Verifier::Secret(Box::new(k))));
+    match first(&a)? {
+        First::Off => return Ok(None),
+        First::Secret(k) => return Ok(Some(Verifier::Secret(k))),
+        First::Keys => {}
     }
     let default_keys = a.dir.join(PUBLIC_KEYS_FILE);
     let keys = a
@@ -175,15 +211,10 @@ pub fn origin_keys(
     now_s: u64,
 ) -> Result<Option<OriginKeys>, String> {
     use crate::keys::{KeyAlg, SigningKeys};
-    if a.no_auth {
-        tracing::warn!(
-            "auth is OFF (--no-auth): {}; local experiments only",
-            a.open
-        );
-        return Ok(None);
-    }
-    if let Some(k) = explicit_secret(&a)? {
-        return Ok(Some(OriginKeys::Secret(Box::new(k))));
+    match first(&a)? {
+        First::Off => return Ok(None),
+        First::Secret(k) => return Ok(Some(OriginKeys::Secret(k))),
+        First::Keys => {}
     }
     let default = a.dir.join(SIGNING_KEYS_FILE);
     let path = a
