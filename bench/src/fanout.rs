@@ -126,6 +126,20 @@ struct Target {
     quic: Option<(SocketAddr, String)>,
 }
 
+/// Sums a counter over every sample line of `name` in Prometheus text; `None` when there is
+/// no sample of it (a reading that is missing must not pass for 0).
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+    {
+        let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
+}
+
 /// Sums a counter over every sample line of `name` in Prometheus text.
 pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()

@@ -80,7 +80,7 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
         };
         let Some(req) = req else { continue };
         out.clear();
-        write_accept(&req.key, &mut out);
+        write_accept(&req.key, None, &mut out);
         s.write_all(&out)?;
         socks.push(s);
     }

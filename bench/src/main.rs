@@ -199,6 +199,9 @@ enum Cmd {
         /// Core the edges are pinned to; the fleet gets the next one.
         #[arg(long, default_value_t = 0)]
         edge_cpu: usize,
+        /// Reconnect storms per phase; the median is the figure.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Internal: a game-day fleet worker process.
     #[command(hide = true)]
@@ -488,9 +491,14 @@ fn main() -> ExitCode {
             out,
             bin_dir,
             edge_cpu,
+            rounds,
         } => {
             if !(1..=200_000).contains(&devices) {
                 eprintln!("cue-bench: --devices must be 1..=200000");
+                return ExitCode::from(2);
+            }
+            if !(1..=20).contains(&rounds) {
+                eprintln!("cue-bench: --rounds must be 1..=20");
                 return ExitCode::from(2);
             }
             storm::run(&storm::StormOpts {
@@ -498,6 +506,7 @@ fn main() -> ExitCode {
                 out,
                 bin_dir,
                 edge_cpu,
+                rounds,
             })
         }
         Cmd::PrefetchHerd(a) => {

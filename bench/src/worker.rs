@@ -6,7 +6,12 @@
 //! Protocol with the parent (lines on stdin/stdout):
 //! * worker prints `{"ready":N,"failed":F,"connect_s":S,...}` once every device is connected (or
 //!   has failed);
-//! * parent sends `report` and the worker prints one JSON report line and exits; `quit` exits.
+//! * parent sends `report` and the worker prints one JSON report line and exits; `quit` exits;
+//!   `reconnect` drops every device at once and connects them all again, each presenting the
+//!   admission ticket its last 101 handed out (`Set-Cookie: cue_admit`), then prints a new
+//!   ready line. Reconnects come from the next block of source addresses (as a device on
+//!   another network would), so the TIME_WAIT its own closes left does not slow their
+//!   connects.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -142,18 +147,21 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let mut report = WorkerReport::default();
     let mut next = 0usize;
     let mut in_flight = 0usize;
-    let t0 = Instant::now();
+    let mut t0 = Instant::now();
     let mut ready_sent = false;
     let tokens: Vec<String> = match &spec.tokens_file {
         None => vec![],
         Some(f) => serde_json::from_str(&std::fs::read_to_string(f)?)?,
     };
+    // Admission tickets by device number, kept across reconnects as a device keeps cookies.
+    let mut tickets: Vec<Option<String>> = vec![None; spec.devices];
+    let mut base = spec.source_base;
     let mut out = Vec::with_capacity(512);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         // Keep `concurrency` upgrades in flight.
         while next < spec.devices && in_flight < spec.concurrency {
-            let src = source_addr(spec.source_base, next, spec.per_source);
+            let src = source_addr(base, next, spec.per_source);
             next += 1;
             match open_socket(src, spec.target) {
                 Ok(mut sock) => {
@@ -213,6 +221,18 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 "quit" => return Ok(()),
+                "reconnect" => {
+                    for mut d in devs.drain(..) {
+                        let _ = poll.registry().deregister(&mut d.sock);
+                    }
+                    next = 0;
+                    in_flight = 0;
+                    base += spec.devices.div_ceil(spec.per_source.max(1)) as u32;
+                    ready_sent = false;
+                    t0 = Instant::now();
+                    report = WorkerReport::default();
+                    continue;
+                }
                 _ => {}
             }
         }
@@ -237,7 +257,14 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     } else {
                         Some(tokens[i % tokens.len()].as_str())
                     };
-                    write_client_request(&spec.host, &spec.path, &key, token, &mut out);
+                    write_client_request(
+                        &spec.host,
+                        &spec.path,
+                        &key,
+                        token,
+                        tickets[i].as_deref(),
+                        &mut out,
+                    );
                     if d.sock.write_all(&out).is_err() {
                         d.phase = Phase::Dead;
                         in_flight -= 1;
@@ -264,7 +291,10 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     Ok(n) => {
                         let now = unix_us();
                         d.buf.extend_from_slice(&chunk[..n]);
-                        if let Err(()) = on_bytes(d, now, &mut report, &mut in_flight, &mut out) {
+                        let ticket = &mut tickets[i];
+                        if let Err(()) =
+                            on_bytes(d, now, &mut report, &mut in_flight, &mut out, ticket)
+                        {
                             let _ = poll.registry().deregister(&mut d.sock);
                             break;
                         }
@@ -300,6 +330,7 @@ fn on_bytes(
     report: &mut WorkerReport,
     in_flight: &mut usize,
     out: &mut Vec<u8>,
+    ticket: &mut Option<String>,
 ) -> Result<(), ()> {
     let mut used = 0;
     if let Phase::Upgrading { expect } = &d.phase {
@@ -307,6 +338,10 @@ fn on_bytes(
             Ok(None) => return Ok(()),
             Ok(Some((101, n))) => {
                 used = n;
+                // A device keeps a ticket until the edge hands out another one.
+                if let Some(t) = cue_edge::ws::handshake::response_ticket(&d.buf[..n]) {
+                    *ticket = Some(t);
+                }
                 d.phase = Phase::Open;
                 *in_flight -= 1;
             }

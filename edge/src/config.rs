@@ -87,6 +87,20 @@ pub struct EdgeConfig {
     pub keys: Option<PathBuf>,
     /// Token checks off (local experiments; logged as a warning). Default false.
     pub no_auth: bool,
+    /// Hand devices admission tickets (with a public key set only): a device admitted after a
+    /// signature check gets a ticket (WebSocket: `Set-Cookie: cue_admit=...`; QUIC: `"ticket"`
+    /// in the `ok` line) that, presented with the same token and events, admits it at any
+    /// process of this host for an HMAC instead of a signature check, so a reconnect storm
+    /// costs what it costs with HS256 (docs/protocol.md). Default true.
+    pub admit_tickets: bool,
+    /// The admission-ticket secret every edge process of the host shares (made, 0600, by the
+    /// first one that finds none). Delete it and restart the edges to void every ticket.
+    /// Default `./cue-data/admit-ticket.secret`.
+    pub ticket_secret_file: PathBuf,
+    /// The QUIC stateless-reset secret every edge process of the host shares (made, 0600, by
+    /// the first one that finds none), its own secret, never derived from token keys. Default
+    /// `./cue-data/quic-reset.secret`.
+    pub quic_reset_secret_file: PathBuf,
     /// Device input poll interval in ms (upgrades, pongs, closes; never cue delivery).
     /// Default 1. Larger saves wake-ups and adds that much to handshake latency.
     pub poll_ms: u64,
@@ -169,6 +183,9 @@ impl Default for EdgeConfig {
             auth_secret_file: None,
             keys: None,
             no_auth: false,
+            admit_tickets: true,
+            ticket_secret_file: "./cue-data/admit-ticket.secret".into(),
+            quic_reset_secret_file: "./cue-data/quic-reset.secret".into(),
             poll_ms: 1,
             poll_idle_max_ms: 16,
             ping_interval_s: 30,
@@ -400,14 +417,17 @@ impl EdgeConfig {
         )
     }
 
-    /// The device-logic part, given the token keys and this shard's session limit.
+    /// The device-logic part, given the token keys, the ticket key and this shard's session
+    /// limit.
     pub fn core(
         &self,
         auth: Option<cue_common::keys::Verifier>,
+        tickets: Option<cue_common::keys::TicketKey>,
         max_connections: usize,
     ) -> CoreConfig {
         CoreConfig {
             auth,
+            tickets,
             max_request: self.max_request,
             query: QueryLimits {
                 max_events: self.max_events_per_device,

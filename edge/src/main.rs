@@ -96,6 +96,15 @@ struct Cli {
     /// Turn token checks off: any device may subscribe. Local experiments only.
     #[arg(long)]
     no_auth: bool,
+    /// Hand devices no admission tickets (every admission checks the token's signature).
+    #[arg(long)]
+    no_admit_tickets: bool,
+    /// Admission-ticket secret shared by the host's edges [default: ./cue-data/admit-ticket.secret].
+    #[arg(long)]
+    ticket_secret_file: Option<PathBuf>,
+    /// QUIC stateless-reset secret shared by the host's edges [default: ./cue-data/quic-reset.secret].
+    #[arg(long)]
+    quic_reset_secret_file: Option<PathBuf>,
     /// Most sessions this process holds [default: what the fd limit allows].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -184,6 +193,15 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         c.auth_secret_file = cli.auth_secret_file.clone();
     }
     c.no_auth |= cli.no_auth;
+    if cli.no_admit_tickets {
+        c.admit_tickets = false;
+    }
+    if let Some(f) = &cli.ticket_secret_file {
+        c.ticket_secret_file = f.clone();
+    }
+    if let Some(f) = &cli.quic_reset_secret_file {
+        c.quic_reset_secret_file = f.clone();
+    }
     if let Some(s) = &cli.cpus {
         c.cpus = Some(if s == "none" {
             vec![]
@@ -223,20 +241,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The stateless-reset key of the edges on this host: HMAC-SHA256 of a 32-byte secret in
-/// `file`, made (0600) by the first edge that finds none. Edges that share the file reset each
-/// other's devices, as those sharing a token secret do.
+/// The stateless-reset key of the edges on this host: HMAC-SHA256 of the host's reset secret
+/// (its own file, shared by the host's edges so they reset each other's devices).
 fn quic_reset_key(file: &std::path::Path) -> Result<[u8; 32], String> {
-    if !file.exists() {
-        let raw: [u8; 32] = rand::random();
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
-        cue_common::config::write_atomic(&tmp, &hex, 0o600)?;
-        // A link never replaces: when another edge won the race, its secret stays.
-        let _ = std::fs::hard_link(&tmp, file);
-        let _ = std::fs::remove_file(&tmp);
-    }
-    let s = cue_common::config::resolve_secret(None, None, file)?;
+    let s = cue_common::config::host_secret(file).map_err(|e| format!("quic reset secret: {e}"))?;
     Ok(cue_common::token::TokenKeys::new(&s)
         .map_err(|e| format!("quic reset secret {}: {e}", file.display()))?
         .derive("cue-edge/quic-stateless-reset/v1"))
@@ -320,16 +328,18 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         }
         _ => None,
     };
-    // With a shared secret every edge derives the same reset key from it; with public keys
-    // there is no secret to derive from, and the edges of a host share a reset secret file.
-    let reset_key = match &keys {
-        Some(cue_common::keys::Verifier::Secret(k)) => {
-            Some(k.derive("cue-edge/quic-stateless-reset/v1"))
-        }
-        Some(cue_common::keys::Verifier::Keys(_)) => Some(quic_reset_key(std::path::Path::new(
-            "./cue-data/quic-reset.secret",
-        ))?),
+    let reset_key = match cfg.quic {
+        Some(_) => Some(quic_reset_key(&cfg.quic_reset_secret_file)?),
         None => None,
+    };
+    // Tickets spare a signature check; with a shared secret there is none to spare.
+    let tickets = match &keys {
+        Some(cue_common::keys::Verifier::Keys(_)) if cfg.admit_tickets => {
+            let s = cue_common::config::host_secret(&cfg.ticket_secret_file)
+                .map_err(|e| format!("admission ticket secret: {e}"))?;
+            Some(cue_common::keys::TicketKey::new(&s))
+        }
+        _ => None,
     };
     let mesh = (nshards > 1 && cfg.quic.is_some())
         .then(|| glommio::channels::channel_mesh::MeshBuilder::full(nshards, 1024));
@@ -351,7 +361,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             },
             listen: cfg.ws,
             backlog: cfg.backlog,
-            core: cfg.core(keys.clone(), per_shard),
+            core: cfg.core(keys.clone(), tickets.clone(), per_shard),
             poll: Duration::from_millis(cfg.poll_ms),
             poll_idle_max: Duration::from_millis(cfg.poll_idle_max_ms),
             io_memory: cfg.io_memory_kib * 1024,

@@ -63,6 +63,10 @@ pub struct ShardStats {
     pub deliveries: Counter,
     /// Admissions answered from the verified-token cache (no signature check).
     pub token_cache_hits: Counter,
+    /// Admissions by a valid admission ticket (no signature check).
+    pub ticket_hits: Counter,
+    /// Admission tickets presented that did not hold (the token was checked for real).
+    pub tickets_refused: Counter,
     /// Deliveries skipped because the device was blocked and later got a newer cue instead.
     pub conflated: Counter,
     /// Times a device's socket would not take a whole frame.
@@ -183,7 +187,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 18] = [
+    let counters: [Row; 20] = [
         (
             "cue_edge_quic_deliveries_total",
             "Cues written to QUIC devices (also in cue_edge_deliveries_total).",
@@ -258,6 +262,16 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_token_cache_hits_total",
             "Admissions whose token had passed a public-key check before (no signature check).",
             |s| s.token_cache_hits.get(),
+        ),
+        (
+            "cue_edge_admit_ticket_hits_total",
+            "Admissions by an admission ticket this host issued (no signature check).",
+            |s| s.ticket_hits.get(),
+        ),
+        (
+            "cue_edge_admit_tickets_refused_total",
+            "Admission tickets that did not hold (forged, expired, another host's, or their key retired); the token was checked in full.",
+            |s| s.tickets_refused.get(),
         ),
         (
             "cue_edge_conflated_total",

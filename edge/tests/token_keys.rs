@@ -245,3 +245,202 @@ fn a_configured_key_file_that_is_missing_is_an_error() {
         "no key was made for a typo"
     );
 }
+
+/// A WebSocket upgrade with `token` and, when given, the `cue_admit` cookie: the status and the
+/// ticket the 101 hands out (its `Set-Cookie`), if any.
+fn upgrade(ws: SocketAddr, token: &str, ticket: Option<&str>) -> (u16, Option<String>) {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{ws}/v1/subscribe?events=fight")
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(t) = ticket {
+        h.insert(
+            "Cookie",
+            format!("theme=dark; cue_admit={t}").parse().unwrap(),
+        );
+    }
+    match tungstenite::connect(req) {
+        Ok((_, resp)) => {
+            let cookie = resp
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            let ticket = cookie.map(|c| {
+                assert!(
+                    c.contains("HttpOnly") && c.contains("Path=/v1/subscribe"),
+                    "{c}"
+                );
+                let v = c.split(';').next().unwrap();
+                v.strip_prefix("cue_admit=").expect(v).to_string()
+            });
+            (101, ticket)
+        }
+        Err(tungstenite::Error::Http(r)) => (r.status().as_u16(), None),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+fn counter(admin: SocketAddr, name: &str) -> f64 {
+    let m = request(admin, "GET", "/metrics", &[], b"").unwrap().body;
+    let v: Vec<f64> = m
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!v.is_empty(), "{name} missing from the edge's metrics");
+    v.iter().sum()
+}
+
+/// An edge in `dir` with WebSocket and QUIC (its log in `dir`): (process, ws, admin, quic, log).
+fn edge_quic(
+    dir: &Path,
+    relay: SocketAddr,
+    name: &str,
+) -> (support::Proc, [SocketAddr; 3], String) {
+    let (ws, admin) = (support::free_addr(), support::free_addr());
+    let quic = support::free_udp_addr();
+    let log = dir.join(format!("{name}.log"));
+    let p = support::Proc(
+        Command::new(support::workspace_bin("cue-edge"))
+            .args(["--origin", &relay.to_string(), "--ws", &ws.to_string()])
+            .args(["--admin", &admin.to_string(), "--quic", &quic.to_string()])
+            .args(["--shards", "1", "--cpus", "none"])
+            .current_dir(dir)
+            .env_remove("CUE_AUTH_SECRET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_until(Duration::from_secs(10), || {
+        request(admin, "GET", "/healthz", &[], b"")
+            .is_ok_and(|r| r.body.contains("\"origins_linked\":1,"))
+    });
+    let fp = support::quic::logged_fingerprint(&log);
+    (p, [ws, admin, quic], fp)
+}
+
+#[test]
+fn admission_tickets_spare_the_signature_check_at_any_process_of_the_host_until_the_key_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    ok(origin_cli(d, &["keys", "new"]));
+    let kid = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(d.join("cue-data/token-keys.pub.json")).unwrap(),
+    )
+    .unwrap()["keys"][0]["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let device = |sub: &str| {
+        minted(origin_cli(
+            d,
+            &["token", "device", "--sub", sub, "--events", "fight"],
+        ))
+    };
+    let (tok, tok2) = (device("tv-1"), device("tv-2"));
+    let (http, relay) = (support::free_addr(), support::free_addr());
+    let _origin = service(
+        d,
+        "cue-origin",
+        &["--http", &http.to_string(), "--relay", &relay.to_string()],
+    );
+    cue_testkit::wait_healthy(http, Duration::from_secs(10));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hello = |quic: SocketAddr, fp: &str, ticket: Option<&str>| {
+        let mut h = serde_json::json!({"events": ["fight"], "token": tok});
+        if let Some(t) = ticket {
+            h["ticket"] = t.into();
+        }
+        let line = format!("{h}\n");
+        rt.block_on(async {
+            let ep = support::quic::endpoint(fp);
+            let (v, _dev) = support::quic::hello(&ep, quic, line.as_bytes())
+                .await
+                .unwrap();
+            v
+        })
+    };
+
+    // First admission at edge A: the signature is checked and a ticket handed out, in a cookie
+    // (WebSocket) and in the ok line (QUIC).
+    let (mut a, [ws_a, admin_a, quic_a], fp_a) = edge_quic(d, relay, "edge-a");
+    let (s, ws_ticket) = upgrade(ws_a, &tok, None);
+    assert_eq!(s, 101);
+    let ws_ticket = ws_ticket.expect("a ticket in Set-Cookie");
+    assert_eq!(ws_ticket.len(), cue_common::keys::TICKET_LEN);
+    let v = hello(quic_a, &fp_a, None);
+    assert_eq!(v["ok"], true, "{v}");
+    let quic_ticket = v["ticket"]
+        .as_str()
+        .expect("a ticket in the ok line")
+        .to_string();
+    assert_eq!(counter(admin_a, "cue_edge_admit_ticket_hits_total"), 0.0);
+
+    // A dies; B is a new process of the same host: the tickets admit there, with no new ticket
+    // and no signature check.
+    a.kill9();
+    let (mut b, [ws_b, admin_b, quic_b], fp_b) = edge_quic(d, relay, "edge-b");
+    assert_eq!(upgrade(ws_b, &tok, Some(&ws_ticket)), (101, None));
+    let v = hello(quic_b, &fp_b, Some(&quic_ticket));
+    assert_eq!(v, serde_json::json!({"ok": true}));
+    assert_eq!(counter(admin_b, "cue_edge_admit_ticket_hits_total"), 2.0);
+    assert_eq!(
+        counter(admin_b, "cue_edge_admit_tickets_refused_total"),
+        0.0
+    );
+
+    // A ticket with another device's token, or tampered: the token is checked for real (and is
+    // good here, so admitted with a ticket of its own); each is counted.
+    let (s, t2) = upgrade(ws_b, &tok2, Some(&ws_ticket));
+    assert_eq!(s, 101);
+    assert!(t2.is_some_and(|t| t != ws_ticket));
+    let mut bad = ws_ticket.clone().into_bytes();
+    bad[10] = if bad[10] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    assert_eq!(upgrade(ws_b, &tok, Some(&bad)).0, 101);
+    assert_eq!(
+        counter(admin_b, "cue_edge_admit_tickets_refused_total"),
+        2.0
+    );
+    assert_eq!(counter(admin_b, "cue_edge_admit_ticket_hits_total"), 2.0);
+
+    // Another host (its own ticket secret, the same public keys): the ticket does not hold.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("cue-data")).unwrap();
+    std::fs::copy(
+        d.join("cue-data/token-keys.pub.json"),
+        other.path().join("cue-data/token-keys.pub.json"),
+    )
+    .unwrap();
+    let (mut c, [ws_c, admin_c, _], _) = edge_quic(other.path(), relay, "edge-c");
+    assert_eq!(upgrade(ws_c, &tok, Some(&ws_ticket)).0, 101);
+    assert_eq!(
+        counter(admin_c, "cue_edge_admit_tickets_refused_total"),
+        1.0
+    );
+    c.kill9();
+
+    // The key retired and the set reloaded: its tokens stop admitting, ticket or not.
+    ok(origin_cli(d, &["keys", "rotate"]));
+    ok(origin_cli(d, &["keys", "retire", "--kid", &kid]));
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe { libc::kill(b.0.id() as i32, libc::SIGHUP) };
+    support::wait_until(Duration::from_secs(5), || {
+        upgrade(ws_b, &tok, Some(&ws_ticket)).0 == 401
+    });
+    assert_eq!(upgrade(ws_b, &tok, None).0, 401);
+    b.kill9();
+}

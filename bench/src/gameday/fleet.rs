@@ -379,6 +379,7 @@ impl Fleet {
                     &self.path(i),
                     &key,
                     Some(&self.tokens[idx]),
+                    None,
                     &mut self.out,
                 );
                 if s.write_all(&self.out).is_err() {

@@ -4,6 +4,7 @@
 //! WebSocket, `{"ok":true}` or `{"ok":false,...}` for QUIC.
 
 use cue_common::cue::EventName;
+use cue_common::keys::Ticket as AdmitTicket;
 use cue_common::token::TokenError;
 use rand::Rng;
 
@@ -12,7 +13,7 @@ use super::{Closing, Io, Now, ShardCore};
 use crate::encoded::{Encoding, Transport};
 use crate::quic::hello::{parse_hello, scan_line, Scan};
 use crate::stats::CloseReason;
-use crate::ws::handshake::{write_accept, write_refusal, Request};
+use crate::ws::handshake::{write_accept, write_refusal, Request, Ticket};
 use crate::ws::query::{parse_subscribe, Subscribe};
 
 /// Why a device was not admitted.
@@ -53,10 +54,14 @@ impl ShardCore {
             Ok(s) => s,
             Err(e) => return self.refuse(idx, Refusal::new(400, e.to_string()), io),
         };
-        match self.admit(idx, &sub, req.bearer.as_deref(), now) {
-            Ok(()) => {
+        match self.admit(idx, &sub, req.bearer.as_deref(), req.ticket.as_deref(), now) {
+            Ok(ticket) => {
                 self.out.clear();
-                write_accept(&req.key, &mut self.out);
+                let cookie = ticket.as_ref().map(|t| Ticket {
+                    value: &t.value,
+                    max_age_s: t.exp.saturating_sub(now.unix_ms / 1000),
+                });
+                write_accept(&req.key, cookie.as_ref(), &mut self.out);
                 self.accepted(idx, io);
             }
             Err(r) => self.refuse(idx, r, io),
@@ -93,10 +98,18 @@ impl ShardCore {
                 return buf.len();
             }
         };
-        match self.admit(idx, &sub, None, now) {
-            Ok(()) => {
+        match self.admit(idx, &sub, None, sub.ticket.as_deref(), now) {
+            Ok(ticket) => {
                 self.out.clear();
-                self.out.extend_from_slice(b"{\"ok\":true}\n");
+                match ticket {
+                    // Tickets are URL-safe base64: nothing to escape.
+                    Some(t) => {
+                        self.out.extend_from_slice(b"{\"ok\":true,\"ticket\":\"");
+                        self.out.extend_from_slice(t.value.as_bytes());
+                        self.out.extend_from_slice(b"\"}\n");
+                    }
+                    None => self.out.extend_from_slice(b"{\"ok\":true}\n"),
+                }
                 self.accepted(idx, io);
             }
             Err(r) => self.refuse(idx, r, io),
@@ -116,27 +129,29 @@ impl ShardCore {
     }
 
     /// The shared admission: drain and capacity, token, event slots, then the device is open
-    /// and subscribed (the caller sends the transport's acceptance, then the catch-up).
+    /// and subscribed (the caller sends the transport's acceptance, with the admission ticket
+    /// returned if any, then the catch-up).
     fn admit(
         &mut self,
         idx: u32,
         sub: &Subscribe,
         bearer: Option<&str>,
+        ticket: Option<&str>,
         now: Now,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<AdmitTicket>, Refusal> {
         self.gate()?;
+        let mut issued = None;
         if let Some(keys) = &self.cfg.auth {
             let token = bearer.or(sub.token.as_deref()).unwrap_or("");
             let evs = sub.events.iter().map(|(e, _)| e.as_str());
-            let before = self.admit_cache.hits;
-            let r = self
-                .admit_cache
-                .verify_device(keys, token, now.unix_ms / 1000, evs);
-            self.stats
-                .token_cache_hits
-                .add(self.admit_cache.hits - before);
+            let c = &mut self.admit_cache;
+            let before = (c.hits, c.ticket_hits, c.tickets_refused);
+            let r = c.verify_device(keys, token, ticket, now.unix_ms / 1000, evs);
+            self.stats.token_cache_hits.add(c.hits - before.0);
+            self.stats.ticket_hits.add(c.ticket_hits - before.1);
+            self.stats.tickets_refused.add(c.tickets_refused - before.2);
             match r {
-                Ok(_) => {}
+                Ok(t) => issued = t,
                 Err(Ok(ev)) => {
                     return Err(Refusal::new(
                         403,
@@ -175,7 +190,7 @@ impl ShardCore {
         if c.transport() == Transport::Quic {
             self.stats.quic_sessions.add(1);
         }
-        Ok(())
+        Ok(issued)
     }
 
     /// Sends the acceptance in `self.out`, then the catch-up: the current cue of every event the

@@ -114,6 +114,10 @@ pub struct Now {
 pub struct CoreConfig {
     /// Token keys; `None` turns auth off.
     pub auth: Option<Verifier>,
+    /// The host's admission-ticket key: with a public key set, a verified device is handed a
+    /// ticket that spares its next admission, at any shard or process holding the key, the
+    /// signature check. `None`: no tickets (the per-shard cache still serves exact repeats).
+    pub tickets: Option<cue_common::keys::TicketKey>,
     /// Largest upgrade request head.
     pub max_request: usize,
     /// Query limits (length, events per device).
@@ -145,6 +149,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         Self {
             auth: None,
+            tickets: None,
             max_request: 8192,
             query: QueryLimits::default(),
             hello: HelloLimits::default(),
@@ -240,9 +245,13 @@ impl std::fmt::Debug for ShardCore {
 impl ShardCore {
     /// A shard with no devices. `epoch` anchors its seconds clock; `rng` jitters retry hints.
     pub fn new(cfg: CoreConfig, stats: Arc<ShardStats>, rng: SmallRng, epoch: Instant) -> Self {
+        let mut admit_cache = cue_common::keys::AdmitCache::new(ADMIT_CACHE);
+        if let Some(k) = &cfg.tickets {
+            admit_cache = admit_cache.with_tickets(k.clone());
+        }
         Self {
             cfg,
-            admit_cache: cue_common::keys::AdmitCache::new(ADMIT_CACHE),
+            admit_cache,
             stats,
             rng,
             epoch,

@@ -228,7 +228,7 @@ pub fn connect(
     let nonce = [fd as u8; 16];
     let k = client_key(nonce);
     let mut req = Vec::new();
-    write_client_request("edge.test", path_and_query, &k, bearer, &mut req);
+    write_client_request("edge.test", path_and_query, &k, bearer, None, &mut req);
     core.on_input(key, &req, clock.now(), io);
     let mut d = Device {
         fd,

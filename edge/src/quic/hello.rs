@@ -4,7 +4,9 @@
 //! Sans-IO and strict: the line is at most `max_len` bytes (the newline excluded), one JSON
 //! object whose only keys are `events` (required: 1..=`max_events` distinct valid event names,
 //! repeats collapse as in the WebSocket query), `since` (an object of subscribed event -> u64
-//! seq), `token` (a non-empty string) and `format` (`"json"` or `"binary"`). Unknown or repeated
+//! seq), `token` (a non-empty string), `ticket` (the admission ticket an earlier `{"ok":true,
+//! "ticket":...}` answer handed out, at most 64 bytes) and `format` (`"json"` or `"binary"`).
+//! Unknown or repeated
 //! keys are refused, so a typo is an error the developer sees, not a silently ignored field.
 //! The result is the same [`Subscribe`] the WebSocket query produces, so both transports share
 //! one admission path (auth, event slots, catch-up).
@@ -15,6 +17,9 @@ use cue_common::cue::valid_event;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use crate::ws::query::{quoted, Format, Subscribe};
+
+/// Longest admission ticket accepted (they are [`cue_common::keys::TICKET_LEN`] bytes).
+pub const MAX_TICKET: usize = 64;
 
 /// Bounds on a hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,7 @@ pub fn parse_hello(line: &[u8], limits: &HelloLimits) -> Result<Subscribe, Hello
         events,
         format: raw.format.unwrap_or(Format::Json),
         token: raw.token,
+        ticket: raw.ticket,
     })
 }
 
@@ -118,6 +124,7 @@ struct RawHello {
     events: Option<Vec<(String, Option<u64>)>>,
     since: Option<Vec<(String, u64)>>,
     token: Option<String>,
+    ticket: Option<String>,
     format: Option<Format>,
 }
 
@@ -139,7 +146,7 @@ impl<'de> Visitor<'de> for HelloSeed<'_> {
     type Value = RawHello;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object with events, since, token, format")
+        f.write_str("a JSON object with events, since, token, ticket, format")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHello, A::Error> {
@@ -200,6 +207,18 @@ impl<'de> Visitor<'de> for HelloSeed<'_> {
                         Err(_) => fail!("token", "must be a string"),
                     }
                 }
+                "ticket" => {
+                    if raw.ticket.is_some() {
+                        fail!("ticket", "given more than once");
+                    }
+                    match map.next_value::<String>() {
+                        Ok(t) if t.is_empty() || t.len() > MAX_TICKET => {
+                            fail!("ticket", format!("must be 1..={MAX_TICKET} bytes"))
+                        }
+                        Ok(t) => raw.ticket = Some(t),
+                        Err(_) => fail!("ticket", "must be a string"),
+                    }
+                }
                 "format" => {
                     if raw.format.is_some() {
                         fail!("format", "given more than once");
@@ -214,7 +233,7 @@ impl<'de> Visitor<'de> for HelloSeed<'_> {
                 other => fail!(
                     "hello",
                     format!(
-                        "unknown key {} (allowed: events, since, token, format)",
+                        "unknown key {} (allowed: events, since, token, ticket, format)",
                         quoted(other)
                     )
                 ),
@@ -334,6 +353,14 @@ mod tests {
         );
         assert_eq!(h.format, Format::Binary);
         assert_eq!(h.token.as_deref(), Some("JWT"));
+        assert_eq!(h.ticket, None);
+        let h = parse(r#"{"events":["e1"],"token":"JWT","ticket":"abc-_1"}"#).unwrap();
+        assert_eq!(h.ticket.as_deref(), Some("abc-_1"));
+        let long = format!(
+            r#"{{"events":["e1"],"ticket":"{}"}}"#,
+            "t".repeat(MAX_TICKET + 1)
+        );
+        assert_eq!(parse(&long).unwrap_err().field, "ticket");
     }
 
     #[test]
@@ -362,6 +389,9 @@ mod tests {
             (r#"{"events":["a"],"since":[]}"#, "since"),
             (r#"{"events":["a"],"token":""}"#, "token"),
             (r#"{"events":["a"],"token":7}"#, "token"),
+            (r#"{"events":["a"],"ticket":""}"#, "ticket"),
+            (r#"{"events":["a"],"ticket":1}"#, "ticket"),
+            (r#"{"events":["a"],"ticket":"t","ticket":"t"}"#, "ticket"),
             (r#"{"events":["a"],"format":"xml"}"#, "format"),
             (r#"{"events":["a"],"format":null}"#, "format"),
             (r#"{"events":["a"],"extra":1}"#, "hello"),

@@ -65,6 +65,28 @@ pub struct Request {
     /// The token of an `Authorization: Bearer` header, if there is one. Other schemes are
     /// ignored, so the token may still come in the query.
     pub bearer: Option<String>,
+    /// The admission ticket of a `cue_admit` cookie (what the edge's `Set-Cookie` handed out at
+    /// an earlier upgrade), if the device sent one of at most [`MAX_TICKET`] bytes.
+    pub ticket: Option<String>,
+}
+
+/// The cookie an admission ticket travels in.
+pub const TICKET_COOKIE: &str = "cue_admit";
+/// Longest admission ticket looked at (they are [`cue_common::keys::TICKET_LEN`] bytes).
+pub const MAX_TICKET: usize = 64;
+
+/// The `cue_admit` value among `Cookie` headers (`name=value` pairs split by `;`, RFC 6265
+/// section 5.4); the first one wins, an over-long value counts as absent.
+fn ticket_cookie<'a>(headers: &[httparse::Header<'a>]) -> Option<&'a str> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .filter_map(header_str)
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TICKET_COOKIE)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty() && v.len() <= MAX_TICKET)
 }
 
 /// Parses the upgrade request at the start of `buf`.
@@ -151,6 +173,7 @@ pub fn parse_request(
         query: query.to_owned(),
         key: key.to_owned(),
         bearer: bearer.map(str::to_owned),
+        ticket: ticket_cookie(headers).map(str::to_owned),
     };
     Ok(Some((request, consumed)))
 }
@@ -224,7 +247,7 @@ fn accept_raw(key: &str) -> [u8; ACCEPT_LEN] {
 }
 
 /// Appends the `101 Switching Protocols` response that accepts the upgrade for `key`.
-pub fn write_accept(key: &str, out: &mut Vec<u8>) {
+pub fn write_accept(key: &str, ticket: Option<&Ticket<'_>>, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\n\
           Upgrade: websocket\r\n\
@@ -232,7 +255,25 @@ pub fn write_accept(key: &str, out: &mut Vec<u8>) {
           Sec-WebSocket-Accept: ",
     );
     out.extend_from_slice(&accept_raw(key));
+    if let Some(t) = ticket {
+        // Only this edge's subscribe path gets it back; scripts cannot read it; a browser keeps
+        // it from wss:// pages (and localhost); it lives as long as the token.
+        let _ = write!(
+            out,
+            "\r\nSet-Cookie: {TICKET_COOKIE}={}; Max-Age={}; Path=/v1/subscribe; HttpOnly; Secure; SameSite=None",
+            t.value, t.max_age_s
+        );
+    }
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// An admission ticket to hand a device in the 101 (`Set-Cookie: cue_admit=...`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket<'a> {
+    /// The ticket.
+    pub value: &'a str,
+    /// Seconds it stays valid (until the token expires).
+    pub max_age_s: u64,
 }
 
 /// The standard reason phrase for the statuses the edge answers with.
@@ -289,12 +330,14 @@ pub fn write_refusal(status: u16, reason: &str, retry_after_s: Option<u32>, out:
 }
 
 /// Appends a client upgrade request (the bench fleet's side). `key` comes from [`client_key`];
-/// `path_and_query` starts with `/` and is already percent-encoded.
+/// `path_and_query` starts with `/` and is already percent-encoded; `ticket` is what
+/// [`response_ticket`] found in an earlier 101.
 pub fn write_client_request(
     host: &str,
     path_and_query: &str,
     key: &str,
     bearer: Option<&str>,
+    ticket: Option<&str>,
     out: &mut Vec<u8>,
 ) {
     let _ = write!(
@@ -309,7 +352,25 @@ pub fn write_client_request(
     if let Some(token) = bearer {
         let _ = write!(out, "Authorization: Bearer {token}\r\n");
     }
+    if let Some(t) = ticket {
+        let _ = write!(out, "Cookie: {TICKET_COOKIE}={t}\r\n");
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The admission ticket a 101 head (`head`, as [`parse_response`] measured it) hands out in
+/// `Set-Cookie: cue_admit=...`, if any (the bench fleet's side).
+pub fn response_ticket(head: &[u8]) -> Option<String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(head).ok()?;
+    resp.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("set-cookie"))
+        .filter_map(header_str)
+        .filter_map(|v| v.split(';').next()?.trim().split_once('='))
+        .find(|(name, _)| *name == TICKET_COOKIE)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// Parses the server's response head at the start of `buf` (the bench fleet's side).
@@ -431,7 +492,8 @@ mod tests {
                 path: "/chat".into(),
                 query: String::new(),
                 key: RFC_KEY.into(),
-                bearer: None
+                bearer: None,
+                ticket: None
             }
         );
     }
@@ -628,7 +690,7 @@ mod tests {
     #[test]
     fn accept_response_is_exact() {
         let mut out = b"kept".to_vec();
-        write_accept(RFC_KEY, &mut out);
+        write_accept(RFC_KEY, None, &mut out);
         assert_eq!(
             out,
             b"keptHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -740,6 +802,7 @@ mod tests {
             "/v1/subscribe?events=a",
             &key,
             Some("jwt"),
+            Some("t1"),
             &mut out,
         );
         let (r, n) = parsed(&out);
@@ -751,17 +814,60 @@ mod tests {
                 query: "events=a".into(),
                 key: key.clone(),
                 bearer: Some("jwt".into()),
+                ticket: Some("t1".into()),
             }
         );
         let mut out = Vec::new();
-        write_client_request("edge", "/", &key, None, &mut out);
+        write_client_request("edge", "/", &key, None, None, &mut out);
         assert_eq!(parsed(&out).0.bearer, None);
+        assert_eq!(parsed(&out).0.ticket, None);
+    }
+
+    #[test]
+    fn ticket_cookie_round_trip_and_limits() {
+        let mut out = Vec::new();
+        let t = Ticket {
+            value: "abc_DEF-1",
+            max_age_s: 3600,
+        };
+        write_accept(RFC_KEY, Some(&t), &mut out);
+        assert_eq!(parse_response(&out, RFC_ACCEPT), Ok(Some((101, out.len()))));
+        assert_eq!(response_ticket(&out).as_deref(), Some("abc_DEF-1"));
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("Max-Age=3600; Path=/v1/subscribe; HttpOnly; Secure"));
+        out.clear();
+        write_accept(RFC_KEY, None, &mut out);
+        assert_eq!(response_ticket(&out), None);
+        // The server side: among other cookies, split over headers, quoted; not over-long.
+        let ticket = |cookies: &str| {
+            let req = format!(
+                "GET /v1/subscribe HTTP/1.1\r\nHost: e\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: {RFC_KEY}\r\n{cookies}\r\n"
+            );
+            parsed(req.as_bytes()).0.ticket
+        };
+        assert_eq!(
+            ticket("Cookie: a=1; cue_admit=T2; b=3\r\n").as_deref(),
+            Some("T2")
+        );
+        assert_eq!(
+            ticket("Cookie: a=1\r\nCookie: cue_admit=\"T3\"\r\n").as_deref(),
+            Some("T3")
+        );
+        assert_eq!(ticket("Cookie: xcue_admit=T4\r\n"), None);
+        assert_eq!(ticket("Cookie: cue_admit=\r\n"), None);
+        assert_eq!(
+            ticket(&format!("Cookie: cue_admit={}\r\n", "x".repeat(65))),
+            None
+        );
+        assert_eq!(ticket(""), None);
     }
 
     #[test]
     fn client_accepts_the_servers_101() {
         let mut out = Vec::new();
-        write_accept(RFC_KEY, &mut out);
+        write_accept(RFC_KEY, None, &mut out);
         let head = out.len();
         out.extend_from_slice(&[0x81, 0x00]); // a frame right behind the head
         assert_eq!(parse_response(&out, RFC_ACCEPT), Ok(Some((101, head))));
@@ -773,7 +879,7 @@ mod tests {
     #[test]
     fn client_refuses_a_wrong_accept() {
         let mut out = Vec::new();
-        write_accept("AAAAAAAAAAAAAAAAAAAAAA==", &mut out);
+        write_accept("AAAAAAAAAAAAAAAAAAAAAA==", None, &mut out);
         assert_eq!(parse_response(&out, RFC_ACCEPT).unwrap_err().status, 502);
         let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         assert_eq!(
@@ -798,7 +904,7 @@ mod tests {
     #[test]
     fn client_refuses_unoffered_extensions() {
         let mut out = Vec::new();
-        write_accept(RFC_KEY, &mut out);
+        write_accept(RFC_KEY, None, &mut out);
         out.truncate(out.len() - 2);
         out.extend_from_slice(b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
         assert_eq!(parse_response(&out, RFC_ACCEPT).unwrap_err().status, 502);
@@ -850,10 +956,10 @@ mod tests {
         fn any_nonce_gives_a_valid_key(nonce in any::<[u8; 16]>()) {
             let key = client_key(nonce);
             let mut req = Vec::new();
-            write_client_request("h", "/", &key, None, &mut req);
+            write_client_request("h", "/", &key, None, None, &mut req);
             prop_assert_eq!(parsed(&req).0.key, key.clone());
             let mut resp = Vec::new();
-            write_accept(&key, &mut resp);
+            write_accept(&key, None, &mut resp);
             prop_assert_eq!(parse_response(&resp, &accept_key(&key)), Ok(Some((101, resp.len()))));
         }
     }

@@ -56,6 +56,9 @@ pub struct Subscribe {
     pub format: Format,
     /// The `token` parameter, percent-decoded, if given.
     pub token: Option<String>,
+    /// An admission ticket (QUIC hello `ticket`; for WebSocket it comes in the `cue_admit`
+    /// cookie, see [`crate::ws::handshake::Request::ticket`]).
+    pub ticket: Option<String>,
 }
 
 /// Why a subscribe query was refused (answer 400 with its Display as the body). The device's URL
@@ -139,6 +142,7 @@ pub fn parse_subscribe(query: &str, limits: &QueryLimits) -> Result<Subscribe, Q
         events,
         format,
         token,
+        ticket: None,
     })
 }
 
@@ -269,7 +273,8 @@ mod tests {
             Ok(Subscribe {
                 events: vec![ev("match.42", None)],
                 format: Format::Json,
-                token: None
+                token: None,
+                ticket: None
             })
         );
     }

@@ -86,6 +86,13 @@ pub fn start_edge_logged(
     if !extra.contains(&"--quic") {
         quic_args.extend(["--quic", quic.as_str()]);
     }
+    // The host secrets live in the temp dir (shared by every test's edges, as on one host),
+    // not in the source tree the tests run in.
+    let reset = std::env::temp_dir().join("cue-edge-tests-quic-reset.secret");
+    let reset = reset.display().to_string();
+    if !extra.contains(&"--quic-reset-secret-file") {
+        quic_args.extend(["--quic-reset-secret-file", reset.as_str()]);
+    }
     let stderr = match log {
         Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
         None => Stdio::null(),

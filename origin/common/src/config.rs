@@ -276,6 +276,57 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
     })
 }
 
+/// A secret that the processes of one host share and nobody else needs (the edges' QUIC
+/// stateless-reset secret, their admission-ticket secret): 32 random bytes, hex, in `file`
+/// (0600), made by the first process that finds none. Creation never replaces: when two
+/// processes start at once, the one whose link lands first wins and both read its secret.
+pub fn host_secret(file: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let e = |what: &str, err: std::io::Error| format!("{what} {}: {err}", file.display());
+    if !file.exists() {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| e("creating the directory of", err))?;
+        }
+        let raw: [u8; 32] = rand::random();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = file.with_extension(format!(
+            "new.{}.{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|err| e("creating", err))?;
+        let written = f
+            .write_all(hex.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|err| e("writing", err));
+        // A link never replaces an existing file: when another process won, its secret stays.
+        let linked = written.and_then(|_| match std::fs::hard_link(&tmp, file) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(err) => Err(e("creating", err)),
+        });
+        let _ = std::fs::remove_file(&tmp);
+        linked?;
+    }
+    let s = std::fs::read_to_string(file).map_err(|err| e("reading", err))?;
+    let s = s.trim();
+    if s.len() < crate::token::MIN_SECRET_LEN {
+        return Err(format!(
+            "{}: secret is {} bytes, needs at least {}",
+            file.display(),
+            s.len(),
+            crate::token::MIN_SECRET_LEN
+        ));
+    }
+    Ok(s.as_bytes().to_vec())
+}
+
 /// Resolves the shared token secret: `CUE_AUTH_SECRET` from the environment, else the inline
 /// setting, else the secret file (which must exist). Errors are one line naming the setting.
 pub fn resolve_secret(
@@ -315,6 +366,36 @@ pub fn resolve_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_secret_is_made_once_and_shared_by_racing_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/host.secret");
+        let got: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| host_secret(&file))).collect();
+            hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(
+            got.iter().all(|g| g == &got[0]),
+            "every racer reads one secret"
+        );
+        assert_eq!(got[0].len(), 64);
+        assert_eq!(
+            host_secret(&file).unwrap(),
+            got[0],
+            "an existing file is kept"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing but the secret is left behind.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
+            1
+        );
+        std::fs::write(&file, "short").unwrap();
+        assert!(host_secret(&file).unwrap_err().contains("needs at least"));
+    }
 
     #[test]
     fn host_ports() {
