@@ -179,6 +179,34 @@ fn metrics(st: &AdminState) -> String {
     );
     single(
         &mut s,
+        "cue_edge_relay_events_held",
+        "gauge",
+        "Events whose newest cue the relay link holds for catch-up (at most relay_cache_events).",
+        l.events_held.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_events_evicted_total",
+        "counter",
+        "Events pushed out of the relay link's hold at relay_cache_events (the longest quiet first).",
+        l.events_evicted.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_catchups_served_total",
+        "counter",
+        "Shard catch-up requests answered with the event's newest cue.",
+        l.catchups_served.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_relay_catchups_missed_total",
+        "counter",
+        "Shard catch-up requests for an event the link holds no cue of.",
+        l.catchups_missed.get(),
+    );
+    single(
+        &mut s,
         "cue_edge_last_cue_timestamp_ms",
         "gauge",
         "Origin ts of the newest cue.",

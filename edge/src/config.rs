@@ -119,8 +119,16 @@ pub struct EdgeConfig {
     pub max_connections: Option<usize>,
     /// Most events one device may subscribe to. Default 16.
     pub max_events_per_device: usize,
-    /// Most distinct events per shard. Default 4096.
+    /// Most events per shard with a slot (its devices' events, and others' newest cues while
+    /// there is room). A device's new event reuses the slot no device followed longest, so only
+    /// the events followed at once on one shard are limited, never the events ever published.
+    /// Default 4096.
     pub max_events: usize,
+    /// Most events whose newest cue the relay link holds, to give a shard's device the current
+    /// cue of an event the shard has no slot for. Beyond, the event whose newest cue came
+    /// longest ago is pushed out (a device of it then waits for its next cue). About 200 bytes
+    /// each. Default 65536.
+    pub relay_cache_events: usize,
     /// Largest frame a device may send, bytes. Default 4096 (devices send only control frames).
     pub max_frame: usize,
     /// Largest message a device may send, bytes. Default 16384.
@@ -194,6 +202,7 @@ impl Default for EdgeConfig {
             max_connections: None,
             max_events_per_device: 16,
             max_events: 4096,
+            relay_cache_events: 65_536,
             max_frame: 4096,
             max_message: 16384,
             max_output: 65536,
@@ -342,6 +351,13 @@ impl EdgeConfig {
         check(
             (1..=65535).contains(&self.max_events),
             format!("max_events: {} must be 1..=65535", self.max_events),
+        );
+        check(
+            (1..=10_000_000).contains(&self.relay_cache_events),
+            format!(
+                "relay_cache_events: {} must be 1..=10000000",
+                self.relay_cache_events
+            ),
         );
         check(
             (125..=1 << 20).contains(&self.max_frame),

@@ -348,10 +348,14 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         .map(|_| Arc::new(ShardStats::default()))
         .collect();
     let mut senders = Vec::new();
+    let mut catchup_rx = Vec::new();
     let mut handles = Vec::new();
     for (i, stats) in shard_stats.iter().enumerate() {
         let (tx, rx) = glommio::channels::shared_channel::new_bounded(cfg.shard_queue);
         senders.push(tx);
+        let (catchup_tx, c_rx) =
+            glommio::channels::shared_channel::new_bounded(cue_edge::core::MAX_CATCHUPS);
+        catchup_rx.push(c_rx);
         let spec = ShardSpec {
             id: i,
             cpu: if cpus.is_empty() {
@@ -367,6 +371,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             io_memory: cfg.io_memory_kib * 1024,
             stats: stats.clone(),
             rx,
+            catchups: catchup_tx,
             seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
             max_sockets: per_shard + REFUSAL_HEADROOM,
             wss: cfg.wss.zip(wss_tls.clone()),
@@ -412,8 +417,10 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             backoff_max: Duration::from_millis(cfg.backoff_max_ms),
             seed,
             tls: relay_tls.clone(),
+            cache_events: cfg.relay_cache_events,
         },
         senders,
+        catchup_rx,
         ctl_rx,
         link_stats.clone(),
     )

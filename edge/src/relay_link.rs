@@ -16,10 +16,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cue_common::cue::EventName;
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::{Rng, SeedableRng};
@@ -59,6 +60,15 @@ pub struct LinkStats {
     pub cues_refused: Counter,
     /// Links whose TLS handshake failed (the origin's certificate did not check out).
     pub tls_failures: Counter,
+    /// Events whose newest cue the link holds (at most `cache_events`).
+    pub events_held: Gauge,
+    /// Events pushed out of the link's hold at `cache_events` (the longest quiet first).
+    pub events_evicted: Counter,
+    /// Catch-up requests from shards answered with the held cue.
+    pub catchups_served: Counter,
+    /// Catch-up requests for an event the link holds no cue of (none published yet, or pushed
+    /// out).
+    pub catchups_missed: Counter,
 }
 
 /// Settings of the links.
@@ -80,6 +90,8 @@ pub struct LinkConfig {
     pub seed: u64,
     /// Relay TLS (the origins' CA and this edge's certificate); `None` for plaintext.
     pub tls: Option<Arc<cue_common::tls::Reloadable<rustls::ClientConfig>>>,
+    /// Most events whose newest cue the link holds for the shards' catch-up.
+    pub cache_events: usize,
 }
 
 /// How far ahead of this edge's clock a cue's seq may be. Seqs follow the publish time in ms
@@ -95,10 +107,13 @@ pub fn plausible(cue: &cue_common::cue::Cue, now_ms: u64) -> bool {
     cue.seq() <= limit && cue.ts() <= limit
 }
 
-/// Starts the link thread. It forwards cues to `shards` until it gets [`Control::Stop`].
+/// Starts the link thread. It forwards cues to `shards` until it gets [`Control::Stop`], and
+/// answers each shard's catch-up requests (`catchups[i]` from shard `i`: an event a device
+/// subscribed to whose slot is new) with the newest cue it holds of that event.
 pub fn spawn(
     cfg: LinkConfig,
     shards: Vec<SharedSender<ShardMsg>>,
+    catchups: Vec<SharedReceiver<EventName>>,
     control: crossbeam_channel::Receiver<Control>,
     stats: Arc<LinkStats>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
@@ -111,9 +126,32 @@ pub fn spawn(
                 senders.push(s.connect().await);
             }
             let senders = Rc::new(senders);
-            let newest = Rc::new(RefCell::new(Newest::new()));
+            let newest = Rc::new(RefCell::new(Newest::with_cap(cfg.cache_events)));
             let stop = Rc::new(std::cell::Cell::new(false));
             let mut tasks = Vec::new();
+            let mut requests = Vec::new();
+            for (i, rx) in catchups.into_iter().enumerate() {
+                let (rx, senders, newest, stats) = (
+                    rx.connect().await,
+                    senders.clone(),
+                    newest.clone(),
+                    stats.clone(),
+                );
+                // Ends when the shard drops its sender (it stopped).
+                requests.push(glommio::spawn_local(async move {
+                    while let Some(ev) = rx.recv().await {
+                        let held = newest.borrow().get(&ev).cloned();
+                        match held {
+                            Some(cue) => {
+                                stats.catchups_served.inc();
+                                let enc = Arc::new(EncodedCue::new(cue));
+                                let _ = senders[i].send(ShardMsg::Cue(enc)).await;
+                            }
+                            None => stats.catchups_missed.inc(),
+                        }
+                    }
+                }));
+            }
             for (i, addr) in cfg.origins.iter().enumerate() {
                 let (cfg, senders, newest, stats, stop) = (
                     cfg.clone(),
@@ -172,6 +210,9 @@ pub fn spawn(
             }
             for t in tasks {
                 t.await;
+            }
+            for r in requests {
+                r.cancel().await;
             }
         })
         .map_err(|e| std::io::Error::other(format!("starting relay link executor: {e}")))
@@ -324,7 +365,15 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         );
                         continue;
                     }
-                    if newest.borrow_mut().offer(&cue) {
+                    let taken = {
+                        let mut n = newest.borrow_mut();
+                        let before = n.evicted;
+                        let taken = n.offer(&cue);
+                        stats.events_evicted.add(n.evicted - before);
+                        stats.events_held.set(n.len() as i64);
+                        taken
+                    };
+                    if taken {
                         stats.cues_forwarded.inc();
                         stats.last_cue_ts.set(cue.ts() as i64);
                         let enc = Arc::new(EncodedCue::new(cue));

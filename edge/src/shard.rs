@@ -68,6 +68,8 @@ pub struct ShardSpec {
     pub stats: Arc<ShardStats>,
     /// Cues and control.
     pub rx: SharedReceiver<ShardMsg>,
+    /// Catch-up requests to the relay link: events a device subscribed to whose slot is new.
+    pub catchups: glommio::channels::shared_channel::SharedSender<cue_common::cue::EventName>,
     /// Seed for retry-hint jitter.
     pub seed: u64,
     /// Sockets this shard may hold (its share of the process's fd limit). Somewhat above the
@@ -225,6 +227,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         max_sockets: spec.max_sockets,
     }));
     let rx = spec.rx.connect().await;
+    let catchups = spec.catchups.connect().await;
     let stop = Rc::new(std::cell::Cell::new(false));
 
     let poller = {
@@ -237,7 +240,16 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 glommio::timer::sleep(interval).await;
                 let elapsed = last.elapsed();
                 last = Instant::now();
-                let active = d.borrow_mut().poll_once(elapsed);
+                let mut drv = d.borrow_mut();
+                let active = drv.poll_once(elapsed);
+                // Admissions may have given events new slots: the link sends their newest cue.
+                let Driver { core, stats, .. } = &mut *drv;
+                core.drain_catchups(|ev| {
+                    if catchups.try_send(ev).is_err() {
+                        stats.catchups_dropped.inc();
+                    }
+                });
+                drop(drv);
                 interval = if active {
                     poll
                 } else {

@@ -51,6 +51,14 @@ pub const REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 404, 405, 426, 431, 503];
 pub struct ShardStats {
     /// Open WebSocket sessions.
     pub connections: Gauge,
+    /// Event slots held (followed or kept for catch-up; at most `max_events`).
+    pub event_slots: Gauge,
+    /// Slots no device followed, reused for a device's new event (the table was full).
+    pub event_slots_reused: Counter,
+    /// Cues dropped because no device here followed their event and the table was full.
+    pub cues_unfollowed: Counter,
+    /// Catch-up requests to the relay link dropped (too many at once, or the link's queue full).
+    pub catchups_dropped: Counter,
     /// TCP connections accepted.
     pub accepted: Counter,
     /// Accepts refused at once because the shard is at `max_connections` (no handshake read).
@@ -164,6 +172,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "The shard's QUIC steering slot (-1: datagrams not steered across processes).",
             |s| s.quic_steer_slot.get(),
         ),
+        (
+            "cue_edge_event_slots",
+            "Event slots the shard holds (followed by its devices or kept for catch-up; at most max_events).",
+            |s| s.event_slots.get(),
+        ),
     ] {
         header(out, name, "gauge", help);
         for (i, s) in shards.iter().enumerate() {
@@ -187,7 +200,22 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 20] = [
+    let counters: [Row; 23] = [
+        (
+            "cue_edge_event_slots_reused_total",
+            "Slots no device followed, reused for a device's new event (table at max_events).",
+            |s| s.event_slots_reused.get(),
+        ),
+        (
+            "cue_edge_cues_unfollowed_total",
+            "Cues a shard took no slot for: no device of it follows the event and the table is full (the relay link keeps them for catch-up).",
+            |s| s.cues_unfollowed.get(),
+        ),
+        (
+            "cue_edge_catchups_dropped_total",
+            "Catch-up requests to the relay link dropped (those devices get their event's next cue).",
+            |s| s.catchups_dropped.get(),
+        ),
         (
             "cue_edge_quic_deliveries_total",
             "Cues written to QUIC devices (also in cue_edge_deliveries_total).",

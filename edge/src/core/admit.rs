@@ -164,11 +164,13 @@ impl ShardCore {
         }
         // Resolve (or create) the event slots before touching the connection.
         let mut subs = Vec::with_capacity(sub.events.len());
+        let mut taken: Vec<u16> = Vec::with_capacity(sub.events.len());
         for (ev, since) in &sub.events {
             let name = EventName::new(ev).expect("parser validated the event");
-            let Some(slot) = self.slot_for(&name) else {
+            let Some(slot) = self.slot_for_device(&name, &taken) else {
                 return Err(self.unavailable("edge has too many events"));
             };
+            taken.push(slot);
             subs.push(Sub {
                 slot,
                 pos: 0,

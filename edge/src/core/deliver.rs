@@ -16,8 +16,9 @@ impl ShardCore {
     /// The driver times the call and records lag and fanout time (the core reads no clock).
     pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
         self.stats.cues_in.inc();
-        let Some(slot_idx) = self.slot_for(cue.cue.event()) else {
-            tracing::warn!(event = %cue.cue.event(), "shard at max_events; cue for a new event dropped");
+        let Some(slot_idx) = self.slot_for_cue(cue.cue.event()) else {
+            // No device here follows it and the table is full: the link keeps it for catch-up.
+            self.stats.cues_unfollowed.inc();
             return Fanout::default();
         };
         let slot = &mut self.slots[slot_idx as usize];

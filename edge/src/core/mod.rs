@@ -170,7 +170,13 @@ struct Slot {
     name: EventName,
     current: Option<Arc<EncodedCue>>,
     subscribers: Vec<u32>,
+    /// In `ShardCore::unfollowed` (it may have gained subscribers since; checked on reuse).
+    unfollowed_listed: bool,
 }
+
+/// Catch-up requests a shard queues between two driver turns; beyond, they are dropped and
+/// counted (those devices get their event's next cue).
+pub const MAX_CATCHUPS: usize = 4096;
 
 struct Drain {
     start: Instant,
@@ -195,6 +201,11 @@ pub struct ShardCore {
     conns: Slab,
     slots: Vec<Slot>,
     by_name: HashMap<EventName, u16>,
+    /// Slots no device follows (some may have gained one since), the longest unfollowed first:
+    /// what a full table reuses for a device's new event.
+    unfollowed: std::collections::VecDeque<u16>,
+    /// Events whose new slot waits for the relay link's catch-up.
+    catchups: Vec<EventName>,
     open: usize,
     sweep: u32,
     drain: Option<Drain>,
@@ -258,6 +269,8 @@ impl ShardCore {
             conns: Slab::default(),
             slots: Vec::new(),
             by_name: HashMap::new(),
+            unfollowed: std::collections::VecDeque::new(),
+            catchups: Vec::new(),
             open: 0,
             sweep: 0,
             drain: None,
@@ -350,21 +363,100 @@ impl ShardCore {
         self.close_pending(io);
     }
 
-    fn slot_for(&mut self, name: &EventName) -> Option<u16> {
+    /// The slot of `name` for a cue from the relay: an existing one, or a new one while the table
+    /// has room. A full table takes no slot for a cue (it would push out an event some device
+    /// may come back to for nothing): the cue is dropped here; the relay link holds it for
+    /// catch-up.
+    fn slot_for_cue(&mut self, name: &EventName) -> Option<u16> {
         if let Some(&i) = self.by_name.get(name) {
             return Some(i);
         }
-        if self.slots.len() >= self.cfg.max_events.min(u16::MAX as usize) {
+        if self.slots.len() >= self.max_slots() {
             return None;
         }
+        Some(self.new_slot(name))
+    }
+
+    /// The slot of `name` for a subscribing device: an existing one, a new one, or, with the
+    /// table full, one that no device follows, reused (the event that went unfollowed longest
+    /// first). A new slot has no cue yet: its event is queued for the relay link's catch-up
+    /// ([`ShardCore::drain_catchups`]). `None` only when every slot has subscribers (or is in
+    /// `keep`: the slots the same device is being given).
+    pub(super) fn slot_for_device(&mut self, name: &EventName, keep: &[u16]) -> Option<u16> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Some(i);
+        }
+        let i = if self.slots.len() < self.max_slots() {
+            self.new_slot(name)
+        } else {
+            let i = self.reusable_slot(keep)?;
+            let old = std::mem::replace(&mut self.slots[i as usize].name, name.clone());
+            self.by_name.remove(&old);
+            self.by_name.insert(name.clone(), i);
+            self.slots[i as usize].current = None;
+            self.stats.event_slots_reused.inc();
+            i
+        };
+        if self.catchups.len() < MAX_CATCHUPS {
+            self.catchups.push(name.clone());
+        } else {
+            self.stats.catchups_dropped.inc();
+        }
+        Some(i)
+    }
+
+    fn max_slots(&self) -> usize {
+        self.cfg.max_events.clamp(1, u16::MAX as usize)
+    }
+
+    /// A new slot, listed as unfollowed until a device takes it.
+    fn new_slot(&mut self, name: &EventName) -> u16 {
         let i = self.slots.len() as u16;
         self.slots.push(Slot {
             name: name.clone(),
             current: None,
             subscribers: Vec::new(),
+            unfollowed_listed: true,
         });
+        self.unfollowed.push_back(i);
         self.by_name.insert(name.clone(), i);
+        self.stats.event_slots.add(1);
+        i
+    }
+
+    /// Takes the unfollowed slot listed longest ago. Listed slots a device took since are
+    /// unlisted on the way (listed again when their last device leaves).
+    fn reusable_slot(&mut self, keep: &[u16]) -> Option<u16> {
+        let mut kept = Vec::new();
+        let mut found = None;
+        while let Some(i) = self.unfollowed.pop_front() {
+            let slot = &mut self.slots[i as usize];
+            if keep.contains(&i) {
+                kept.push(i);
+                continue;
+            }
+            if !slot.subscribers.is_empty() {
+                slot.unfollowed_listed = false;
+                continue;
+            }
+            // Reused at once, so it stays listed: listed again at the back.
+            found = Some(i);
+            break;
+        }
+        for i in kept.into_iter().rev() {
+            self.unfollowed.push_front(i);
+        }
+        let i = found?;
+        self.unfollowed.push_back(i);
         Some(i)
+    }
+
+    /// Hands the driver each event a device subscribed to whose new slot has no cue yet, for the
+    /// relay link to send its newest cue to this shard.
+    pub fn drain_catchups(&mut self, mut f: impl FnMut(EventName)) {
+        for e in self.catchups.drain(..) {
+            f(e);
+        }
     }
 
     /// Removes `idx` from every subscriber list it is on (O(1) each: swap-remove and fix the
@@ -377,12 +469,18 @@ impl ShardCore {
             let pos = s.pos as usize;
             debug_assert_eq!(list.get(pos), Some(&idx));
             list.swap_remove(pos);
+            let now_unfollowed = list.is_empty();
             if let Some(&moved) = list.get(pos) {
                 if let Some(m) = self.conns.at(moved) {
                     if let Some(ms) = m.subs.iter_mut().find(|x| x.slot == s.slot) {
                         ms.pos = pos as u32;
                     }
                 }
+            }
+            let slot = &mut self.slots[s.slot as usize];
+            if now_unfollowed && !slot.unfollowed_listed {
+                slot.unfollowed_listed = true;
+                self.unfollowed.push_back(s.slot);
             }
         }
     }

@@ -390,6 +390,92 @@ fn full_shard_sheds_with_503() {
     assert!(d.refusal.contains("full"), "{}", d.refusal);
 }
 
+fn catchups(c: &mut ShardCore) -> Vec<String> {
+    let mut v = Vec::new();
+    c.drain_catchups(|e| v.push(e.as_str().to_string()));
+    v
+}
+
+#[test]
+fn events_ever_published_never_fill_the_table_only_events_followed_do() {
+    let clock = Clock::new();
+    let cfg = CoreConfig {
+        max_events: 2,
+        ..Default::default()
+    };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let stats = c.stats.clone();
+    // Cues of three events no device follows: two take the room, the third takes no slot.
+    for ev in ["a", "b", "z"] {
+        c.on_cue(cue(ev, "k", 1), &mut io);
+    }
+    assert_eq!(stats.event_slots.get(), 2);
+    assert_eq!(stats.cues_unfollowed.get(), 1);
+    // A device of the slot-less event: the slot unfollowed longest (a) is reused for it, and
+    // the link is asked for its cue, which then reaches the device as its catch-up.
+    let mut z = connect(&mut c, &mut io, &clock, 10, "/v1/subscribe?events=z", None);
+    assert_eq!(z.status, Some(101));
+    assert_eq!(catchups(&mut c), ["z"]);
+    assert_eq!(stats.event_slots_reused.get(), 1);
+    c.on_cue(cue("z", "k", 1), &mut io);
+    z.read(&mut io);
+    assert_eq!(z.cues, vec![("z".into(), 1)]);
+    // b still has its cue here: no request for it.
+    let mut b = connect(&mut c, &mut io, &clock, 11, "/v1/subscribe?events=b", None);
+    b.read(&mut io);
+    assert_eq!(b.cues, vec![("b".into(), 1)]);
+    assert!(catchups(&mut c).is_empty());
+    // Both slots followed: a third event is refused, until a device leaves.
+    let d = connect(&mut c, &mut io, &clock, 12, "/v1/subscribe?events=a", None);
+    assert_eq!(d.status, Some(503));
+    assert!(d.refusal.contains("too many events"), "{}", d.refusal);
+    c.on_eof(z.key.unwrap(), &mut io);
+    let a = connect(&mut c, &mut io, &clock, 13, "/v1/subscribe?events=a", None);
+    assert_eq!(a.status, Some(101));
+    assert_eq!(catchups(&mut c), ["a"]);
+    // Still followed: b's device gets b's cues, a's device a's.
+    c.on_eof(a.key.unwrap(), &mut io);
+    // One device, two events, both needing a reused slot: each gets its own.
+    c.on_eof(b.key.unwrap(), &mut io);
+    let mut xy = connect(
+        &mut c,
+        &mut io,
+        &clock,
+        14,
+        "/v1/subscribe?events=x,y",
+        None,
+    );
+    assert_eq!(xy.status, Some(101));
+    assert_eq!(catchups(&mut c), ["x", "y"]);
+    c.on_cue(cue("x", "k", 5), &mut io);
+    c.on_cue(cue("y", "k", 6), &mut io);
+    xy.read(&mut io);
+    assert_eq!(xy.cues, vec![("x".into(), 5), ("y".into(), 6)]);
+    assert_eq!(
+        stats.event_slots.get(),
+        2,
+        "never more slots than max_events"
+    );
+    // 10,000 events over the shard's life, one device at a time: never refused.
+    c.on_eof(xy.key.unwrap(), &mut io);
+    for i in 0..10_000u32 {
+        let ev = format!("ev-{i}");
+        c.on_cue(cue(&ev, "k", 1), &mut io);
+        let d = connect(
+            &mut c,
+            &mut io,
+            &clock,
+            20 + (i as i32 % 2),
+            &format!("/v1/subscribe?events={ev}"),
+            None,
+        );
+        assert_eq!(d.status, Some(101), "event {i}");
+        c.on_eof(d.key.unwrap(), &mut io);
+        catchups(&mut c);
+    }
+    assert_eq!(stats.event_slots.get(), 2);
+}
+
 #[test]
 fn unsubscribe_keeps_lists_consistent() {
     let clock = Clock::new();

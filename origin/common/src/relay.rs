@@ -227,27 +227,79 @@ pub fn catch_up<'a>(
     out
 }
 
+/// Events a [`Newest`] holds by default.
+pub const NEWEST_EVENTS: usize = 65_536;
+
 /// Newest cue per event, as an edge (or any relay hop) holds it. Accepts a cue only when it is
 /// newer than what it holds, so duplicates from several origins or a replayed catch-up are
-/// dropped here.
-#[derive(Debug, Default, Clone)]
+/// dropped here. Bounded: at `cap` events, a cue of a new event pushes out the event whose
+/// newest cue came longest ago (counted in `evicted`), so the number of events ever published
+/// never grows it; an event pushed out is simply taken as new if a cue of it comes again.
+#[derive(Debug, Clone)]
 pub struct Newest {
-    by_event: HashMap<EventName, Cue>,
+    by_event: HashMap<EventName, (Cue, u64)>,
+    /// Arrival order (a counter) -> event: the oldest first.
+    order: std::collections::BTreeMap<u64, EventName>,
+    next: u64,
+    cap: usize,
+    /// Events pushed out at the bound.
+    pub evicted: u64,
+}
+
+impl Default for Newest {
+    fn default() -> Self {
+        Self::with_cap(NEWEST_EVENTS)
+    }
 }
 
 impl Newest {
-    /// Empty state.
+    /// Empty state, holding at most [`NEWEST_EVENTS`] events.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Empty state, holding at most `cap` (at least 1) events.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            by_event: HashMap::new(),
+            order: std::collections::BTreeMap::new(),
+            next: 0,
+            cap: cap.max(1),
+            evicted: 0,
+        }
+    }
     /// Takes `cue` if it is newer than the held cue of its event; returns whether it did.
     pub fn offer(&mut self, cue: &Cue) -> bool {
-        match self.by_event.get(cue.event()) {
-            Some(held) if held.seq() >= cue.seq() => false,
-            _ => {
-                self.by_event.insert(cue.event().clone(), cue.clone());
+        let tick = self.next;
+        match self.by_event.get_mut(cue.event()) {
+            Some((held, _)) if held.seq() >= cue.seq() => return false,
+            Some((held, at)) => {
+                self.order.remove(at);
+                *held = cue.clone();
+                *at = tick;
+            }
+            None => {
+                if self.by_event.len() >= self.cap {
+                    if let Some((_, old)) = self.order.pop_first() {
+                        self.by_event.remove(&old);
+                        self.evicted += 1;
+                    }
+                }
+                self.by_event
+                    .insert(cue.event().clone(), (cue.clone(), tick));
+            }
+        }
+        self.order.insert(tick, cue.event().clone());
+        self.next += 1;
+        true
+    }
+    /// Forgets `event` (it was retired); returns whether it was held.
+    pub fn remove(&mut self, event: &EventName) -> bool {
+        match self.by_event.remove(event) {
+            Some((_, at)) => {
+                self.order.remove(&at);
                 true
             }
+            None => false,
         }
     }
     /// The HELLO body: seq held per event.
@@ -255,18 +307,18 @@ impl Newest {
         let mut v: Vec<_> = self
             .by_event
             .values()
-            .map(|c| (c.event().clone(), c.seq()))
+            .map(|(c, _)| (c.event().clone(), c.seq()))
             .collect();
         v.sort();
         v
     }
     /// The held cue of `event`.
     pub fn get(&self, event: &EventName) -> Option<&Cue> {
-        self.by_event.get(event)
+        self.by_event.get(event).map(|(c, _)| c)
     }
     /// Every held cue.
     pub fn cues(&self) -> impl Iterator<Item = &Cue> {
-        self.by_event.values()
+        self.by_event.values().map(|(c, _)| c)
     }
     /// Number of events held.
     pub fn len(&self) -> usize {
@@ -458,6 +510,30 @@ mod tests {
         assert!(!n.offer(&cue("a", 1)));
         assert!(n.offer(&cue("a", 3)));
         assert_eq!(n.since(), vec![(EventName::new("a").unwrap(), 3)]);
+    }
+
+    #[test]
+    fn newest_is_bounded_and_pushes_out_the_longest_quiet_event() {
+        let mut n = Newest::with_cap(3);
+        for (e, s) in [("a", 1), ("b", 1), ("c", 1), ("a", 2)] {
+            assert!(n.offer(&cue(e, s)));
+        }
+        // b is the longest quiet: a new event pushes it out.
+        assert!(n.offer(&cue("d", 1)));
+        assert_eq!(n.len(), 3);
+        assert_eq!(n.evicted, 1);
+        assert!(n.get(&EventName::new("b").unwrap()).is_none());
+        // Then c; a pushed-out event is new again when it comes back.
+        assert!(n.offer(&cue("b", 1)));
+        assert!(n.get(&EventName::new("c").unwrap()).is_none());
+        assert!(n.remove(&EventName::new("a").unwrap()));
+        assert!(!n.remove(&EventName::new("a").unwrap()));
+        assert_eq!(n.len(), 2);
+        for i in 0..10_000 {
+            n.offer(&cue(&format!("e{i}"), 1));
+        }
+        assert_eq!(n.len(), 3);
+        assert_eq!(n.order.len(), 3, "the order index stays in step");
     }
 
     #[test]

@@ -1,0 +1,112 @@
+//! Months of events with the real binaries: the number of events ever published never limits
+//! an edge. A shard keeps slots for the events its devices follow (and others' newest cues
+//! while there is room); a device's new event reuses a slot nobody follows, and its current cue
+//! comes from the relay link's hold when the shard had no slot for it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+
+/// Publishes `ev-{i}` with key `k{i}` for every i in `range`, from 4 threads.
+fn publish_events(http: SocketAddr, range: std::ops::Range<u32>) {
+    let all: Vec<u32> = range.collect();
+    std::thread::scope(|s| {
+        for part in all.chunks(all.len().div_ceil(4).max(1)) {
+            s.spawn(move || {
+                for i in part {
+                    publish_ok(http, &format!("ev-{i}"), &format!("k{i}"));
+                }
+            });
+        }
+    });
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    let v: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!v.is_empty(), "{name} missing from the edge's metrics");
+    v.iter().sum()
+}
+
+/// Devices of 16 events each, one after another, for every event in `range`: each gets every
+/// event's current cue (`k{i}`) as its catch-up.
+fn every_device_gets_its_catch_up(ws: SocketAddr, range: std::ops::Range<u32>) {
+    let token = device_token(&["*"]);
+    let all: Vec<u32> = range.collect();
+    for batch in all.chunks(16) {
+        let evs: Vec<String> = batch.iter().map(|i| format!("ev-{i}")).collect();
+        let mut d = subscribe(ws, &format!("events={}", evs.join(",")), Some(&token))
+            .unwrap_or_else(|e| panic!("{evs:?}: {e:?}"));
+        let mut got: Vec<(String, String)> = (0..batch.len())
+            .map(|_| {
+                let (e, k, _) = next_cue(&mut d);
+                (e, k)
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = batch
+            .iter()
+            .map(|i| (format!("ev-{i}"), format!("k{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn ten_thousand_events_over_one_edges_life_with_max_events_4096() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _origin = start_origin(dir.path(), http, relay);
+    // Exactly the case that used to fail: 4,200 events before the edge starts.
+    publish_events(http, 0..4200);
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(&conf, "max_events = 4096\n").unwrap();
+    let (ws, admin) = (free_addr(), free_addr());
+    let edge = start_edge(
+        relay,
+        ws,
+        admin,
+        &["--config", &conf.display().to_string(), "--quic", "none"],
+    );
+    // Each of the 2 shards fills its table and takes no slot for the rest.
+    wait_until(Duration::from_secs(20), || {
+        let m = edge.metrics();
+        counter(&m, "cue_edge_cues_in_total") >= 2.0 * 4200.0
+    });
+    let m = edge.metrics();
+    assert_eq!(counter(&m, "cue_edge_event_slots"), 2.0 * 4096.0);
+    assert_eq!(counter(&m, "cue_edge_cues_unfollowed_total"), 2.0 * 104.0);
+
+    // A device of a new event is admitted and gets its cues.
+    let token = device_token(&["*"]);
+    let mut fresh = subscribe(ws, "events=fresh", Some(&token)).expect("a new event is admitted");
+    publish_ok(http, "fresh", "go");
+    assert_eq!(next_cue(&mut fresh).1, "go");
+    drop(fresh);
+    // Every old event's device gets that event's current cue, whether its shard kept it or
+    // the link's hold supplied it.
+    every_device_gets_its_catch_up(ws, 0..4200);
+    let m = edge.metrics();
+    assert!(counter(&m, "cue_edge_relay_catchups_served_total") >= 1.0);
+    assert!(counter(&m, "cue_edge_event_slots_reused_total") >= 1.0);
+
+    // The rest of the edge's life: 5,800 more events, and their devices.
+    publish_events(http, 4200..10_000);
+    wait_until(Duration::from_secs(20), || {
+        counter(&edge.metrics(), "cue_edge_relay_cues_forwarded_total") >= 10_001.0
+    });
+    every_device_gets_its_catch_up(ws, 9_000..10_000);
+    let m = edge.metrics();
+    assert_eq!(counter(&m, "cue_edge_event_slots"), 2.0 * 4096.0, "bounded");
+    // Only `fresh` was asked for before it had a cue.
+    assert_eq!(counter(&m, "cue_edge_relay_catchups_missed_total"), 1.0);
+    assert_eq!(counter(&m, "cue_edge_catchups_dropped_total"), 0.0);
+    assert_eq!(counter(&m, "cue_edge_relay_events_held"), 10_001.0);
+}
