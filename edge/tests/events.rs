@@ -24,16 +24,6 @@ fn publish_events(http: SocketAddr, range: std::ops::Range<u32>) {
     });
 }
 
-fn counter(metrics: &str, name: &str) -> f64 {
-    let v: Vec<f64> = metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert!(!v.is_empty(), "{name} missing from the edge's metrics");
-    v.iter().sum()
-}
-
 /// Devices of 16 events each, one after another, for every event in `range`: each gets every
 /// event's current cue (`k{i}`) as its catch-up.
 fn every_device_gets_its_catch_up(ws: SocketAddr, range: std::ops::Range<u32>) {
@@ -78,11 +68,11 @@ fn ten_thousand_events_over_one_edges_life_with_max_events_4096() {
     // Each of the 2 shards fills its table and takes no slot for the rest.
     wait_until(Duration::from_secs(20), || {
         let m = edge.metrics();
-        counter(&m, "cue_edge_cues_in_total") >= 2.0 * 4200.0
+        metric(&m, "cue_edge_cues_in_total") >= 2.0 * 4200.0
     });
     let m = edge.metrics();
-    assert_eq!(counter(&m, "cue_edge_event_slots"), 2.0 * 4096.0);
-    assert_eq!(counter(&m, "cue_edge_cues_unfollowed_total"), 2.0 * 104.0);
+    assert_eq!(metric(&m, "cue_edge_event_slots"), 2.0 * 4096.0);
+    assert_eq!(metric(&m, "cue_edge_cues_unfollowed_total"), 2.0 * 104.0);
 
     // A device of a new event is admitted and gets its cues.
     let token = device_token(&["*"]);
@@ -94,19 +84,19 @@ fn ten_thousand_events_over_one_edges_life_with_max_events_4096() {
     // the link's hold supplied it.
     every_device_gets_its_catch_up(ws, 0..4200);
     let m = edge.metrics();
-    assert!(counter(&m, "cue_edge_relay_catchups_served_total") >= 1.0);
-    assert!(counter(&m, "cue_edge_event_slots_reused_total") >= 1.0);
+    assert!(metric(&m, "cue_edge_relay_catchups_served_total") >= 1.0);
+    assert!(metric(&m, "cue_edge_event_slots_reused_total") >= 1.0);
 
     // The rest of the edge's life: 5,800 more events, and their devices.
     publish_events(http, 4200..10_000);
     wait_until(Duration::from_secs(20), || {
-        counter(&edge.metrics(), "cue_edge_relay_cues_forwarded_total") >= 10_001.0
+        metric(&edge.metrics(), "cue_edge_relay_cues_forwarded_total") >= 10_001.0
     });
     every_device_gets_its_catch_up(ws, 9_000..10_000);
     let m = edge.metrics();
-    assert_eq!(counter(&m, "cue_edge_event_slots"), 2.0 * 4096.0, "bounded");
+    assert_eq!(metric(&m, "cue_edge_event_slots"), 2.0 * 4096.0, "bounded");
     // Only `fresh` was asked for before it had a cue.
-    assert_eq!(counter(&m, "cue_edge_relay_catchups_missed_total"), 1.0);
-    assert_eq!(counter(&m, "cue_edge_catchups_dropped_total"), 0.0);
-    assert_eq!(counter(&m, "cue_edge_relay_events_held"), 10_001.0);
+    assert_eq!(metric(&m, "cue_edge_relay_catchups_missed_total"), 1.0);
+    assert_eq!(metric(&m, "cue_edge_catchups_dropped_total"), 0.0);
+    assert_eq!(metric(&m, "cue_edge_relay_events_held"), 10_001.0);
 }

@@ -283,14 +283,10 @@ fn upgrade(ws: SocketAddr, token: &str, ticket: Option<&str>) -> (u16, Option<St
 }
 
 fn counter(admin: SocketAddr, name: &str) -> f64 {
-    let m = request(admin, "GET", "/metrics", &[], b"").unwrap().body;
-    let v: Vec<f64> = m
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert!(!v.is_empty(), "{name} missing from the edge's metrics");
-    v.iter().sum()
+    support::metric(
+        &request(admin, "GET", "/metrics", &[], b"").unwrap().body,
+        name,
+    )
 }
 
 /// An edge in `dir` with WebSocket and QUIC (its log in `dir`): (process, ws, admin, quic, log).

@@ -149,6 +149,18 @@ impl Edge {
     }
 }
 
+/// The sum of every sample of `name` in Prometheus text; panics when there is none (a missing
+/// metric must not pass for 0).
+pub fn metric(metrics: &str, name: &str) -> f64 {
+    let v: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!v.is_empty(), "{name} missing from the metrics");
+    v.iter().sum()
+}
+
 pub fn publish(http: SocketAddr, event: &str, key: &str) -> Response {
     let auth = format!("Bearer {}", publisher_token());
     request(
