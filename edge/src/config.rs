@@ -111,8 +111,14 @@ pub struct EdgeConfig {
     pub poll_idle_max_ms: u64,
     /// Idle seconds before a ping; silent devices are closed one interval later. Default 30.
     pub ping_interval_s: u64,
-    /// Seconds allowed for the upgrade request. Default 10.
+    /// Seconds allowed for the upgrade request (QUIC: the hello line), counted from the
+    /// accept: a device that trickles bytes gets no longer. Default 10.
     pub handshake_timeout_s: u64,
+    /// Connections in handshake per shard (accepted, not yet admitted) before new accepts are
+    /// answered 503 at once, before anything is read: a slow or idle flood cannot take the
+    /// session pool. Default 1024 (a shard admits thousands per second, so a real burst rarely
+    /// waits on it).
+    pub max_handshakes: usize,
     /// Seconds allowed for a device's close frame after ours. Default 5.
     pub close_timeout_s: u64,
     /// Most sessions this process holds (default: what its fd limit allows). Beyond: 503.
@@ -198,6 +204,7 @@ impl Default for EdgeConfig {
             poll_idle_max_ms: 16,
             ping_interval_s: 30,
             handshake_timeout_s: 10,
+            max_handshakes: 1024,
             close_timeout_s: 5,
             max_connections: None,
             max_events_per_device: 16,
@@ -334,6 +341,13 @@ impl EdgeConfig {
             "handshake_timeout_s: must be >= 1".into(),
         );
         check(
+            (1..=1_000_000).contains(&self.max_handshakes),
+            format!(
+                "max_handshakes: {} must be 1..=1000000",
+                self.max_handshakes
+            ),
+        );
+        check(
             self.close_timeout_s >= 1,
             "close_timeout_s: must be >= 1".into(),
         );
@@ -457,6 +471,7 @@ impl EdgeConfig {
             max_message: self.max_message,
             max_output: self.max_output,
             handshake_timeout: Duration::from_secs(self.handshake_timeout_s),
+            max_handshakes: self.max_handshakes,
             ping_interval: Duration::from_secs(self.ping_interval_s),
             close_timeout: Duration::from_secs(self.close_timeout_s),
             max_connections,
@@ -488,6 +503,7 @@ impl EdgeConfig {
             max_connections,
             socket_buffer: self.quic_socket_buffer_kib * 1024,
             send_window: self.quic_send_window,
+            hello_timeout: Duration::from_secs(self.handshake_timeout_s),
             ..Default::default()
         }
     }

@@ -480,6 +480,28 @@ impl Driver {
             }
             if self.core.connections() >= self.max_sockets {
                 self.stats.accept_shed.inc();
+                // SAFETY: `fd` came from accept4 above and is owned by nobody else yet.
+                unsafe { libc::close(fd) };
+                continue;
+            }
+            if self.core.handshakes_full() {
+                // Too many in handshake: answer 503 before reading anything (plain TCP only;
+                // a wss device would need a TLS handshake first, so it is just closed).
+                self.stats.handshakes_shed.inc();
+                if !tls {
+                    let retry = self.core.retry_hint();
+                    let mut out = Vec::with_capacity(160);
+                    crate::ws::handshake::write_refusal(
+                        503,
+                        "edge busy: too many handshakes",
+                        Some(retry),
+                        &mut out,
+                    );
+                    // SAFETY: `fd` is ours (from accept4); `out` is a live buffer of its length.
+                    // Best effort on a fresh socket, whose send buffer takes the whole answer.
+                    unsafe { libc::send(fd, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
+                }
+                // SAFETY: as above; nothing else holds `fd`.
                 unsafe { libc::close(fd) };
                 continue;
             }

@@ -53,6 +53,12 @@ pub struct ShardStats {
     pub connections: Gauge,
     /// Event slots held (followed or kept for catch-up; at most `max_events`).
     pub event_slots: Gauge,
+    /// Connections in handshake (accepted, not yet admitted).
+    pub handshaking: Gauge,
+    /// Accepts answered 503 at once because `max_handshakes` were in handshake.
+    pub handshakes_shed: Counter,
+    /// QUIC connections closed because they opened no stream within the hello timeout.
+    pub quic_hello_timeouts: Counter,
     /// Slots no device followed, reused for a device's new event (the table was full).
     pub event_slots_reused: Counter,
     /// Cues dropped because no device here followed their event and the table was full.
@@ -173,6 +179,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.quic_steer_slot.get(),
         ),
         (
+            "cue_edge_handshaking",
+            "Connections in handshake (accepted, not yet admitted; at most max_handshakes).",
+            |s| s.handshaking.get(),
+        ),
+        (
             "cue_edge_event_slots",
             "Event slots the shard holds (followed by its devices or kept for catch-up; at most max_events).",
             |s| s.event_slots.get(),
@@ -200,7 +211,17 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 23] = [
+    let counters: [Row; 25] = [
+        (
+            "cue_edge_quic_hello_timeouts_total",
+            "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
+            |s| s.quic_hello_timeouts.get(),
+        ),
+        (
+            "cue_edge_handshakes_shed_total",
+            "Accepts answered 503 at once: max_handshakes connections were in handshake.",
+            |s| s.handshakes_shed.get(),
+        ),
         (
             "cue_edge_event_slots_reused_total",
             "Slots no device followed, reused for a device's new event (table at max_events).",

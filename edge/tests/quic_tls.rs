@@ -510,3 +510,52 @@ fn tls_and_quic_flags_help_and_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// A QUIC device that completes TLS but never opens its stream is closed at the hello timeout
+/// (1008), while a device that says hello is served.
+#[test]
+fn quic_connection_without_a_stream_is_closed_at_the_hello_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let log = dir.path().join("edge.log");
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(&conf, "handshake_timeout_s = 2\n").unwrap();
+    let edge = start_edge_logged(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--config", &conf.display().to_string()],
+        Some(&log),
+    );
+    let fp = logged_fingerprint(&log);
+    rt().block_on(async {
+        let ep = endpoint(&fp);
+        let silent = ep.connect(edge.quic, "localhost").unwrap().await.unwrap();
+        let t0 = std::time::Instant::now();
+        let h = format!(
+            "{{\"events\":[\"fight\"],\"token\":\"{}\"}}\n",
+            device_token(&["fight"])
+        );
+        let (v, mut good) = hello(&ep, edge.quic, h.as_bytes()).await.unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        let why = tokio::time::timeout(Duration::from_secs(10), silent.closed())
+            .await
+            .expect("closed within the timeout");
+        match why {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(c.error_code, quinn::VarInt::from_u32(1008));
+                assert_eq!(&c.reason[..], b"hello timeout");
+            }
+            other => panic!("closed by {other:?}"),
+        }
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+        // The good device is still up and gets its cue.
+        publish_ok(origin.http, "fight", "go");
+        assert_eq!(good.cue().await.1, "go");
+    });
+    assert_eq!(
+        counter(&edge.metrics(), "cue_edge_quic_hello_timeouts_total"),
+        1.0
+    );
+}

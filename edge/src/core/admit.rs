@@ -182,14 +182,19 @@ impl ShardCore {
             s.pos = list.len() as u32;
             list.push(idx);
         }
+        let secs = self.secs(now.mono);
         let c = self.conns.at(idx).expect("caller checked");
         c.subs = subs.into_boxed_slice();
         c.format = Encoding::of(c.transport(), sub.format);
         c.state = State::Open;
+        // Liveness (pings) counts from the admission.
+        c.last_seen = secs;
+        let quic = c.transport() == Transport::Quic;
         self.open += 1;
+        self.handshake_done();
         self.stats.connections.add(1);
         self.stats.upgrades.inc();
-        if c.transport() == Transport::Quic {
+        if quic {
             self.stats.quic_sessions.add(1);
         }
         Ok(issued)
@@ -209,6 +214,11 @@ impl ShardCore {
             retry: Some(self.retry_after()),
             ..Refusal::new(503, reason)
         }
+    }
+
+    /// A jittered Retry-After for the driver's own 503s (handshake shedding).
+    pub fn retry_hint(&mut self) -> u32 {
+        self.retry_after()
     }
 
     pub(super) fn retry_after(&mut self) -> u32 {

@@ -17,7 +17,10 @@ impl ShardCore {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        c.last_seen = secs;
+        // A handshake's deadline runs from the accept: bytes that trickle in do not extend it.
+        if c.state != State::Handshaking {
+            c.last_seen = secs;
+        }
         c.flags &= !PING_OUT;
         let idx = key.idx();
         // Work on partial input joined with the new bytes, or on the new bytes alone.

@@ -131,8 +131,12 @@ pub struct CoreConfig {
     /// Unsent bytes held for one device before it is closed as a slow consumer (cue frames are
     /// never queued, only the rest of a partly written frame and control replies).
     pub max_output: usize,
-    /// Time allowed for the upgrade request.
+    /// Time allowed for the upgrade request (QUIC: the hello line), counted from the accept:
+    /// bytes that trickle in do not extend it.
     pub handshake_timeout: Duration,
+    /// Most connections in handshake (accepted, not yet admitted) at once; an accept beyond is
+    /// answered 503 at once, before anything is read.
+    pub max_handshakes: usize,
     /// Idle time before a ping; a device that answers nothing for another interval is closed.
     pub ping_interval: Duration,
     /// Time allowed for the device's close frame after ours.
@@ -157,6 +161,7 @@ impl Default for CoreConfig {
             max_message: 16384,
             max_output: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
             ping_interval: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             max_connections: 1_000_000,
@@ -206,6 +211,11 @@ pub struct ShardCore {
     unfollowed: std::collections::VecDeque<u16>,
     /// Events whose new slot waits for the relay link's catch-up.
     catchups: Vec<EventName>,
+    /// Connections in handshake, and their deadlines in accept order (deadlines are accept +
+    /// a fixed timeout, so the front is always the next due; entries of connections admitted
+    /// or gone since are skipped when they come due).
+    handshaking: usize,
+    handshake_deadlines: std::collections::VecDeque<(ConnKey, u32)>,
     open: usize,
     sweep: u32,
     drain: Option<Drain>,
@@ -271,6 +281,8 @@ impl ShardCore {
             by_name: HashMap::new(),
             unfollowed: std::collections::VecDeque::new(),
             catchups: Vec::new(),
+            handshaking: 0,
+            handshake_deadlines: std::collections::VecDeque::new(),
             open: 0,
             sweep: 0,
             drain: None,
@@ -320,7 +332,30 @@ impl ShardCore {
     pub fn accept(&mut self, link: Link, now: Now) -> ConnKey {
         self.stats.accepted.inc();
         let s = self.secs(now.mono);
-        self.conns.insert(link.id, link.transport, s)
+        let key = self.conns.insert(link.id, link.transport, s);
+        self.handshaking += 1;
+        self.stats.handshaking.set(self.handshaking as i64);
+        let timeout = self
+            .cfg
+            .handshake_timeout
+            .as_secs()
+            .clamp(1, u32::MAX as u64) as u32;
+        self.handshake_deadlines
+            .push_back((key, s.saturating_add(timeout)));
+        key
+    }
+
+    /// True when `max_handshakes` connections are in handshake: the driver answers the next
+    /// accept 503 at once ([`crate::ws::handshake::write_refusal`]) instead of calling
+    /// [`ShardCore::accept`].
+    pub fn handshakes_full(&self) -> bool {
+        self.handshaking >= self.cfg.max_handshakes
+    }
+
+    /// A connection left the handshake (admitted or gone).
+    fn handshake_done(&mut self) {
+        self.handshaking = self.handshaking.saturating_sub(1);
+        self.stats.handshaking.set(self.handshaking as i64);
     }
 
     /// The device closed its end (read returned 0).
@@ -507,7 +542,10 @@ impl ShardCore {
                 }
                 // A drained session was counted when its close frame went out.
                 State::Closing => {}
-                State::Handshaking => self.stats.close(reason),
+                State::Handshaking => {
+                    self.handshake_done();
+                    self.stats.close(reason);
+                }
             }
             self.unsubscribe(idx);
             if let Some(c) = self.conns.remove(idx) {

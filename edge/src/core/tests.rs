@@ -305,6 +305,66 @@ fn handshake_timeout_and_oversized_request() {
 }
 
 #[test]
+fn handshake_deadline_runs_from_accept_and_the_count_is_capped() {
+    let mut clock = Clock::new();
+    let cfg = CoreConfig {
+        handshake_timeout: Duration::from_secs(10),
+        // A sweep visits each device about once per ping interval: the deadline must not
+        // wait for it.
+        ping_interval: Duration::from_secs(30),
+        max_handshakes: 3,
+        ..Default::default()
+    };
+    let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
+    let stats = c.stats.clone();
+    io.peers.insert(10, Default::default());
+    let k = c.accept(super::Link::ws(10), clock.now());
+    // One header byte every second: never a whole request.
+    let req = b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\n";
+    let mut t = 0;
+    while !io.peers[&10].closed && t < 40 {
+        c.on_input(
+            k,
+            &req[t % req.len()..t % req.len() + 1],
+            clock.now(),
+            &mut io,
+        );
+        clock.advance(Duration::from_secs(1));
+        c.tick(clock.now(), Duration::from_millis(100), &mut io);
+        t += 1;
+    }
+    assert!(io.peers[&10].closed, "still held after {t} s");
+    assert!((9..=11).contains(&t), "closed after {t} s, deadline 10 s");
+    assert_eq!(
+        stats.closes[CloseReason::HandshakeTimeout as usize].get(),
+        1
+    );
+    assert_eq!(stats.handshaking.get(), 0);
+    // Three in handshake fill the cap; an admitted one frees its place.
+    let keys: Vec<_> = (20..23)
+        .map(|fd| {
+            io.peers.insert(fd, Default::default());
+            c.accept(super::Link::ws(fd), clock.now())
+        })
+        .collect();
+    assert!(c.handshakes_full());
+    assert_eq!(stats.handshaking.get(), 3);
+    c.on_input(
+        keys[0],
+        b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        clock.now(),
+        &mut io,
+    );
+    assert!(String::from_utf8_lossy(&io.peers[&20].inbox).starts_with("HTTP/1.1 101"));
+    assert!(!c.handshakes_full());
+    // A refused one frees its place too.
+    c.on_input(keys[1], b"POST / HTTP/1.1\r\n\r\n", clock.now(), &mut io);
+    assert_eq!(stats.handshaking.get(), 1);
+}
+
+#[test]
 fn drain_spreads_closes_with_jittered_hints() {
     let mut clock = Clock::new();
     let cfg = CoreConfig {

@@ -16,6 +16,22 @@ impl ShardCore {
     /// share of the slab per call so a full sweep takes about `ping_interval` at `tick` spacing.
     pub fn tick(&mut self, now: Now, tick: Duration, io: &mut impl Io) {
         let secs = self.secs(now.mono);
+        // Handshake deadlines, every tick: a slow sender is closed at its deadline, not when
+        // the sweep next passes it.
+        while let Some(&(key, due)) = self.handshake_deadlines.front() {
+            if due > secs {
+                break;
+            }
+            self.handshake_deadlines.pop_front();
+            if self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| c.state == State::Handshaking)
+            {
+                self.to_close
+                    .push(Closing::new(key.idx(), CloseReason::HandshakeTimeout));
+            }
+        }
         let cap = self.conns.capacity() as u32;
         if cap > 0 {
             let steps =
@@ -52,10 +68,6 @@ impl ShardCore {
         let Some(c) = self.conns.at(idx) else { return };
         let age = secs.saturating_sub(c.last_seen) as u64;
         match c.state {
-            State::Handshaking if age >= self.cfg.handshake_timeout.as_secs().max(1) => {
-                self.to_close
-                    .push(Closing::new(idx, CloseReason::HandshakeTimeout));
-            }
             State::Closing if age >= self.cfg.close_timeout.as_secs().max(1) => {
                 self.to_close
                     .push(Closing::new(idx, CloseReason::CloseTimeout));

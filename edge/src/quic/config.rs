@@ -39,11 +39,15 @@ pub struct QuicSettings {
     pub close_grace: Duration,
     /// Queue of datagrams forwarded to this shard by other shards.
     pub forward_queue: usize,
+    /// Time an established connection has to open its stream (its hello line then has what
+    /// is left of the core's handshake deadline); beyond, it is closed with code 1008.
+    pub hello_timeout: Duration,
 }
 
 impl Default for QuicSettings {
     fn default() -> Self {
         Self {
+            hello_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_handshakes: 1024,

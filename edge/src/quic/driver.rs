@@ -76,6 +76,8 @@ struct QConn {
     timer: Option<Instant>,
     dirty: bool,
     connected: bool,
+    /// Established without a stream yet: it must open one by then.
+    hello_by: Option<Instant>,
     /// Set when the core closed it: deadline, code, reason.
     closing: Option<(Instant, u16, Bytes)>,
 }
@@ -316,6 +318,7 @@ impl QuicDriver {
             timer: None,
             dirty: false,
             connected: false,
+            hello_by: None,
             closing: None,
         };
         mark(&mut self.dirty, &mut q, ch.0 as u32);
@@ -346,6 +349,16 @@ impl QuicDriver {
                 self.timers.push(Reverse((next, id)));
                 continue;
             }
+            if q.hello_by.is_some_and(|t| t <= now) && q.stream.is_none() {
+                // Established, and no stream within the hello timeout.
+                q.hello_by = None;
+                q.conn.close(
+                    now,
+                    VarInt::from_u32(1008),
+                    Bytes::from_static(b"hello timeout"),
+                );
+                self.stats.quic_hello_timeouts.inc();
+            }
             if let Some((deadline, code, reason)) = q.closing.clone() {
                 if deadline <= now {
                     q.conn.close(now, VarInt::from_u32(code as u32), reason);
@@ -373,6 +386,7 @@ impl QuicDriver {
     /// Hands connection `id`'s events (stream opened, bytes read, writable, gone) to `out`.
     fn drive_one(&mut self, id: u32, out: &mut Vec<QuicEvent>) {
         let now = self.now;
+        let hello_timeout = self.settings.hello_timeout;
         let Some(q) = self.conns.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -385,6 +399,9 @@ impl QuicDriver {
                 Event::Connected => {
                     q.connected = true;
                     self.handshaking -= 1;
+                    if q.stream.is_none() {
+                        q.hello_by = Some(now + hello_timeout);
+                    }
                 }
                 Event::ConnectionLost { reason } => {
                     if !q.connected {
@@ -400,6 +417,7 @@ impl QuicDriver {
                     while let Some(sid) = q.conn.streams().accept(Dir::Bi) {
                         if q.stream.is_none() && q.closing.is_none() {
                             q.stream = Some(sid);
+                            q.hello_by = None;
                             out.push(QuicEvent::Opened(id));
                         } else {
                             // One stream per device: a second one is refused.
@@ -610,10 +628,14 @@ impl QuicDriver {
 
 /// The connection's next deadline: quinn-proto's timers and the core's close grace.
 fn next_deadline(q: &mut QConn) -> Option<Instant> {
-    match (q.conn.poll_timeout(), q.closing.as_ref().map(|c| c.0)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    [
+        q.conn.poll_timeout(),
+        q.closing.as_ref().map(|c| c.0),
+        q.hello_by,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
 }
 
 /// Queues `q` for the next drive/transmit pass, once.

@@ -1,0 +1,116 @@
+//! Hostile devices against the real binaries: handshake deadlines that trickled bytes cannot
+//! stretch, and a cap on connections in handshake that refuses a flood early, while good
+//! devices are served meanwhile.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn edge_with(conf: &str) -> (tempfile::TempDir, Origin, Edge) {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let origin = start_origin(dir.path(), http, relay);
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, conf).unwrap();
+    let (ws, admin) = (free_addr(), free_addr());
+    let edge = start_edge(
+        relay,
+        ws,
+        admin,
+        &["--config", &path.display().to_string(), "--quic", "none"],
+    );
+    (dir, origin, edge)
+}
+
+#[test]
+fn slowloris_is_closed_at_the_handshake_deadline_while_good_devices_are_served() {
+    let (_dir, origin, edge) = edge_with("handshake_timeout_s = 4\n");
+    let start = Instant::now();
+    // 300 connections, each sending one header byte a second: none ever completes a request.
+    let mut slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let s = TcpStream::connect(edge.ws).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let req = b"GET /v1/subscribe?events=e HTTP/1.1\r\nHost: edge\r\nX-Pad: aaaaaaaaaaaaaaaaaaaa";
+    let mut closed_at: Vec<Option<Duration>> = vec![None; slow.len()];
+    let mut good_served = false;
+    let mut byte = 0;
+    while closed_at.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(15) {
+        for (i, s) in slow.iter_mut().enumerate() {
+            if closed_at[i].is_some() {
+                continue;
+            }
+            let mut b = [0u8; 64];
+            let gone = match s.read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(_) => true,
+            };
+            if gone || s.write_all(&req[byte % req.len()..][..1]).is_err() {
+                closed_at[i] = Some(start.elapsed());
+            }
+        }
+        byte += 1;
+        if !good_served && start.elapsed() > Duration::from_secs(1) {
+            // A good device meanwhile: admitted, and its cue arrives.
+            let token = device_token(&["e"]);
+            let mut d = subscribe(edge.ws, "events=e", Some(&token)).expect("good device");
+            publish_ok(origin.http, "e", "go");
+            assert_eq!(next_cue(&mut d).1, "go");
+            good_served = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(good_served);
+    let latest = closed_at
+        .iter()
+        .map(|c| c.expect("every slow connection closed"))
+        .max();
+    // The deadline (4 s from accept) plus a tick and this loop's second.
+    assert!(
+        latest.unwrap() < Duration::from_secs(7),
+        "last closed after {latest:?}"
+    );
+    let m = edge.metrics();
+    let timeouts: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("cue_edge_closes_total") && l.contains("handshake_timeout"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(timeouts, 300.0);
+    assert_eq!(metric(&m, "cue_edge_handshaking"), 0.0);
+}
+
+#[test]
+fn a_handshake_flood_past_max_handshakes_is_answered_503_at_once() {
+    // 2 shards, 8 each.
+    let (_dir, _origin, edge) = edge_with("max_handshakes = 8\nhandshake_timeout_s = 5\n");
+    let mut idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(edge.ws).unwrap())
+        .collect();
+    let mut refused = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = Vec::new();
+        let _ = s.read_to_end(&mut b);
+        let text = String::from_utf8_lossy(&b);
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains("Retry-After"), "{text}");
+            assert!(text.contains("too many handshakes"), "{text}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 40 - 16, "{refused} answered 503");
+    let m = edge.metrics();
+    assert_eq!(metric(&m, "cue_edge_handshakes_shed_total"), refused as f64);
+    assert!(metric(&m, "cue_edge_handshaking") <= 16.0);
+}
