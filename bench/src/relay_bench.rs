@@ -92,6 +92,7 @@ fn link(
     let mut hello = Vec::new();
     relay::encode(
         &Frame::Hello {
+            version: cue_common::relay::VERSION,
             edge_id: "bench".into(),
             since: vec![],
         },

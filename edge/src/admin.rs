@@ -179,6 +179,13 @@ fn metrics(st: &AdminState) -> String {
     );
     single(
         &mut s,
+        "cue_edge_relay_retirements_total",
+        "counter",
+        "RETIRED frames from origins (the event's cue forgotten by the link and every shard).",
+        l.retirements.get(),
+    );
+    single(
+        &mut s,
         "cue_edge_relay_events_held",
         "gauge",
         "Events whose newest cue the relay link holds for catch-up (at most relay_cache_events).",

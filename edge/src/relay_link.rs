@@ -64,6 +64,8 @@ pub struct LinkStats {
     pub events_held: Gauge,
     /// Events pushed out of the link's hold at `cache_events` (the longest quiet first).
     pub events_evicted: Counter,
+    /// RETIRED frames received from origins.
+    pub retirements: Counter,
     /// Catch-up requests from shards answered with the held cue.
     pub catchups_served: Counter,
     /// Catch-up requests for an event the link holds no cue of (none published yet, or pushed
@@ -309,6 +311,7 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
     let since = newest.borrow().since();
     relay::encode(
         &Frame::Hello {
+            version: cue_common::relay::VERSION,
             edge_id: cfg.edge_id.clone(),
             since,
         },
@@ -381,6 +384,22 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                             // Awaits when a shard's queue is full: backpressure to the origin,
                             // which resynchronises a lagging edge from its newest state.
                             let _ = s.send(ShardMsg::Cue(enc.clone())).await;
+                        }
+                    }
+                }
+                Frame::Retired(ev) => {
+                    // Forget it here and on every shard: a device of it gets no stale catch-up.
+                    stats.retirements.inc();
+                    let held = {
+                        let mut n = newest.borrow_mut();
+                        let held = n.remove(&ev);
+                        stats.events_held.set(n.len() as i64);
+                        held
+                    };
+                    if held {
+                        tracing::info!(event = %ev, "relay: event retired");
+                        for s in senders.iter() {
+                            let _ = s.send(ShardMsg::Retired(ev.clone())).await;
                         }
                     }
                 }

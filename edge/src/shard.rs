@@ -44,6 +44,8 @@ pub enum ShardMsg {
     Stop,
     /// New token keys for new sessions (SIGHUP); sessions up are not checked again.
     Keys(cue_common::keys::Verifier),
+    /// The origin retired this event: forget its cue.
+    Retired(cue_common::cue::EventName),
 }
 
 /// Everything a shard needs to start.
@@ -302,6 +304,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                     "draining"
                 );
             }
+            ShardMsg::Retired(ev) => d.borrow_mut().core.retire(&ev),
             ShardMsg::Keys(k) => {
                 d.borrow_mut().core.set_auth(Some(k));
                 tracing::info!(shard = spec.id, "token keys reloaded");

@@ -100,3 +100,37 @@ fn ten_thousand_events_over_one_edges_life_with_max_events_4096() {
     assert_eq!(metric(&m, "cue_edge_catchups_dropped_total"), 0.0);
     assert_eq!(metric(&m, "cue_edge_relay_events_held"), 10_001.0);
 }
+
+#[test]
+fn a_retired_event_leaves_the_edge_and_can_start_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _origin = start_origin(dir.path(), http, relay);
+    let (ws, admin) = (free_addr(), free_addr());
+    let edge = start_edge(relay, ws, admin, &["--quic", "none"]);
+    let token = device_token(&["gone"]);
+    let old = publish_ok(http, "gone", "last");
+    let mut a = subscribe(ws, "events=gone", Some(&token)).unwrap();
+    assert_eq!(next_cue(&mut a).1, "last");
+    let auth = format!("Bearer {}", publisher_token());
+    let r = cue_testkit::client::request(
+        http,
+        "DELETE",
+        "/v1/events/gone",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_until(Duration::from_secs(10), || {
+        metric(&edge.metrics(), "cue_edge_relay_retirements_total") >= 1.0
+    });
+    // A device that comes now gets no stale catch-up.
+    let mut b = subscribe(ws, "events=gone", Some(&token)).unwrap();
+    assert!(quiet_for(&mut b, Duration::from_millis(800)));
+    // Published again: both devices get the new start, above the old seq.
+    let new = publish_ok(http, "gone", "again");
+    assert!(new > old);
+    assert_eq!(next_cue(&mut a), ("gone".into(), "again".into(), new));
+    assert_eq!(next_cue(&mut b), ("gone".into(), "again".into(), new));
+}

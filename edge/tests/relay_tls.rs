@@ -98,6 +98,7 @@ fn hello() -> Vec<u8> {
     let mut b = Vec::new();
     relay::encode(
         &Frame::Hello {
+            version: cue_common::relay::VERSION,
             edge_id: "intruder".into(),
             since: vec![],
         },

@@ -159,8 +159,10 @@ fn nats_node_killed_during_publishes_loses_no_acknowledged_cue() {
     eprintln!("longest gap between 201s: {longest_gap:?} (stream leader {leader} killed)");
     // Both origins converge on every acknowledged cue (the one that did not take a publish
     // learns it from the stream; after a node death, within a few seconds).
+    // Generous: 8 tests each run a 3-node cluster at once on this box's 2 cores, and the
+    // follower whose consumer lived on the dead node replaces it after two missed heartbeats.
     let t = Instant::now();
-    wait_until(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(30), || {
         acked
             .iter()
             .all(|(e, s)| origins.iter().all(|&o| current_seq(o, e) == Some(*s)))
@@ -443,4 +445,61 @@ fn stream_setup_errors_say_what_is_wrong() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("store: 'redis://x:1'"));
+}
+
+/// `DELETE` on one origin retires the event on every origin of the stream (the retirement is a
+/// message on the event's subject), across a restart too, and its edge forgets it; published
+/// again, the event starts anew above its old seq.
+#[test]
+fn a_retirement_on_one_origin_holds_on_all_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    let store = cluster.store_url();
+    let o1 = nats_origin(&dir.path().join("o1"), &store, 1);
+    let mut o2 = nats_origin(&dir.path().join("o2"), &store, 1);
+    let edge = start_edge(o2.relay, free_addr(), free_addr(), &[]);
+    let old = publish_ok(o1.http, "fight", "round-1");
+    publish_ok(o1.http, "keep", "k1");
+    wait_until(Duration::from_secs(10), || {
+        current_seq(o2.http, "fight") == Some(old)
+    });
+    let auth = format!("Bearer {}", publisher_token());
+    let r = request(
+        o1.http,
+        "DELETE",
+        "/v1/events/fight",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_until(Duration::from_secs(10), || {
+        request(o2.http, "GET", "/v1/events/fight", &[], b"").is_ok_and(|r| r.status == 404)
+    });
+    wait_until(Duration::from_secs(10), || {
+        metric(&edge.metrics(), "cue_edge_relay_retirements_total") >= 1.0
+    });
+    // Retiring it again on the other origin: nothing left to retire.
+    let r = request(
+        o2.http,
+        "DELETE",
+        "/v1/events/fight",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    o2.proc.kill9();
+    let o3 = nats_origin(&dir.path().join("o3"), &store, 1);
+    assert_eq!(
+        current_seq(o3.http, "fight"),
+        None,
+        "retired after a restart"
+    );
+    assert!(current_seq(o3.http, "keep").is_some());
+    let new = publish_ok(o3.http, "fight", "again");
+    assert!(new > old);
+    wait_until(Duration::from_secs(10), || {
+        current_seq(o1.http, "fight") == Some(new)
+    });
 }

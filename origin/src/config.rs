@@ -48,6 +48,12 @@ pub struct OriginConfig {
     pub relay_write_timeout_ms: u64,
     /// Most edges linked at once. Default 1024.
     pub max_edges: usize,
+    /// Retire an event that has had no new cue for this many seconds: it leaves catch-up,
+    /// `GET` (404), every edge and (at compaction) the log. 0 never retires for idleness
+    /// (`DELETE /v1/events/{event}` still does). Default 604800 (7 days): far longer than any
+    /// live event, so a device that comes back hours late still gets the last cue, while a
+    /// service running thousands of events a month keeps only about a week of them.
+    pub event_retire_after_s: u64,
     /// Relay TLS: the origin's certificate chain (PEM). With `relay_key` and `relay_client_ca`
     /// the relay speaks TLS 1.3 and accepts only edges whose certificate chains to the client
     /// CA. Default none (plaintext, for the loopback default).
@@ -136,6 +142,7 @@ impl Default for OriginConfig {
             relay_dead_after_ms: 5000,
             relay_write_timeout_ms: 5000,
             max_edges: 1024,
+            event_retire_after_s: 604_800,
             relay_unhealthy_grace_ms: 15_000,
             relay_cert: None,
             relay_key: None,

@@ -80,6 +80,10 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
             publish(&api, &event, req).await
         }
         (&Method::GET, ["v1", "events", event]) => current(&api, event),
+        (&Method::DELETE, ["v1", "events", event]) => {
+            let event = event.to_string();
+            retire(&api, &event, &req).await
+        }
         (&Method::GET, ["metrics"]) => Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(render_metrics(&api))))
@@ -113,16 +117,77 @@ fn current(api: &Api, event: &str) -> Resp {
             "event must be 1-64 chars of [a-z0-9._-]",
         );
     };
-    let cur = api
-        .latest
-        .read()
-        .expect("latest lock")
-        .get(&event)
-        .map(|c| c.to_value());
+    let (cur, retired) = {
+        let l = api.latest.read().expect("latest lock");
+        (l.get(&event).map(|c| c.to_value()), l.is_retired(&event))
+    };
+    if retired {
+        // The same shape, so a poller reads it either way.
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({
+                "event": event.as_str(),
+                "current": null,
+                "error": "event retired",
+            }),
+        );
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({ "event": event.as_str(), "current": cur }),
     )
+}
+
+/// Checks a publisher token for `event`: the refusal to answer, or `None` when it may.
+fn publisher_refusal(api: &Api, event: &str, token: Option<&str>) -> Option<Resp> {
+    let keys = api.keys.as_ref()?;
+    let Some(token) = token else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing token (Authorization: Bearer)",
+        ));
+    };
+    match keys.verify(token, unix_now_s()) {
+        Ok(c) if c.may_publish(event) => None,
+        Ok(c) if c.is_publisher() => Some(error(
+            StatusCode::FORBIDDEN,
+            "publisher token is not allowed this event",
+        )),
+        Ok(_) => Some(error(
+            StatusCode::FORBIDDEN,
+            "token is not a publisher token",
+        )),
+        Err(e) => Some(error(StatusCode::UNAUTHORIZED, &e.to_string())),
+    }
+}
+
+/// `DELETE /v1/events/{event}`: retires the event (publisher token allowed it). `204` once the
+/// retirement is durable, `404` when the event has no cue.
+async fn retire(api: &Api, event: &str, req: &Request<Incoming>) -> Resp {
+    if let Some(r) = publisher_refusal(api, event, bearer(req)) {
+        return r;
+    }
+    let Ok(event) = EventName::new(event) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "event must be 1-64 chars of [a-z0-9._-]",
+        );
+    };
+    match api.store.retire(event).await {
+        Ok(true) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Full::new(Bytes::new()))
+            .expect("valid response"),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no cue: never published, or retired"),
+        Err(e) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.headers_mut().insert(
+                "retry-after",
+                hyper::header::HeaderValue::from(e.retry_after_s()),
+            );
+            r
+        }
+    }
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
@@ -136,24 +201,8 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 }
 
 async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
-    if let Some(keys) = &api.keys {
-        let Some(token) = bearer(&req) else {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing token (Authorization: Bearer)",
-            );
-        };
-        match keys.verify(token, unix_now_s()) {
-            Ok(c) if c.may_publish(event) => {}
-            Ok(c) if c.is_publisher() => {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "publisher token is not allowed this event",
-                )
-            }
-            Ok(_) => return error(StatusCode::FORBIDDEN, "token is not a publisher token"),
-            Err(e) => return error(StatusCode::UNAUTHORIZED, &e.to_string()),
-        }
+    if let Some(r) = publisher_refusal(api, event, bearer(&req)) {
+        return r;
     }
     let Ok(event) = EventName::new(event) else {
         return error(

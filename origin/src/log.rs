@@ -35,7 +35,9 @@
 //! 0       4     L = payload length, u32 little-endian, 1..=MAX_BINARY_LEN (147)
 //! 4       4     CRC-32C (Castagnoli) of the L payload bytes, u32 little-endian
 //! 8       L     payload: one cue in its binary form (`cue_common::cue`, version byte first,
-//!               big-endian integers inside)
+//!               big-endian integers inside), or a retirement (`cue_common::cue::Record`:
+//!               tag 0xF0, the event, its newest seq and the time): the event's cues up to
+//!               that seq are gone; compaction drops both
 //! ```
 //!
 //! There is no other framing: no batch markers, no footer, no index. Within one event, seqs
@@ -79,7 +81,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use cue_common::cue::{Cue, EventName, MAX_BINARY_LEN};
+use cue_common::cue::{Cue, EventName, Record, MAX_BINARY_LEN};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE_NAME: &str = "cues.log";
@@ -203,6 +205,8 @@ pub struct CueLog {
     /// Bytes in `cues.log`, header included: where the next batch goes.
     len: u64,
     latest: HashMap<EventName, Cue>,
+    /// Events whose last record at open was a retirement.
+    retired_at_open: Vec<EventName>,
     compactions: u64,
     /// Size of the file right after the last compaction (0 before any).
     compacted_len: u64,
@@ -256,7 +260,7 @@ impl CueLog {
         }
 
         let mut recovery = Recovery::default();
-        let (file, len, latest) = match (existing, scan) {
+        let (file, len, latest, retired_at_open) = match (existing, scan) {
             (Some(file), Some(scan)) => {
                 recovery.records = scan.records;
                 recovery.torn_bytes = scan.file_len - scan.valid_len;
@@ -265,7 +269,8 @@ impl CueLog {
                         .map_err(io_err("truncate torn tail of", &path))?;
                     file.sync_all().map_err(io_err("fsync", &path))?;
                 }
-                (file, scan.valid_len, scan.latest)
+                let retired = scan.retired.into_iter().collect();
+                (file, scan.valid_len, scan.latest, retired)
             }
             _ => {
                 // Created through the temp file so that `cues.log` never exists without its
@@ -273,7 +278,7 @@ impl CueLog {
                 let (file, len) = write_tmp(&tmp, &[], true)?;
                 install_tmp(&tmp, &path)?;
                 sync_dir(&dir_file, dir)?;
-                (file, len, HashMap::new())
+                (file, len, HashMap::new(), Vec::new())
             }
         };
 
@@ -285,6 +290,7 @@ impl CueLog {
             opts,
             len,
             latest,
+            retired_at_open,
             compactions: 0,
             compacted_len: 0,
             poisoned: false,
@@ -305,6 +311,12 @@ impl CueLog {
     /// The newest cue (highest seq) of every event in the log.
     pub fn latest(&self) -> &HashMap<EventName, Cue> {
         &self.latest
+    }
+
+    /// The events whose last record, when the log was opened, was a retirement (retired and not
+    /// published since; a compaction had not dropped the record yet).
+    pub fn retired_at_open(&self) -> &[EventName] {
+        &self.retired_at_open
     }
 
     /// Makes a batch durable: one write of all its records, one `fdatasync` (when
@@ -354,6 +366,35 @@ impl CueLog {
             }
         }
         Ok(())
+    }
+
+    /// Retires `event`: a retirement record (its newest seq, and `ts`) is made durable as an
+    /// append is, then the event leaves [`CueLog::latest`]; the next compaction drops its cue
+    /// and the record. Returns the newest seq it had, or `None` (nothing written) when it has
+    /// no cue.
+    pub fn retire(&mut self, event: &EventName, ts: u64) -> Result<Option<u64>, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let Some(seq) = self.latest.get(event).map(Cue::seq) else {
+            return Ok(None);
+        };
+        self.buf.clear();
+        encode_any(
+            &Record::Retired {
+                event: event.clone(),
+                seq,
+                ts,
+            },
+            &mut self.buf,
+        );
+        let start = self.len;
+        if let Err(e) = self.write_batch(start) {
+            return Err(self.roll_back(start, e));
+        }
+        self.len = start + self.buf.len() as u64;
+        self.latest.remove(event);
+        Ok(Some(seq))
     }
 
     /// Bytes in `cues.log`, header included.
@@ -489,9 +530,14 @@ impl CueLog {
 
 /// Appends one record (header and payload) for `cue` to `out`.
 fn encode_record(cue: &Cue, out: &mut Vec<u8>) {
+    encode_any(&Record::Cue(cue.clone()), out)
+}
+
+/// Appends one record (header and payload) for `rec` (a cue or a retirement) to `out`.
+fn encode_any(rec: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-    cue.write_binary(out);
+    rec.write_binary(out);
     let payload = &out[start + RECORD_HEADER_LEN..];
     debug_assert!(payload.len() <= MAX_BINARY_LEN);
     let len = payload.len() as u32;
@@ -503,6 +549,8 @@ fn encode_record(cue: &Cue, out: &mut Vec<u8>) {
 /// What a read of the whole file found.
 struct Scan {
     latest: HashMap<EventName, Cue>,
+    /// Events whose last record is a retirement.
+    retired: std::collections::HashSet<EventName>,
     records: u64,
     /// Bytes up to the end of the last valid record (header included).
     valid_len: u64,
@@ -523,6 +571,7 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
     }
     let mut out = Scan {
         latest: HashMap::new(),
+        retired: Default::default(),
         records: 0,
         valid_len: MAGIC.len() as u64,
         file_len,
@@ -542,9 +591,21 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
         if read_full(&mut r, payload).map_err(&read_err)? < len || crc32c::crc32c(payload) != crc {
             break;
         }
-        let Ok(cue) = Cue::from_binary(payload) else {
-            break;
+        let cue = match Record::from_binary(payload) {
+            Ok(Record::Cue(c)) => c,
+            Ok(Record::Retired { event, seq, .. }) => {
+                // The event's cues up to `seq` are gone; a later cue (higher seq) starts it anew.
+                if out.latest.get(&event).is_some_and(|c| c.seq() <= seq) {
+                    out.latest.remove(&event);
+                }
+                out.retired.insert(event);
+                out.records += 1;
+                out.valid_len += (RECORD_HEADER_LEN + len) as u64;
+                continue;
+            }
+            Err(_) => break,
         };
+        out.retired.remove(cue.event());
         // Seqs only grow within an event, so this keeps the last record; the check keeps the
         // highest seq even if a file were somehow out of order.
         match out.latest.get_mut(cue.event()) {
@@ -960,6 +1021,42 @@ mod tests {
             e => panic!("{e}"),
         }
         assert!(err.retryable());
+    }
+
+    #[test]
+    fn retirement_is_durable_dropped_at_compaction_and_a_later_cue_starts_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = no_sync();
+        let (mut log, _) = open(tmp.path(), opts);
+        let fight = EventName::new("fight").unwrap();
+        log.append(&[cue("fight", "r1", 5), cue("keep", "k", 1)])
+            .unwrap();
+        assert_eq!(log.retire(&fight, 99).unwrap(), Some(5));
+        assert_eq!(
+            log.retire(&fight, 99).unwrap(),
+            None,
+            "nothing left to retire"
+        );
+        assert!(!log.latest().contains_key(&fight));
+        drop(log);
+        let (mut log, rec) = open(tmp.path(), opts);
+        assert_eq!(rec.torn_bytes, 0, "a retirement record is a valid record");
+        assert!(
+            !log.latest().contains_key(&fight),
+            "retired across a restart"
+        );
+        assert_eq!(log.latest().len(), 1);
+        // A later cue starts it anew, and survives a restart after the retirement record.
+        log.append(&[cue("fight", "again", 7)]).unwrap();
+        drop(log);
+        let (mut log, _) = open(tmp.path(), opts);
+        assert_eq!(log.latest()[&fight].key(), "again");
+        assert!(log.retired_at_open().is_empty(), "published since");
+        // Compaction keeps the live set only: no retirement record, no retired cue.
+        log.retire(&fight, 100).unwrap();
+        log.compact().unwrap();
+        let bytes = fs::read(log_path(tmp.path())).unwrap();
+        assert_eq!(parse_file(&bytes), vec![cue("keep", "k", 1)]);
     }
 
     #[test]

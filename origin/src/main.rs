@@ -66,6 +66,9 @@ struct ServeArgs {
     /// Drop an edge that takes no bytes for this long, ms [default: 5000].
     #[arg(long)]
     relay_write_timeout_ms: Option<u64>,
+    /// Retire events with no new cue for this long, seconds; 0 = never [default: 604800].
+    #[arg(long)]
+    event_retire_after_s: Option<u64>,
     /// Most edges linked at once [default: 1024].
     #[arg(long)]
     max_edges: Option<usize>,
@@ -196,7 +199,7 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
         relay_heartbeat_ms
     );
     over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
-    over!(relay_unhealthy_grace_ms);
+    over!(relay_unhealthy_grace_ms, event_retire_after_s);
     over!(store, nats_stream, nats_replicas, nats_ack_timeout_ms);
     macro_rules! over_opt {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f.clone(); } )* };

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
-use crate::store::{Health, Latest};
-use cue_common::cue::{Cue, EventName};
+use crate::store::{Health, Latest, Live};
+use cue_common::cue::EventName;
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Frame, Liveness, LivenessAction};
 
@@ -53,6 +53,8 @@ pub struct RelayMetrics {
     pub cues_sent: Counter,
     /// Catch-up cues sent after HELLOs.
     pub catch_up_cues: Counter,
+    /// RETIRED frames sent to edges.
+    pub retirements_sent: Counter,
     /// Re-synchronisations of an edge that lagged behind the broadcast channel.
     pub resyncs: Counter,
     /// Links ended by a protocol error, a dead peer or a write timeout.
@@ -70,7 +72,7 @@ pub type RelayTls = Arc<cue_common::tls::Reloadable<rustls::ServerConfig>>;
 pub async fn serve(
     listener: TcpListener,
     latest: Latest,
-    live: broadcast::Sender<Cue>,
+    live: broadcast::Sender<Live>,
     opts: RelayOptions,
     metrics: Arc<RelayMetrics>,
     health: Health,
@@ -204,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     sock: S,
     latest: Latest,
-    mut live: broadcast::Receiver<Cue>,
+    mut live: broadcast::Receiver<Live>,
     opts: &RelayOptions,
     m: &RelayMetrics,
     mut health: Health,
@@ -218,14 +220,20 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     let hello = timeout(opts.dead_after, c.read_frame())
         .await
         .map_err(|_| LinkError::NoHello(opts.dead_after))??;
-    let (edge_id, since) = match hello {
-        Some(Frame::Hello { edge_id, since }) => (edge_id, since),
+    let (version, edge_id, since) = match hello {
+        Some(Frame::Hello {
+            version,
+            edge_id,
+            since,
+        }) => (version, edge_id, since),
         None => return Ok("(closed before HELLO)".into()),
         Some(_) => return Err(LinkError::NotHello),
     };
     // What this edge holds, updated as cues go out: live cues at or below it are skipped.
     let mut held: HashMap<EventName, u64> = since.into_iter().collect();
-    let n = send_catch_up(&mut c, &latest, &mut held, m);
+    // Edges of version 1 know no RETIRED frame.
+    let retirements = version >= 2;
+    let n = send_catch_up(&mut c, &latest, &mut held, retirements, m);
     c.wbuf.reserve(16);
     relay::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
     c.flush(opts.write_timeout).await?;
@@ -238,25 +246,17 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             r = live.recv() => {
                 match r {
-                    Ok(cue) => {
-                        if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
-                            held.insert(cue.event().clone(), cue.seq());
-                            relay::encode(&Frame::Cue(cue), &mut c.wbuf);
-                            m.cues_sent.inc();
-                        }
+                    Ok(item) => {
+                        relay_live(item, &mut held, retirements, &mut c.wbuf, m);
                         // Take whatever else is already waiting, then write once.
-                        while let Ok(cue) = live.try_recv() {
-                            if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
-                                held.insert(cue.event().clone(), cue.seq());
-                                relay::encode(&Frame::Cue(cue), &mut c.wbuf);
-                                m.cues_sent.inc();
-                            }
+                        while let Ok(item) = live.try_recv() {
+                            relay_live(item, &mut held, retirements, &mut c.wbuf, m);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         m.resyncs.inc();
                         tracing::warn!(edge = %edge_id, skipped, "relay: edge lagged, resyncing from newest state");
-                        send_catch_up(&mut c, &latest, &mut held, m);
+                        send_catch_up(&mut c, &latest, &mut held, retirements, m);
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(edge_id),
                 }
@@ -301,16 +301,58 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// One live item for an edge holding `held`: a cue it lacks, or (to an edge that knows the
+/// frame) the retirement of an event it holds.
+fn relay_live(
+    item: Live,
+    held: &mut HashMap<EventName, u64>,
+    retirements: bool,
+    out: &mut Vec<u8>,
+    m: &RelayMetrics,
+) {
+    match item {
+        Live::Cue(cue) => {
+            if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
+                held.insert(cue.event().clone(), cue.seq());
+                relay::encode(&Frame::Cue(cue), out);
+                m.cues_sent.inc();
+            }
+        }
+        Live::Retired(ev) => {
+            if held.remove(&ev).is_some() && retirements {
+                relay::encode(&Frame::Retired(ev), out);
+                m.retirements_sent.inc();
+            }
+        }
+    }
+}
+
+/// The cues the edge lacks, and (to an edge that knows the frame) the retirement of every event
+/// it holds that this origin no longer has: an edge that was away when an event was retired
+/// learns it here.
 fn send_catch_up<S>(
     c: &mut Conn<S>,
     latest: &Latest,
     held: &mut HashMap<EventName, u64>,
+    retirements: bool,
     m: &RelayMetrics,
 ) -> usize {
-    let cues = {
+    let (cues, gone) = {
         let l = latest.read().expect("latest lock");
-        relay::catch_up(l.values(), held)
+        let gone: Vec<EventName> = held
+            .keys()
+            .filter(|e| !l.contains_key(*e))
+            .cloned()
+            .collect();
+        (relay::catch_up(l.values(), held), gone)
     };
+    for ev in gone {
+        held.remove(&ev);
+        if retirements {
+            relay::encode(&Frame::Retired(ev), &mut c.wbuf);
+            m.retirements_sent.inc();
+        }
+    }
     for cue in &cues {
         held.insert(cue.event().clone(), cue.seq());
         relay::encode(&Frame::Cue(cue.clone()), &mut c.wbuf);

@@ -1,7 +1,6 @@
 //! Wires the origin together on a tokio runtime: log recovery, the writer thread, the HTTP API,
 //! the relay listener, metrics and graceful shutdown.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::relay::{RelayMetrics, RelayOptions};
 use crate::store::embedded::{Publisher, WriterParts};
 use crate::store::nats::NatsStore;
 use crate::store::{Health, Latest, PublishMetrics, Store};
-use cue_common::cue::Cue;
+use cue_common::cue::EventName;
 use cue_common::metrics::{header, single};
 use cue_common::time::unix_now_ms;
 
@@ -45,7 +44,7 @@ async fn reload_on_sighup(tls: crate::relay::RelayTls) {
 fn start_embedded(
     cfg: &OriginConfig,
     latest: &Latest,
-    live: &broadcast::Sender<Cue>,
+    live: &broadcast::Sender<crate::store::Live>,
     pm: &Arc<PublishMetrics>,
 ) -> anyhow::Result<(Publisher, Health, std::thread::JoinHandle<()>)> {
     let opts = LogOptions {
@@ -67,7 +66,13 @@ fn start_embedded(
             "dropped a torn tail from the cue log (never served)"
         );
     }
-    *latest.write().expect("latest lock") = log.latest().clone();
+    {
+        let mut l = latest.write().expect("latest lock");
+        **l = log.latest().clone();
+        for ev in log.retired_at_open() {
+            l.mark_retired(ev);
+        }
+    }
     let (health_tx, health) = watch::channel(None);
     let (p, w) = Publisher::start(
         WriterParts {
@@ -93,7 +98,7 @@ pub async fn run(
         .map_err(anyhow::Error::msg)?
         .map(|k| k.verifier());
 
-    let latest: Latest = Arc::new(RwLock::new(HashMap::new()));
+    let latest: Latest = Arc::new(RwLock::new(crate::store::State::default()));
     let (live, _) = broadcast::channel(cfg.relay_buffer);
     let pm = Arc::new(PublishMetrics::default());
     let rm = Arc::new(RelayMetrics::default());
@@ -181,6 +186,15 @@ pub async fn run(
         requests: Default::default(),
         refused: Default::default(),
     });
+    // Idle retirement holds a store handle: it must end before the writer can.
+    let retire_task = (cfg.event_retire_after_s > 0).then(|| {
+        tokio::spawn(retire_idle(
+            api.store.clone(),
+            api.latest.clone(),
+            Duration::from_secs(cfg.event_retire_after_s),
+            stop_rx.clone(),
+        ))
+    });
     let api2 = api.clone();
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -219,6 +233,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = relay_task.await;
+    if let Some(t) = retire_task {
+        let _ = t.await;
+    }
     // The writer stops once every publisher handle is gone.
     drop(api);
     if let Some(writer) = writer {
@@ -226,6 +243,41 @@ pub async fn run(
     }
     tracing::info!("cue-origin stopped");
     Ok(())
+}
+
+/// Retires every event whose newest cue is older than `after`, checking every `after / 4`
+/// (1 s..=60 s), until the process ends. Several origins on one stream may race for the same
+/// event: the store's compare-and-set lets one retire it, the others find it gone.
+async fn retire_idle(
+    store: Store,
+    latest: Latest,
+    after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let after_ms = after.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let cutoff = unix_now_ms().saturating_sub(after_ms);
+        let idle: Vec<EventName> = latest
+            .read()
+            .expect("latest lock")
+            .values()
+            .filter(|c| c.ts() < cutoff)
+            .map(|c| c.event().clone())
+            .collect();
+        for ev in idle {
+            match store.retire(ev.clone()).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(event = %ev, error = %e, "retiring an idle event failed; will retry");
+                }
+            }
+        }
+    }
 }
 
 fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
@@ -363,6 +415,20 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
         "gauge",
         "1 while the store can make cues durable, else 0.",
         u8::from(health.borrow().is_none()),
+    );
+    single(
+        &mut s,
+        "cue_origin_relay_retirements_sent_total",
+        "counter",
+        "RETIRED frames sent to edges (an event retired while linked, or found retired at HELLO).",
+        rm.retirements_sent.get(),
+    );
+    single(
+        &mut s,
+        "cue_origin_events_retired_total",
+        "counter",
+        "Events retired (DELETE, or idle past event_retire_after_s).",
+        pm.retired.get(),
     );
     single(
         &mut s,

@@ -118,6 +118,7 @@ fn publish_validation_auth_and_current() {
     assert_eq!(v["current"]["seq"], seqs[1]);
     assert_eq!(v["current"]["key"], "round-2");
     let r = request(http, "GET", "/v1/events/nothing-yet", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
     assert_eq!(r.body.trim(), r#"{"current":null,"event":"nothing-yet"}"#);
     let m = request(http, "GET", "/metrics", &[], b"").unwrap().body;
     assert!(m.contains("cue_origin_published_total 2"), "{m}");
@@ -126,10 +127,17 @@ fn publish_validation_auth_and_current() {
         "{m}"
     );
     assert_eq!(
-        request(http, "DELETE", "/v1/events/fight", &[], b"")
+        request(http, "PUT", "/v1/events/fight", &[], b"")
             .unwrap()
             .status,
         405
+    );
+    // DELETE retires, with a publisher token only.
+    assert_eq!(
+        request(http, "DELETE", "/v1/events/fight", &[], b"")
+            .unwrap()
+            .status,
+        401
     );
     assert_eq!(request(http, "GET", "/nope", &[], b"").unwrap().status, 404);
 }
@@ -196,6 +204,7 @@ fn relay_catch_up_then_live_then_heartbeat() {
     let a = cue_common::cue::EventName::new("a").unwrap();
     relay::encode(
         &Frame::Hello {
+            version: cue_common::relay::VERSION,
             edge_id: "t".into(),
             since: vec![(a, seq["a1"])],
         },
@@ -347,4 +356,128 @@ fn publisher_tokens_scoped_to_events_publish_those_only() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A relay link of protocol `version` that has sent its HELLO (holding nothing); reads frames.
+struct Link {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Link {
+    fn open(relay: SocketAddr, version: u8, since: Vec<(cue_common::cue::EventName, u64)>) -> Self {
+        let mut s = TcpStream::connect(relay).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hello = Vec::new();
+        relay::encode(
+            &Frame::Hello {
+                version,
+                edge_id: format!("v{version}"),
+                since,
+            },
+            &mut hello,
+        );
+        s.write_all(&hello).unwrap();
+        Self { s, buf: Vec::new() }
+    }
+
+    /// The next frame other than a PING.
+    fn next(&mut self) -> Frame {
+        loop {
+            if let Some((f, used)) = relay::decode(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                if matches!(f, Frame::Ping(_)) {
+                    continue;
+                }
+                return f;
+            }
+            let mut chunk = [0u8; 4096];
+            let k = self.s.read(&mut chunk).unwrap();
+            assert!(k > 0, "relay closed");
+            self.buf.extend_from_slice(&chunk[..k]);
+        }
+    }
+}
+
+#[test]
+fn delete_retires_an_event_everywhere_durably_and_idle_events_retire_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let extra = ["--event-retire-after-s", "3"];
+    let mut o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &extra);
+    let now = unix_now_s();
+    let pubt = keys().mint_publisher(now, 600);
+    let other = keys().mint_publisher_for(Some(&["other".to_string()]), now, 600);
+    let publish = |e: &str, k: &str| {
+        let (st, b) = post(
+            http,
+            &format!("/v1/events/{e}/cues"),
+            Some(&pubt),
+            &format!("{{\"key\":\"{k}\"}}"),
+        );
+        assert_eq!(st, 201, "{b}");
+        seq_of(&b)
+    };
+    let delete = |e: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        request(http, "DELETE", &format!("/v1/events/{e}"), &h, b"")
+            .unwrap()
+            .status
+    };
+    let get = |e: &str| {
+        request(http, "GET", &format!("/v1/events/{e}"), &[], b"")
+            .unwrap()
+            .status
+    };
+    let old = publish("fight", "round-1");
+    publish("keep", "k1");
+    // Two edges linked: one of protocol 2, one of protocol 1 (an edge not upgraded yet).
+    let mut v2 = Link::open(relay, 2, vec![]);
+    let mut v1 = Link::open(relay, 1, vec![]);
+    for l in [&mut v2, &mut v1] {
+        for _ in 0..3 {
+            l.next(); // two cues, CAUGHT_UP
+        }
+    }
+    // Only a publisher allowed the event may retire it.
+    assert_eq!(delete("fight", None), 401);
+    assert_eq!(delete("fight", Some(&other)), 403);
+    assert_eq!(delete("Bad*", Some(&pubt)), 400);
+    assert_eq!(delete("fight", Some(&pubt)), 204);
+    assert_eq!(get("fight"), 404);
+    assert_eq!(delete("fight", Some(&pubt)), 404, "retired already");
+    // The protocol-2 edge is told; the protocol-1 edge gets nothing it cannot read.
+    assert!(matches!(v2.next(), Frame::Retired(e) if e.as_str() == "fight"));
+    let k2 = publish("keep", "k2");
+    assert!(matches!(v1.next(), Frame::Cue(c) if c.seq() == k2));
+    assert!(matches!(v2.next(), Frame::Cue(c) if c.seq() == k2));
+    // An edge that comes back holding the retired event learns at once.
+    let mut back = Link::open(
+        relay,
+        2,
+        vec![(cue_common::cue::EventName::new("fight").unwrap(), old)],
+    );
+    let mut got = vec![back.next(), back.next(), back.next()];
+    got.sort_by_key(|f| format!("{f:?}"));
+    assert!(
+        got.iter()
+            .any(|f| matches!(f, Frame::Retired(e) if e.as_str() == "fight")),
+        "{got:?}"
+    );
+    // Durable: after a kill -9 the event is still retired; published again, it starts anew
+    // above its old seq.
+    o.kill9();
+    drop(o);
+    let mut o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &extra);
+    assert_eq!(get("fight"), 404);
+    assert_eq!(get("keep"), 200);
+    assert!(publish("fight", "again") > old);
+    // Never published is not retired: 200 with no cue.
+    assert_eq!(get("never"), 200);
+    // Idle for 3 s: retired by itself (`keep`'s last cue is the oldest).
+    cue_testkit::wait_until(Duration::from_secs(15), || get("keep") == 404);
+    let m = request(http, "GET", "/metrics", &[], b"").unwrap().body;
+    assert!(m.contains("cue_origin_events_retired_total "), "{m}");
+    o.kill9();
 }

@@ -3,7 +3,6 @@
 //! resynchronised from the newest state, and is dropped once its socket takes no bytes for the
 //! write timeout, while a healthy edge ends on the newest cue.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ fn hello(id: &str) -> Vec<u8> {
     let mut b = Vec::new();
     relay::encode(
         &Frame::Hello {
+            version: cue_common::relay::VERSION,
             edge_id: id.into(),
             since: vec![],
         },
@@ -36,7 +36,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let latest = Arc::new(RwLock::new(HashMap::new()));
+    let latest = Arc::new(RwLock::new(cue_origin::store::State::default()));
     let (live, _) = broadcast::channel(64);
     let metrics = Arc::new(RelayMetrics::default());
     let (_stop_tx, stop_rx) = watch::channel(false);
@@ -98,7 +98,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
     for seq in 1..=100_000u64 {
         let c = Cue::new("fight", &key, seq, seq).unwrap();
         latest.write().unwrap().insert(c.event().clone(), c.clone());
-        let _ = live.send(c);
+        let _ = live.send(cue_origin::store::Live::Cue(c));
         if seq % 5_000 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }

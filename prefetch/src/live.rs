@@ -97,11 +97,12 @@ pub async fn poll_origin(t: PollTarget, client: HttpClient, mut stop: watch::Rec
         let events = (t.events)();
         for e in &events {
             let url = format!("{}/v1/events/{}", t.base, crate::query::encode(e));
-            let r = client
-                .get(&url)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|b| parse_current(&b));
+            // 404: the event has no cue (never published, or retired).
+            let r = match client.get(&url).await {
+                Ok(b) => parse_current(&b),
+                Err(crate::upstream::UpstreamError::NotFound) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
             (t.on_poll)(r.is_err());
             match r {
                 Ok(seq) => {

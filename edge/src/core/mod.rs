@@ -319,6 +319,15 @@ impl ShardCore {
         self.drain.is_some()
     }
 
+    /// The origin retired `event`: its cue is forgotten (a device that subscribes later gets no
+    /// catch-up for it; devices following it stay subscribed and get its next cue, whose seq,
+    /// following the clock, is above every old one).
+    pub fn retire(&mut self, event: &EventName) {
+        if let Some(&i) = self.by_name.get(event) {
+            self.slots[i as usize].current = None;
+        }
+    }
+
     /// The newest cue this shard holds for `event`.
     pub fn current(&self, event: &str) -> Option<&Arc<EncodedCue>> {
         let ev = EventName::new(event).ok()?;

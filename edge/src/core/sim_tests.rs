@@ -93,6 +93,7 @@ impl Origin {
         let mut hello = Vec::new();
         relay::encode(
             &Frame::Hello {
+                version: cue_common::relay::VERSION,
                 edge_id: "e".into(),
                 since: edge.newest.since(),
             },

@@ -251,6 +251,89 @@ impl Cue {
     }
 }
 
+/// First byte of a retirement's binary form, which is stored where cues are (the embedded log,
+/// the JetStream stream) and can never be taken for a cue (whose first byte is
+/// [`BINARY_VERSION`]).
+pub const RETIRED_TAG: u8 = 0xF0;
+
+/// What a store holds for an event: a cue, or its retirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A cue.
+    Cue(Cue),
+    /// The event was retired when its newest cue had `seq` (0: it had none), at `ts` (Unix
+    /// ms). Cues up to `seq` are gone with it; a later cue (its seq follows the clock, so it is
+    /// higher) starts the event anew.
+    Retired {
+        /// The event.
+        event: EventName,
+        /// Newest seq it had.
+        seq: u64,
+        /// When it was retired, Unix ms.
+        ts: u64,
+    },
+}
+
+impl Record {
+    /// Appends the binary form: a cue's, or `RETIRED_TAG, u8 elen, event, u64 seq, u64 ts`
+    /// (big-endian).
+    pub fn write_binary(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Cue(c) => c.write_binary(out),
+            Record::Retired { event, seq, ts } => {
+                out.push(RETIRED_TAG);
+                out.push(event.as_str().len() as u8);
+                out.extend_from_slice(event.as_str().as_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&ts.to_be_bytes());
+            }
+        }
+    }
+
+    /// The binary form as a new vector.
+    pub fn to_binary(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_binary(&mut v);
+        v
+    }
+
+    /// Parses exactly one record; trailing bytes are an error.
+    pub fn from_binary(b: &[u8]) -> Result<Self, CueError> {
+        if b.first() != Some(&RETIRED_TAG) {
+            return Cue::from_binary(b).map(Record::Cue);
+        }
+        let rest = &b[1..];
+        let (&elen, rest) = rest.split_first().ok_or(CueError::BadLength)?;
+        let elen = elen as usize;
+        if rest.len() != elen + 16 {
+            return Err(CueError::BadLength);
+        }
+        let (event, rest) = rest.split_at(elen);
+        let event = std::str::from_utf8(event).map_err(|_| CueError::BadEvent)?;
+        Ok(Record::Retired {
+            event: EventName::new(event)?,
+            seq: u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
+            ts: u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
+        })
+    }
+
+    /// The event the record is about.
+    pub fn event(&self) -> &EventName {
+        match self {
+            Record::Cue(c) => c.event(),
+            Record::Retired { event, .. } => event,
+        }
+    }
+
+    /// The cue's seq, or the retired event's newest.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Record::Cue(c) => c.seq(),
+            Record::Retired { seq, .. } => *seq,
+        }
+    }
+}
+
 /// Why a JSON cue was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CueJsonError {
@@ -329,7 +412,39 @@ mod tests {
             .prop_map(|(e, k, s, t)| Cue::new(&e, &k, s, t).unwrap())
     }
 
+    #[test]
+    fn records_round_trip_and_a_retirement_is_never_a_cue() {
+        let c = Cue::new("fight-night", "round-3", 42, 1764460800123).unwrap();
+        let r = Record::Cue(c.clone());
+        assert_eq!(r.to_binary(), c.to_binary());
+        assert_eq!(Record::from_binary(&r.to_binary()).unwrap(), r);
+        let t = Record::Retired {
+            event: EventName::new("fight-night").unwrap(),
+            seq: 42,
+            ts: 7,
+        };
+        let b = t.to_binary();
+        assert_eq!(b.len(), 18 + 11);
+        assert!(b.len() <= MAX_BINARY_LEN);
+        assert_eq!(Record::from_binary(&b).unwrap(), t);
+        assert_eq!(Cue::from_binary(&b), Err(CueError::BadVersion(RETIRED_TAG)));
+        assert_eq!(
+            Record::from_binary(&b[..b.len() - 1]),
+            Err(CueError::BadLength)
+        );
+        assert_eq!((t.event().as_str(), t.seq()), ("fight-night", 42));
+    }
+
     proptest! {
+        #[test]
+        fn record_parser_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut b = b;
+            if let Some(f) = b.first_mut() {
+                *f = RETIRED_TAG;
+            }
+            let _ = Record::from_binary(&b);
+        }
+
         #[test]
         fn binary_round_trip(c in arb_cue()) {
             let b = c.to_binary();

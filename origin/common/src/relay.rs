@@ -11,13 +11,18 @@
 //!
 //! ```text
 //! u32 len        length of what follows (type + body), 1..=MAX_FRAME
-//! u8  type       1 HELLO, 2 CUE, 3 PING, 4 PONG, 5 CAUGHT_UP
+//! u8  type       1 HELLO, 2 CUE, 3 PING, 4 PONG, 5 CAUGHT_UP, 6 RETIRED
 //! body
-//!   HELLO:      u8 version=1, u8 id_len, id (UTF-8, 1..=64), u32 n, n x (u8 elen, event, u64 seq)
+//!   HELLO:      u8 version (1 or 2), u8 id_len, id (UTF-8, 1..=64), u32 n,
+//!               n x (u8 elen, event, u64 seq)
 //!   CUE:        the cue's binary form (see `cue`)
 //!   PING/PONG:  u64 nonce (PONG echoes the PING's)
 //!   CAUGHT_UP:  u32 number of cues the catch-up carried
+//!   RETIRED:    u8 elen, event (origin to edges of version 2: forget the event's cue)
 //! ```
+//!
+//! Version 2 adds RETIRED; an origin sends it only to edges whose HELLO says 2, so edges of
+//! version 1 keep working with a newer origin (upgrade origins first).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,20 +33,25 @@ use crate::cue::{Cue, CueError, EventName};
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most events one HELLO may list.
 pub const MAX_HELLO_EVENTS: usize = 10_000;
-/// Relay protocol version carried in HELLO.
-pub const VERSION: u8 = 1;
+/// Relay protocol version this build speaks (carried in HELLO).
+pub const VERSION: u8 = 2;
+/// Oldest HELLO version accepted.
+pub const MIN_VERSION: u8 = 1;
 
 const T_HELLO: u8 = 1;
 const T_CUE: u8 = 2;
 const T_PING: u8 = 3;
 const T_PONG: u8 = 4;
 const T_CAUGHT_UP: u8 = 5;
+const T_RETIRED: u8 = 6;
 
 /// One relay frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// Edge to origin, first frame: who the edge is and what it holds.
     Hello {
+        /// Protocol version the edge speaks ([`MIN_VERSION`]..=[`VERSION`]).
+        version: u8,
         /// Edge identity, for logs and metrics.
         edge_id: String,
         /// Newest seq the edge holds per event.
@@ -55,6 +65,8 @@ pub enum Frame {
     Pong(u64),
     /// End of the catch-up after a HELLO.
     CaughtUp(u32),
+    /// The event was retired: forget its cue (version 2).
+    Retired(EventName),
 }
 
 /// Why relay input was refused. Every variant ends the link; re-dialling helps unless the peer
@@ -83,9 +95,13 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
     match frame {
-        Frame::Hello { edge_id, since } => {
+        Frame::Hello {
+            version,
+            edge_id,
+            since,
+        } => {
             out.push(T_HELLO);
-            out.push(VERSION);
+            out.push(*version);
             let id = &edge_id.as_bytes()[..edge_id.len().min(64)];
             out.push(id.len() as u8);
             out.extend_from_slice(id);
@@ -112,6 +128,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::CaughtUp(n) => {
             out.push(T_CAUGHT_UP);
             out.extend_from_slice(&n.to_be_bytes());
+        }
+        Frame::Retired(ev) => {
+            out.push(T_RETIRED);
+            out.push(ev.as_str().len() as u8);
+            out.extend_from_slice(ev.as_str().as_bytes());
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -143,6 +164,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, RelayError> {
                 .map_err(|_| RelayError::Malformed("CAUGHT_UP"))?;
             Frame::CaughtUp(u32::from_be_bytes(b))
         }
+        T_RETIRED => {
+            let bad = RelayError::Malformed("RETIRED");
+            let (&elen, name) = body.split_first().ok_or(bad.clone())?;
+            if name.len() != elen as usize {
+                return Err(bad);
+            }
+            let name = std::str::from_utf8(name).map_err(|_| bad)?;
+            Frame::Retired(EventName::new(name)?)
+        }
         t => return Err(RelayError::BadType(t)),
     };
     Ok(Some((frame, 4 + len)))
@@ -157,7 +187,7 @@ fn decode_hello(body: &[u8]) -> Result<Frame, RelayError> {
     let bad = RelayError::Malformed("HELLO");
     let mut r = Reader(body);
     let version = r.u8().ok_or(bad.clone())?;
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(RelayError::BadVersion(version));
     }
     let id_len = r.u8().ok_or(bad.clone())? as usize;
@@ -184,7 +214,11 @@ fn decode_hello(body: &[u8]) -> Result<Frame, RelayError> {
     if !r.0.is_empty() {
         return Err(bad);
     }
-    Ok(Frame::Hello { edge_id, since })
+    Ok(Frame::Hello {
+        version,
+        edge_id,
+        since,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -440,6 +474,7 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         round_trip(Frame::Hello {
+            version: VERSION,
             edge_id: "edge-1".into(),
             since: vec![
                 (EventName::new("a").unwrap(), 3),
@@ -447,9 +482,11 @@ mod tests {
             ],
         });
         round_trip(Frame::Hello {
+            version: MIN_VERSION,
             edge_id: "e".into(),
             since: vec![],
         });
+        round_trip(Frame::Retired(EventName::new("fight").unwrap()));
         round_trip(Frame::Cue(cue("fight", 9)));
         round_trip(Frame::Ping(u64::MAX));
         round_trip(Frame::Pong(1));
@@ -472,13 +509,22 @@ mod tests {
             RelayError::Malformed("PING")
         );
         assert_eq!(
-            decode(&[0, 0, 0, 3, T_HELLO, 2, 0]).unwrap_err(),
-            RelayError::BadVersion(2)
+            decode(&[0, 0, 0, 3, T_HELLO, 3, 0]).unwrap_err(),
+            RelayError::BadVersion(3)
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 3, T_HELLO, 0, 0]).unwrap_err(),
+            RelayError::BadVersion(0)
+        );
+        assert_eq!(
+            decode(&[0, 0, 0, 3, T_RETIRED, 5, b'a']).unwrap_err(),
+            RelayError::Malformed("RETIRED")
         );
         // HELLO with trailing garbage.
         let mut b = Vec::new();
         encode(
             &Frame::Hello {
+                version: VERSION,
                 edge_id: "e".into(),
                 since: vec![],
             },

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::{offer, Latest, PublishError, PublishMetrics};
+use super::{forget, offer, Latest, Live, PublishError, PublishMetrics};
 use crate::log::CueLog;
 use cue_common::cue::{next_seq, Cue, EventName};
 
@@ -33,10 +33,19 @@ struct Request {
     reply: oneshot::Sender<Result<Cue, PublishError>>,
 }
 
+/// What the writer thread is asked.
+enum Job {
+    Publish(Request),
+    Retire {
+        event: EventName,
+        reply: oneshot::Sender<Result<bool, PublishError>>,
+    },
+}
+
 /// Handle to the writer thread. Cloneable; the thread stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Job>,
     metrics: Arc<PublishMetrics>,
 }
 
@@ -55,8 +64,8 @@ pub struct WriterParts {
     pub log: CueLog,
     /// Newest cue per event, shared with the API and the relay.
     pub latest: Latest,
-    /// Receives every durable cue.
-    pub relay: broadcast::Sender<Cue>,
+    /// Receives every durable cue and retirement.
+    pub relay: broadcast::Sender<Live>,
     /// Counters.
     pub metrics: Arc<PublishMetrics>,
     /// Set to the reason when the log is poisoned.
@@ -95,14 +104,25 @@ impl Publisher {
             idempotency: idempotency.map(Into::into),
             reply,
         };
-        self.tx.try_send(req).map_err(|e| match e {
+        self.send(Job::Publish(req))?;
+        rx.await.map_err(|_| PublishError::ShuttingDown)?
+    }
+
+    /// Retires `event` (durably, like a publish); `Ok(false)` when it has no cue.
+    pub async fn retire(&self, event: EventName) -> Result<bool, PublishError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Retire { event, reply })?;
+        rx.await.map_err(|_| PublishError::ShuttingDown)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), PublishError> {
+        self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.metrics.overloaded.inc();
                 PublishError::Overloaded
             }
             mpsc::error::TrySendError::Closed(_) => PublishError::ShuttingDown,
-        })?;
-        rx.await.map_err(|_| PublishError::ShuttingDown)?
+        })
     }
 }
 
@@ -149,7 +169,7 @@ enum Answer {
     Known(Cue),
 }
 
-fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Request>, clock_ms: impl Fn() -> u64) {
+fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Job>, clock_ms: impl Fn() -> u64) {
     let WriterParts {
         mut log,
         latest,
@@ -162,11 +182,17 @@ fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Request>, clock_ms: impl Fn
     let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
     let mut remembered = Remembered::default();
     record_log_gauges(&log, &metrics);
+    // A retirement ends the batch it meets and is done after it, in order.
+    let mut retire: Option<(EventName, oneshot::Sender<Result<bool, PublishError>>)> = None;
     while let Some(first) = rx.blocking_recv() {
-        batch.push((first, Instant::now()));
-        while batch.len() < MAX_BATCH {
+        match first {
+            Job::Publish(r) => batch.push((r, Instant::now())),
+            Job::Retire { event, reply } => retire = Some((event, reply)),
+        }
+        while retire.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push((r, Instant::now())),
+                Ok(Job::Publish(r)) => batch.push((r, Instant::now())),
+                Ok(Job::Retire { event, reply }) => retire = Some((event, reply)),
                 Err(_) => break,
             }
         }
@@ -245,6 +271,28 @@ fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Request>, clock_ms: impl Fn
                 }
                 answers.clear();
             }
+        }
+        if let Some((event, reply)) = retire.take() {
+            let r = log.retire(&event, clock_ms());
+            record_log_gauges(&log, &metrics);
+            let answer = match r {
+                Ok(Some(seq)) => {
+                    metrics.retired.inc();
+                    forget(&latest, &relay, &event, seq);
+                    tracing::info!(event = %event, seq, "event retired");
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => {
+                    tracing::error!(error = %e, event = %event, "cue log: retirement failed");
+                    if log.is_poisoned() {
+                        health.send_replace(Some(e.to_string()));
+                    }
+                    metrics.failed.inc();
+                    Err(PublishError::Log(Arc::new(e)))
+                }
+            };
+            let _ = reply.send(answer);
         }
     }
 }

@@ -25,15 +25,70 @@ use cue_common::cue::{Cue, EventName};
 use cue_common::metrics::{Counter, Gauge, Histogram};
 
 /// Newest cue of every event, shared by the HTTP API and the relay (read-mostly).
-pub type Latest = Arc<RwLock<HashMap<EventName, Cue>>>;
+pub type Latest = Arc<RwLock<State>>;
+
+/// Events retired lately, remembered so `GET` answers 404 for them (an event never published
+/// answers 200 with `current: null`). Bounded: beyond it the longest retired are forgotten and
+/// read as never published.
+pub const RETIRED_REMEMBERED: usize = 65_536;
+
+/// The newest cue of every event (the map itself, through `Deref`), and the events retired
+/// lately.
+#[derive(Debug, Default)]
+pub struct State {
+    cues: HashMap<EventName, Cue>,
+    retired: std::collections::HashSet<EventName>,
+    retired_order: std::collections::VecDeque<EventName>,
+}
+
+impl std::ops::Deref for State {
+    type Target = HashMap<EventName, Cue>;
+    fn deref(&self) -> &Self::Target {
+        &self.cues
+    }
+}
+
+impl std::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.cues
+    }
+}
+
+impl State {
+    /// True when `event` was retired and not published since (as far as remembered).
+    pub fn is_retired(&self, event: &EventName) -> bool {
+        self.retired.contains(event)
+    }
+
+    /// Remembers `event` as retired (read back from the store at start).
+    pub fn mark_retired(&mut self, event: &EventName) {
+        if self.retired.insert(event.clone()) {
+            self.retired_order.push_back(event.clone());
+            while self.retired_order.len() > RETIRED_REMEMBERED {
+                if let Some(old) = self.retired_order.pop_front() {
+                    self.retired.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// The store's health: `None` while it can make cues durable, else the reason it cannot.
 pub type Health = watch::Receiver<Option<String>>;
 
+/// What the relay hands every linked edge.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A durable cue.
+    Cue(Cue),
+    /// A retired event: edges forget its cue.
+    Retired(EventName),
+}
+
 /// Takes `cue` into `latest` if it is newer than the held cue of its event, and then hands it to
 /// the relay; returns whether it did. Cues of one event may arrive twice (an origin's own
 /// publish and the stream's copy of it), or late; only the newest counts.
-pub fn offer(latest: &Latest, relay: &broadcast::Sender<Cue>, cue: &Cue) -> bool {
+pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue) -> bool {
     {
         let mut l = latest.write().expect("latest lock");
         if l.get(cue.event())
@@ -42,9 +97,35 @@ pub fn offer(latest: &Latest, relay: &broadcast::Sender<Cue>, cue: &Cue) -> bool
             return false;
         }
         l.insert(cue.event().clone(), cue.clone());
+        // Published again: no longer retired (its place in the order is left to age out).
+        if !l.retired.is_empty() {
+            l.retired.remove(cue.event());
+        }
     }
     // No receivers (no edge linked) is fine: edges catch up on HELLO.
-    let _ = relay.send(cue.clone());
+    let _ = relay.send(Live::Cue(cue.clone()));
+    true
+}
+
+/// Forgets `event` if the held cue's seq is at most `seq` (a retirement of up to `seq`; a newer
+/// cue, published after it, stays), and tells the relay; returns whether it forgot one.
+pub fn forget(
+    latest: &Latest,
+    relay: &broadcast::Sender<Live>,
+    event: &EventName,
+    seq: u64,
+) -> bool {
+    {
+        let mut l = latest.write().expect("latest lock");
+        match l.get(event) {
+            Some(held) if held.seq() <= seq => {
+                l.remove(event);
+                l.mark_retired(event);
+            }
+            _ => return false,
+        }
+    }
+    let _ = relay.send(Live::Retired(event.clone()));
     true
 }
 
@@ -137,6 +218,8 @@ pub struct PublishMetrics {
     pub compactions: Gauge,
     /// Events known.
     pub events: Gauge,
+    /// Events retired (by `DELETE` or for being idle).
+    pub retired: Counter,
 }
 
 /// The store an origin publishes to.
@@ -161,6 +244,17 @@ impl Store {
         match self {
             Store::Embedded(p) => p.publish(event, key, idempotency).await,
             Store::Nats(n) => n.publish(event, key, idempotency).await,
+        }
+    }
+
+    /// Retires `event`: the store records it durably (a retirement record in the log, a
+    /// retirement message in the stream), it leaves the newest-cue state, catch-up and
+    /// `GET`, and every linked edge is told to forget it. `Ok(false)` when the event has no
+    /// cue (never published, or retired already).
+    pub async fn retire(&self, event: EventName) -> Result<bool, PublishError> {
+        match self {
+            Store::Embedded(p) => p.retire(event).await,
+            Store::Nats(n) => n.retire(event).await,
         }
     }
 }

@@ -39,8 +39,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 
-use super::{offer, Latest, PublishError, PublishMetrics};
-use cue_common::cue::{next_seq, Cue, EventName};
+use super::{forget, offer, Latest, Live, PublishError, PublishMetrics};
+use cue_common::cue::{next_seq, Cue, EventName, Record};
 use cue_common::relay::Backoff;
 
 /// Cues kept per event in the stream.
@@ -112,7 +112,7 @@ pub struct NatsStore {
     followed: std::sync::atomic::AtomicU64,
     stripes: Vec<tokio::sync::Mutex<()>>,
     latest: Latest,
-    relay: broadcast::Sender<Cue>,
+    relay: broadcast::Sender<Live>,
     metrics: Arc<PublishMetrics>,
     health: watch::Receiver<Option<String>>,
     /// Publishes in flight; beyond `publish_queue` they are refused (`Overloaded`).
@@ -319,7 +319,7 @@ impl NatsStore {
     pub async fn start(
         opts: &NatsOptions,
         latest: Latest,
-        relay: broadcast::Sender<Cue>,
+        relay: broadcast::Sender<Live>,
         metrics: Arc<PublishMetrics>,
         queue: usize,
         clock_ms: fn() -> u64,
@@ -425,8 +425,21 @@ impl NatsStore {
         let sseq = info.stream_sequence;
         self.followed
             .fetch_max(sseq, std::sync::atomic::Ordering::Relaxed);
-        let cue = match Cue::from_binary(&m.payload) {
-            Ok(c) => c,
+        let cue = match Record::from_binary(&m.payload) {
+            Ok(Record::Cue(c)) => c,
+            Ok(Record::Retired { event, seq, .. }) => {
+                self.record_tip(&event, sseq, seq);
+                if forget(&self.latest, &self.relay, &event, seq) {
+                    self.metrics.retired.inc();
+                } else {
+                    // Loading the stream at start: it is retired all the same.
+                    let mut l = self.latest.write().expect("latest lock");
+                    if !l.contains_key(&event) {
+                        l.mark_retired(&event);
+                    }
+                }
+                return false;
+            }
             Err(e) => {
                 tracing::warn!(subject = %m.subject, sseq, error = %e, "JetStream: message is not a cue; skipped");
                 return false;
@@ -539,12 +552,7 @@ impl NatsStore {
             return Err(PublishError::Overloaded);
         };
         let t0 = Instant::now();
-        let stripe = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            event.hash(&mut h);
-            (h.finish() as usize) % STRIPES
-        };
-        let _one_at_a_time = self.stripes[stripe].lock().await;
+        let _one_at_a_time = self.stripe(&event).lock().await;
         let subject = subject(&self.prefix, &event);
         let result = self
             .publish_locked(&event, &subject, key, idempotency)
@@ -561,6 +569,73 @@ impl NatsStore {
             Err(_) => self.metrics.failed.inc(),
         }
         result.map(|(c, _)| c).map_err(Into::into)
+    }
+
+    /// The lock that serialises one event's writes on this origin (events hash to stripes).
+    fn stripe(&self, event: &EventName) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        event.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// Retires `event`: a retirement message (its newest seq) goes on its subject with the same
+    /// compare-and-set as a publish, so it lands after every cue it retires; every origin's
+    /// follower then forgets the event. The subject keeps at most that message and the cues
+    /// before it (`CUES_PER_EVENT`); `Ok(false)` when the event has no cue.
+    pub async fn retire(&self, event: EventName) -> Result<bool, PublishError> {
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        let _one_at_a_time = self.stripe(&event).lock().await;
+        let subject = subject(&self.prefix, &event);
+        for _ in 0..MAX_SEQ_CONFLICTS {
+            let held = self
+                .latest
+                .read()
+                .expect("latest lock")
+                .get(&event)
+                .map(|c| c.seq());
+            let Some(seq) = held else {
+                return Ok(false);
+            };
+            let expected = self
+                .tips
+                .lock()
+                .expect("tips lock")
+                .get(&event)
+                .map_or(0, |t| t.0);
+            let rec = Record::Retired {
+                event: event.clone(),
+                seq,
+                ts: (self.clock_ms)(),
+            };
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(rec.to_binary()))
+                .expected_last_subject_sequence(expected);
+            let ack = match self.js.send_publish(subject.clone(), msg).await {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(a) => {
+                    self.record_tip(&event, a.sequence, seq);
+                    if forget(&self.latest, &self.relay, &event, seq) {
+                        self.metrics.retired.inc();
+                    }
+                    tracing::info!(event = %event, seq, "event retired");
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == K::WrongLastSequence => {
+                    self.metrics.seq_conflicts.inc();
+                    self.refresh_tip(&event, &subject)
+                        .await
+                        .map_err(PublishError::from)?;
+                }
+                Err(e) if e.kind() == K::TimedOut => {
+                    return Err(NatsError::Timeout(self.ack_timeout).into())
+                }
+                Err(e) => return Err(NatsError::Unavailable(e.to_string()).into()),
+            }
+        }
+        Err(NatsError::Contention(event.to_string()).into())
     }
 
     async fn publish_locked(
@@ -625,7 +700,7 @@ impl NatsStore {
         use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
         match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
-                let cue = Cue::from_binary(&m.payload).map_err(|e| {
+                let rec = Record::from_binary(&m.payload).map_err(|e| {
                     NatsError::Unavailable(format!(
                         "stream message {} is not a cue: {e}",
                         m.sequence
@@ -635,8 +710,15 @@ impl NatsStore {
                 self.tips
                     .lock()
                     .expect("tips lock")
-                    .insert(event.clone(), (m.sequence, cue.seq()));
-                offer(&self.latest, &self.relay, &cue);
+                    .insert(event.clone(), (m.sequence, rec.seq()));
+                match &rec {
+                    Record::Cue(cue) => {
+                        offer(&self.latest, &self.relay, cue);
+                    }
+                    Record::Retired { seq, .. } => {
+                        forget(&self.latest, &self.relay, event, *seq);
+                    }
+                }
                 Ok(())
             }
             Err(e) if e.kind() == K::NoMessageFound => {
