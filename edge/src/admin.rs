@@ -1,10 +1,12 @@
-//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `POST /admin/drain`): a small
-//! blocking server on its own thread, off the shards' cores' hot path. It only reads counters
-//! and sends control messages; it never touches shard state.
+//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`): a
+//! small blocking server off the shards' cores' hot path, one thread per connection up to
+//! [`MAX_ADMIN_CONNECTIONS`] (beyond: 503 at once), each request read within
+//! [`ADMIN_DEADLINE`] from its accept. It only reads counters and sends control messages; it
+//! never touches shard state.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,24 +32,80 @@ pub struct AdminState {
     pub capacity: u64,
     /// The QUIC TLS settings, when QUIC is on (for the count of sessions holding TLS state).
     pub quic_tls: Option<Arc<crate::quic::session::LeanServerConfig>>,
+    /// Liveness fails once no origin has been linked this long (`None`: never).
+    pub unlinked_unhealthy: Option<Duration>,
+    /// Admin connections being served.
+    pub serving: AtomicUsize,
 }
 
-/// Serves admin requests on `listener` forever (the thread ends with the process).
+/// Admin connections served at once; beyond, a connection is answered 503 and closed.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Time a client has to send its request, from the accept.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Serves admin requests on `listener` forever (the thread ends with the process), each
+/// connection on a thread of its own, so one slow or idle client delays no other.
 pub fn serve(listener: TcpListener, state: Arc<AdminState>) {
     for conn in listener.incoming() {
         let Ok(mut sock) = conn else { continue };
-        let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = sock.set_write_timeout(Some(Duration::from_secs(2)));
-        if let Err(e) = handle(&mut sock, &state) {
-            tracing::debug!(error = %e, "admin request failed");
+        let _ = sock.set_write_timeout(Some(ADMIN_DEADLINE));
+        if state.serving.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN_CONNECTIONS {
+            state.serving.fetch_sub(1, Ordering::SeqCst);
+            let _ = respond(&mut sock, 503, "text/plain", "admin busy\n", false);
+            continue;
+        }
+        let st = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cue-admin-conn".into())
+            .spawn(move || {
+                if let Err(e) = handle(&mut sock, &st) {
+                    tracing::debug!(error = %e, "admin request failed");
+                }
+                st.serving.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            state.serving.fetch_sub(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Why the process is not live (`/healthz` 503), if it is not.
+fn liveness_problem(st: &AdminState) -> Option<String> {
+    if let Some(i) = st
+        .shards
+        .iter()
+        .position(|s| s.stopped.load(Ordering::SeqCst))
+    {
+        if !st.draining.load(Ordering::Relaxed) {
+            return Some(format!("shard {i} stopped"));
+        }
+    }
+    let limit = st.unlinked_unhealthy?;
+    if st.link.linked.get() > 0 {
+        return None;
+    }
+    let since = st.link.changed_ms.get().max(0) as u64;
+    let unlinked = cue_common::time::unix_now_ms().saturating_sub(since);
+    (unlinked >= limit.as_millis() as u64).then(|| {
+        format!(
+            "no origin linked for {} s (limit {} s)",
+            unlinked / 1000,
+            limit.as_secs()
+        )
+    })
 }
 
 fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let start = std::time::Instant::now();
     let (method, path) = loop {
+        // The deadline runs from the accept: bytes that trickle in do not extend it.
+        let left = ADMIN_DEADLINE.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(());
+        }
+        sock.set_read_timeout(Some(left))?;
         let n = sock.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -63,25 +121,54 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                 )
             }
             Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
-            _ => return respond(sock, 400, "text/plain", "bad request\n"),
+            _ => return respond(sock, 400, "text/plain", "bad request\n", true),
         }
     };
     let (route, query) = path.split_once('?').unwrap_or((&path, ""));
-    match (method.as_str(), route) {
-        ("GET", "/metrics") => respond(sock, 200, "text/plain; version=0.0.4", &metrics(st)),
-        ("GET", "/healthz") => {
+    // HEAD is GET without the body.
+    let (method, body) = match method.as_str() {
+        "HEAD" => ("GET", false),
+        m => (m, true),
+    };
+    match (method, route) {
+        ("GET", "/metrics") => respond(sock, 200, "text/plain; version=0.0.4", &metrics(st), body),
+        ("GET", "/healthz" | "/readyz") => {
             let draining = st.draining.load(Ordering::Relaxed);
             let linked = st.link.linked.get();
-            let body = format!(
-                "{{\"status\":\"{}\",\"origins_linked\":{linked},\"draining\":{draining}}}\n",
-                if draining { "draining" } else { "ok" }
+            // Liveness: broken (a shard died, cut off from every origin too long). Readiness
+            // also needs an origin linked now and no drain, so load balancers send devices
+            // only where they get cues.
+            let problem = liveness_problem(st).or_else(|| {
+                (route == "/readyz")
+                    .then(|| {
+                        if draining {
+                            Some("draining".to_string())
+                        } else if linked == 0 {
+                            Some("no origin linked".to_string())
+                        } else {
+                            None
+                        }
+                    })
+                    .flatten()
+            });
+            let status = match (&problem, draining) {
+                (Some(_), _) => "unhealthy",
+                (None, true) => "draining",
+                (None, false) => "ok",
+            };
+            let reason = problem
+                .as_deref()
+                .map(|r| format!(",\"reason\":{}", serde_json::Value::from(r)))
+                .unwrap_or_default();
+            let text = format!(
+                "{{\"status\":\"{status}\",\"origins_linked\":{linked},\"draining\":{draining}{reason}}}\n"
             );
-            // 503 while draining so load balancers stop sending devices here.
             respond(
                 sock,
-                if draining { 503 } else { 200 },
+                if problem.is_some() { 503 } else { 200 },
                 "application/json",
-                &body,
+                &text,
+                body,
             )
         }
         ("POST", "/admin/drain") => {
@@ -98,6 +185,7 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                         400,
                         "text/plain",
                         "window_s: must be 0..=3600 seconds\n",
+                        true,
                     )
                 }
             };
@@ -108,12 +196,13 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                 202,
                 "application/json",
                 &format!("{{\"draining\":true,\"window_s\":{}}}\n", window.as_secs()),
+                true,
             )
         }
-        (_, "/metrics" | "/healthz" | "/admin/drain") => {
-            respond(sock, 405, "text/plain", "method not allowed\n")
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/drain") => {
+            respond(sock, 405, "text/plain", "method not allowed\n", body)
         }
-        _ => respond(sock, 404, "text/plain", "not found\n"),
+        _ => respond(sock, 404, "text/plain", "not found\n", body),
     }
 }
 
@@ -261,12 +350,23 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-fn respond(sock: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
+/// Writes the response; `with_body` false (HEAD) sends the head only, with the length the body
+/// would have.
+fn respond(
+    sock: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &str,
+    with_body: bool,
+) -> std::io::Result<()> {
     let reason = crate::ws::handshake::reason_phrase(status);
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     sock.write_all(head.as_bytes())?;
-    sock.write_all(body.as_bytes())
+    if with_body {
+        sock.write_all(body.as_bytes())?;
+    }
+    Ok(())
 }

@@ -145,6 +145,10 @@ pub struct EdgeConfig {
     pub max_request: usize,
     /// Drain window in seconds (SIGTERM, `POST /admin/drain`). Default 30.
     pub drain_window_s: u64,
+    /// `/healthz` (liveness) answers 503 once no origin has been linked for this many seconds
+    /// (since start or since the last link dropped): an edge cut off that long serves only
+    /// stale cues. 0 = never. Default 30 (`/readyz` is 503 as soon as no origin is linked).
+    pub origin_unlinked_unhealthy_s: u64,
     /// Retry-After / retry-after hint range in seconds, low end. Default 5.
     pub retry_after_min_s: u32,
     /// Retry-After / retry-after hint range in seconds, high end. Default 60.
@@ -215,6 +219,7 @@ impl Default for EdgeConfig {
             max_output: 65536,
             max_request: 8192,
             drain_window_s: 30,
+            origin_unlinked_unhealthy_s: 30,
             retry_after_min_s: 5,
             retry_after_max_s: 60,
             relay_heartbeat_ms: 1000,

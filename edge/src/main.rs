@@ -250,6 +250,41 @@ fn quic_reset_key(file: &std::path::Path) -> Result<[u8; 32], String> {
         .derive("cue-edge/quic-stateless-reset/v1"))
 }
 
+/// Liveness counts "no origin linked" from the start until the first link.
+fn link_stats_start(st: &AdminState) {
+    st.link
+        .changed_ms
+        .set(cue_common::time::unix_now_ms() as i64);
+}
+
+/// Ends the process (exit 70) if a shard stops while the edge is not stopping: a dead shard's
+/// devices would get nothing while the rest looks healthy. Under systemd the unit restarts.
+fn supervise(st: Arc<AdminState>, stopping: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("cue-supervisor".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Some(i) = st
+                .shards
+                .iter()
+                .position(|s| s.stopped.load(Ordering::SeqCst))
+            {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::error!(
+                    shard = i,
+                    "a shard stopped unexpectedly; exiting (70) so the process is restarted"
+                );
+                std::process::exit(70);
+            }
+        })
+        .expect("spawn supervisor thread");
+}
+
 fn run(cfg: EdgeConfig) -> Result<(), String> {
     let keys = cue_common::config::verifier(cfg.auth())?;
 
@@ -436,7 +471,13 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         drain_window: Duration::from_secs(cfg.drain_window_s),
         capacity: capacity as u64,
         quic_tls: quic_tls.clone(),
+        unlinked_unhealthy: (cfg.origin_unlinked_unhealthy_s > 0)
+            .then(|| Duration::from_secs(cfg.origin_unlinked_unhealthy_s)),
+        serving: Default::default(),
     });
+    link_stats_start(&admin_state);
+    let stopping = Arc::new(AtomicBool::new(false));
+    supervise(admin_state.clone(), stopping.clone());
     {
         let st = admin_state.clone();
         std::thread::Builder::new()
@@ -459,6 +500,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         let certs = certs.clone();
         let keys_mode = matches!(keys, Some(cue_common::keys::Verifier::Keys(_)));
         let cfg_auth = cfg.clone();
+        let stopping = stopping.clone();
         std::thread::Builder::new()
             .name("cue-signals".into())
             .spawn(move || {
@@ -497,13 +539,16 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                         st.draining.store(true, Ordering::Relaxed);
                         let _ = st.control.send(Control::Drain(window));
                         let ctl = st.control.clone();
+                        let stopping = stopping.clone();
                         std::thread::spawn(move || {
                             // Give the close frames a moment to be answered after the window.
                             std::thread::sleep(window + Duration::from_secs(1));
+                            stopping.store(true, Ordering::SeqCst);
                             let _ = ctl.send(Control::Stop);
                         });
                     } else {
                         tracing::info!(signal = sig, "second signal: stopping now");
+                        stopping.store(true, Ordering::SeqCst);
                         let _ = st.control.send(Control::Stop);
                     }
                 }
@@ -511,6 +556,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             .map_err(|e| format!("signal thread: {e}"))?;
     }
     let _ = link.join();
+    stopping.store(true, Ordering::SeqCst);
     for h in handles {
         let _ = h.join();
     }

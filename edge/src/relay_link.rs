@@ -44,6 +44,8 @@ pub enum Control {
 pub struct LinkStats {
     /// Origins linked now.
     pub linked: Gauge,
+    /// Unix ms of the last link going up or down (process start before any).
+    pub changed_ms: Gauge,
     /// Dial attempts.
     pub dials: Counter,
     /// Dials that failed.
@@ -320,9 +322,11 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
     sock.write_all(&out).await?;
     out.clear();
     stats.linked.add(1);
+    stats.changed_ms.set(cue_common::time::unix_now_ms() as i64);
     tracing::info!(origin = %addr, "relay link up");
     let result = read_loop(&mut sock, cfg, senders, newest, stats, stop, &mut out).await;
     stats.linked.add(-1);
+    stats.changed_ms.set(cue_common::time::unix_now_ms() as i64);
     stats.drops.inc();
     result
 }

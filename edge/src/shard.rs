@@ -187,6 +187,16 @@ struct Driver {
 }
 
 async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Option<UdpSocket>) {
+    // Marks the shard stopped however `run` ends, a panic included.
+    struct Stopped(Arc<ShardStats>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0
+                .stopped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _stopped = Stopped(spec.stats.clone());
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(
         epfd >= 0,

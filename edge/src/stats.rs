@@ -49,6 +49,9 @@ pub const REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 404, 405, 426, 431, 503];
 /// One shard's counters.
 #[derive(Debug, Default)]
 pub struct ShardStats {
+    /// Set when the shard's executor ended (a stop, or a panic): the supervisor ends the
+    /// process if it was not asked to stop.
+    pub stopped: std::sync::atomic::AtomicBool,
     /// Open WebSocket sessions.
     pub connections: Gauge,
     /// Event slots held (followed or kept for catch-up; at most `max_events`).

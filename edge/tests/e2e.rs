@@ -185,8 +185,13 @@ fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
         .parse()
         .expect(&body);
     assert!((5..=60).contains(&retry), "{body}");
+    // Not ready while draining (load balancers stop sending devices); still live.
+    let h = cue_testkit::client::request(edge.admin, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(h.body.contains("\"reason\":\"draining\""), "{}", h.body);
     let h = cue_testkit::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
-    assert_eq!(h.status, 503);
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert!(h.body.contains("\"status\":\"draining\""), "{}", h.body);
     // SIGTERM after a drain: exits cleanly.
     edge.proc.sigterm();
     assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(0));

@@ -114,3 +114,42 @@ fn a_handshake_flood_past_max_handshakes_is_answered_503_at_once() {
     assert_eq!(metric(&m, "cue_edge_handshakes_shed_total"), refused as f64);
     assert!(metric(&m, "cue_edge_handshaking") <= 16.0);
 }
+
+#[test]
+fn admin_serves_beside_an_idle_client_and_health_tells_the_truth() {
+    let (_dir, mut origin, edge) = edge_with("origin_unlinked_unhealthy_s = 2\n");
+    let get = |method: &str, path: &str| {
+        cue_testkit::client::request(edge.admin, method, path, &[], b"").unwrap()
+    };
+    // An idle connection to the admin port delays nobody.
+    let _idle = TcpStream::connect(edge.admin).unwrap();
+    let t = Instant::now();
+    let h = get("GET", "/healthz");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.status, 200, "{}", h.body);
+    assert_eq!(get("GET", "/readyz").status, 200);
+    // HEAD: the head only.
+    let h = get("HEAD", "/readyz");
+    assert_eq!((h.status, h.body.as_str()), (200, ""));
+    // The origin gone: not ready at once; not live once the limit passes, with the reason.
+    origin.proc.kill9();
+    wait_until(Duration::from_secs(10), || {
+        get("GET", "/readyz").status == 503
+    });
+    assert!(get("GET", "/readyz").body.contains("no origin linked"));
+    let cut = Instant::now();
+    wait_until(Duration::from_secs(10), || {
+        get("GET", "/healthz").status == 503
+    });
+    assert!(
+        cut.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        cut.elapsed()
+    );
+    let h = get("GET", "/healthz");
+    assert!(h.body.contains("no origin linked for"), "{}", h.body);
+}

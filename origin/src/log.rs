@@ -57,10 +57,14 @@
 //!
 //! # Recovery
 //!
-//! [`CueLog::open`] reads every record from the start. The first record that is invalid (a short
-//! header, `L` = 0 or above `MAX_BINARY_LEN`, a short payload, a CRC mismatch, or a payload that
-//! does not decode as a cue) ends the log: it and every byte after it are a torn tail, cut off with
-//! `ftruncate` + `fsync` and reported in [`Recovery::torn_bytes`], never served. A file whose
+//! [`CueLog::open`] reads every record from the start. An invalid record (a short header, `L` =
+//! 0 or above `MAX_BINARY_LEN`, a short payload, a CRC mismatch, or a payload that decodes as
+//! neither a cue nor a retirement) followed by valid records is a corrupt region: the scan
+//! resynchronises at the next offset where a whole record with a good CRC and a decodable payload
+//! starts, reports the region in [`Recovery::skipped`] (its records are lost; every record after
+//! it is kept), and `open` rewrites the file without it (a compaction). Invalid bytes with no
+//! valid record after them are a torn tail, cut off with `ftruncate` + `fsync` and reported in
+//! [`Recovery::torn_bytes`], never served. A file whose
 //! header is not the magic (including an empty or shorter file) is refused with
 //! [`LogError::BadMagic`] and left untouched, and so is the rest of the directory. The directory
 //! is locked (`flock`) while a `CueLog` is open, so two processes never share one log.
@@ -118,15 +122,18 @@ impl Default for LogOptions {
 }
 
 /// What [`CueLog::open`] found and repaired.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// Valid records read from the file (before any compaction done by `open`).
     pub records: u64,
     /// Bytes of torn tail that were cut off the end of the file: an interrupted or corrupt write.
     pub torn_bytes: u64,
     /// `Some(len)` when the recovered file was above `max_bytes` (for example after lowering it)
-    /// and `open` compacted it; `len` is the size before compaction.
+    /// or held corrupt regions, and `open` compacted it; `len` is the size before compaction.
     pub compacted_from: Option<u64>,
+    /// Corrupt regions skipped between valid records, `[start, end)` byte offsets: the records
+    /// in them are lost (each is logged with its range); every record after them was kept.
+    pub skipped: Vec<(u64, u64)>,
 }
 
 /// Why the log refused an operation. Every failure is the origin's own (its disk, its state, or
@@ -264,6 +271,13 @@ impl CueLog {
             (Some(file), Some(scan)) => {
                 recovery.records = scan.records;
                 recovery.torn_bytes = scan.file_len - scan.valid_len;
+                for &(from, to) in &scan.skipped {
+                    tracing::error!(
+                        path = %path.display(), from, to, bytes = to - from,
+                        "cue log: corrupt region skipped; the records in it are lost, every record after it is kept"
+                    );
+                }
+                recovery.skipped = scan.skipped.clone();
                 if recovery.torn_bytes > 0 {
                     file.set_len(scan.valid_len)
                         .map_err(io_err("truncate torn tail of", &path))?;
@@ -296,7 +310,8 @@ impl CueLog {
             poisoned: false,
             buf: Vec::new(),
         };
-        if log.len > log.opts.max_bytes {
+        // Above the limit, or holding corrupt bytes: rewrite it to the live set.
+        if log.len > log.opts.max_bytes || !recovery.skipped.is_empty() {
             let before = log.len;
             match log.compact() {
                 Ok(()) => recovery.compacted_from = Some(before),
@@ -555,16 +570,37 @@ struct Scan {
     /// Bytes up to the end of the last valid record (header included).
     valid_len: u64,
     file_len: u64,
+    /// Corrupt regions between valid records, `[start, end)` byte offsets.
+    skipped: Vec<(u64, u64)>,
 }
 
-/// Reads the header and every valid record, stopping at the first invalid one. Changes nothing.
+/// The record at `at` in `bytes` and its size, if a whole valid one starts there.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+    let header = bytes.get(at..at + RECORD_HEADER_LEN)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > MAX_BINARY_LEN {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let payload = bytes.get(at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + len)?;
+    if crc32c::crc32c(payload) != crc {
+        return None;
+    }
+    Some((Record::from_binary(payload).ok()?, RECORD_HEADER_LEN + len))
+}
+
+/// Reads the header and every valid record. An invalid record followed by valid ones is a
+/// corrupt region: skipped (resynchronising at the next offset where a whole record with a
+/// good CRC and a decodable payload starts) and reported, so one bad record never hides the
+/// acknowledged cues after it. Invalid bytes with no valid record after them are a torn tail
+/// (`valid_len` ends before them). Changes nothing.
 fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
     let file_len = file.metadata().map_err(io_err("stat", path))?.len();
-    let mut r = BufReader::with_capacity(64 << 10, file);
-    let read_err = io_err("read", path);
-    let mut magic = [0u8; MAGIC.len()];
-    let n = read_full(&mut r, &mut magic).map_err(&read_err)?;
-    if n < MAGIC.len() || magic != MAGIC {
+    let mut bytes = Vec::with_capacity(file_len as usize);
+    BufReader::with_capacity(64 << 10, file)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", path))?;
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         return Err(LogError::BadMagic {
             path: path.to_owned(),
         });
@@ -574,65 +610,48 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
         retired: Default::default(),
         records: 0,
         valid_len: MAGIC.len() as u64,
-        file_len,
+        file_len: bytes.len() as u64,
+        skipped: Vec::new(),
     };
-    let mut payload = [0u8; MAX_BINARY_LEN];
-    loop {
-        let mut header = [0u8; RECORD_HEADER_LEN];
-        if read_full(&mut r, &mut header).map_err(&read_err)? < RECORD_HEADER_LEN {
-            break;
-        }
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if len == 0 || len > MAX_BINARY_LEN {
-            break;
-        }
-        let payload = &mut payload[..len];
-        if read_full(&mut r, payload).map_err(&read_err)? < len || crc32c::crc32c(payload) != crc {
-            break;
-        }
-        let cue = match Record::from_binary(payload) {
-            Ok(Record::Cue(c)) => c,
-            Ok(Record::Retired { event, seq, .. }) => {
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let (rec, n) = match record_at(&bytes, at) {
+            Some(r) => r,
+            None => match (at + 1..bytes.len()).find(|&q| record_at(&bytes, q).is_some()) {
+                Some(q) => {
+                    out.skipped.push((at as u64, q as u64));
+                    at = q;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        at += n;
+        out.records += 1;
+        out.valid_len = at as u64;
+        match rec {
+            Record::Retired { event, seq, .. } => {
                 // The event's cues up to `seq` are gone; a later cue (higher seq) starts it anew.
                 if out.latest.get(&event).is_some_and(|c| c.seq() <= seq) {
                     out.latest.remove(&event);
                 }
                 out.retired.insert(event);
-                out.records += 1;
-                out.valid_len += (RECORD_HEADER_LEN + len) as u64;
-                continue;
             }
-            Err(_) => break,
-        };
-        out.retired.remove(cue.event());
-        // Seqs only grow within an event, so this keeps the last record; the check keeps the
-        // highest seq even if a file were somehow out of order.
-        match out.latest.get_mut(cue.event()) {
-            Some(slot) if slot.seq() >= cue.seq() => {}
-            Some(slot) => *slot = cue,
-            None => {
-                out.latest.insert(cue.event().clone(), cue);
+            Record::Cue(cue) => {
+                out.retired.remove(cue.event());
+                // Seqs only grow within an event, so this keeps the last record; the check
+                // keeps the highest seq even if a file were somehow out of order.
+                match out.latest.get_mut(cue.event()) {
+                    Some(slot) if slot.seq() >= cue.seq() => {}
+                    Some(slot) => *slot = cue,
+                    None => {
+                        out.latest.insert(cue.event().clone(), cue);
+                    }
+                }
             }
         }
-        out.records += 1;
-        out.valid_len += (RECORD_HEADER_LEN + len) as u64;
     }
     Ok(out)
-}
-
-/// Reads until `buf` is full or the end of input; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Writes a complete log holding `cues` to `tmp` (replacing any old one) and syncs it when
@@ -832,7 +851,8 @@ mod tests {
             Recovery {
                 records: 6,
                 torn_bytes: 0,
-                compacted_from: None
+                compacted_from: None,
+                skipped: vec![]
             }
         );
         assert_eq!(log.len_bytes(), len);
@@ -904,7 +924,8 @@ mod tests {
                 Recovery {
                     records: 3,
                     torn_bytes: 0,
-                    compacted_from: None
+                    compacted_from: None,
+                    skipped: vec![]
                 }
             );
             assert_eq!(log.latest(), &model_latest([&cues[0], &cues[1], &next]));
@@ -932,6 +953,65 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_record_in_the_middle_is_skipped_and_every_later_one_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = no_sync();
+        let cues: Vec<Cue> = (1..=40u64)
+            .map(|i| cue(&format!("e{}", i % 7), &format!("k{i}"), i))
+            .collect();
+        let (mut log, _) = open(tmp.path(), opts);
+        for c in &cues {
+            log.append(std::slice::from_ref(c)).unwrap();
+        }
+        drop(log);
+        let clean = fs::read(log_path(tmp.path())).unwrap();
+        let rec_len = |i: usize| record_len(&cues[i]) as usize;
+        // Offsets of record 20 and 21 (0-based).
+        let start20 = MAGIC.len() + (0..20).map(rec_len).sum::<usize>();
+        let start21 = start20 + rec_len(20);
+        // Flip bytes in several places of record 20: its length, its CRC, its payload; and a
+        // zero-filled record (a hole, as a lost write leaves).
+        for (what, at) in [
+            ("length", start20),
+            ("crc", start20 + 5),
+            ("payload", start20 + 12),
+        ] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x5a;
+            fs::write(log_path(tmp.path()), &bytes).unwrap();
+            let (log, rec) = open(tmp.path(), opts);
+            assert_eq!(
+                rec.skipped,
+                vec![(start20 as u64, start21 as u64)],
+                "{what}"
+            );
+            assert_eq!(rec.torn_bytes, 0, "{what}");
+            let mut want = model_latest(cues.iter().take(20).chain(cues.iter().skip(21)));
+            // Record 20's event keeps its newest from before or after it.
+            want.retain(|_, c| c.seq() != 21);
+            assert_eq!(
+                log.latest(),
+                &want,
+                "{what}: every record after the bad one is kept"
+            );
+            assert!(
+                rec.compacted_from.is_some(),
+                "{what}: rewritten without the bad bytes"
+            );
+            drop(log);
+            let (_, again) = open(tmp.path(), opts);
+            assert!(again.skipped.is_empty(), "{what}: the rewrite is clean");
+            fs::write(log_path(tmp.path()), &clean).unwrap();
+        }
+        let mut bytes = clean.clone();
+        bytes[start20..start21].fill(0);
+        fs::write(log_path(tmp.path()), &bytes).unwrap();
+        let (log, rec) = open(tmp.path(), opts);
+        assert_eq!(rec.skipped, vec![(start20 as u64, start21 as u64)]);
+        assert_eq!(log.latest()[&EventName::new("e5").unwrap()].seq(), 40);
+    }
+
+    #[test]
     fn garbage_after_valid_records_is_dropped() {
         let tmp = tempfile::tempdir().unwrap();
         let (full, _, cues) = three_records(tmp.path());
@@ -942,17 +1022,13 @@ mod tests {
         undecodable.extend_from_slice(&30u32.to_le_bytes());
         undecodable.extend_from_slice(&crc32c::crc32c(&junk).to_le_bytes());
         undecodable.extend_from_slice(&junk);
-        // A valid record after a zero-length one must not be reached either.
-        let mut zero_then_valid = vec![0u8; 8];
-        encode_record(&cue("z", "k", 1), &mut zero_then_valid);
         let mut too_long = (MAX_BINARY_LEN as u32 + 1).to_le_bytes().to_vec();
         too_long.extend_from_slice(&[0u8; 200]);
-        let tails: [Vec<u8>; 6] = [
+        let tails: [Vec<u8>; 5] = [
             b"hello, garbage".to_vec(),
             vec![0u8; 4096],
             vec![0xffu8; 3],
             undecodable,
-            zero_then_valid,
             too_long,
         ];
         for tail in tails {
@@ -1124,7 +1200,8 @@ mod tests {
             Recovery {
                 records: 200,
                 torn_bytes: 0,
-                compacted_from: Some(len)
+                compacted_from: Some(len),
+                skipped: vec![]
             }
         );
         assert_eq!(log.compactions(), 1);

@@ -66,6 +66,15 @@ fn start_embedded(
             "dropped a torn tail from the cue log (never served)"
         );
     }
+    let skipped: u64 = rec.skipped.iter().map(|(a, b)| b - a).sum();
+    if skipped > 0 {
+        tracing::error!(
+            regions = rec.skipped.len(),
+            bytes = skipped,
+            "cue log: corrupt regions skipped at recovery (their records are lost, later ones kept; the log was rewritten); check the disk"
+        );
+    }
+    pm.log_skipped_bytes.set(skipped as i64);
     {
         let mut l = latest.write().expect("latest lock");
         **l = log.latest().clone();
@@ -415,6 +424,13 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
         "gauge",
         "1 while the store can make cues durable, else 0.",
         u8::from(health.borrow().is_none()),
+    );
+    single(
+        &mut s,
+        "cue_origin_log_skipped_bytes",
+        "gauge",
+        "Corrupt bytes skipped between valid records when the log was recovered at start (their records are lost); page on > 0.",
+        pm.log_skipped_bytes.get(),
     );
     single(
         &mut s,

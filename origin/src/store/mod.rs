@@ -220,6 +220,8 @@ pub struct PublishMetrics {
     pub events: Gauge,
     /// Events retired (by `DELETE` or for being idle).
     pub retired: Counter,
+    /// Corrupt bytes skipped at the log's recovery (embedded).
+    pub log_skipped_bytes: Gauge,
 }
 
 /// The store an origin publishes to.
