@@ -48,6 +48,10 @@ pub struct OriginConfig {
     pub relay_write_timeout_ms: u64,
     /// Most edges linked at once. Default 1024.
     pub max_edges: usize,
+    /// Most HTTP connections served at once; beyond, new ones wait in the listen backlog.
+    /// Each request's head must arrive within 10 s and a publish body within 10 s more.
+    /// Default 4096.
+    pub max_http_connections: usize,
     /// Retire an event that has had no new cue for this many seconds: it leaves catch-up,
     /// `GET` (404), every edge and (at compaction) the log. 0 never retires for idleness
     /// (`DELETE /v1/events/{event}` still does). Default 604800 (7 days): far longer than any
@@ -142,6 +146,7 @@ impl Default for OriginConfig {
             relay_dead_after_ms: 5000,
             relay_write_timeout_ms: 5000,
             max_edges: 1024,
+            max_http_connections: 4096,
             event_retire_after_s: 604_800,
             relay_unhealthy_grace_ms: 15_000,
             relay_cert: None,
@@ -181,6 +186,12 @@ impl OriginConfig {
             e.push(format!(
                 "publish_queue: {} must be 1..=1000000",
                 self.publish_queue
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_http_connections) {
+            e.push(format!(
+                "max_http_connections: {} must be 1..=1000000",
+                self.max_http_connections
             ));
         }
         if !(16..=1_000_000).contains(&self.relay_buffer) {

@@ -25,6 +25,10 @@ use cue_common::time::unix_now_s;
 
 /// Largest publish body accepted.
 pub const MAX_BODY: usize = 4096;
+/// Time a request's head has to arrive (from when the server starts waiting for it).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time a publish body has to arrive once the head is in.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -227,12 +231,18 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             }
         },
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "body not received within 10 s"),
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 4096 bytes")
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
     };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -206,9 +206,15 @@ pub async fn run(
     });
     let api2 = api.clone();
     let mut http_stop = stop_rx.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_http_connections));
     let http_task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
+            // At the cap, connections wait in the listen backlog (bounded by the kernel).
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = http_stop.changed() => break,
+            };
             let (sock, _) = tokio::select! {
                 r = http.accept() => match r {
                     Ok(x) => x,
@@ -223,10 +229,15 @@ pub async fn run(
             let api = api2.clone();
             conns.spawn(async move {
                 let svc = service_fn(move |req| crate::http::handle(api.clone(), req));
+                // The head must arrive within HEADER_TIMEOUT of the connection's first byte
+                // wait (however it trickles in); the body has BODY_TIMEOUT (http.rs).
                 let _ = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(crate::http::HEADER_TIMEOUT)
                     .max_buf_size(64 * 1024)
                     .serve_connection(TokioIo::new(sock), svc)
                     .await;
+                drop(permit);
             });
             while conns.try_join_next().is_some() {}
         }

@@ -527,3 +527,47 @@ fn delete_retires_an_event_everywhere_durably_and_idle_events_retire_by_themselv
     assert!(m.contains("cue_origin_events_retired_total "), "{m}");
     o.kill9();
 }
+
+/// A client trickling its request head one byte a second is cut off at the header deadline,
+/// however long it keeps sending; publishes go on meanwhile.
+#[test]
+fn a_slow_http_client_is_cut_off_at_the_header_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _o = start(dir.path(), http, relay);
+    let pubt = keys().mint_publisher(unix_now_s(), 60);
+    let mut slow = TcpStream::connect(http).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let head = b"POST /v1/events/fight/cues HTTP/1.1\r\nHost: o\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let t = Instant::now();
+    let mut closed = None;
+    for (i, b) in head.iter().cycle().enumerate().take(30) {
+        if slow.write_all(&[*b]).is_err() {
+            closed = Some(t.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+            Ok(_) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+        if i == 3 {
+            let (st, b) = post(http, "/v1/events/fight/cues", Some(&pubt), r#"{"key":"k"}"#);
+            assert_eq!(st, 201, "{b}");
+        }
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    let closed = closed.expect("the slow client was never cut off");
+    assert!(
+        closed >= Duration::from_secs(9) && closed < Duration::from_secs(14),
+        "cut off after {closed:?} (deadline 10 s)"
+    );
+}
