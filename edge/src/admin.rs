@@ -51,7 +51,7 @@ pub fn serve(listener: TcpListener, state: Arc<AdminState>) {
         let _ = sock.set_write_timeout(Some(ADMIN_DEADLINE));
         if state.serving.fetch_add(1, Ordering::SeqCst) >= MAX_ADMIN_CONNECTIONS {
             state.serving.fetch_sub(1, Ordering::SeqCst);
-            let _ = respond(&mut sock, 503, "text/plain", "admin busy\n", false);
+            let _ = respond(&mut sock, 503, "text/plain", "admin busy\n", true);
             continue;
         }
         let st = state.clone();
