@@ -11,18 +11,20 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn edge_with(conf: &str) -> (tempfile::TempDir, Origin, Edge) {
+    edge_with_args(conf, &[])
+}
+
+fn edge_with_args(conf: &str, more: &[&str]) -> (tempfile::TempDir, Origin, Edge) {
     let dir = tempfile::tempdir().unwrap();
     let (http, relay) = (free_addr(), free_addr());
     let origin = start_origin(dir.path(), http, relay);
     let path = dir.path().join("edge.toml");
     std::fs::write(&path, conf).unwrap();
     let (ws, admin) = (free_addr(), free_addr());
-    let edge = start_edge(
-        relay,
-        ws,
-        admin,
-        &["--config", &path.display().to_string(), "--quic", "none"],
-    );
+    let path = path.display().to_string();
+    let mut args = vec!["--config", path.as_str(), "--quic", "none"];
+    args.extend_from_slice(more);
+    let edge = start_edge(relay, ws, admin, &args);
     (dir, origin, edge)
 }
 
@@ -152,4 +154,57 @@ fn admin_serves_beside_an_idle_client_and_health_tells_the_truth() {
     );
     let h = get("GET", "/healthz");
     assert!(h.body.contains("no origin linked for"), "{}", h.body);
+}
+
+/// TCP connections to the wss port that never start TLS are closed at the handshake deadline
+/// too (it covers the TLS handshake: it runs from the TCP accept).
+#[test]
+fn silent_wss_connections_are_closed_at_the_handshake_deadline() {
+    let wss = free_addr();
+    let wss_s = wss.to_string();
+    let (_dir, _origin, edge) = edge_with_args("handshake_timeout_s = 3\n", &["--wss", &wss_s]);
+    let t = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(wss).unwrap()).collect();
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 16];
+        // EOF or reset: closed either way.
+        let _ = s.read(&mut b);
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "all closed after {took:?} (deadline 3 s)"
+    );
+    assert!(took >= Duration::from_secs(2), "closed early: {took:?}");
+    let m = edge.metrics();
+    assert_eq!(metric(&m, "cue_edge_handshaking"), 0.0);
+}
+
+/// At `max_connections` the next device gets 503 with Retry-After; the devices in keep getting
+/// cues.
+#[test]
+fn at_max_connections_the_next_device_is_refused_and_the_rest_are_served() {
+    // 2 shards: 3 each.
+    let (_dir, origin, edge) = edge_with("max_connections = 6\n");
+    let token = device_token(&["e"]);
+    let mut devs = Vec::new();
+    let mut refused = None;
+    for _ in 0..10 {
+        match subscribe(edge.ws, "events=e", Some(&token)) {
+            Ok(d) => devs.push(d),
+            Err((status, body)) => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("a device beyond max_connections is refused");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("full"), "{body}");
+    assert!(devs.len() <= 6, "{} admitted", devs.len());
+    publish_ok(origin.http, "e", "go");
+    for d in &mut devs {
+        assert_eq!(next_cue(d).1, "go");
+    }
 }
