@@ -37,11 +37,49 @@ pub struct NatsNode {
     proc: Option<Proc>,
 }
 
+/// Clusters one test process runs at once: the tests of a file run on parallel threads, and
+/// more 3-node clusters than this on a 2-core box stretch Raft elections past every test's
+/// deadlines. A test waits for a slot when it configures its cluster.
+pub const MAX_CLUSTERS_AT_ONCE: usize = 3;
+
+fn slots() -> &'static (std::sync::Mutex<usize>, std::sync::Condvar) {
+    static SLOTS: std::sync::OnceLock<(std::sync::Mutex<usize>, std::sync::Condvar)> =
+        std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| (std::sync::Mutex::new(0), std::sync::Condvar::new()))
+}
+
+/// One of the [`MAX_CLUSTERS_AT_ONCE`] places, given back when the cluster is dropped.
+#[derive(Debug)]
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (m, cv) = slots();
+        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_CLUSTERS_AT_ONCE {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (m, cv) = slots();
+        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        cv.notify_one();
+    }
+}
+
 /// A JetStream cluster (or, with one node, a single JetStream server) under a directory.
 #[derive(Debug)]
 pub struct NatsCluster {
     /// The nodes, in start order.
     pub nodes: Vec<NatsNode>,
+    /// Its place among the clusters running at once (dropped after the nodes).
+    _slot: Slot,
 }
 
 impl NatsCluster {
@@ -71,6 +109,7 @@ impl NatsCluster {
     /// As [`NatsCluster::configure`], with `extra` appended to every node's config (e.g. an
     /// `authorization { ... }` block).
     pub fn configure_with(dir: &Path, n: usize, jetstream: bool, extra: &str) -> NatsCluster {
+        let slot = Slot::take();
         let ports: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..n)
             .map(|_| (free_addr(), free_addr(), free_addr()))
             .collect();
@@ -111,7 +150,7 @@ impl NatsCluster {
                 proc: None,
             });
         }
-        NatsCluster { nodes }
+        NatsCluster { nodes, _slot: slot }
     }
 
     /// `nats://HOST:PORT,...` of every node, for `--store`.
