@@ -183,14 +183,7 @@ async fn retire(api: &Api, event: &str, req: &Request<Incoming>) -> Resp {
             .body(Full::new(Bytes::new()))
             .expect("valid response"),
         Ok(false) => error(StatusCode::NOT_FOUND, "no cue: never published, or retired"),
-        Err(e) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            r.headers_mut().insert(
-                "retry-after",
-                hyper::header::HeaderValue::from(e.retry_after_s()),
-            );
-            r
-        }
+        Err(e) => unavailable(&e),
     }
 }
 
@@ -266,15 +259,18 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
     }
     match api.store.publish(event, &key, idempotency.as_deref()).await {
         Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
-        Err(e) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            r.headers_mut().insert(
-                "retry-after",
-                hyper::header::HeaderValue::from(e.retry_after_s()),
-            );
-            r
-        }
+        Err(e) => unavailable(&e),
     }
+}
+
+/// `503` with the store's reason and `Retry-After`.
+fn unavailable(e: &crate::store::PublishError) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    r.headers_mut().insert(
+        "retry-after",
+        hyper::header::HeaderValue::from(e.retry_after_s()),
+    );
+    r
 }
 
 fn render_metrics(api: &Api) -> String {

@@ -471,28 +471,22 @@ impl ShardCore {
     /// Takes the unfollowed slot listed longest ago. Listed slots a device took since are
     /// unlisted on the way (listed again when their last device leaves).
     fn reusable_slot(&mut self, keep: &[u16]) -> Option<u16> {
-        let mut kept = Vec::new();
-        let mut found = None;
-        while let Some(i) = self.unfollowed.pop_front() {
+        // One pass over the list at most: slots in `keep` go round to the back (the device
+        // is about to follow them).
+        for _ in 0..self.unfollowed.len() {
+            let i = self.unfollowed.pop_front()?;
             let slot = &mut self.slots[i as usize];
             if keep.contains(&i) {
-                kept.push(i);
-                continue;
-            }
-            if !slot.subscribers.is_empty() {
+                self.unfollowed.push_back(i);
+            } else if !slot.subscribers.is_empty() {
                 slot.unfollowed_listed = false;
-                continue;
+            } else {
+                // Reused at once, so it stays listed: listed again at the back.
+                self.unfollowed.push_back(i);
+                return Some(i);
             }
-            // Reused at once, so it stays listed: listed again at the back.
-            found = Some(i);
-            break;
         }
-        for i in kept.into_iter().rev() {
-            self.unfollowed.push_front(i);
-        }
-        let i = found?;
-        self.unfollowed.push_back(i);
-        Some(i)
+        None
     }
 
     /// Hands the driver each event a device subscribed to whose new slot has no cue yet, for the

@@ -576,18 +576,21 @@ impl TicketKey {
         Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
     }
 
-    fn tag(&self, digest: &[u8; 32], exp: u64) -> ring::hmac::Tag {
-        let mut c = ring::hmac::Context::with_key(&self.0);
-        c.update(TICKET_LABEL);
-        c.update(&exp.to_be_bytes());
-        c.update(digest);
-        c.sign()
+    /// What the tag covers: the label, the expiry and the admission's digest (on the stack).
+    fn message(digest: &[u8; 32], exp: u64) -> [u8; TICKET_LABEL.len() + 40] {
+        let mut m = [0u8; TICKET_LABEL.len() + 40];
+        let (label, rest) = m.split_at_mut(TICKET_LABEL.len());
+        label.copy_from_slice(TICKET_LABEL);
+        rest[..8].copy_from_slice(&exp.to_be_bytes());
+        rest[8..].copy_from_slice(digest);
+        m
     }
 
     fn issue(&self, digest: &[u8; 32], exp: u64) -> String {
         let mut raw = [0u8; 40];
         raw[..8].copy_from_slice(&exp.to_be_bytes());
-        raw[8..].copy_from_slice(self.tag(digest, exp).as_ref());
+        let tag = ring::hmac::sign(&self.0, &Self::message(digest, exp));
+        raw[8..].copy_from_slice(tag.as_ref());
         B64.encode(raw)
     }
 
@@ -603,11 +606,7 @@ impl TicketKey {
         }
         let exp = u64::from_be_bytes(raw[..8].try_into().ok()?);
         // ring::hmac::verify compares in constant time.
-        let mut msg = Vec::with_capacity(TICKET_LABEL.len() + 40);
-        msg.extend_from_slice(TICKET_LABEL);
-        msg.extend_from_slice(&raw[..8]);
-        msg.extend_from_slice(digest);
-        ring::hmac::verify(&self.0, &msg, &raw[8..40]).ok()?;
+        ring::hmac::verify(&self.0, &Self::message(digest, exp), &raw[8..40]).ok()?;
         (exp > now_s).then_some(exp)
     }
 }

@@ -583,7 +583,6 @@ impl NatsStore {
     /// follower then forgets the event. The subject keeps at most that message and the cues
     /// before it (`CUES_PER_EVENT`); `Ok(false)` when the event has no cue.
     pub async fn retire(&self, event: EventName) -> Result<bool, PublishError> {
-        use async_nats::jetstream::context::PublishErrorKind as K;
         let _one_at_a_time = self.stripe(&event).lock().await;
         let subject = subject(&self.prefix, &event);
         for _ in 0..MAX_SEQ_CONFLICTS {
@@ -610,29 +609,13 @@ impl NatsStore {
             let msg = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(rec.to_binary()))
                 .expected_last_subject_sequence(expected);
-            let ack = match self.js.send_publish(subject.clone(), msg).await {
-                Ok(f) => f.await,
-                Err(e) => Err(e),
-            };
-            match ack {
-                Ok(a) => {
-                    self.record_tip(&event, a.sequence, seq);
-                    if forget(&self.latest, &self.relay, &event, seq) {
-                        self.metrics.retired.inc();
-                    }
-                    tracing::info!(event = %event, seq, "event retired");
-                    return Ok(true);
+            if let Some(a) = self.send_cas(&event, &subject, msg).await? {
+                self.record_tip(&event, a.sequence, seq);
+                if forget(&self.latest, &self.relay, &event, seq) {
+                    self.metrics.retired.inc();
                 }
-                Err(e) if e.kind() == K::WrongLastSequence => {
-                    self.metrics.seq_conflicts.inc();
-                    self.refresh_tip(&event, &subject)
-                        .await
-                        .map_err(PublishError::from)?;
-                }
-                Err(e) if e.kind() == K::TimedOut => {
-                    return Err(NatsError::Timeout(self.ack_timeout).into())
-                }
-                Err(e) => return Err(NatsError::Unavailable(e.to_string()).into()),
+                tracing::info!(event = %event, seq, "event retired");
+                return Ok(true);
             }
         }
         Err(NatsError::Contention(event.to_string()).into())
@@ -645,7 +628,6 @@ impl NatsStore {
         key: &str,
         idempotency: Option<&str>,
     ) -> Result<(Cue, bool), NatsError> {
-        use async_nats::jetstream::context::PublishErrorKind as K;
         for _ in 0..MAX_SEQ_CONFLICTS {
             let (expected, prev) = {
                 let tip = self.tips.lock().expect("tips lock").get(event).copied();
@@ -668,31 +650,45 @@ impl NatsStore {
                 msg = msg.message_id(format!("{}:{k}", event.as_str()));
             }
             self.metrics.batches.inc();
-            let ack = match self.js.send_publish(subject.to_string(), msg).await {
-                Ok(f) => f.await,
-                Err(e) => Err(e),
-            };
-            match ack {
-                Ok(a) if a.duplicate => {
+            match self.send_cas(event, subject, msg).await? {
+                Some(a) if a.duplicate => {
                     self.metrics.idempotent_repeats.inc();
                     return Ok((self.read_cue(a.sequence).await?, false));
                 }
-                Ok(a) => {
+                Some(a) => {
                     self.record_tip(event, a.sequence, cue.seq());
                     offer(&self.latest, &self.relay, &cue);
                     return Ok((cue, true));
                 }
-                Err(e) if e.kind() == K::WrongLastSequence => {
-                    self.metrics.seq_conflicts.inc();
-                    self.refresh_tip(event, subject).await?;
-                }
-                Err(e) if e.kind() == K::TimedOut => {
-                    return Err(NatsError::Timeout(self.ack_timeout))
-                }
-                Err(e) => return Err(NatsError::Unavailable(e.to_string())),
+                None => {}
             }
         }
         Err(NatsError::Contention(event.to_string()))
+    }
+
+    /// Sends `msg` on `subject` under its compare-and-set. `Ok(None)` when another write to the
+    /// subject came first: the tip is refreshed and the caller tries again.
+    async fn send_cas(
+        &self,
+        event: &EventName,
+        subject: &str,
+        msg: jetstream::message::PublishMessage,
+    ) -> Result<Option<jetstream::publish::PublishAck>, NatsError> {
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        let ack = match self.js.send_publish(subject.to_string(), msg).await {
+            Ok(f) => f.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(a) => Ok(Some(a)),
+            Err(e) if e.kind() == K::WrongLastSequence => {
+                self.metrics.seq_conflicts.inc();
+                self.refresh_tip(event, subject).await?;
+                Ok(None)
+            }
+            Err(e) if e.kind() == K::TimedOut => Err(NatsError::Timeout(self.ack_timeout)),
+            Err(e) => Err(NatsError::Unavailable(e.to_string())),
+        }
     }
 
     /// Reads the newest cue of `event` from the stream (after another origin published it).
