@@ -394,17 +394,16 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 Frame::Retired(ev) => {
                     // Forget it here and on every shard: a device of it gets no stale catch-up.
                     stats.retirements.inc();
-                    let held = {
+                    {
                         let mut n = newest.borrow_mut();
-                        let held = n.remove(&ev);
+                        n.remove(&ev);
                         stats.events_held.set(n.len() as i64);
-                        held
-                    };
-                    if held {
-                        tracing::info!(event = %ev, "relay: event retired");
-                        for s in senders.iter() {
-                            let _ = s.send(ShardMsg::Retired(ev.clone())).await;
-                        }
+                    }
+                    // Every shard, even when the link's bounded hold had pushed the event out:
+                    // a shard's slot may still hold its cue.
+                    tracing::info!(event = %ev, "relay: event retired");
+                    for s in senders.iter() {
+                        let _ = s.send(ShardMsg::Retired(ev.clone())).await;
                     }
                 }
                 Frame::Ping(n) => relay::encode(&Frame::Pong(n), out),
