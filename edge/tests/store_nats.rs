@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cue_testkit::client::request;
 use cue_testkit::nats::NatsCluster;
-use cue_testkit::{spawn_origin, wait_healthy};
+use cue_testkit::{spawn_origin, wait_healthy, wait_healthy_logged};
 use support::*;
 
 /// A `cue-origin` on JetStream; waits until it is healthy.
@@ -271,10 +271,14 @@ fn origin_started_before_nats_waits_and_retries() {
         std::fs::read_to_string(&log)
             .is_ok_and(|l| l.matches("NATS not reachable; retrying").count() >= 2)
     });
-    assert!(!request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200));
+    // Its ports are up meanwhile: health says it is starting.
+    let h = request(http, "GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(h.body.contains("starting"), "{}", h.body);
+    assert_eq!(h.header("retry-after"), Some("1"));
     cluster.start_node(0);
     cluster.wait_ready(0, Duration::from_secs(20));
-    wait_healthy(http, Duration::from_secs(20));
+    wait_healthy_logged(http, Duration::from_secs(20), &log);
     assert!(publish_ok(http, "fight", "round-1") > 0);
 }
 

@@ -112,6 +112,17 @@ pub async fn run(
     let pm = Arc::new(PublishMetrics::default());
     let rm = Arc::new(RelayMetrics::default());
     let mut shutdown = std::pin::pin!(shutdown);
+    // Ports first: a port in use fails the start at once, and while the store comes up (NATS
+    // may take a while) the HTTP port answers 503 "starting" instead of refusing connections.
+    let http = TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("http: binding {}", cfg.http))?;
+    let relay = TcpListener::bind(cfg.relay)
+        .await
+        .with_context(|| format!("relay: binding {}", cfg.relay))?;
+    tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
+    let http = Arc::new(http);
+    let starting = tokio::spawn(answer_starting(http.clone()));
     let (store, health, writer) = match cfg.nats() {
         None => {
             let (p, health, w) = start_embedded(&cfg, &latest, &live, &pm)?;
@@ -129,6 +140,7 @@ pub async fn run(
             let s = tokio::select! {
                 r = start => r.map_err(|e| anyhow::anyhow!("store {}: {e}", cfg.store))?,
                 _ = &mut shutdown => {
+                    starting.abort();
                     tracing::info!("shut down before the store was reachable");
                     return Ok(());
                 }
@@ -137,13 +149,8 @@ pub async fn run(
         }
     };
 
-    let http = TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| format!("http: binding {}", cfg.http))?;
-    let relay = TcpListener::bind(cfg.relay)
-        .await
-        .with_context(|| format!("relay: binding {}", cfg.relay))?;
-    tracing::info!(http = %cfg.http, relay = %cfg.relay, "cue-origin listening");
+    starting.abort();
+    let _ = starting.await;
 
     let relay_tls = match cfg.relay_tls() {
         None => {
@@ -263,6 +270,44 @@ pub async fn run(
     }
     tracing::info!("cue-origin stopped");
     Ok(())
+}
+
+/// Connections answered at once while the store starts; beyond, they wait in the backlog.
+const STARTING_CONNECTIONS: usize = 64;
+
+/// Answers every request on `http` with `503 {"status":"starting"}` and `Retry-After: 1` until
+/// aborted (the store is up and the API takes the listener over).
+async fn answer_starting(http: Arc<TcpListener>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(STARTING_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    // Aborting this task drops the set, which aborts the connections it holds.
+    loop {
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let Ok((sock, _)) = http.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        conns.spawn(async move {
+            let svc = service_fn(|_req| async {
+                let body = "{\"status\":\"starting\",\"reason\":\"the store is not reachable yet (see the log)\"}\n";
+                hyper::Response::builder()
+                    .status(503)
+                    .header("content-type", "application/json")
+                    .header("retry-after", "1")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        body.as_bytes(),
+                    )))
+            });
+            let _ = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::http::HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+            drop(permit);
+        });
+        while conns.try_join_next().is_some() {}
+    }
 }
 
 /// Retires every event whose newest cue is older than `after`, checking every `after / 4`

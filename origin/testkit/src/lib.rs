@@ -123,9 +123,24 @@ pub fn spawn_origin(
 
 /// Waits up to `d` until `GET /healthz` on `http` answers 200.
 pub fn wait_healthy(http: SocketAddr, d: Duration) {
-    wait_until(d, || {
-        crate::client::request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    wait_until(d, || healthy(http));
+}
+
+/// As [`wait_healthy`]; on a timeout the panic carries the process's log at `log`.
+pub fn wait_healthy_logged(http: SocketAddr, d: Duration, log: &Path) {
+    let t = Instant::now();
+    while !healthy(http) {
+        assert!(
+            t.elapsed() < d,
+            "{http} not healthy within {d:?}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn healthy(http: SocketAddr) -> bool {
+    crate::client::request(http, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
 }
 
 /// Starts the workspace's `cue-origin` (see [`spawn_origin`]; output discarded) and waits
