@@ -1,4 +1,5 @@
-//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`): a
+//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`,
+//! `POST /admin/undrain`, the last two with an admin token), and the drain supervisor: a
 //! small blocking server off the shards' cores' hot path, one thread per connection up to
 //! [`MAX_ADMIN_CONNECTIONS`] (beyond: 503 at once), each request read within
 //! [`ADMIN_DEADLINE`] from its accept. It only reads counters and sends control messages; it
@@ -6,9 +7,9 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use cue_common::metrics::{header, sample, single};
 
@@ -36,6 +37,95 @@ pub struct AdminState {
     pub unlinked_unhealthy: Option<Duration>,
     /// Admin connections being served.
     pub serving: AtomicUsize,
+    /// Set once the process is stopping (the shards were told to stop).
+    pub stopping: Arc<AtomicBool>,
+    /// The drain in force (0: none); each drain gets a new number.
+    pub drain_gen: AtomicU64,
+    /// What admin tokens are checked with (reloaded on SIGHUP); `None`: auth off, the admin
+    /// endpoints are open.
+    pub keys: RwLock<Option<cue_common::keys::Verifier>>,
+    /// Admin requests refused for a missing, bad or wrong token.
+    pub refused: cue_common::metrics::Counter,
+}
+
+/// Time a drain leaves after its window for the last close frames to be answered.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Starts a drain over `window` unless one is in force (then `false`): the shards close their
+/// listeners and then their devices at an even rate; the process stops once every shard holds
+/// no device, or at the end of the window (plus [`DRAIN_GRACE`]), unless undrained first.
+pub fn begin_drain(st: &Arc<AdminState>, window: Duration) -> bool {
+    if st.stopping.load(Ordering::SeqCst) || st.draining.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    let gen = st.drain_gen.fetch_add(1, Ordering::SeqCst) + 1;
+    let _ = st.control.send(Control::Drain(window, gen));
+    let watcher = st.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cue-drain".into())
+        .spawn(move || {
+            let st = watcher;
+            let end = Instant::now() + window + DRAIN_GRACE;
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                if st.drain_gen.load(Ordering::SeqCst) != gen {
+                    return; // undrained (and maybe drained again: that drain has its own thread)
+                }
+                let empty = st.shards.iter().all(|s| {
+                    s.drained_gen.load(Ordering::SeqCst) == gen || s.stopped.load(Ordering::SeqCst)
+                });
+                if empty || Instant::now() >= end {
+                    tracing::info!(devices_left = !empty, "drain done: stopping");
+                    break;
+                }
+            }
+            st.stopping.store(true, Ordering::SeqCst);
+            let _ = st.control.send(Control::Stop);
+        });
+    if spawned.is_err() {
+        // Without its supervisor the drain would never end the process: stop now instead.
+        st.stopping.store(true, Ordering::SeqCst);
+        let _ = st.control.send(Control::Stop);
+    }
+    true
+}
+
+/// Ends the drain in force and waits (up to [`ADMIN_DEADLINE`]) until every shard listens
+/// again. `Err` when the process is already stopping, or a shard is not listening in time.
+pub fn undrain(st: &AdminState) -> Result<(), &'static str> {
+    if st.stopping.load(Ordering::SeqCst) {
+        return Err("the edge is stopping\n");
+    }
+    if st.draining.swap(false, Ordering::SeqCst) {
+        st.drain_gen.fetch_add(1, Ordering::SeqCst);
+        let _ = st.control.send(Control::Undrain);
+    }
+    let t = Instant::now();
+    while !st.shards.iter().all(|s| s.listening.load(Ordering::SeqCst)) {
+        if t.elapsed() >= ADMIN_DEADLINE {
+            return Err("undrained, but a shard is not listening again (see the log)\n");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::info!("undrained: listening again");
+    Ok(())
+}
+
+/// Checks an admin request's `Authorization: Bearer` token: a token of role `admin` signed
+/// with the keys devices are checked with. `Err` is the status and its text.
+fn admin_auth(st: &AdminState, authorization: Option<&str>) -> Result<(), (u16, &'static str)> {
+    let keys = st.keys.read().expect("admin keys lock");
+    let Some(k) = keys.as_ref() else {
+        return Ok(());
+    };
+    let token = authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .ok_or((401, "admin token required (Authorization: Bearer)\n"))?;
+    match k.verify(token.trim(), cue_common::time::unix_now_s()) {
+        Ok(c) if c.is_admin() => Ok(()),
+        Ok(_) => Err((403, "not an admin token\n")),
+        Err(_) => Err((401, "invalid or expired admin token\n")),
+    }
 }
 
 /// Admin connections served at once; beyond, a connection is answered 503 and closed.
@@ -95,11 +185,11 @@ fn liveness_problem(st: &AdminState) -> Option<String> {
     })
 }
 
-fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
+fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let start = std::time::Instant::now();
-    let (method, path) = loop {
+    let (method, path, authorization) = loop {
         // The deadline runs from the accept: bytes that trickle in do not extend it.
         let left = ADMIN_DEADLINE.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -115,10 +205,17 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
+                let auth = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(str::to_string);
                 break (
                     req.method.unwrap_or("").to_string(),
                     req.path.unwrap_or("").to_string(),
-                )
+                    auth,
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
             _ => return respond(sock, 400, "text/plain", "bad request\n", true),
@@ -130,6 +227,13 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
         "HEAD" => ("GET", false),
         m => (m, true),
     };
+    if method == "POST" && matches!(route, "/admin/drain" | "/admin/undrain") {
+        if let Err((code, text)) = admin_auth(st, authorization.as_deref()) {
+            st.refused.inc();
+            tracing::warn!(route, code, "admin request refused");
+            return respond(sock, code, "text/plain", text, true);
+        }
+    }
     match (method, route) {
         ("GET", "/metrics") => respond(sock, 200, "text/plain; version=0.0.4", &metrics(st), body),
         ("GET", "/healthz" | "/readyz") => {
@@ -171,6 +275,16 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                 body,
             )
         }
+        ("POST", "/admin/undrain") => match undrain(st) {
+            Ok(()) => respond(
+                sock,
+                200,
+                "application/json",
+                "{\"draining\":false}\n",
+                true,
+            ),
+            Err(why) => respond(sock, 409, "text/plain", why, true),
+        },
         ("POST", "/admin/drain") => {
             let window = query
                 .split('&')
@@ -189,17 +303,19 @@ fn handle(sock: &mut TcpStream, st: &AdminState) -> std::io::Result<()> {
                     )
                 }
             };
-            st.draining.store(true, Ordering::Relaxed);
-            let _ = st.control.try_send(Control::Drain(window));
+            let started = begin_drain(st, window);
             respond(
                 sock,
                 202,
                 "application/json",
-                &format!("{{\"draining\":true,\"window_s\":{}}}\n", window.as_secs()),
+                &format!(
+                    "{{\"draining\":true,\"started\":{started},\"window_s\":{}}}\n",
+                    window.as_secs()
+                ),
                 true,
             )
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/drain") => {
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/drain" | "/admin/undrain") => {
             respond(sock, 405, "text/plain", "method not allowed\n", body)
         }
         _ => respond(sock, 404, "text/plain", "not found\n", body),
@@ -324,6 +440,13 @@ fn metrics(st: &AdminState) -> String {
             q.sessions_holding_tls() as u64,
         );
     }
+    single(
+        &mut s,
+        "cue_edge_admin_refused_total",
+        "counter",
+        "Admin requests (drain, undrain) refused for a missing, invalid or non-admin token.",
+        st.refused.get(),
+    );
     header(&mut s, "cue_edge_draining", "gauge", "1 while draining.");
     sample(
         &mut s,

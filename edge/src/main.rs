@@ -474,9 +474,16 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         unlinked_unhealthy: (cfg.origin_unlinked_unhealthy_s > 0)
             .then(|| Duration::from_secs(cfg.origin_unlinked_unhealthy_s)),
         serving: Default::default(),
+        stopping: Arc::new(AtomicBool::new(false)),
+        drain_gen: Default::default(),
+        keys: std::sync::RwLock::new(keys.clone()),
+        refused: Default::default(),
     });
+    if keys.is_none() {
+        tracing::warn!("auth is off: /admin/drain and /admin/undrain take no token");
+    }
     link_stats_start(&admin_state);
-    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping = admin_state.stopping.clone();
     supervise(admin_state.clone(), stopping.clone());
     {
         let st = admin_state.clone();
@@ -513,6 +520,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                         if keys_mode {
                             match cue_common::config::verifier(cfg_auth.auth()) {
                                 Ok(Some(k)) => {
+                                    *st.keys.write().expect("admin keys lock") = Some(k.clone());
                                     let _ = st.control.send(Control::Keys(k));
                                     tracing::info!("SIGHUP: token key set reloaded");
                                 }
@@ -535,17 +543,9 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
                     }
                     n += 1;
                     if n == 1 {
+                        // A drain already in force (POST /admin/drain) ends the process too.
                         tracing::info!(signal = sig, ?window, "draining, then stopping");
-                        st.draining.store(true, Ordering::Relaxed);
-                        let _ = st.control.send(Control::Drain(window));
-                        let ctl = st.control.clone();
-                        let stopping = stopping.clone();
-                        std::thread::spawn(move || {
-                            // Give the close frames a moment to be answered after the window.
-                            std::thread::sleep(window + Duration::from_secs(1));
-                            stopping.store(true, Ordering::SeqCst);
-                            let _ = ctl.send(Control::Stop);
-                        });
+                        admin::begin_drain(&st, window);
                     } else {
                         tracing::info!(signal = sig, "second signal: stopping now");
                         stopping.store(true, Ordering::SeqCst);

@@ -33,8 +33,10 @@ use crate::shard::ShardMsg;
 pub enum Control {
     /// New token keys (SIGHUP): new sessions are checked with them; sessions up stay.
     Keys(cue_common::keys::Verifier),
-    /// Drain over this window.
-    Drain(Duration),
+    /// Drain over this window; the number names the drain (the shards report it drained).
+    Drain(Duration, u64),
+    /// End the drain in force.
+    Undrain,
     /// Stop the shards and the links.
     Stop,
 }
@@ -194,9 +196,14 @@ pub fn spawn(
             loop {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 match control.try_recv() {
-                    Ok(Control::Drain(w)) => {
+                    Ok(Control::Drain(w, gen)) => {
                         for s in senders.iter() {
-                            let _ = s.send(ShardMsg::Drain(w)).await;
+                            let _ = s.send(ShardMsg::Drain(w, gen)).await;
+                        }
+                    }
+                    Ok(Control::Undrain) => {
+                        for s in senders.iter() {
+                            let _ = s.send(ShardMsg::Undrain).await;
                         }
                     }
                     Ok(Control::Keys(k)) => {

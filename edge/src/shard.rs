@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,8 +38,11 @@ use crate::wss::{TlsRead, TlsSessions};
 pub enum ShardMsg {
     /// A new cue (already encoded in every format).
     Cue(Arc<EncodedCue>),
-    /// Stop accepting and close devices over this window.
-    Drain(Duration),
+    /// Close the listeners (a successor on the same port takes new devices) and close devices
+    /// over this window.
+    Drain(Duration, u64),
+    /// End a drain: listen again and stop closing devices.
+    Undrain,
     /// Stop now (after a drain, or on a second signal).
     Stop,
     /// New token keys for new sessions (SIGHUP); sessions up are not checked again.
@@ -134,7 +137,7 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd>
     s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;
-    Ok(unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) })
+    Ok(OwnedFd::from(s))
 }
 
 /// Starts the shard on its own thread. The handle's join returns when the shard stops.
@@ -175,9 +178,16 @@ const EVENTS: usize = 1024;
 struct Driver {
     core: ShardCore,
     io: SysIo,
-    listener: OwnedFd,
+    /// The WebSocket listener (`None` while draining).
+    listener: Option<OwnedFd>,
+    /// The wss listener (`None` while draining or without wss).
     wss_listener: Option<OwnedFd>,
-    accepting: bool,
+    /// Where the listeners bind, for listening again after an undrain.
+    listen: SocketAddr,
+    wss_listen: Option<SocketAddr>,
+    backlog: i32,
+    /// The drain in force (its number), 0 for none.
+    drain_gen: u64,
     scratch: Box<[u8]>,
     plain: Vec<u8>,
     quic_events: Vec<QuicEvent>,
@@ -197,12 +207,14 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         }
     }
     let _stopped = Stopped(spec.stats.clone());
+    // SAFETY: epoll_create1 takes no pointers; the result is checked below.
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(
         epfd >= 0,
         "epoll_create1: {}",
         std::io::Error::last_os_error()
     );
+    // SAFETY: `epfd` is a fresh descriptor (checked above) that nothing else owns.
     let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
     epoll_add(epfd, listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)
         .expect("registering the listener with epoll");
@@ -228,9 +240,12 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             tls: spec.wss.as_ref().map(|(_, c)| TlsSessions::new(c.clone())),
             quic,
         },
-        listener,
+        listener: Some(listener),
         wss_listener: wss,
-        accepting: true,
+        listen: spec.listen,
+        wss_listen: spec.wss.as_ref().map(|w| w.0),
+        backlog: spec.backlog,
+        drain_gen: 0,
         scratch: vec![0u8; SCRATCH].into_boxed_slice(),
         plain: Vec::with_capacity(SCRATCH),
         quic_events: Vec::new(),
@@ -238,6 +253,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         stats: spec.stats.clone(),
         max_sockets: spec.max_sockets,
     }));
+    spec.stats
+        .listening
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let rx = spec.rx.connect().await;
     let catchups = spec.catchups.connect().await;
     let stop = Rc::new(std::cell::Cell::new(false));
@@ -254,6 +272,13 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 last = Instant::now();
                 let mut drv = d.borrow_mut();
                 let active = drv.poll_once(elapsed);
+                // The drain supervisor ends the process once every shard says so.
+                if drv.drain_gen != 0 && drv.core.drained() {
+                    let gen = drv.drain_gen;
+                    drv.stats
+                        .drained_gen
+                        .store(gen, std::sync::atomic::Ordering::SeqCst);
+                }
                 // Admissions may have given events new slots: the link sends their newest cue.
                 let Driver { core, stats, .. } = &mut *drv;
                 core.drain_catchups(|ev| {
@@ -302,17 +327,32 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 let lag_ms = unix_ms().saturating_sub(cue.cue.ts());
                 stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
             }
-            ShardMsg::Drain(window) => {
-                // Keep accepting: new devices get 503 with a jittered Retry-After (the contract),
-                // which also spreads their return; the listener closes at Stop.
+            ShardMsg::Drain(window, gen) => {
+                // Listeners first: closed, they leave the port's SO_REUSEPORT group, so a
+                // successor on the same port takes every new device (with
+                // net.ipv4.tcp_migrate_req=1 also those queued here and not yet accepted).
+                // Devices accepted before get 503 with a jittered Retry-After.
                 let mut drv = d.borrow_mut();
+                drv.stop_accepting();
+                drv.drain_gen = gen;
                 drv.core.start_drain(window, now());
                 tracing::info!(
                     shard = spec.id,
                     ?window,
                     sessions = drv.core.open_sessions(),
-                    "draining"
+                    "draining: listeners closed"
                 );
+            }
+            ShardMsg::Undrain => {
+                let mut drv = d.borrow_mut();
+                drv.core.stop_drain();
+                drv.drain_gen = 0;
+                match drv.start_accepting() {
+                    Ok(()) => tracing::info!(shard = spec.id, "drain ended: listening again"),
+                    Err(e) => {
+                        tracing::error!(shard = spec.id, error = %e, "drain ended but a listener could not bind again; this shard takes no new devices")
+                    }
+                }
             }
             ShardMsg::Retired(ev) => d.borrow_mut().core.retire(&ev),
             ShardMsg::Keys(k) => {
@@ -347,6 +387,7 @@ fn thread_cpu_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a live timespec the call writes into.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -366,6 +407,7 @@ impl Driver {
         let mut active = false;
         // A few rounds so a burst (many accepts, then their requests) is handled in one tick.
         for _ in 0..4 {
+            // SAFETY: `events` holds EVENTS entries the kernel may fill; `epfd` is ours.
             let n = unsafe {
                 libc::epoll_wait(self.io.epfd, self.events.as_mut_ptr(), EVENTS as i32, 0)
             };
@@ -458,12 +500,17 @@ impl Driver {
     }
 
     fn accept_all(&mut self, now: Now, tls: bool) {
-        let listener = match (tls, &self.wss_listener) {
-            (true, Some(w)) => w.as_raw_fd(),
-            (true, None) => return,
-            (false, _) => self.listener.as_raw_fd(),
+        let listener = match if tls {
+            &self.wss_listener
+        } else {
+            &self.listener
+        } {
+            Some(l) => l.as_raw_fd(),
+            None => return,
         };
         for _ in 0..4096 {
+            // SAFETY: `listener` is a live listening socket of this shard; null address
+            // pointers ask for no peer address.
             let fd = unsafe {
                 libc::accept4(
                     listener,
@@ -523,6 +570,7 @@ impl Driver {
                 let added = self.io.tls.as_mut().map(|t| t.add(fd));
                 if !matches!(added, Some(Ok(()))) {
                     tracing::warn!("wss: could not start a TLS session; dropping connection");
+                    // SAFETY: `fd` is ours (from accept4) and registered nowhere yet.
                     unsafe { libc::close(fd) };
                     continue;
                 }
@@ -559,6 +607,8 @@ impl Driver {
             // Bounded: at most 4 scratch-fulls per device per tick, so one chatty device cannot
             // starve the others.
             for _ in 0..4 {
+                // SAFETY: `fd` is a live device socket; `scratch` is a buffer of the length
+                // passed.
                 let n = unsafe {
                     libc::recv(
                         fd,
@@ -635,19 +685,50 @@ impl Driver {
         }
     }
 
+    /// Closes the listeners: the kernel takes them out of the port's `SO_REUSEPORT` group at
+    /// once, so new connections go to the other listeners on the port.
     fn stop_accepting(&mut self) {
-        if self.accepting {
-            self.accepting = false;
-            let fds = std::iter::once(self.listener.as_raw_fd())
-                .chain(self.wss_listener.as_ref().map(|w| w.as_raw_fd()));
-            for fd in fds {
-                unsafe {
-                    libc::epoll_ctl(self.io.epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
-                    // Stop the kernel from queueing more connections for this socket.
-                    libc::shutdown(fd, libc::SHUT_RD);
-                }
-            }
+        self.stats
+            .listening
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for l in [self.listener.take(), self.wss_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            // SAFETY: `epfd` and `l` are live descriptors this shard owns; EPOLL_CTL_DEL takes
+            // no event pointer. Dropping `l` afterwards closes it.
+            unsafe {
+                libc::epoll_ctl(
+                    self.io.epfd,
+                    libc::EPOLL_CTL_DEL,
+                    l.as_raw_fd(),
+                    std::ptr::null_mut(),
+                )
+            };
         }
+    }
+
+    /// Binds the listeners again (after an undrain).
+    fn start_accepting(&mut self) -> std::io::Result<()> {
+        if self.listener.is_none() {
+            let l = bind_listener(self.listen, self.backlog)?;
+            epoll_add(self.io.epfd, l.as_raw_fd(), LISTENER, libc::EPOLLIN as u32)?;
+            self.listener = Some(l);
+        }
+        if let (None, Some(addr)) = (&self.wss_listener, self.wss_listen) {
+            let l = bind_listener(addr, self.backlog)?;
+            epoll_add(
+                self.io.epfd,
+                l.as_raw_fd(),
+                WSS_LISTENER,
+                libc::EPOLLIN as u32,
+            )?;
+            self.wss_listener = Some(l);
+        }
+        self.stats
+            .listening
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn close_all(&mut self) {
@@ -714,6 +795,7 @@ async fn start_quic(spec: &ShardSpec, q: QuicSpec, sock: UdpSocket, epfd: RawFd)
 
 fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
+    // SAFETY: `one` outlives the call and its size is passed with it.
     unsafe {
         libc::setsockopt(
             fd,
@@ -727,6 +809,7 @@ fn set_nodelay(fd: RawFd) {
 
 fn epoll_add(epfd: RawFd, fd: RawFd, key: u64, events: u32) -> std::io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: key };
+    // SAFETY: `ev` is a live epoll_event the kernel copies.
     if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -748,12 +831,15 @@ impl SysIo {
             events |= libc::EPOLLOUT as u32;
         }
         let mut ev = libc::epoll_event { events, u64: key.0 };
+        // SAFETY: `ev` is a live epoll_event the kernel copies.
         unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
     }
 }
 
 fn plain_send(fd: RawFd, bytes: &[u8]) -> Sent {
     loop {
+        // SAFETY: `bytes` is a live buffer of the length passed; MSG_NOSIGNAL keeps a closed
+        // peer from raising SIGPIPE.
         let n = unsafe {
             libc::send(
                 fd,
@@ -811,6 +897,7 @@ impl Io for SysIo {
                     }
                 }
                 // Closing removes the fd from the epoll set.
+                // SAFETY: the core gave the record up: nothing refers to this fd any more.
                 unsafe { libc::close(link.fd()) };
             }
             Transport::Quic => {

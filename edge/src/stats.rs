@@ -52,6 +52,11 @@ pub struct ShardStats {
     /// Set when the shard's executor ended (a stop, or a panic): the supervisor ends the
     /// process if it was not asked to stop.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// The drain (its number, `admin::begin_drain`) under which the shard holds no device any
+    /// more; 0 for none.
+    pub drained_gen: std::sync::atomic::AtomicU64,
+    /// Set while the shard's listeners are open (cleared by a drain).
+    pub listening: std::sync::atomic::AtomicBool,
     /// Open WebSocket sessions.
     pub connections: Gauge,
     /// Event slots held (followed or kept for catch-up; at most `max_events`).

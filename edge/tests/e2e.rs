@@ -148,56 +148,6 @@ fn edge_restart_devices_converge_on_newest() {
 }
 
 #[test]
-fn drain_closes_with_jittered_retry_hint_and_refuses_new_devices() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let mut edge = start_edge(
-        origin.relay,
-        free_addr(),
-        free_addr(),
-        &["--drain-window-s", "1"],
-    );
-    let tok = device_token(&["fight"]);
-    let mut devs: Vec<_> = (0..10)
-        .map(|_| subscribe(edge.ws, "events=fight", Some(&tok)).unwrap())
-        .collect();
-    let r = cue_testkit::client::request(edge.admin, "POST", "/admin/drain?window_s=1", &[], b"")
-        .unwrap();
-    assert_eq!(r.status, 202, "{}", r.body);
-    for d in &mut devs {
-        let (code, reason) = next_close(d);
-        assert_eq!(u16::from(code), 1001);
-        let s: u32 = reason
-            .strip_prefix("retry-after=")
-            .expect(&reason)
-            .parse()
-            .unwrap();
-        assert!((5..=60).contains(&s), "{s}");
-    }
-    // New devices: 503 with a Retry-After in the configured range.
-    let (status, body) =
-        subscribe(edge.ws, "events=fight", Some(&tok)).expect_err("refused while draining");
-    assert_eq!(status, 503, "{body}");
-    let retry: u32 = body
-        .rsplit_once("retry-after=")
-        .unwrap()
-        .1
-        .parse()
-        .expect(&body);
-    assert!((5..=60).contains(&retry), "{body}");
-    // Not ready while draining (load balancers stop sending devices); still live.
-    let h = cue_testkit::client::request(edge.admin, "GET", "/readyz", &[], b"").unwrap();
-    assert_eq!(h.status, 503, "{}", h.body);
-    assert!(h.body.contains("\"reason\":\"draining\""), "{}", h.body);
-    let h = cue_testkit::client::request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
-    assert_eq!(h.status, 200, "{}", h.body);
-    assert!(h.body.contains("\"status\":\"draining\""), "{}", h.body);
-    // SIGTERM after a drain: exits cleanly.
-    edge.proc.sigterm();
-    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(0));
-}
-
-#[test]
 fn bad_flags_and_config_exit_nonzero_with_one_clear_line() {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("cue-edge");

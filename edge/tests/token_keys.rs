@@ -216,7 +216,35 @@ fn origin_signs_edges_verify_with_public_keys_and_rotation_keeps_old_tokens() {
         "round-2",
         "the old key's session is still up"
     );
-    e.kill9();
+    // An admin token from the CLI (the rotated key, which the edge has since SIGHUP) drains the
+    // edge; it publishes nothing, and a publisher token drains nothing.
+    let admin_tok = minted(origin_cli(d, &["token", "admin", "--ttl", "600"]));
+    let drain = |t: &str| {
+        request(
+            admin,
+            "POST",
+            "/admin/drain?window_s=1",
+            &[("Authorization", &format!("Bearer {t}"))],
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(drain(&publisher), 403);
+    let r = request(
+        http,
+        "POST",
+        "/v1/events/fight/cues",
+        &[("Authorization", &format!("Bearer {admin_tok}"))],
+        br#"{"key":"round-3"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(drain(&admin_tok), 202);
+    assert!(
+        e.wait_exit(Duration::from_secs(5)).is_some(),
+        "drained, it ends"
+    );
 }
 
 #[test]

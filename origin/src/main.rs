@@ -182,6 +182,12 @@ enum TokenKind {
         #[arg(long)]
         events: Option<String>,
     },
+    /// An admin token: drains and undrains edges (`POST /admin/drain`, `/admin/undrain`).
+    Admin {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3_600)]
+        ttl: u64,
+    },
 }
 
 fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
@@ -346,6 +352,13 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
                 exp: now.saturating_add(ttl),
             }))
         }),
+        TokenKind::Admin { ttl } => Ok(keys.mint(&cue_common::token::Claims {
+            sub: None,
+            events: None,
+            role: Some("admin".into()),
+            priority: None,
+            exp: now.saturating_add(ttl),
+        })),
         TokenKind::Publisher { ttl, events: list } => {
             let evs = match list {
                 None => Ok(None),

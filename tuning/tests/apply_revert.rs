@@ -34,6 +34,7 @@ fn apply_writes_files_live_values_and_state_then_revert_restores_everything() {
             "fs.file-max",
             "net.core.somaxconn",
             "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.tcp_migrate_req",
             "net.ipv4.ip_local_reserved_ports",
             "net.ipv4.tcp_wmem",
             "net.netfilter.nf_conntrack_max",

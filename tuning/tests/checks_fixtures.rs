@@ -117,6 +117,7 @@ fn not_ready_host_lists_each_change_with_its_fix() {
             "fs.file-max",
             "net.core.somaxconn",
             "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.tcp_migrate_req",
             "net.ipv4.ip_local_port_range",
             "net.ipv4.tcp_wmem",
             "conntrack",

@@ -47,7 +47,7 @@ impl ShardCore {
                 io,
             );
         }
-        if let Err(r) = self.gate() {
+        if let Err(r) = self.gate(false) {
             return self.refuse(idx, r, io);
         }
         let sub = match parse_subscribe(&req.query, &self.cfg.query) {
@@ -117,9 +117,14 @@ impl ShardCore {
         buf.len()
     }
 
-    /// Draining or full: 503 with a jittered Retry-After, before anything else is looked at.
-    fn gate(&mut self) -> Result<(), Refusal> {
-        if self.drain.is_some() {
+    /// Draining (QUIC) or full: 503 with a jittered Retry-After, before anything else is
+    /// looked at. A WebSocket device accepted before a drain closed the listeners is admitted
+    /// and closed with the others over the window: refused, it would be one more device to
+    /// come back, while its reconnect (to the successor on the port) is what the drain wants.
+    /// QUIC keeps its shared UDP socket while draining, so new QUIC devices can still land
+    /// here: they are refused.
+    fn gate(&mut self, quic: bool) -> Result<(), Refusal> {
+        if quic && self.drain.is_some() {
             return Err(self.unavailable("edge draining"));
         }
         if self.open >= self.cfg.max_connections {
@@ -139,7 +144,8 @@ impl ShardCore {
         ticket: Option<&str>,
         now: Now,
     ) -> Result<Option<AdmitTicket>, Refusal> {
-        self.gate()?;
+        let quic = self.conns.at(idx).expect("caller checked").transport() == Transport::Quic;
+        self.gate(quic)?;
         let mut issued = None;
         if let Some(keys) = &self.cfg.auth {
             let token = bearer.or(sub.token.as_deref()).unwrap_or("");
@@ -191,6 +197,10 @@ impl ShardCore {
         c.last_seen = secs;
         let quic = c.transport() == Transport::Quic;
         self.open += 1;
+        if let Some(d) = self.drain.as_mut() {
+            // Closed over the window with the others.
+            d.total += 1;
+        }
         self.handshake_done();
         self.stats.connections.add(1);
         self.stats.upgrades.inc();

@@ -400,9 +400,13 @@ fn drain_spreads_closes_with_jittered_hints() {
         (45..=55).contains(&closed_at_half),
         "half the window, about half closed: {closed_at_half}"
     );
-    // New devices are refused with 503 and Retry-After while draining.
+    // A device accepted before the listeners closed is admitted, then closed with the others
+    // (the window is over: at the next tick).
     let late = connect(&mut c, &mut io, &clock, 999, "/v1/subscribe?events=e", None);
-    assert_eq!(late.status, Some(503));
+    assert_eq!(late.status, Some(101));
+    devs.push(late);
+    clock.advance(Duration::from_millis(100));
+    c.tick(clock.now(), Duration::from_millis(100), &mut io);
     let mut hints = std::collections::HashSet::new();
     for d in &mut devs {
         d.read(&mut io);
@@ -429,6 +433,51 @@ fn drain_spreads_closes_with_jittered_hints() {
         hints.len()
     );
     assert!(c.drained());
+}
+
+#[test]
+fn undrain_stops_the_closes_and_admits_again() {
+    let mut clock = Clock::new();
+    let (mut c, mut io) = (core_with(CoreConfig::default(), &clock), FakeIo::default());
+    let mut devs: Vec<_> = (0..10)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=e",
+                None,
+            )
+        })
+        .collect();
+    c.start_drain(Duration::from_secs(10), clock.now());
+    clock.advance(Duration::from_secs(3));
+    c.tick(clock.now(), Duration::from_secs(3), &mut io);
+    let closed = |devs: &mut Vec<super::testkit::Device>, io: &mut FakeIo| {
+        devs.iter_mut()
+            .map(|d| {
+                d.read(io);
+                !d.closes.is_empty() as usize
+            })
+            .sum::<usize>()
+    };
+    let at_undrain = closed(&mut devs, &mut io);
+    assert!((3..=5).contains(&at_undrain), "{at_undrain}");
+    c.stop_drain();
+    assert!(!c.draining());
+    for _ in 0..100 {
+        clock.advance(Duration::from_millis(100));
+        c.tick(clock.now(), Duration::from_millis(100), &mut io);
+    }
+    assert_eq!(
+        closed(&mut devs, &mut io),
+        at_undrain,
+        "no close after the undrain"
+    );
+    assert!(!c.drained());
+    let late = connect(&mut c, &mut io, &clock, 99, "/v1/subscribe?events=e", None);
+    assert_eq!(late.status, Some(101));
 }
 
 #[test]

@@ -59,6 +59,12 @@ impl ShardCore {
         }
     }
 
+    /// Ends a drain: new upgrades are admitted again and no more sessions are closed (those
+    /// already closed stay closed).
+    pub fn stop_drain(&mut self) {
+        self.drain = None;
+    }
+
     /// True when draining and no session is left.
     pub fn drained(&self) -> bool {
         self.drain.is_some() && self.conns.is_empty()

@@ -221,6 +221,30 @@ pub fn subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Result<Ws
     }
 }
 
+/// As [`subscribe`], but a failure of any kind (refused connection, reset, HTTP refusal) is
+/// an `Err` saying what happened, never a panic.
+pub fn try_subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Result<Ws, String> {
+    match std::panic::catch_unwind(|| subscribe(ws, query, bearer)) {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err((status, body))) => Err(format!("HTTP {status}: {body}")),
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "panicked".into())),
+    }
+}
+
+/// An admin token (drains and undrains edges), as `cue-origin token admin` mints.
+pub fn admin_token() -> String {
+    keys().mint(&cue_common::token::Claims {
+        sub: None,
+        events: None,
+        role: Some("admin".into()),
+        priority: None,
+        exp: unix_now_s() + 3600,
+    })
+}
+
 /// The next cue on `s` as (event, key, seq), skipping pings.
 pub fn next_cue(s: &mut Ws) -> (String, String, u64) {
     loop {

@@ -4,6 +4,8 @@
 //!   optionally `priority` = `"critical"`, which grants prefetch's never-shed class.
 //! * Publisher token: `role` = `"publisher"`, `exp`; optionally `events`, the only events it
 //!   may publish (without it, every event).
+//! * Admin token: `role` = `"admin"`, `exp`: drains and undrains edges. It cannot publish, and
+//!   a publisher token cannot drain.
 //!
 //! Verification takes `now` (seconds since the Unix epoch) from the caller, so expiry is
 //! testable without a clock, and it never allows a token without `exp`.
@@ -25,7 +27,7 @@ pub struct Claims {
     /// Events a device may follow; `"*"` allows every event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
-    /// `"publisher"` for publisher tokens.
+    /// `"publisher"` for publisher tokens, `"admin"` for admin tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// `"critical"` grants a device prefetch's never-shed priority class.
@@ -45,6 +47,10 @@ impl Claims {
     /// True when this is a publisher token.
     pub fn is_publisher(&self) -> bool {
         self.role.as_deref() == Some("publisher")
+    }
+    /// True when this is an admin token (the edge's `/admin/drain` and `/admin/undrain`).
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
     }
     /// True when a publisher token may publish `event`: its `events` claim lists it (or `*`),
     /// or it has no `events` claim.

@@ -23,6 +23,12 @@ pub(super) fn checks(f: &HostFacts, r: &Requirements, out: &mut Vec<CheckLine>) 
         r.accept_backlog,
         "half-open handshakes during a reconnect storm",
     ));
+    out.push(sysctl_at_least(
+        keys::TCP_MIGRATE_REQ,
+        &f.tcp_migrate_req,
+        1,
+        "a draining edge's queued connections move to its successor on the port (rolling restarts refuse no device)",
+    ));
     out.push(port_range(f, r));
     out.push(tcp_mem(f, r));
     out.push(buffer_default(

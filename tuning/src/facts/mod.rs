@@ -67,6 +67,9 @@ pub mod keys {
     pub const OSRELEASE: &str = "kernel.osrelease";
     /// Accept queue ceiling.
     pub const SOMAXCONN: &str = "net.core.somaxconn";
+    /// 1: connections queued on a closing `SO_REUSEPORT` listener move to the others on the
+    /// port (Linux 5.14+): a draining edge hands its queue to its successor.
+    pub const TCP_MIGRATE_REQ: &str = "net.ipv4.tcp_migrate_req";
     /// SYN queue.
     pub const TCP_MAX_SYN_BACKLOG: &str = "net.ipv4.tcp_max_syn_backlog";
     /// Ephemeral ports for outgoing connections.
@@ -154,6 +157,8 @@ pub struct HostFacts {
     pub somaxconn: Reading<u64>,
     /// `net.ipv4.tcp_max_syn_backlog`.
     pub tcp_max_syn_backlog: Reading<u64>,
+    /// `net.ipv4.tcp_migrate_req`.
+    pub tcp_migrate_req: Reading<u64>,
     /// `net.ipv4.ip_local_port_range`.
     pub ip_local_port_range: Reading<(u16, u16)>,
     /// `net.ipv4.ip_local_reserved_ports`.
@@ -224,6 +229,7 @@ pub fn gather(tree: &HostTree, probe: &dyn HostProbe, service: &str) -> HostFact
         io_uring: probe.io_uring(),
         somaxconn: tree.sysctl(keys::SOMAXCONN, parse::u64_value),
         tcp_max_syn_backlog: tree.sysctl(keys::TCP_MAX_SYN_BACKLOG, parse::u64_value),
+        tcp_migrate_req: tree.sysctl(keys::TCP_MIGRATE_REQ, parse::u64_value),
         ip_local_port_range: tree.sysctl(keys::IP_LOCAL_PORT_RANGE, parse::port_range),
         ip_local_reserved_ports: tree.sysctl(keys::IP_LOCAL_RESERVED_PORTS, parse::port_list),
         tcp_mem: tree.sysctl(keys::TCP_MEM, parse::triple),
