@@ -80,6 +80,12 @@ pub struct PrefetchConfig {
     pub shed_cooldown_ms: u64,
     /// Most open device connections; more wait in the kernel's backlog. Default 10,000.
     pub max_connections: usize,
+    /// Time a request head has to arrive, from the wait for it (however it trickles in), ms.
+    /// Default 10,000.
+    pub header_timeout_ms: u64,
+    /// Time an answer has to be read once its write stalls, ms; then the connection is closed.
+    /// Default 10,000.
+    pub write_timeout_ms: u64,
     /// Runtime worker threads. Default: the number of cores.
     pub threads: Option<usize>,
     /// Seed of the jitter RNGs. Default: random at start.
@@ -126,6 +132,8 @@ impl Default for PrefetchConfig {
             shed_rps: [0.0, 0.0],
             shed_cooldown_ms: 2000,
             max_connections: 10_000,
+            write_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
             threads: None,
             seed: None,
             auth_secret: None,
@@ -167,6 +175,8 @@ impl PrefetchConfig {
             ("default_ttl_s", self.default_ttl_s),
             ("catalog_max_file_bytes", self.catalog_max_file_bytes),
             ("retry_after_s", self.retry_after_s),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -12,12 +12,14 @@
 //! (bounded LRU, jittered TTL, single-flight, stale-while-revalidate, negative caching),
 //! [`shed`] (classes, live + load policy), [`schedule`] (prefetch time, jitter), [`live`]'s
 //! `LiveSet`, [`query`]. I/O at the edges: [`upstream`] (hyper client), [`live`]'s origin poller,
-//! [`app`] (the upstream path), [`http`] (handlers), [`server`] (wiring), [`config`], [`metrics`].
+//! [`app`] (the upstream path), [`http`] (handlers), [`deadline`] (the write deadline of device
+//! connections), [`server`] (wiring), [`config`], [`metrics`].
 
 pub mod app;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod deadline;
 pub mod hash;
 pub mod http;
 pub mod live;

@@ -88,6 +88,12 @@ struct Cli {
     /// Most open connections [default: 10000].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Time a request head has to arrive, ms [default: 10000].
+    #[arg(long)]
+    header_timeout_ms: Option<u64>,
+    /// Time an answer has to be read once its write stalls, ms [default: 10000].
+    #[arg(long)]
+    write_timeout_ms: Option<u64>,
     /// Runtime worker threads [default: number of cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -146,6 +152,7 @@ fn config(a: &Cli) -> Result<PrefetchConfig, String> {
         shed_in_flight
     );
     over!(shed_queue_ms, shed_rps, shed_cooldown_ms, max_connections);
+    over!(write_timeout_ms, header_timeout_ms);
     if a.upstream.is_some() {
         c.upstream = a.upstream.clone();
     }

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub schedules: Counter,
     /// Requests that asked for `critical` without a token granting it (served as `normal`).
     pub critical_demoted: Counter,
+    /// Connections closed because an answer was not read within `write_timeout_ms`.
+    pub write_timeouts: std::sync::Arc<Counter>,
     /// Upstream calls started.
     pub upstream_calls: Counter,
     /// Upstream calls in flight.
@@ -179,6 +181,13 @@ impl Metrics {
             "counter",
             "Schedule answers.",
             self.schedules.get(),
+        );
+        single(
+            &mut s,
+            "cue_prefetch_write_timeouts_total",
+            "counter",
+            "Connections closed because an answer was not read within write_timeout_ms.",
+            self.write_timeouts.get(),
         );
         single(
             &mut s,

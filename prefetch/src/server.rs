@@ -163,6 +163,8 @@ pub async fn run(
     }
 
     let conns = Arc::new(Semaphore::new(cfg.max_connections));
+    let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+    let header_timeout = Duration::from_millis(cfg.header_timeout_ms);
     let graceful = GracefulShutdown::new();
     let mut accept_stop = stop_rx.clone();
     let accept_app = app.clone();
@@ -185,10 +187,15 @@ pub async fn run(
             };
             let _ = sock.set_nodelay(true);
             let app = accept_app.clone();
+            let sock = crate::deadline::WriteDeadline::new(
+                sock,
+                write_timeout,
+                app.metrics.write_timeouts.clone(),
+            );
             let svc = service_fn(move |req| crate::http::handle(app.clone(), req));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(sock), svc);
             let fut = graceful.watch(conn);
