@@ -119,6 +119,10 @@ pub struct EdgeConfig {
     /// session pool. Default 1024 (a shard admits thousands per second, so a real burst rarely
     /// waits on it).
     pub max_handshakes: usize,
+    /// WebSocket connections (in handshake or open) per shard from one source address (an
+    /// IPv4 address or an IPv6 /64); beyond, 503 before anything is read. 0 = off (the
+    /// default: a carrier-grade NAT puts thousands of devices behind one address).
+    pub max_connections_per_source: u32,
     /// Seconds allowed for a device's close frame after ours. Default 5.
     pub close_timeout_s: u64,
     /// Most sessions this process holds (default: what its fd limit allows). Beyond: 503.
@@ -209,6 +213,7 @@ impl Default for EdgeConfig {
             ping_interval_s: 30,
             handshake_timeout_s: 10,
             max_handshakes: 1024,
+            max_connections_per_source: 0,
             close_timeout_s: 5,
             max_connections: None,
             max_events_per_device: 16,
@@ -344,6 +349,13 @@ impl EdgeConfig {
         check(
             self.handshake_timeout_s >= 1,
             "handshake_timeout_s: must be >= 1".into(),
+        );
+        check(
+            self.max_connections_per_source <= 1_000_000,
+            format!(
+                "max_connections_per_source: {} must be 0 (off)..=1000000",
+                self.max_connections_per_source
+            ),
         );
         check(
             (1..=1_000_000).contains(&self.max_handshakes),

@@ -21,6 +21,7 @@ pub mod encoded;
 pub mod quic;
 pub mod relay_link;
 pub mod shard;
+pub mod sources;
 pub mod stats;
 pub mod tls;
 pub mod ws;

@@ -61,6 +61,10 @@ struct Cli {
     /// Allow plaintext links to origins off loopback (anyone on the path reads and injects cues).
     #[arg(long)]
     relay_insecure: bool,
+    /// WebSocket connections per shard from one source address (IPv4, or IPv6 /64); 0 = off
+    /// [default: 0].
+    #[arg(long)]
+    max_connections_per_source: Option<u32>,
     /// QUIC handshakes in flight per shard before new ones are refused [default: 1024].
     #[arg(long)]
     quic_max_handshakes: Option<usize>,
@@ -141,6 +145,7 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         drain_window_s,
         quic_max_handshakes,
         quic_retry_above,
+        max_connections_per_source,
         quic_idle_timeout_s,
         quic_keep_alive_s,
         quic_steer
@@ -409,6 +414,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             catchups: catchup_tx,
             seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
             max_sockets: per_shard + REFUSAL_HEADROOM,
+            max_per_source: cfg.max_connections_per_source,
             wss: cfg.wss.zip(wss_tls.clone()),
             quic: match (cfg.quic, &quic_tls) {
                 (Some(listen), Some(crypto)) => Some(QuicSpec {

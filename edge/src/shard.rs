@@ -81,6 +81,8 @@ pub struct ShardSpec {
     /// core's `max_connections`, so devices over the limit get a 503 with Retry-After rather
     /// than a silent close.
     pub max_sockets: usize,
+    /// WebSocket connections per source address (0: no limit; [`crate::sources`]).
+    pub max_per_source: u32,
     /// WebSocket-over-TLS listener and its rustls settings.
     pub wss: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// QUIC, when enabled.
@@ -239,6 +241,8 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             epfd,
             tls: spec.wss.as_ref().map(|(_, c)| TlsSessions::new(c.clone())),
             quic,
+            sources: (spec.max_per_source > 0)
+                .then(|| crate::sources::SourceLimit::new(spec.max_per_source)),
         },
         listener: Some(listener),
         wss_listener: wss,
@@ -508,14 +512,26 @@ impl Driver {
             Some(l) => l.as_raw_fd(),
             None => return,
         };
+        let want_peer = self.io.sources.is_some();
         for _ in 0..4096 {
-            // SAFETY: `listener` is a live listening socket of this shard; null address
-            // pointers ask for no peer address.
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut peer_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let (addr, len) = if want_peer {
+                (
+                    (&mut peer as *mut libc::sockaddr_storage).cast::<libc::sockaddr>(),
+                    &mut peer_len as *mut libc::socklen_t,
+                )
+            } else {
+                (std::ptr::null_mut(), std::ptr::null_mut())
+            };
+            // SAFETY: `listener` is a live listening socket of this shard; `addr`/`len` are
+            // null (no peer address wanted) or point at `peer` and its length, both live.
             let fd = unsafe {
                 libc::accept4(
                     listener,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
+                    addr,
+                    len,
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 )
             };
@@ -548,28 +564,34 @@ impl Driver {
                 // Too many in handshake: answer 503 before reading anything (plain TCP only;
                 // a wss device would need a TLS handshake first, so it is just closed).
                 self.stats.handshakes_shed.inc();
-                if !tls {
-                    let retry = self.core.retry_hint();
-                    let mut out = Vec::with_capacity(160);
-                    crate::ws::handshake::write_refusal(
-                        503,
-                        "edge busy: too many handshakes",
-                        Some(retry),
-                        &mut out,
-                    );
-                    // SAFETY: `fd` is ours (from accept4); `out` is a live buffer of its length.
-                    // Best effort on a fresh socket, whose send buffer takes the whole answer.
-                    unsafe { libc::send(fd, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
-                }
-                // SAFETY: as above; nothing else holds `fd`.
-                unsafe { libc::close(fd) };
+                refuse_at_accept(
+                    fd,
+                    tls,
+                    "edge busy: too many handshakes",
+                    self.core.retry_hint(),
+                );
                 continue;
+            }
+            if let (Some(src), Some(ip)) = (self.io.sources.as_mut(), peer_ip(&peer)) {
+                if !src.admit(fd, ip) {
+                    self.stats.source_shed.inc();
+                    refuse_at_accept(
+                        fd,
+                        tls,
+                        "too many connections from this address",
+                        self.core.retry_hint(),
+                    );
+                    continue;
+                }
             }
             set_nodelay(fd);
             if tls {
                 let added = self.io.tls.as_mut().map(|t| t.add(fd));
                 if !matches!(added, Some(Ok(()))) {
                     tracing::warn!("wss: could not start a TLS session; dropping connection");
+                    if let Some(s) = self.io.sources.as_mut() {
+                        s.release(fd);
+                    }
                     // SAFETY: `fd` is ours (from accept4) and registered nowhere yet.
                     unsafe { libc::close(fd) };
                     continue;
@@ -793,6 +815,44 @@ async fn start_quic(spec: &ShardSpec, q: QuicSpec, sock: UdpSocket, epfd: RawFd)
     )
 }
 
+/// Answers a fresh connection 503 with `reason` and a `Retry-After` of `retry` seconds before
+/// anything is read (plain TCP only: a wss device would need a TLS handshake first, so it is
+/// just closed), and closes it.
+fn refuse_at_accept(fd: RawFd, tls: bool, reason: &str, retry: u32) {
+    if !tls {
+        let mut out = Vec::with_capacity(160);
+        crate::ws::handshake::write_refusal(503, reason, Some(retry), &mut out);
+        // SAFETY: `fd` is ours (from accept4); `out` is a live buffer of its length. Best
+        // effort on a fresh socket, whose send buffer takes the whole answer.
+        unsafe { libc::send(fd, out.as_ptr().cast(), out.len(), libc::MSG_NOSIGNAL) };
+    }
+    // SAFETY: as above; nothing else holds `fd`.
+    unsafe { libc::close(fd) };
+}
+
+/// The IP address in a peer address accept4 filled in (`None` if it filled in none, or of
+/// another family).
+fn peer_ip(ss: &libc::sockaddr_storage) -> Option<std::net::IpAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough for.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(std::net::IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
+}
+
 fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: `one` outlives the call and its size is passed with it.
@@ -822,6 +882,8 @@ struct SysIo {
     epfd: RawFd,
     tls: Option<TlsSessions>,
     quic: Option<QuicDriver>,
+    /// Per-source counts, when `max_connections_per_source` is on.
+    sources: Option<crate::sources::SourceLimit>,
 }
 
 impl SysIo {
@@ -895,6 +957,9 @@ impl Io for SysIo {
                     if t.is_tls(link.fd()) {
                         t.remove(link.fd());
                     }
+                }
+                if let Some(s) = self.sources.as_mut() {
+                    s.release(link.fd());
                 }
                 // Closing removes the fd from the epoll set.
                 // SAFETY: the core gave the record up: nothing refers to this fd any more.

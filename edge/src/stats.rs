@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub handshaking: Gauge,
     /// Accepts answered 503 at once because `max_handshakes` were in handshake.
     pub handshakes_shed: Counter,
+    /// Accepts refused because their source address had `max_connections_per_source`.
+    pub source_shed: Counter,
     /// QUIC connections closed because they opened no stream within the hello timeout.
     pub quic_hello_timeouts: Counter,
     /// Slots no device followed, reused for a device's new event (the table was full).
@@ -219,11 +221,16 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 25] = [
+    let counters: [Row; 26] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
             |s| s.quic_hello_timeouts.get(),
+        ),
+        (
+            "cue_edge_source_shed_total",
+            "Accepts answered 503 at once: their source address (IPv4, IPv6 /64) held max_connections_per_source on the shard.",
+            |s| s.source_shed.get(),
         ),
         (
             "cue_edge_handshakes_shed_total",

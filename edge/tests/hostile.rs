@@ -208,3 +208,87 @@ fn at_max_connections_the_next_device_is_refused_and_the_rest_are_served() {
         assert_eq!(next_cue(d).1, "go");
     }
 }
+
+/// A WebSocket subscribe from source address `from` (a loopback address of its own).
+fn subscribe_from(
+    from: std::net::IpAddr,
+    ws: std::net::SocketAddr,
+    token: &str,
+) -> Result<Ws, (u16, String)> {
+    use socket2::{Domain, Socket, Type};
+    use tungstenite::client::IntoClientRequest;
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::new(from, 0).into()).unwrap();
+    s.connect(&ws.into()).unwrap();
+    let stream: TcpStream = s.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut req = format!("ws://{ws}/v1/subscribe?events=e")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    match tungstenite::client(req, tungstenite::stream::MaybeTlsStream::Plain(stream)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => Err((
+            r.status().as_u16(),
+            r.body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// One address holding `max_connections_per_source` on each shard gets 503 for more, while a
+/// device from another address is served; closed, its connections are counted off again.
+#[test]
+fn one_source_past_its_limit_is_refused_while_others_are_served() {
+    // 2 shards, 3 per source on each: 3 to 6 from one address, as the kernel spreads them.
+    let (_dir, origin, edge) = edge_with("max_connections_per_source = 3\n");
+    let token = device_token(&["e"]);
+    let flood: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        match subscribe_from(flood, edge.ws, &token) {
+            Ok(d) => held.push(d),
+            Err((status, body)) => {
+                assert_eq!(status, 503, "{body}");
+                assert!(
+                    body.contains("too many connections from this address"),
+                    "{body}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!((3..=6).contains(&held.len()), "{} held", held.len());
+    assert_eq!(refused, 30 - held.len());
+    assert_eq!(
+        metric(&edge.metrics(), "cue_edge_source_shed_total"),
+        refused as f64
+    );
+    // Another address is served, and cues reach everyone admitted.
+    let mut good = subscribe_from("127.0.0.1".parse().unwrap(), edge.ws, &token).unwrap();
+    publish_ok(origin.http, "e", "go");
+    assert_eq!(next_cue(&mut good).1, "go");
+    for d in &mut held {
+        assert_eq!(next_cue(d).1, "go");
+    }
+    // Gone, they are counted off: the address gets in again.
+    let n = held.len();
+    drop(held);
+    wait_until(Duration::from_secs(5), || {
+        metric(&edge.metrics(), "cue_edge_connections") == 1.0
+    });
+    let again: Vec<_> = (0..3)
+        .map(|_| subscribe_from(flood, edge.ws, &token))
+        .collect();
+    assert!(
+        again.iter().all(|r| r.is_ok()),
+        "{n} held before; now refused"
+    );
+}
