@@ -419,6 +419,27 @@ fn metrics(st: &AdminState) -> String {
     );
     single(
         &mut s,
+        "cue_edge_lane_waiting",
+        "gauge",
+        "Cues and retirements waiting in the shards' lanes (newest per event) for a shard behind.",
+        l.lane_waiting.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_lane_conflated_total",
+        "counter",
+        "Cues replaced in a shard's lane by a newer one of their event before the shard took them (never fanned out).",
+        l.lane_conflated.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_lane_dropped_total",
+        "counter",
+        "Lane items dropped at the cap of relay_cache_events events (their devices get the newest at catch-up).",
+        l.lane_dropped.get(),
+    );
+    single(
+        &mut s,
         "cue_edge_last_cue_timestamp_ms",
         "gauge",
         "Origin ts of the newest cue.",

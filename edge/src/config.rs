@@ -172,7 +172,9 @@ pub struct EdgeConfig {
     pub io_memory_kib: usize,
     /// Listen backlog. Default 4096 (the kernel caps it at net.core.somaxconn).
     pub backlog: i32,
-    /// Cues queued per shard from the relay link. Default 1024.
+    /// Messages in each shard's channel from the relay link. Default 64. What does not fit
+    /// waits in the shard's lane in the link, newest per event ([`crate::lane`]), so a small
+    /// channel means superseded cues are dropped before the shard fans them out.
     pub shard_queue: usize,
     /// Seed for jitter (retry hints, backoff). Default: from the pid and time.
     pub seed: Option<u64>,
@@ -234,7 +236,7 @@ impl Default for EdgeConfig {
             edge_id: None,
             io_memory_kib: 256,
             backlog: 4096,
-            shard_queue: 1024,
+            shard_queue: 64,
             seed: None,
         }
     }

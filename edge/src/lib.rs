@@ -18,6 +18,7 @@ pub mod admin;
 pub mod config;
 pub mod core;
 pub mod encoded;
+pub mod lane;
 pub mod quic;
 pub mod relay_link;
 pub mod shard;

@@ -1,7 +1,8 @@
 //! The edge's links to its origins: one glommio executor thread (not pinned, it does little)
 //! that dials every `--origin`, says what the edge holds, takes catch-up and live cues, keeps
 //! only the newest per event (several origins may send the same cue), encodes each new cue once
-//! per format and hands it to every shard over its channel. Links are re-dialled with jittered
+//! per format and hands it to every shard's [`Lane`] (newest per event, never waiting), from
+//! which one task per shard feeds that shard's channel: a slow shard delays no other. Links are re-dialled with jittered
 //! exponential backoff and resume from the seqs the edge holds. With relay TLS every link is
 //! TLS 1.3 with the edge's certificate, to an origin whose certificate chains to the origin CA
 //! and names the host dialled. A cue whose seq is beyond any clock ([`MAX_SEQ_AHEAD_MS`]) is
@@ -20,13 +21,46 @@ use cue_common::cue::EventName;
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::{Rng, SeedableRng};
 
 use crate::encoded::EncodedCue;
+use crate::lane::{Lane, LaneItem};
 use crate::shard::ShardMsg;
+
+/// A shard's lane, and the doorbell of the task that moves it into the shard's channel.
+struct ShardLane {
+    lane: RefCell<Lane>,
+    bell: glommio::channels::local_channel::LocalSender<()>,
+}
+
+/// Every shard's lane, by shard index.
+type Lanes = Rc<Vec<ShardLane>>;
+
+/// Queues `item` for shard `i` and rings its task.
+fn hand_one(lanes: &Lanes, i: usize, item: LaneItem, stats: &LinkStats) {
+    let l = &lanes[i];
+    let (c, d) = {
+        let mut lane = l.lane.borrow_mut();
+        let before = (lane.conflated, lane.dropped);
+        lane.push(item);
+        (lane.conflated - before.0, lane.dropped - before.1)
+    };
+    stats.lane_conflated.add(c);
+    stats.lane_dropped.add(d);
+    stats.lane_waiting.add(1 - c as i64 - d as i64);
+    // Full means already rung.
+    let _ = l.bell.try_send(());
+}
+
+/// Queues `item` for every shard.
+fn hand(lanes: &Lanes, item: LaneItem, stats: &LinkStats) {
+    for i in 0..lanes.len() {
+        hand_one(lanes, i, item.clone(), stats);
+    }
+}
 
 /// Control requests for the shards.
 #[derive(Debug, Clone)]
@@ -75,6 +109,13 @@ pub struct LinkStats {
     /// Catch-up requests for an event the link holds no cue of (none published yet, or pushed
     /// out).
     pub catchups_missed: Counter,
+    /// Items (cues, retirements) waiting in the shards' lanes.
+    pub lane_waiting: Gauge,
+    /// Cues replaced in a shard's lane by a newer one of their event before the shard took
+    /// them (never fanned out).
+    pub lane_conflated: Counter,
+    /// Items dropped from a lane at its cap (`relay_cache_events` events).
+    pub lane_dropped: Counter,
 }
 
 /// Settings of the links.
@@ -134,12 +175,47 @@ pub fn spawn(
             let senders = Rc::new(senders);
             let newest = Rc::new(RefCell::new(Newest::with_cap(cfg.cache_events)));
             let stop = Rc::new(std::cell::Cell::new(false));
+            let mut bells = Vec::new();
+            let lanes: Lanes = Rc::new(
+                (0..senders.len())
+                    .map(|_| {
+                        let (bell, rx) = glommio::channels::local_channel::new_bounded(1);
+                        bells.push(rx);
+                        ShardLane {
+                            lane: RefCell::new(Lane::new(cfg.cache_events)),
+                            bell,
+                        }
+                    })
+                    .collect(),
+            );
+            // One task per shard moves its lane into its channel, waiting only for that shard.
+            let mut feeders = Vec::new();
+            for (i, bell) in bells.into_iter().enumerate() {
+                let (lanes, senders, stats, stop) =
+                    (lanes.clone(), senders.clone(), stats.clone(), stop.clone());
+                feeders.push(glommio::spawn_local(async move {
+                    while bell.recv().await.is_some() && !stop.get() {
+                        loop {
+                            let item = lanes[i].lane.borrow_mut().pop();
+                            let Some(item) = item else { break };
+                            stats.lane_waiting.add(-1);
+                            let msg = match item {
+                                LaneItem::Cue(c) => ShardMsg::Cue(c),
+                                LaneItem::Retired(e) => ShardMsg::Retired(e),
+                            };
+                            if senders[i].send(msg).await.is_err() || stop.get() {
+                                return;
+                            }
+                        }
+                    }
+                }));
+            }
             let mut tasks = Vec::new();
             let mut requests = Vec::new();
             for (i, rx) in catchups.into_iter().enumerate() {
-                let (rx, senders, newest, stats) = (
+                let (rx, lanes, newest, stats) = (
                     rx.connect().await,
-                    senders.clone(),
+                    lanes.clone(),
                     newest.clone(),
                     stats.clone(),
                 );
@@ -151,7 +227,7 @@ pub fn spawn(
                             Some(cue) => {
                                 stats.catchups_served.inc();
                                 let enc = Arc::new(EncodedCue::new(cue));
-                                let _ = senders[i].send(ShardMsg::Cue(enc)).await;
+                                hand_one(&lanes, i, LaneItem::Cue(enc), &stats);
                             }
                             None => stats.catchups_missed.inc(),
                         }
@@ -159,9 +235,9 @@ pub fn spawn(
                 }));
             }
             for (i, addr) in cfg.origins.iter().enumerate() {
-                let (cfg, senders, newest, stats, stop) = (
+                let (cfg, lanes, newest, stats, stop) = (
                     cfg.clone(),
-                    senders.clone(),
+                    lanes.clone(),
                     newest.clone(),
                     stats.clone(),
                     stop.clone(),
@@ -174,7 +250,7 @@ pub fn spawn(
                     while !stop.get() {
                         stats.dials.inc();
                         let up = Instant::now();
-                        match link_once(&addr, &cfg, &senders, &newest, &stats, &stop).await {
+                        match link_once(&addr, &cfg, &lanes, &newest, &stats, &stop).await {
                             Ok(()) => {}
                             Err(e) => {
                                 tracing::warn!(origin = %addr, error = %e, "relay link down");
@@ -216,6 +292,12 @@ pub fn spawn(
                 }
             }
             stop.set(true);
+            for l in lanes.iter() {
+                let _ = l.bell.try_send(());
+            }
+            for f in feeders {
+                f.cancel().await;
+            }
             for s in senders.iter() {
                 let _ = s.send(ShardMsg::Stop).await;
             }
@@ -275,7 +357,7 @@ async fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
 async fn link_once(
     addr: &str,
     cfg: &LinkConfig,
-    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    lanes: &Lanes,
     newest: &Rc<RefCell<Newest>>,
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
@@ -289,7 +371,7 @@ async fn link_once(
     sock.set_read_timeout(Some(cfg.heartbeat / 2))
         .map_err(|e| LinkError::Connect(e.to_string()))?;
     match &cfg.tls {
-        None => speak(sock, addr, cfg, senders, newest, stats, stop).await,
+        None => speak(sock, addr, cfg, lanes, newest, stats, stop).await,
         Some(tls) => {
             let name = cue_common::tls::server_name(addr).map_err(LinkError::Connect)?;
             let handshake = futures_rustls::TlsConnector::from(tls.get()).connect(name, sock);
@@ -301,7 +383,7 @@ async fn link_once(
                 stats.tls_failures.inc();
                 LinkError::Tls(e.to_string())
             })?;
-            speak(s, addr, cfg, senders, newest, stats, stop).await
+            speak(s, addr, cfg, lanes, newest, stats, stop).await
         }
     }
 }
@@ -311,7 +393,7 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
     mut sock: S,
     addr: &str,
     cfg: &LinkConfig,
-    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    lanes: &Lanes,
     newest: &Rc<RefCell<Newest>>,
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
@@ -331,7 +413,7 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
     stats.linked.add(1);
     stats.changed_ms.set(cue_common::time::unix_now_ms() as i64);
     tracing::info!(origin = %addr, "relay link up");
-    let result = read_loop(&mut sock, cfg, senders, newest, stats, stop, &mut out).await;
+    let result = read_loop(&mut sock, cfg, lanes, newest, stats, stop, &mut out).await;
     stats.linked.add(-1);
     stats.changed_ms.set(cue_common::time::unix_now_ms() as i64);
     stats.drops.inc();
@@ -341,7 +423,7 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
 async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     sock: &mut S,
     cfg: &LinkConfig,
-    senders: &Rc<Vec<ConnectedSender<ShardMsg>>>,
+    lanes: &Lanes,
     newest: &Rc<RefCell<Newest>>,
     stats: &LinkStats,
     stop: &std::cell::Cell<bool>,
@@ -391,11 +473,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         stats.cues_forwarded.inc();
                         stats.last_cue_ts.set(cue.ts() as i64);
                         let enc = Arc::new(EncodedCue::new(cue));
-                        for s in senders.iter() {
-                            // Awaits when a shard's queue is full: backpressure to the origin,
-                            // which resynchronises a lagging edge from its newest state.
-                            let _ = s.send(ShardMsg::Cue(enc.clone())).await;
-                        }
+                        hand(lanes, LaneItem::Cue(enc), stats);
                     }
                 }
                 Frame::Retired(ev) => {
@@ -409,9 +487,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     // Every shard, even when the link's bounded hold had pushed the event out:
                     // a shard's slot may still hold its cue.
                     tracing::info!(event = %ev, "relay: event retired");
-                    for s in senders.iter() {
-                        let _ = s.send(ShardMsg::Retired(ev.clone())).await;
-                    }
+                    hand(lanes, LaneItem::Retired(ev), stats);
                 }
                 Frame::Ping(n) => relay::encode(&Frame::Pong(n), out),
                 Frame::CaughtUp(n) => tracing::info!(cues = n, "relay catch-up done"),

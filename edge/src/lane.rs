@@ -1,0 +1,177 @@
+//! A shard's lane in the relay link: what waits for the shard to take it, newest per event.
+//!
+//! The link hands every new cue (and every retirement) to each shard's lane at once and never
+//! waits; one task per shard moves the lane's items into that shard's bounded channel, waiting
+//! only when that shard is behind. So one slow shard delays no other, and while a shard is
+//! behind, a newer cue of an event replaces the older one still waiting in its lane: a
+//! superseded cue is never fanned out. Items leave in the order their events first entered.
+//!
+//! Bounded: one item per event, at most `cap` events (the link's `relay_cache_events`); at the
+//! cap the event waiting longest is dropped and counted (its devices get its newest cue at
+//! their next catch-up). Sans-IO.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use cue_common::cue::EventName;
+
+use crate::encoded::EncodedCue;
+
+/// What waits for a shard.
+#[derive(Debug, Clone)]
+pub enum LaneItem {
+    /// The newest cue of its event.
+    Cue(Arc<EncodedCue>),
+    /// The event was retired (after any cue of it that was waiting).
+    Retired(EventName),
+}
+
+impl LaneItem {
+    fn event(&self) -> &EventName {
+        match self {
+            LaneItem::Cue(c) => c.cue.event(),
+            LaneItem::Retired(e) => e,
+        }
+    }
+}
+
+/// One shard's waiting items.
+#[derive(Debug)]
+pub struct Lane {
+    order: VecDeque<EventName>,
+    items: HashMap<EventName, LaneItem>,
+    cap: usize,
+    /// Items replaced by a newer one of their event before the shard took them.
+    pub conflated: u64,
+    /// Items dropped at the cap.
+    pub dropped: u64,
+}
+
+impl Lane {
+    /// An empty lane holding at most `cap` events (`cap` >= 1).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            order: VecDeque::new(),
+            items: HashMap::new(),
+            cap: cap.max(1),
+            conflated: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Queues `item`: it replaces what waits for its event (a cue older than the one waiting is
+    /// itself the one replaced), else joins the end.
+    pub fn push(&mut self, item: LaneItem) {
+        let ev = item.event().clone();
+        if let Some(waiting) = self.items.get_mut(&ev) {
+            self.conflated += 1;
+            let older = matches!((&*waiting, &item), (LaneItem::Cue(w), LaneItem::Cue(n)) if n.cue.seq() <= w.cue.seq());
+            if !older {
+                *waiting = item;
+            }
+            return;
+        }
+        if self.items.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.items.remove(&old);
+                self.dropped += 1;
+            }
+        }
+        self.order.push_back(ev.clone());
+        self.items.insert(ev, item);
+    }
+
+    /// The item whose event waits longest.
+    pub fn pop(&mut self) -> Option<LaneItem> {
+        let ev = self.order.pop_front()?;
+        self.items.remove(&ev)
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cue_common::cue::Cue;
+    use proptest::prelude::*;
+
+    fn cue(ev: &str, seq: u64) -> LaneItem {
+        LaneItem::Cue(Arc::new(EncodedCue::new(
+            Cue::new(ev, &format!("k{seq}"), seq, seq).unwrap(),
+        )))
+    }
+
+    fn seq(i: &LaneItem) -> Option<u64> {
+        match i {
+            LaneItem::Cue(c) => Some(c.cue.seq()),
+            LaneItem::Retired(_) => None,
+        }
+    }
+
+    #[test]
+    fn newest_per_event_in_first_arrival_order() {
+        let mut l = Lane::new(16);
+        l.push(cue("a", 1));
+        l.push(cue("b", 1));
+        l.push(cue("a", 3));
+        l.push(cue("a", 2)); // older than the one waiting: dropped
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.conflated, 2);
+        assert_eq!(seq(&l.pop().unwrap()), Some(3));
+        assert_eq!(seq(&l.pop().unwrap()), Some(1));
+        assert!(l.pop().is_none());
+        // A retirement replaces the cue waiting; a cue after it replaces the retirement.
+        l.push(cue("a", 5));
+        l.push(LaneItem::Retired(EventName::new("a").unwrap()));
+        assert!(matches!(l.pop(), Some(LaneItem::Retired(_))));
+        l.push(LaneItem::Retired(EventName::new("a").unwrap()));
+        l.push(cue("a", 9));
+        assert_eq!(seq(&l.pop().unwrap()), Some(9));
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_event_is_dropped() {
+        let mut l = Lane::new(2);
+        l.push(cue("a", 1));
+        l.push(cue("b", 1));
+        l.push(cue("c", 1));
+        assert_eq!((l.len(), l.dropped), (2, 1));
+        assert_eq!(l.pop().unwrap().event().as_str(), "b");
+    }
+
+    proptest! {
+        /// Whatever arrives: at most one item per event, never more than the cap, and what
+        /// leaves for an event is the newest that arrived for it since it last left.
+        #[test]
+        fn one_item_per_event_and_always_the_newest(
+            ops in proptest::collection::vec((0u8..6, 1u64..50, proptest::bool::weighted(0.2)), 1..300),
+        ) {
+            let mut l = Lane::new(64);
+            let mut newest: HashMap<String, u64> = HashMap::new();
+            for (e, s, pop) in ops {
+                if pop {
+                    if let Some(item) = l.pop() {
+                        let ev = item.event().as_str().to_string();
+                        prop_assert_eq!(seq(&item), newest.remove(&ev));
+                    }
+                    continue;
+                }
+                let ev = format!("e{e}");
+                l.push(cue(&ev, s));
+                let n = newest.entry(ev).or_insert(0);
+                *n = (*n).max(s);
+                prop_assert!(l.len() <= 6);
+            }
+            prop_assert_eq!(l.len(), newest.len());
+        }
+    }
+}
