@@ -171,6 +171,10 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         .map_err(|e| std::io::Error::other(format!("starting shard executor: {e}")))
 }
 
+/// The poller's pause between two fanout slices: just long enough for the executor to poll
+/// its reactor (cues, timers, the QUIC socket) in between.
+const FANOUT_TURN: Duration = Duration::from_micros(20);
+
 const LISTENER: u64 = u64::MAX;
 const WSS_LISTENER: u64 = u64::MAX - 1;
 const QUIC_SOCKET: u64 = u64::MAX - 2;
@@ -275,7 +279,12 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 let elapsed = last.elapsed();
                 last = Instant::now();
                 let mut drv = d.borrow_mut();
-                let active = drv.poll_once(elapsed);
+                let mut active = drv.poll_once(elapsed);
+                if drv.core.fanout_pending() {
+                    // One slice per turn, then straight back (after the reactor ran).
+                    drv.fan(None);
+                    active = true;
+                }
                 // The drain supervisor ends the process once every shard says so.
                 if drv.drain_gen != 0 && drv.core.drained() {
                     let gen = drv.drain_gen;
@@ -291,7 +300,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                     }
                 });
                 drop(drv);
-                interval = if active {
+                interval = if d.borrow().core.fanout_pending() {
+                    FANOUT_TURN
+                } else if active {
                     poll
                 } else {
                     (interval * 2).min(idle_max)
@@ -305,31 +316,8 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     while let Some(msg) = rx.recv().await {
         match msg {
             ShardMsg::Cue(cue) => {
-                let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
-                let mut drv = d.borrow_mut();
-                let drv = &mut *drv;
-                let fan = drv.core.on_cue(cue.clone(), &mut drv.io);
-                if fan.quic > 0 {
-                    // Packetise and send what the fanout wrote into QUIC streams, now.
-                    let now = now();
-                    drv.quic_round(now, false);
-                }
-                let spent = t0.elapsed();
-                let cpu = thread_cpu_ns().saturating_sub(cpu0);
-                // Split by deliveries (a cue's event usually has devices of both transports;
-                // the bench gives each transport its own event, so each cue is one or the
-                // other).
-                let quic_cpu = if fan.ws + fan.quic == 0 {
-                    0
-                } else {
-                    (cpu as u128 * fan.quic as u128 / (fan.ws + fan.quic) as u128) as u64
-                };
-                let stats = &drv.stats;
-                stats.fanout_cpu_ns.add(cpu - quic_cpu);
-                stats.quic_cpu_ns.add(quic_cpu);
-                stats.fanout_time.observe_us(spent.as_micros() as u64);
-                let lag_ms = unix_ms().saturating_sub(cue.cue.ts());
-                stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
+                // The first slice now; the poller runs the rest between its other work.
+                d.borrow_mut().fan(Some(cue));
             }
             ShardMsg::Drain(window, gen) => {
                 // Listeners first: closed, they leave the port's SO_REUSEPORT group, so a
@@ -404,6 +392,39 @@ fn unix_ms() -> u64 {
 }
 
 impl Driver {
+    /// One fanout slice: of `cue` (new from the link) or of the fanouts in progress. Counts its
+    /// CPU time (split between the transports by deliveries) and wall time, and the delivery
+    /// lag of every cue whose fanout finished.
+    fn fan(&mut self, cue: Option<Arc<EncodedCue>>) {
+        let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
+        let fan = match cue {
+            Some(c) => self.core.on_cue(c, &mut self.io),
+            None => self.core.fanout(&mut self.io),
+        };
+        if fan.quic > 0 {
+            // Packetise and send what the fanout wrote into QUIC streams, now.
+            self.quic_round(now(), false);
+        }
+        let spent = t0.elapsed();
+        let cpu = thread_cpu_ns().saturating_sub(cpu0);
+        // Split by deliveries (a cue's event usually has devices of both transports; the bench
+        // gives each transport its own event, so each cue is one or the other).
+        let quic_cpu = if fan.ws + fan.quic == 0 {
+            0
+        } else {
+            (cpu as u128 * fan.quic as u128 / (fan.ws + fan.quic) as u128) as u64
+        };
+        let stats = &self.stats;
+        stats.fanout_cpu_ns.add(cpu - quic_cpu);
+        stats.quic_cpu_ns.add(quic_cpu);
+        stats.fanout_time.observe_us(spent.as_micros() as u64);
+        let now_ms = unix_ms();
+        self.core.take_finished(|ts| {
+            let lag_ms = now_ms.saturating_sub(ts);
+            stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
+        });
+    }
+
     /// One poll; returns whether anything happened (input, accepts, QUIC work).
     fn poll_once(&mut self, tick: Duration) -> bool {
         let now = now();

@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub handshaking: Gauge,
     /// Accepts answered 503 at once because `max_handshakes` were in handshake.
     pub handshakes_shed: Counter,
+    /// Fanouts ended before reaching every device because a newer cue of the event came.
+    pub fanout_superseded: Counter,
     /// Accepts refused because their source address had `max_connections_per_source`.
     pub source_shed: Counter,
     /// QUIC connections closed because they opened no stream within the hello timeout.
@@ -221,11 +223,16 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 26] = [
+    let counters: [Row; 27] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
             |s| s.quic_hello_timeouts.get(),
+        ),
+        (
+            "cue_edge_fanout_superseded_total",
+            "Fanouts ended before every device was visited because a newer cue of the event arrived (the rest got only the newer one).",
+            |s| s.fanout_superseded.get(),
         ),
         (
             "cue_edge_source_shed_total",

@@ -1,19 +1,22 @@
-//! Delivery: a new cue written at once to every unblocked subscriber, control frames and
+//! Delivery: a new cue written to every unblocked subscriber in slices of `fanout_slice`
+//! devices (a newer cue of the event ends an older one's fanout), control frames and
 //! handshake bytes queued behind a partial write, and the flush that gives a drained device the
 //! current cue of every event it is behind on (conflation).
 
 use std::sync::Arc;
 
 use super::conn::{Conn, State, BLOCKED};
-use super::{Closing, ConnKey, Fanout, Io, Sent, ShardCore};
+use super::{Closing, ConnKey, Fanout, Io, Sent, ShardCore, Sweep};
 use crate::encoded::EncodedCue;
 use crate::encoded::Transport;
 use crate::stats::{CloseReason, ShardStats};
 
 impl ShardCore {
-    /// A new cue from the relay link: keep it as current and write it to every device that
-    /// follows its event and is not blocked.
-    /// The driver times the call and records lag and fanout time (the core reads no clock).
+    /// A new cue from the relay link: keep it as current and start writing it to every device
+    /// that follows its event and is not blocked; the first slice goes out now
+    /// ([`ShardCore::fanout`] does the rest). A fanout of an older cue of the same event still
+    /// in progress ends here: the devices it had not reached get only this one.
+    /// The driver times the calls and records fanout time (the core reads no clock).
     pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
         self.stats.cues_in.inc();
         let Some(slot_idx) = self.slot_for_cue(cue.cue.event()) else {
@@ -30,38 +33,87 @@ impl ShardCore {
             return Fanout::default();
         }
         slot.current = Some(cue.clone());
-        let seq = cue.cue.seq();
+        let mut devices = match self.sweeps.iter().position(|s| s.slot == slot_idx) {
+            Some(i) => {
+                self.stats.fanout_superseded.inc();
+                self.sweeps.remove(i).expect("position is in range").devices
+            }
+            None => std::mem::take(&mut self.spare),
+        };
+        devices.clear();
+        devices.extend_from_slice(&slot.subscribers);
+        self.sweeps.push_back(Sweep {
+            slot: slot_idx,
+            cue,
+            devices,
+            next: 0,
+        });
+        self.fanout(io)
+    }
+
+    /// True while a fanout has devices left to visit.
+    pub fn fanout_pending(&self) -> bool {
+        !self.sweeps.is_empty()
+    }
+
+    /// Visits up to `fanout_slice` devices of the fanouts in progress, oldest first.
+    pub fn fanout(&mut self, io: &mut impl Io) -> Fanout {
+        let mut budget = self.cfg.fanout_slice.max(1);
         let mut fanout = Fanout::default();
-        for i in 0..slot.subscribers.len() {
-            let idx = slot.subscribers[i];
-            let Some(c) = self.conns.at(idx) else {
-                continue;
+        while budget > 0 {
+            let Some(mut sw) = self.sweeps.pop_front() else {
+                break;
             };
-            if c.state != State::Open || c.flags & BLOCKED != 0 {
-                continue;
-            }
-            let Some(si) = c.subs.iter().position(|s| s.slot == slot_idx) else {
-                continue;
-            };
-            if c.subs[si].seq >= seq {
-                continue;
-            }
-            match write_cue(c, idx, cue.frame(c.format), io, &self.stats) {
-                Written::Whole | Written::Part => {
-                    c.subs[si].seq = seq;
-                    match c.transport() {
-                        Transport::Ws => fanout.ws += 1,
-                        Transport::Quic => fanout.quic += 1,
-                    }
+            let end = (sw.next + budget).min(sw.devices.len());
+            let seq = sw.cue.cue.seq();
+            for &idx in &sw.devices[sw.next..end] {
+                let Some(c) = self.conns.at(idx) else {
+                    continue;
+                };
+                if c.state != State::Open || c.flags & BLOCKED != 0 {
+                    continue;
                 }
-                Written::Blocked => {}
-                Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
+                // A device gone since may have left its index to another one: only a device
+                // following this slot's event now is written to.
+                let Some(si) = c.subs.iter().position(|s| s.slot == sw.slot) else {
+                    continue;
+                };
+                if c.subs[si].seq >= seq {
+                    continue;
+                }
+                match write_cue(c, idx, sw.cue.frame(c.format), io, &self.stats) {
+                    Written::Whole | Written::Part => {
+                        c.subs[si].seq = seq;
+                        match c.transport() {
+                            Transport::Ws => fanout.ws += 1,
+                            Transport::Quic => fanout.quic += 1,
+                        }
+                    }
+                    Written::Blocked => {}
+                    Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
+                }
+            }
+            budget -= end - sw.next;
+            sw.next = end;
+            if sw.next < sw.devices.len() {
+                self.sweeps.push_front(sw);
+            } else {
+                self.finished.push(sw.cue.cue.ts());
+                self.spare = std::mem::take(&mut sw.devices);
             }
         }
         self.stats.deliveries.add(fanout.ws + fanout.quic);
         self.stats.quic_deliveries.add(fanout.quic);
         self.close_pending(io);
         fanout
+    }
+
+    /// Hands the publish times (Unix ms) of the cues whose fanout finished since the last call
+    /// to `f`.
+    pub fn take_finished(&mut self, mut f: impl FnMut(u64)) {
+        for ts in self.finished.drain(..) {
+            f(ts);
+        }
     }
 
     /// Writes a control frame or handshake bytes; queues what the socket does not take.

@@ -147,6 +147,9 @@ pub struct CoreConfig {
     pub max_events: usize,
     /// Retry-After range (seconds) for 503 when full or draining, and for the drain close hint.
     pub retry_after_s: (u32, u32),
+    /// Devices one fanout slice visits before the shard serves its other work (input,
+    /// accepts, pings, QUIC) again: a fanout to many devices runs as slices.
+    pub fanout_slice: usize,
 }
 
 impl Default for CoreConfig {
@@ -167,6 +170,7 @@ impl Default for CoreConfig {
             max_connections: 1_000_000,
             max_events: 4096,
             retry_after_s: (5, 60),
+            fanout_slice: 1024,
         }
     }
 }
@@ -177,6 +181,16 @@ struct Slot {
     subscribers: Vec<u32>,
     /// In `ShardCore::unfollowed` (it may have gained subscribers since; checked on reuse).
     unfollowed_listed: bool,
+}
+
+/// A fanout in progress: one cue to the devices that followed its event when it arrived.
+struct Sweep {
+    slot: u16,
+    cue: Arc<EncodedCue>,
+    /// The slot's subscribers when the cue arrived (devices that subscribe later get the cue
+    /// as their catch-up; entries of devices gone since are skipped).
+    devices: Vec<u32>,
+    next: usize,
 }
 
 /// Catch-up requests a shard queues between two driver turns; beyond, they are dropped and
@@ -222,6 +236,12 @@ pub struct ShardCore {
     drain_cursor: u32,
     to_close: Vec<Closing>,
     out: Vec<u8>,
+    /// Fanouts in progress, oldest first, at most one per slot.
+    sweeps: std::collections::VecDeque<Sweep>,
+    /// A finished sweep's device list, kept for the next one.
+    spare: Vec<u32>,
+    /// Publish times (Unix ms) of cues whose fanout finished, for the driver's lag figure.
+    finished: Vec<u64>,
 }
 
 /// A connection to close at the end of the current call, with what a QUIC device is told.
@@ -289,6 +309,9 @@ impl ShardCore {
             drain_cursor: 0,
             to_close: Vec::new(),
             out: Vec::with_capacity(512),
+            sweeps: std::collections::VecDeque::new(),
+            spare: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -325,6 +348,7 @@ impl ShardCore {
     pub fn retire(&mut self, event: &EventName) {
         if let Some(&i) = self.by_name.get(event) {
             self.slots[i as usize].current = None;
+            self.sweeps.retain(|s| s.slot != i);
         }
     }
 

@@ -831,3 +831,138 @@ fn quic_liveness_is_the_transports_and_drain_closes_with_a_hint() {
         .as_u64()
         .is_some_and(|s| (5..=60).contains(&s)));
 }
+
+fn sliced(slice: usize, clock: &Clock) -> ShardCore {
+    core_with(
+        CoreConfig {
+            fanout_slice: slice,
+            ..Default::default()
+        },
+        clock,
+    )
+}
+
+#[test]
+fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
+    let mut devs: Vec<_> = (0..10)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=e",
+                None,
+            )
+        })
+        .collect();
+    assert_eq!(c.on_cue(cue("e", "go", 1), &mut io).ws, 3);
+    assert!(c.fanout_pending());
+    let mut slices = 1;
+    while c.fanout_pending() {
+        assert!(c.fanout(&mut io).ws <= 3);
+        slices += 1;
+    }
+    assert_eq!(slices, 4);
+    let mut finished = Vec::new();
+    c.take_finished(|ts| finished.push(ts));
+    assert_eq!(finished, vec![1_700_000_000_001]);
+    for d in &mut devs {
+        d.read(&mut io);
+        assert_eq!(d.cues, vec![("e".into(), 1)]);
+    }
+}
+
+#[test]
+fn a_newer_cue_ends_the_older_ones_fanout() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
+    let mut devs: Vec<_> = (0..10)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=e",
+                None,
+            )
+        })
+        .collect();
+    c.on_cue(cue("e", "one", 1), &mut io);
+    c.on_cue(cue("e", "two", 2), &mut io);
+    while c.fanout_pending() {
+        c.fanout(&mut io);
+    }
+    assert_eq!(c.stats.fanout_superseded.get(), 1);
+    let mut got_both = 0;
+    for d in &mut devs {
+        d.read(&mut io);
+        assert_eq!(
+            d.cues.last(),
+            Some(&("e".into(), 2)),
+            "everyone ends on the newest"
+        );
+        got_both += (d.cues.len() == 2) as usize;
+    }
+    assert_eq!(got_both, 3, "only the first slice got the superseded cue");
+    // Another event's fanout is not touched by it.
+    c.on_cue(cue("f", "x", 1), &mut io);
+    assert_eq!(c.stats.fanout_superseded.get(), 1);
+}
+
+#[test]
+fn a_fanout_skips_devices_gone_meanwhile_and_their_reused_slots() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(2, &clock), FakeIo::default());
+    let devs: Vec<_> = (0..6)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                10 + i,
+                "/v1/subscribe?events=e",
+                None,
+            )
+        })
+        .collect();
+    c.on_cue(cue("e", "go", 1), &mut io);
+    // The last four go away before their slices; a device of another event may take a
+    // freed index.
+    for d in &devs[2..] {
+        c.on_error(d.key.unwrap(), &mut io);
+    }
+    let mut other = connect(&mut c, &mut io, &clock, 30, "/v1/subscribe?events=f", None);
+    while c.fanout_pending() {
+        c.fanout(&mut io);
+    }
+    other.read(&mut io);
+    assert!(other.cues.is_empty(), "never given another event's cue");
+    // A retirement ends its event's fanout.
+    let mut devs2: Vec<_> = (0..6)
+        .map(|i| {
+            connect(
+                &mut c,
+                &mut io,
+                &clock,
+                40 + i,
+                "/v1/subscribe?events=g",
+                None,
+            )
+        })
+        .collect();
+    c.on_cue(cue("g", "go", 1), &mut io);
+    c.retire(&cue_common::cue::EventName::new("g").unwrap());
+    assert!(!c.fanout_pending());
+    let reached: usize = devs2
+        .iter_mut()
+        .map(|d| {
+            d.read(&mut io);
+            d.cues.len()
+        })
+        .sum();
+    assert_eq!(reached, 2, "only the first slice");
+}
