@@ -21,6 +21,20 @@ fn core_with(cfg: CoreConfig, clock: &Clock) -> ShardCore {
     )
 }
 
+/// `n` devices on fds `fd0..`, each subscribed with `path_and_query`.
+fn devices(
+    c: &mut ShardCore,
+    io: &mut FakeIo,
+    clock: &Clock,
+    n: i32,
+    fd0: i32,
+    path_and_query: &str,
+) -> Vec<super::testkit::Device> {
+    (0..n)
+        .map(|i| connect(c, io, clock, fd0 + i, path_and_query, None))
+        .collect()
+}
+
 fn core(clock: &Clock) -> ShardCore {
     core_with(CoreConfig::default(), clock)
 }
@@ -372,18 +386,7 @@ fn drain_spreads_closes_with_jittered_hints() {
         ..Default::default()
     };
     let (mut c, mut io) = (core_with(cfg, &clock), FakeIo::default());
-    let mut devs: Vec<_> = (0..100)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=e",
-                None,
-            )
-        })
-        .collect();
+    let mut devs = devices(&mut c, &mut io, &clock, 100, 10, "/v1/subscribe?events=e");
     c.start_drain(Duration::from_secs(10), clock.now());
     let mut closed_at_half = 0;
     for step in 1..=100 {
@@ -439,18 +442,7 @@ fn drain_spreads_closes_with_jittered_hints() {
 fn undrain_stops_the_closes_and_admits_again() {
     let mut clock = Clock::new();
     let (mut c, mut io) = (core_with(CoreConfig::default(), &clock), FakeIo::default());
-    let mut devs: Vec<_> = (0..10)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=e",
-                None,
-            )
-        })
-        .collect();
+    let mut devs = devices(&mut c, &mut io, &clock, 10, 10, "/v1/subscribe?events=e");
     c.start_drain(Duration::from_secs(10), clock.now());
     clock.advance(Duration::from_secs(3));
     c.tick(clock.now(), Duration::from_secs(3), &mut io);
@@ -589,18 +581,7 @@ fn events_ever_published_never_fill_the_table_only_events_followed_do() {
 fn unsubscribe_keeps_lists_consistent() {
     let clock = Clock::new();
     let (mut c, mut io) = (core(&clock), FakeIo::default());
-    let mut devs: Vec<_> = (0..20)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=a,b",
-                None,
-            )
-        })
-        .collect();
+    let mut devs = devices(&mut c, &mut io, &clock, 20, 10, "/v1/subscribe?events=a,b");
     // Close every third device (client close), then publish: the rest all get it.
     for d in devs.iter().step_by(3) {
         c.on_eof(d.key.unwrap(), &mut io);
@@ -846,18 +827,7 @@ fn sliced(slice: usize, clock: &Clock) -> ShardCore {
 fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
     let clock = Clock::new();
     let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
-    let mut devs: Vec<_> = (0..10)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=e",
-                None,
-            )
-        })
-        .collect();
+    let mut devs = devices(&mut c, &mut io, &clock, 10, 10, "/v1/subscribe?events=e");
     assert_eq!(c.on_cue(cue("e", "go", 1), &mut io).ws, 3);
     assert!(c.fanout_pending());
     let mut slices = 1;
@@ -879,18 +849,7 @@ fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
 fn a_newer_cue_ends_the_older_ones_fanout() {
     let clock = Clock::new();
     let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
-    let mut devs: Vec<_> = (0..10)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=e",
-                None,
-            )
-        })
-        .collect();
+    let mut devs = devices(&mut c, &mut io, &clock, 10, 10, "/v1/subscribe?events=e");
     c.on_cue(cue("e", "one", 1), &mut io);
     c.on_cue(cue("e", "two", 2), &mut io);
     while c.fanout_pending() {
@@ -917,18 +876,7 @@ fn a_newer_cue_ends_the_older_ones_fanout() {
 fn a_fanout_skips_devices_gone_meanwhile_and_their_reused_slots() {
     let clock = Clock::new();
     let (mut c, mut io) = (sliced(2, &clock), FakeIo::default());
-    let devs: Vec<_> = (0..6)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                10 + i,
-                "/v1/subscribe?events=e",
-                None,
-            )
-        })
-        .collect();
+    let devs = devices(&mut c, &mut io, &clock, 6, 10, "/v1/subscribe?events=e");
     c.on_cue(cue("e", "go", 1), &mut io);
     // The last four go away before their slices; a device of another event may take a
     // freed index.
@@ -942,18 +890,7 @@ fn a_fanout_skips_devices_gone_meanwhile_and_their_reused_slots() {
     other.read(&mut io);
     assert!(other.cues.is_empty(), "never given another event's cue");
     // A retirement ends its event's fanout.
-    let mut devs2: Vec<_> = (0..6)
-        .map(|i| {
-            connect(
-                &mut c,
-                &mut io,
-                &clock,
-                40 + i,
-                "/v1/subscribe?events=g",
-                None,
-            )
-        })
-        .collect();
+    let mut devs2 = devices(&mut c, &mut io, &clock, 6, 40, "/v1/subscribe?events=g");
     c.on_cue(cue("g", "go", 1), &mut io);
     c.retire(&cue_common::cue::EventName::new("g").unwrap());
     assert!(!c.fanout_pending());
