@@ -292,3 +292,234 @@ fn one_source_past_its_limit_is_refused_while_others_are_served() {
         "{n} held before; now refused"
     );
 }
+
+/// A raw WebSocket session on the edge: the upgrade written by hand (optionally one byte per
+/// write), the 101 read; returns the stream.
+fn raw_session(ws: std::net::SocketAddr, token: &str, byte_by_byte: bool) -> TcpStream {
+    let mut s = TcpStream::connect(ws).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "GET /v1/subscribe?events=e HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    if byte_by_byte {
+        s.set_nodelay(true).unwrap();
+        for b in req.as_bytes() {
+            s.write_all(std::slice::from_ref(b)).unwrap();
+        }
+    } else {
+        s.write_all(req.as_bytes()).unwrap();
+    }
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "the edge closed during the upgrade"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// A client frame: FIN, `opcode`, masked with a zero key unless `unmasked`, with a length
+/// field saying `len` (the payload sent is `payload`, which may be shorter).
+fn client_frame(opcode: u8, len: u64, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mask = if unmasked { 0 } else { 0x80 };
+    let mut f = vec![0x80 | opcode];
+    if len < 126 {
+        f.push(mask | len as u8);
+    } else if len <= 0xFFFF {
+        f.push(mask | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(mask | 127);
+        f.extend_from_slice(&len.to_be_bytes());
+    }
+    if !unmasked {
+        f.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads server frames until a close; its code. Cue frames before it are skipped.
+fn close_code(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // A server frame: unmasked, lengths < 126 or 126 + u16 for cues and closes.
+        while buf.len() >= 2 {
+            let (op, len7) = (buf[0] & 0x0F, (buf[1] & 0x7F) as usize);
+            let (hdr, len) = match len7 {
+                126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+                126 => break,
+                n => (2, n),
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            if op == 0x8 {
+                return u16::from_be_bytes([buf[hdr], buf[hdr + 1]]);
+            }
+            buf.drain(..hdr + len);
+        }
+        let n = s
+            .read(&mut chunk)
+            .expect("a close frame before the edge hangs up");
+        assert!(n > 0, "closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Oversized, unmasked, unknown and invalid frames each get their close code, from the real
+/// binary; an upgrade written one byte per write is admitted; the edge's memory stays bounded
+/// under 200 sessions that claim 1 TiB frames; a good device is served throughout.
+#[test]
+fn malformed_frames_get_their_close_codes_and_memory_stays_bounded() {
+    let (_dir, origin, edge) = edge_with("");
+    let token = device_token(&["e"]);
+    let mut good = subscribe(edge.ws, "events=e", Some(&token)).unwrap();
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        (
+            "frame over max_frame",
+            client_frame(0x2, 5000, &[0; 5000], false),
+            1009,
+        ),
+        (
+            "a 1 TiB length",
+            client_frame(0x2, 1 << 40, b"x", false),
+            1009,
+        ),
+        ("unmasked", client_frame(0x1, 2, b"hi", true), 1002),
+        ("unknown opcode", client_frame(0x3, 0, b"", false), 1002),
+        (
+            "text not UTF-8",
+            client_frame(0x1, 2, &[0xC3, 0x28], false),
+            1007,
+        ),
+        (
+            "control frame over 125 bytes",
+            client_frame(0x9, 200, &[0; 200], false),
+            1002,
+        ),
+    ];
+    for (what, frame, want) in cases {
+        let mut s = raw_session(edge.ws, &token, false);
+        s.write_all(&frame).unwrap();
+        assert_eq!(close_code(&mut s), want, "{what}");
+    }
+    // One byte per write, headers included: admitted, and gets cues.
+    let mut slow = raw_session(edge.ws, &token, true);
+    let rss = || {
+        let pid = edge.proc.0.id();
+        let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+        s.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
+    };
+    let before = rss();
+    // 200 sessions each announce a 1 TiB frame and send its first bytes: the edge must not
+    // buffer toward it (it closes them, 1009, at the header).
+    let mut liars: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = raw_session(edge.ws, &token, false);
+            s.write_all(&client_frame(0x2, 1 << 40, &[7; 1024], false))
+                .unwrap();
+            s
+        })
+        .collect();
+    for s in &mut liars {
+        assert_eq!(close_code(s), 1009);
+    }
+    let after = rss();
+    assert!(
+        after < before + (16 << 20),
+        "RSS {} MiB -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    publish_ok(origin.http, "e", "go");
+    assert_eq!(next_cue(&mut good).1, "go");
+    let mut b = [0u8; 64];
+    let n = slow.read(&mut b).unwrap();
+    assert!(
+        String::from_utf8_lossy(&b[..n]).contains("\"go\""),
+        "{:?}",
+        &b[..n]
+    );
+}
+
+/// A device that reads one byte at a time through a tiny receive window while cues pour in:
+/// the edge holds no backlog for it (it skips it while blocked, then gives it the current cue),
+/// so it ends on the newest cue with far fewer frames than were published, while a good device
+/// gets the newest too and nobody is closed.
+#[test]
+fn a_one_byte_reader_gets_the_newest_cue_without_a_backlog() {
+    use socket2::{Domain, Socket, Type};
+    let (_dir, origin, edge) = edge_with("");
+    let token = device_token(&["e"]);
+    let mut good = subscribe(edge.ws, "events=e", Some(&token)).unwrap();
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    // A small segment size, as on a real network (loopback's 64 KiB segments would let the
+    // edge's socket send buffer grow past a megabyte and take every cue).
+    sock.set_mss(536).unwrap();
+    sock.connect(&edge.ws.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "GET /v1/subscribe?events=e HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    // 2000 cues (~270 KB of frames, several times what the socket buffers hold, ~60 KB at
+    // this segment size) while the device reads
+    // a byte every half millisecond.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            for i in 0..2000 {
+                last = publish_ok(origin.http, "e", &format!("k{i:04}-{}", "x".repeat(58)));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            last
+        })
+    };
+    let mut got = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        if s.read(&mut b).unwrap() == 1 {
+            got.push(b[0]);
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let last = publisher.join().unwrap();
+    // Then it reads normally until the newest cue's seq shows up.
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut chunk = [0u8; 8192];
+    let needle = format!("\"seq\":{last}");
+    while !String::from_utf8_lossy(&got).contains(&needle) {
+        let n = s.read(&mut chunk).expect("the newest cue arrives");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let frames = String::from_utf8_lossy(&got).matches("\"seq\":").count();
+    assert!(
+        frames < 1000,
+        "{frames} frames: the slow device was given a backlog"
+    );
+    let mut good_last = 0;
+    while good_last != last {
+        good_last = next_cue(&mut good).2;
+    }
+    let m = edge.metrics();
+    assert_eq!(metric(&m, "cue_edge_connections"), 2.0, "nobody was closed");
+    eprintln!("one-byte reader: {frames} frames for 2000 cues, ended on the newest");
+}
