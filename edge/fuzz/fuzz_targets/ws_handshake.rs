@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(consumed <= data.len() && consumed <= max_len);
             assert!(req.path.starts_with('/'));
             let mut resp = Vec::new();
-            write_accept(&req.key, &mut resp);
+            write_accept(&req.key, None, &mut resp);
             assert_eq!(
                 parse_response(&resp, &accept_key(&req.key)),
                 Ok(Some((101, resp.len())))
