@@ -93,7 +93,8 @@ pub struct ShardStats {
     pub ticket_hits: Counter,
     /// Admission tickets presented that did not hold (the token was checked for real).
     pub tickets_refused: Counter,
-    /// Deliveries skipped because the device was blocked and later got a newer cue instead.
+    /// Cues a blocked device never got because, when its socket drained, it was given a newer
+    /// cue of the event instead (counted in cues, not in seq distance).
     pub conflated: Counter,
     /// Times a device's socket would not take a whole frame.
     pub write_blocked: Counter,

@@ -146,16 +146,24 @@ struct MigrateReq(Option<String>);
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 impl MigrateReq {
-    fn on() -> MigrateReq {
+    /// `None` when it cannot be set and root is knowingly skipped (else the test fails).
+    fn on() -> Option<MigrateReq> {
         let old = std::fs::read_to_string(MIGRATE_REQ)
             .unwrap_or_else(|e| panic!("{MIGRATE_REQ} (Linux 5.14 or later): {e}"));
         if old.trim() == "1" {
-            return MigrateReq(None);
+            return Some(MigrateReq(None));
         }
-        std::fs::write(MIGRATE_REQ, "1").unwrap_or_else(|e| {
-            panic!("this test needs net.ipv4.tcp_migrate_req=1 (`cue-tune apply` sets it; run as root): {e}")
-        });
-        MigrateReq(Some(old))
+        match std::fs::write(MIGRATE_REQ, "1") {
+            Ok(()) => Some(MigrateReq(Some(old))),
+            Err(e) => {
+                cue_testkit::require(
+                    "root",
+                    false,
+                    &format!("net.ipv4.tcp_migrate_req=1 (`cue-tune apply` sets it): {e}"),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -173,7 +181,9 @@ impl Drop for MigrateReq {
 /// as its last device is gone; the next cue reaches everyone.
 #[test]
 fn rolling_restart_on_one_port_refuses_no_device() {
-    let _migrate = MigrateReq::on();
+    let Some(_migrate) = MigrateReq::on() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     let ws = free_addr();

@@ -15,14 +15,11 @@ fn python_has(module: &str) -> bool {
         .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !have {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must install python3 {module} (.ci/run does)"
-        );
-        eprintln!("python3 {module} not installed; skipping (CI installs it)");
-    }
-    have
+    cue_testkit::require(
+        &format!("python3-{module}"),
+        have,
+        &format!("pip install {module} (.ci/run does)"),
+    )
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -348,8 +345,11 @@ fn quic_rebinding_device_is_forwarded_between_shards() {
 /// picks its connection's socket every time: every cue arrives, nothing is forwarded.
 #[test]
 fn quic_steering_keeps_a_rebinding_device_across_processes() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("steering needs CAP_BPF/CAP_NET_ADMIN; not root here, skipped");
+    if !cue_testkit::require(
+        "root",
+        cue_testkit::is_root(),
+        "the steering program needs CAP_BPF and CAP_NET_ADMIN: run the tests as root",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

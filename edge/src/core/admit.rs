@@ -178,6 +178,7 @@ impl ShardCore {
             };
             taken.push(slot);
             subs.push(Sub {
+                missed: 0,
                 slot,
                 pos: 0,
                 seq: since.unwrap_or(0),

@@ -34,7 +34,13 @@ pub struct Sub {
     pub pos: u32,
     /// Newest seq of the event the device has been given.
     pub seq: u64,
+    /// Cues of the event a fanout skipped because the device was blocked, since it was last
+    /// given one (saturating; it fits in the struct's padding).
+    pub missed: u16,
 }
+
+// A device holds one per event it follows: it must stay 16 bytes (docs/edge.md, memory).
+const _: () = assert!(std::mem::size_of::<Sub>() == 16);
 
 /// Buffers a device needs only while it has partial input or unsent output.
 #[derive(Debug, Default)]

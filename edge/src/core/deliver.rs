@@ -70,7 +70,7 @@ impl ShardCore {
                 let Some(c) = self.conns.at(idx) else {
                     continue;
                 };
-                if c.state != State::Open || c.flags & BLOCKED != 0 {
+                if c.state != State::Open {
                     continue;
                 }
                 // A device gone since may have left its index to another one: only a device
@@ -81,6 +81,11 @@ impl ShardCore {
                 if c.subs[si].seq >= seq {
                     continue;
                 }
+                if c.flags & BLOCKED != 0 {
+                    // It gets the event's current cue when its socket drains.
+                    c.subs[si].missed = c.subs[si].missed.saturating_add(1);
+                    continue;
+                }
                 match write_cue(c, idx, sw.cue.frame(c.format), io, &self.stats) {
                     Written::Whole | Written::Part => {
                         c.subs[si].seq = seq;
@@ -89,7 +94,9 @@ impl ShardCore {
                             Transport::Quic => fanout.quic += 1,
                         }
                     }
-                    Written::Blocked => {}
+                    Written::Blocked => {
+                        c.subs[si].missed = c.subs[si].missed.saturating_add(1);
+                    }
                     Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
                 }
             }
@@ -179,21 +186,21 @@ impl ShardCore {
             if cur.cue.seq() <= sub.seq {
                 continue;
             }
-            // Seqs are consecutive per event: a device given seq s and now cur skipped the rest.
-            let skipped = if sub.seq > 0 {
-                cur.cue.seq() - sub.seq - 1
-            } else {
-                0
-            };
+            // Of the cues the fanouts skipped while it was blocked, this one (the current)
+            // reaches it; the others it never gets. (Seqs are not consecutive: they follow the
+            // publish time, so they cannot be counted from the seqs.)
+            let skipped = u64::from(sub.missed.saturating_sub(1));
             match write_cue(c, idx, cur.frame(c.format), io, &self.stats) {
                 Written::Whole => {
                     c.subs[i].seq = cur.cue.seq();
+                    c.subs[i].missed = 0;
                     delivered += 1;
                     self.stats.conflated.add(skipped);
                 }
                 Written::Part => {
                     // The rest of this frame must go out before anything else.
                     c.subs[i].seq = cur.cue.seq();
+                    c.subs[i].missed = 0;
                     delivered += 1;
                     self.stats.conflated.add(skipped);
                     break;

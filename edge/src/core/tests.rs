@@ -180,7 +180,18 @@ fn blocked_device_is_conflated_to_newest() {
         !io.peers[&10].want_write,
         "writability interest dropped once drained"
     );
-    assert_eq!(c.stats.conflated.get(), 48, "seqs 2..=49 skipped for 50");
+    assert_eq!(c.stats.conflated.get(), 48, "cues 2..=49 skipped for 50");
+    // Seqs follow the publish time, not a counter: what counts is cues, not seq distance.
+    io.peers.get_mut(&10).unwrap().room = Some(0);
+    c.on_cue(cue("e", "later", 10_000), &mut io);
+    c.on_cue(cue("e", "latest", 20_000), &mut io);
+    io.peers.get_mut(&10).unwrap().room = None;
+    pump_writable(&mut c, &mut io);
+    assert_eq!(
+        c.stats.conflated.get(),
+        49,
+        "one more skipped, whatever the seq gap"
+    );
 }
 
 #[test]

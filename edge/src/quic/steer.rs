@@ -425,19 +425,27 @@ mod tests {
         p
     }
 
+    /// The steering program on `port`; without root the test fails (`None` only when root is
+    /// knowingly skipped: `cue_testkit::require`).
+    fn open_as_root(port: u16) -> Option<Steering> {
+        match Steering::open(port, CID_LEN as u8) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                assert!(!cue_testkit::is_root(), "steering as root: {e}");
+                cue_testkit::require("root", false, &format!("steering: {e}"));
+                None
+            }
+        }
+    }
+
     /// Datagrams from 64 source ports, which the kernel's hash spreads over both sockets, all
     /// land on the socket their connection ID names; Initial packets and unsteered IDs still
     /// spread.
     #[test]
     fn datagrams_go_to_the_socket_their_connection_id_names() {
         let (a, b, addr) = reuseport_pair();
-        let steer = match Steering::open(addr.port(), CID_LEN as u8) {
-            Ok(s) => s,
-            Err(e) if unsafe { libc::geteuid() } != 0 => {
-                eprintln!("not root, steering not testable here: {e}");
-                return;
-            }
-            Err(e) => panic!("steering as root: {e}"),
+        let Some(steer) = open_as_root(addr.port()) else {
+            return;
         };
         let sa = steer.join(a.as_raw_fd()).unwrap();
         let sb = steer.join(b.as_raw_fd()).unwrap();
@@ -513,9 +521,7 @@ mod tests {
     fn the_program_agrees_with_its_model_on_random_datagrams() {
         use rand::{Rng, SeedableRng};
         let (a, b, addr) = reuseport_pair();
-        let Ok(steer) = Steering::open(addr.port(), CID_LEN as u8) else {
-            assert_ne!(unsafe { libc::geteuid() }, 0, "steering must open as root");
-            eprintln!("not root, steering not testable here");
+        let Some(steer) = open_as_root(addr.port()) else {
             return;
         };
         let sa = steer.join(a.as_raw_fd()).unwrap();

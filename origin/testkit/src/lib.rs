@@ -11,6 +11,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What a test needs from the host (`what`: `root`, `python3-websockets`, ...), and whether
+/// it is there. Missing, the test fails with `how` to provide it, unless `what` (or `all`) is
+/// listed in `CUE_SKIP_UNAVAILABLE` (comma-separated): then it says SKIPPED and the caller
+/// returns. So nothing passes silently: CI sets no such variable and runs everything.
+pub fn require(what: &str, available: bool, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    let skip = std::env::var("CUE_SKIP_UNAVAILABLE").unwrap_or_default();
+    if skip
+        .split(',')
+        .any(|s| s.trim() == what || s.trim() == "all")
+    {
+        eprintln!("SKIPPED: needs {what} ({how}); CUE_SKIP_UNAVAILABLE={skip}");
+        return false;
+    }
+    panic!(
+        "this test needs {what}: {how} (or set CUE_SKIP_UNAVAILABLE={what} to skip it knowingly)"
+    );
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A workspace binary: integration tests run from `target/<profile>/deps`, and the binaries are
 /// one level up. `cargo test --workspace` builds them first.
 pub fn workspace_bin(name: &str) -> PathBuf {
