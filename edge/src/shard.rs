@@ -323,7 +323,8 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 // Listeners first: closed, they leave the port's SO_REUSEPORT group, so a
                 // successor on the same port takes every new device (with
                 // net.ipv4.tcp_migrate_req=1 also those queued here and not yet accepted).
-                // Devices accepted before get 503 with a jittered Retry-After.
+                // WebSocket devices accepted before are admitted and closed with the rest over
+                // the window (core::admit); new QUIC devices get 503 (the socket stays).
                 let mut drv = d.borrow_mut();
                 drv.stop_accepting();
                 drv.drain_gen = gen;
