@@ -124,7 +124,7 @@ fn link(
         while let Some((f, n)) = relay::decode(&buf[used..])? {
             used += n;
             match f {
-                Frame::Cue(_) => {
+                Frame::Cue(_) | Frame::ClassedCue(..) => {
                     cues.fetch_add(1, Relaxed);
                 }
                 Frame::Ping(p) => relay::encode(&Frame::Pong(p), &mut out),

@@ -417,6 +417,20 @@ fn metrics(st: &AdminState) -> String {
         "Shard catch-up requests for an event the link holds no cue of.",
         l.catchups_missed.get(),
     );
+    header(
+        &mut s,
+        "cue_edge_relay_cues_by_class_total",
+        "counter",
+        "New cues from origins by their event's priority class.",
+    );
+    for p in cue_common::cue::Priority::ALL {
+        sample(
+            &mut s,
+            "cue_edge_relay_cues_by_class_total",
+            &format!("class=\"{}\"", p.as_str()),
+            l.cues_by_class[p.index()].get(),
+        );
+    }
     single(
         &mut s,
         "cue_edge_lane_waiting",

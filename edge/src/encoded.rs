@@ -70,6 +70,8 @@ pub struct EncodedCue {
     pub quic_json: Box<[u8]>,
     /// `u16` BE length, then the binary form.
     pub quic_binary: Box<[u8]>,
+    /// Its event's class (from the origin; normal unless the publish said otherwise).
+    pub class: cue_common::cue::Priority,
 }
 
 impl EncodedCue {
@@ -93,7 +95,14 @@ impl EncodedCue {
             ws_binary: ws_binary.into(),
             quic_json: json.into(),
             quic_binary: quic_binary.into(),
+            class: cue_common::cue::Priority::Normal,
         }
+    }
+
+    /// The same, of class `class`.
+    pub fn with_class(mut self, class: cue_common::cue::Priority) -> Self {
+        self.class = class;
+        self
     }
 
     /// The bytes for a device of `encoding`.

@@ -4,16 +4,17 @@
 //! waits; one task per shard moves the lane's items into that shard's bounded channel, waiting
 //! only when that shard is behind. So one slow shard delays no other, and while a shard is
 //! behind, a newer cue of an event replaces the older one still waiting in its lane: a
-//! superseded cue is never fanned out. Items leave in the order their events first entered.
+//! superseded cue is never fanned out. Critical cues leave first, then normal ones (and
+//! retirements), then background ones; within a class, in the order their events first entered.
 //!
 //! Bounded: one item per event, at most `cap` events (the link's `relay_cache_events`); at the
-//! cap the event waiting longest is dropped and counted (its devices get its newest cue at
-//! their next catch-up). Sans-IO.
+//! cap the least urgent event waiting longest is dropped and counted (its devices get its newest
+//! cue at their next catch-up). Sans-IO.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use cue_common::cue::EventName;
+use cue_common::cue::{EventName, Priority};
 
 use crate::encoded::EncodedCue;
 
@@ -33,12 +34,20 @@ impl LaneItem {
             LaneItem::Retired(e) => e,
         }
     }
+
+    fn class(&self) -> Priority {
+        match self {
+            LaneItem::Cue(c) => c.class,
+            LaneItem::Retired(_) => Priority::Normal,
+        }
+    }
 }
 
 /// One shard's waiting items.
 #[derive(Debug)]
 pub struct Lane {
-    order: VecDeque<EventName>,
+    /// Events waiting, per class ([`Priority::ALL`] order), oldest first.
+    order: [VecDeque<EventName>; 3],
     items: HashMap<EventName, LaneItem>,
     cap: usize,
     /// Items replaced by a newer one of their event before the shard took them.
@@ -51,7 +60,7 @@ impl Lane {
     /// An empty lane holding at most `cap` events (`cap` >= 1).
     pub fn new(cap: usize) -> Self {
         Self {
-            order: VecDeque::new(),
+            order: Default::default(),
             items: HashMap::new(),
             cap: cap.max(1),
             conflated: 0,
@@ -72,19 +81,25 @@ impl Lane {
             return;
         }
         if self.items.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
+            if let Some(old) = self.order.iter_mut().rev().find_map(|q| q.pop_front()) {
                 self.items.remove(&old);
                 self.dropped += 1;
             }
         }
-        self.order.push_back(ev.clone());
+        self.order[item.class().index()].push_back(ev.clone());
         self.items.insert(ev, item);
     }
 
-    /// The item whose event waits longest.
+    /// The most urgent item, of the event waiting longest in its class.
     pub fn pop(&mut self) -> Option<LaneItem> {
-        let ev = self.order.pop_front()?;
-        self.items.remove(&ev)
+        loop {
+            let ev = self.order.iter_mut().find_map(|q| q.pop_front())?;
+            // An event's item keeps the place it took first (its class may have changed since:
+            // then it is found in its first class's queue).
+            if let Some(item) = self.items.remove(&ev) {
+                return Some(item);
+            }
+        }
     }
 
     /// Events waiting.
@@ -136,6 +151,31 @@ mod tests {
         l.push(LaneItem::Retired(EventName::new("a").unwrap()));
         l.push(cue("a", 9));
         assert_eq!(seq(&l.pop().unwrap()), Some(9));
+    }
+
+    fn classed(ev: &str, seq: u64, class: Priority) -> LaneItem {
+        let LaneItem::Cue(c) = cue(ev, seq) else {
+            unreachable!()
+        };
+        LaneItem::Cue(Arc::new(
+            Arc::try_unwrap(c).expect("one owner").with_class(class),
+        ))
+    }
+
+    #[test]
+    fn critical_first_background_last_and_dropped_first_at_the_cap() {
+        let mut l = Lane::new(4);
+        l.push(classed("bg", 1, Priority::Background));
+        l.push(cue("n1", 1));
+        l.push(classed("crit", 1, Priority::Critical));
+        l.push(LaneItem::Retired(EventName::new("gone").unwrap()));
+        // Full: a new event pushes out the background one, not the older normal ones.
+        l.push(cue("n2", 1));
+        assert_eq!(l.dropped, 1);
+        let order: Vec<String> = std::iter::from_fn(|| l.pop())
+            .map(|i| i.event().as_str().to_string())
+            .collect();
+        assert_eq!(order, ["crit", "n1", "gone", "n2"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cue_common::cue::EventName;
+use cue_common::cue::{EventName, Priority};
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Backoff, Frame, Liveness, LivenessAction, Newest};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -116,6 +116,8 @@ pub struct LinkStats {
     pub lane_conflated: Counter,
     /// Items dropped from a lane at its cap (`relay_cache_events` events).
     pub lane_dropped: Counter,
+    /// New cues by their event's class (`Priority::ALL` order).
+    pub cues_by_class: [Counter; 3],
 }
 
 /// Settings of the links.
@@ -420,6 +422,41 @@ async fn speak<S: AsyncRead + AsyncWrite + Unpin>(
     result
 }
 
+/// A cue from an origin: refused if implausible, else kept if newer than what the link holds
+/// and handed to every shard's lane.
+fn take_cue(
+    cue: cue_common::cue::Cue,
+    class: Priority,
+    lanes: &Lanes,
+    newest: &RefCell<Newest>,
+    stats: &LinkStats,
+) {
+    stats.cues_received.inc();
+    if !plausible(&cue, cue_common::time::unix_now_ms()) {
+        stats.cues_refused.inc();
+        tracing::warn!(
+            ?cue,
+            "relay: cue with a seq or time beyond the clock refused"
+        );
+        return;
+    }
+    let taken = {
+        let mut n = newest.borrow_mut();
+        let before = n.evicted;
+        let taken = n.offer(&cue);
+        stats.events_evicted.add(n.evicted - before);
+        stats.events_held.set(n.len() as i64);
+        taken
+    };
+    if taken {
+        stats.cues_forwarded.inc();
+        stats.cues_by_class[class.index()].inc();
+        stats.last_cue_ts.set(cue.ts() as i64);
+        let enc = Arc::new(EncodedCue::new(cue).with_class(class));
+        hand(lanes, LaneItem::Cue(enc), stats);
+    }
+}
+
 async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     sock: &mut S,
     cfg: &LinkConfig,
@@ -451,31 +488,8 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some((frame, n)) = relay::decode(&buf[used..])? {
             used += n;
             match frame {
-                Frame::Cue(cue) => {
-                    stats.cues_received.inc();
-                    if !plausible(&cue, cue_common::time::unix_now_ms()) {
-                        stats.cues_refused.inc();
-                        tracing::warn!(
-                            ?cue,
-                            "relay: cue with a seq or time beyond the clock refused"
-                        );
-                        continue;
-                    }
-                    let taken = {
-                        let mut n = newest.borrow_mut();
-                        let before = n.evicted;
-                        let taken = n.offer(&cue);
-                        stats.events_evicted.add(n.evicted - before);
-                        stats.events_held.set(n.len() as i64);
-                        taken
-                    };
-                    if taken {
-                        stats.cues_forwarded.inc();
-                        stats.last_cue_ts.set(cue.ts() as i64);
-                        let enc = Arc::new(EncodedCue::new(cue));
-                        hand(lanes, LaneItem::Cue(enc), stats);
-                    }
-                }
+                Frame::Cue(cue) => take_cue(cue, Priority::Normal, lanes, newest, stats),
+                Frame::ClassedCue(cue, class) => take_cue(cue, class, lanes, newest, stats),
                 Frame::Retired(ev) => {
                     // Forget it here and on every shard: a device of it gets no stale catch-up.
                     stats.retirements.inc();

@@ -134,3 +134,45 @@ fn a_retired_event_leaves_the_edge_and_can_start_anew() {
     assert_eq!(next_cue(&mut a), ("gone".into(), "again".into(), new));
     assert_eq!(next_cue(&mut b), ("gone".into(), "again".into(), new));
 }
+
+/// A publish may give its event a priority class: refused when unknown; carried to the edge
+/// (relay protocol 3), which counts it and delivers the cue as any other.
+#[test]
+fn a_publish_gives_its_event_a_class_that_reaches_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &[]);
+    let tok = device_token(&["ko", "bg"]);
+    let mut dev = subscribe(edge.ws, "events=ko,bg", Some(&tok)).unwrap();
+    let r = publish_body(origin.http, "ko", r#"{"key":"x","priority":"urgent"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("critical, normal or background"),
+        "{}",
+        r.body
+    );
+    let r = publish_body(
+        origin.http,
+        "ko",
+        r#"{"key":"round-1","priority":"critical"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(next_cue(&mut dev).1, "round-1");
+    let r = publish_body(origin.http, "bg", r#"{"key":"ad","priority":"background"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(next_cue(&mut dev).1, "ad");
+    publish_ok(origin.http, "ko", "round-2");
+    assert_eq!(next_cue(&mut dev).1, "round-2");
+    let m = edge.metrics();
+    let class = |c: &str| {
+        metric(
+            &m,
+            &format!("cue_edge_relay_cues_by_class_total{{class=\"{c}\"}}"),
+        )
+    };
+    // A publish without a priority makes its event normal again (round-2).
+    assert_eq!(
+        (class("critical"), class("normal"), class("background")),
+        (1.0, 1.0, 1.0)
+    );
+}

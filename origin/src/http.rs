@@ -6,6 +6,8 @@
 //!   not be made durable or the queue is full. An `Idempotency-Key` header (1-128 visible ASCII
 //!   characters) makes a retry within the store's window answer with the first cue. A publisher
 //!   token with an `events` claim may publish only those events (`403` for another).
+//!   The body may carry `"priority":"critical|normal|background"` (default normal): the event's
+//!   class at the edges (docs/protocol.md).
 //! * `GET /v1/events/{event}` -> `{"event":"...","current":CUE|null}`.
 //! * `GET /metrics`; `GET /healthz` -> `200 {"status":"ok"}`, or `503 {"status":"unhealthy",
 //!   "reason":...}` while the store cannot make cues durable.
@@ -19,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::store::{Health, Latest, Store};
-use cue_common::cue::{valid_key, EventName};
+use cue_common::cue::{valid_key, EventName, Priority};
 use cue_common::keys::Verifier;
 use cue_common::time::unix_now_s;
 
@@ -241,13 +243,25 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
     #[serde(deny_unknown_fields)]
     struct Body {
         key: String,
+        #[serde(default)]
+        priority: Option<String>,
     }
-    let key = match serde_json::from_slice::<Body>(&body) {
-        Ok(b) => b.key,
+    let (key, priority) = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => (b.key, b.priority),
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("body must be {{\"key\":\"...\"}}: {e}"),
+                &format!("body must be {{\"key\":\"...\"[,\"priority\":\"...\"]}}: {e}"),
+            )
+        }
+    };
+    let class = match priority.as_deref().map(Priority::parse) {
+        None => Priority::Normal,
+        Some(Some(p)) => p,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "priority must be critical, normal or background",
             )
         }
     };
@@ -257,6 +271,11 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             "key must be 1-64 chars of [A-Za-z0-9._:-]",
         );
     }
+    // The event's class, for the relay: set before the cue can be relayed.
+    api.latest
+        .write()
+        .expect("latest lock")
+        .set_class(&event, class);
     match api.store.publish(event, &key, idempotency.as_deref()).await {
         Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
         Err(e) => unavailable(&e),

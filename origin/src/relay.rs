@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
 use crate::store::{Health, Latest, Live};
-use cue_common::cue::EventName;
+use cue_common::cue::{Cue, EventName, Priority};
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Frame, Liveness, LivenessAction};
 
@@ -231,9 +231,10 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // What this edge holds, updated as cues go out: live cues at or below it are skipped.
     let mut held: HashMap<EventName, u64> = since.into_iter().collect();
-    // Edges of version 1 know no RETIRED frame.
+    // Edges of version 1 know no RETIRED frame, those of version 2 no CUE_CLASS.
     let retirements = version >= 2;
-    let n = send_catch_up(&mut c, &latest, &mut held, retirements, m);
+    let classes = version >= 3;
+    let n = send_catch_up(&mut c, &latest, &mut held, retirements, classes, m);
     c.wbuf.reserve(16);
     relay::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
     c.flush(opts.write_timeout).await?;
@@ -247,16 +248,16 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
             r = live.recv() => {
                 match r {
                     Ok(item) => {
-                        relay_live(item, &mut held, retirements, &mut c.wbuf, m);
+                        relay_live(item, &mut held, retirements, classes, &mut c.wbuf, m);
                         // Take whatever else is already waiting, then write once.
                         while let Ok(item) = live.try_recv() {
-                            relay_live(item, &mut held, retirements, &mut c.wbuf, m);
+                            relay_live(item, &mut held, retirements, classes, &mut c.wbuf, m);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         m.resyncs.inc();
                         tracing::warn!(edge = %edge_id, skipped, "relay: edge lagged, resyncing from newest state");
-                        send_catch_up(&mut c, &latest, &mut held, retirements, m);
+                        send_catch_up(&mut c, &latest, &mut held, retirements, classes, m);
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(edge_id),
                 }
@@ -301,20 +302,31 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A cue's frame: CUE_CLASS for a class other than normal to an edge that knows the frame,
+/// else CUE.
+fn cue_frame(cue: Cue, class: Priority, classes: bool) -> Frame {
+    if classes && class != Priority::Normal {
+        Frame::ClassedCue(cue, class)
+    } else {
+        Frame::Cue(cue)
+    }
+}
+
 /// One live item for an edge holding `held`: a cue it lacks, or (to an edge that knows the
 /// frame) the retirement of an event it holds.
 fn relay_live(
     item: Live,
     held: &mut HashMap<EventName, u64>,
     retirements: bool,
+    classes: bool,
     out: &mut Vec<u8>,
     m: &RelayMetrics,
 ) {
     match item {
-        Live::Cue(cue) => {
+        Live::Cue(cue, class) => {
             if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
                 held.insert(cue.event().clone(), cue.seq());
-                relay::encode(&Frame::Cue(cue), out);
+                relay::encode(&cue_frame(cue, class, classes), out);
                 m.cues_sent.inc();
             }
         }
@@ -335,6 +347,7 @@ fn send_catch_up<S>(
     latest: &Latest,
     held: &mut HashMap<EventName, u64>,
     retirements: bool,
+    classes: bool,
     m: &RelayMetrics,
 ) -> usize {
     let (cues, gone) = {
@@ -344,7 +357,14 @@ fn send_catch_up<S>(
             .filter(|e| !l.contains_key(*e))
             .cloned()
             .collect();
-        (relay::catch_up(l.values(), held), gone)
+        let cues: Vec<(Cue, Priority)> = relay::catch_up(l.values(), held)
+            .into_iter()
+            .map(|c| {
+                let class = l.class(c.event());
+                (c, class)
+            })
+            .collect();
+        (cues, gone)
     };
     for ev in gone {
         held.remove(&ev);
@@ -353,9 +373,9 @@ fn send_catch_up<S>(
             m.retirements_sent.inc();
         }
     }
-    for cue in &cues {
+    for (cue, class) in &cues {
         held.insert(cue.event().clone(), cue.seq());
-        relay::encode(&Frame::Cue(cue.clone()), &mut c.wbuf);
+        relay::encode(&cue_frame(cue.clone(), *class, classes), &mut c.wbuf);
     }
     m.cues_sent.add(cues.len() as u64);
     m.catch_up_cues.add(cues.len() as u64);

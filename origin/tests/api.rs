@@ -571,3 +571,45 @@ fn a_slow_http_client_is_cut_off_at_the_header_deadline() {
         "cut off after {closed:?} (deadline 10 s)"
     );
 }
+
+/// A publish's priority reaches edges of protocol 3 as CUE_CLASS (live and at catch-up), edges
+/// of protocol 2 as a plain CUE; a publish without one makes the event normal again.
+#[test]
+fn a_publish_class_is_relayed_to_edges_that_know_it() {
+    use cue_common::cue::Priority;
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let _o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &[]);
+    let pubt = keys().mint_publisher(unix_now_s(), 600);
+    let mut v3 = Link::open(relay, 3, vec![]);
+    let mut v2 = Link::open(relay, 2, vec![]);
+    assert!(matches!(v3.next(), Frame::CaughtUp(0)));
+    assert!(matches!(v2.next(), Frame::CaughtUp(0)));
+    let (st, b) = post(
+        http,
+        "/v1/events/ko/cues",
+        Some(&pubt),
+        r#"{"key":"round-1","priority":"critical"}"#,
+    );
+    assert_eq!(st, 201, "{b}");
+    match v3.next() {
+        Frame::ClassedCue(c, Priority::Critical) => assert_eq!(c.key(), "round-1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(v2.next(), Frame::Cue(c) if c.key() == "round-1"));
+    // At catch-up too.
+    let mut late = Link::open(relay, 3, vec![]);
+    assert!(matches!(
+        late.next(),
+        Frame::ClassedCue(_, Priority::Critical)
+    ));
+    // Published without a priority: normal again.
+    let (st, b) = post(
+        http,
+        "/v1/events/ko/cues",
+        Some(&pubt),
+        r#"{"key":"round-2"}"#,
+    );
+    assert_eq!(st, 201, "{b}");
+    assert!(matches!(v3.next(), Frame::Cue(c) if c.key() == "round-2"));
+}

@@ -98,7 +98,7 @@ fn a_stuck_edge_does_not_stall_a_healthy_one() {
     for seq in 1..=100_000u64 {
         let c = Cue::new("fight", &key, seq, seq).unwrap();
         latest.write().unwrap().insert(c.event().clone(), c.clone());
-        let _ = live.send(cue_origin::store::Live::Cue(c));
+        let _ = live.send(cue_origin::store::Live::Cue(c, Default::default()));
         if seq % 5_000 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }

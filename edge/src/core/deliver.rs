@@ -42,12 +42,22 @@ impl ShardCore {
         };
         devices.clear();
         devices.extend_from_slice(&slot.subscribers);
-        self.sweeps.push_back(Sweep {
-            slot: slot_idx,
-            cue,
-            devices,
-            next: 0,
-        });
+        // Critical fanouts run before normal ones, background ones last; oldest first within a
+        // class.
+        let at = self
+            .sweeps
+            .iter()
+            .position(|s| s.cue.class > cue.class)
+            .unwrap_or(self.sweeps.len());
+        self.sweeps.insert(
+            at,
+            Sweep {
+                slot: slot_idx,
+                cue,
+                devices,
+                next: 0,
+            },
+        );
         self.fanout(io)
     }
 

@@ -914,3 +914,41 @@ fn a_fanout_skips_devices_gone_meanwhile_and_their_reused_slots() {
         .sum();
     assert_eq!(reached, 2, "only the first slice");
 }
+
+#[test]
+fn a_critical_fanout_overtakes_a_background_one_in_progress() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(2, &clock), FakeIo::default());
+    let mut bg = devices(&mut c, &mut io, &clock, 6, 10, "/v1/subscribe?events=bg");
+    let mut crit = devices(&mut c, &mut io, &clock, 2, 30, "/v1/subscribe?events=crit");
+    let classed = |ev: &str, class| {
+        Arc::new(
+            EncodedCue::new(Cue::new(ev, "k", 1, 1_700_000_000_001).unwrap()).with_class(class),
+        )
+    };
+    use cue_common::cue::Priority;
+    // The background fanout's first slice goes out; then the critical cue lands.
+    assert_eq!(c.on_cue(classed("bg", Priority::Background), &mut io).ws, 2);
+    assert_eq!(c.on_cue(classed("crit", Priority::Critical), &mut io).ws, 2);
+    for d in &mut crit {
+        d.read(&mut io);
+        assert_eq!(
+            d.cues.len(),
+            1,
+            "the critical cue went out before the background rest"
+        );
+    }
+    let got = |bg: &mut Vec<super::testkit::Device>, io: &mut FakeIo| {
+        bg.iter_mut()
+            .map(|d| {
+                d.read(io);
+                d.cues.len()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(got(&mut bg, &mut io), 2);
+    while c.fanout_pending() {
+        c.fanout(&mut io);
+    }
+    assert_eq!(got(&mut bg, &mut io), 6);
+}

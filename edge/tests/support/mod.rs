@@ -162,6 +162,11 @@ pub fn metric(metrics: &str, name: &str) -> f64 {
 }
 
 pub fn publish(http: SocketAddr, event: &str, key: &str) -> Response {
+    publish_body(http, event, &format!("{{\"key\":\"{key}\"}}"))
+}
+
+/// A publish with `body` as it is.
+pub fn publish_body(http: SocketAddr, event: &str, body: &str) -> Response {
     let auth = format!("Bearer {}", publisher_token());
     request(
         http,
@@ -171,7 +176,7 @@ pub fn publish(http: SocketAddr, event: &str, key: &str) -> Response {
             ("Authorization", &auth),
             ("Content-Type", "application/json"),
         ],
-        format!("{{\"key\":\"{key}\"}}").as_bytes(),
+        body.as_bytes(),
     )
     .unwrap()
 }

@@ -103,6 +103,49 @@ pub fn valid_key(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// An event's priority class between the origin and the edges' shards (never sent to devices):
+/// when cues wait for a shard, critical ones go first and background ones last. Set by the
+/// publish that carries it (`"priority"` in the body; default normal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum Priority {
+    /// Goes first.
+    Critical = 0,
+    /// The default.
+    #[default]
+    Normal = 1,
+    /// Goes last.
+    Background = 2,
+}
+
+impl Priority {
+    /// Every class, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Background];
+
+    /// `critical`, `normal` or `background`.
+    pub fn parse(s: &str) -> Option<Priority> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// The class's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+        }
+    }
+
+    /// The class from its wire byte.
+    pub fn from_u8(b: u8) -> Option<Priority> {
+        Self::ALL.get(b as usize).copied()
+    }
+
+    /// Its index in [`Priority::ALL`] (also its wire byte).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One cue. Constructed only through [`Cue::new`] or a decoder, so its fields are always valid.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Cue {

@@ -11,30 +11,32 @@
 //!
 //! ```text
 //! u32 len        length of what follows (type + body), 1..=MAX_FRAME
-//! u8  type       1 HELLO, 2 CUE, 3 PING, 4 PONG, 5 CAUGHT_UP, 6 RETIRED
+//! u8  type       1 HELLO, 2 CUE, 3 PING, 4 PONG, 5 CAUGHT_UP, 6 RETIRED, 7 CUE_CLASS
 //! body
-//!   HELLO:      u8 version (1 or 2), u8 id_len, id (UTF-8, 1..=64), u32 n,
+//!   HELLO:      u8 version (1..=3), u8 id_len, id (UTF-8, 1..=64), u32 n,
 //!               n x (u8 elen, event, u64 seq)
 //!   CUE:        the cue's binary form (see `cue`)
 //!   PING/PONG:  u64 nonce (PONG echoes the PING's)
 //!   CAUGHT_UP:  u32 number of cues the catch-up carried
 //!   RETIRED:    u8 elen, event (origin to edges of version 2: forget the event's cue)
+//!   CUE_CLASS:  u8 class (0 critical, 2 background), the cue's binary form (version 3)
 //! ```
 //!
-//! Version 2 adds RETIRED; an origin sends it only to edges whose HELLO says 2, so edges of
-//! version 1 keep working with a newer origin (upgrade origins first).
+//! Version 2 adds RETIRED, version 3 CUE_CLASS (a cue of an event whose class is not normal);
+//! an origin sends each only to edges whose HELLO says so (others get RETIRED not at all and a
+//! plain CUE), so older edges keep working with a newer origin (upgrade origins first).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::cue::{Cue, CueError, EventName};
+use crate::cue::{Cue, CueError, EventName, Priority};
 
 /// Largest frame accepted (a HELLO for [`MAX_HELLO_EVENTS`] events fits).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most events one HELLO may list.
 pub const MAX_HELLO_EVENTS: usize = 10_000;
 /// Relay protocol version this build speaks (carried in HELLO).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Oldest HELLO version accepted.
 pub const MIN_VERSION: u8 = 1;
 
@@ -44,6 +46,7 @@ const T_PING: u8 = 3;
 const T_PONG: u8 = 4;
 const T_CAUGHT_UP: u8 = 5;
 const T_RETIRED: u8 = 6;
+const T_CUE_CLASS: u8 = 7;
 
 /// One relay frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub enum Frame {
     CaughtUp(u32),
     /// The event was retired: forget its cue (version 2).
     Retired(EventName),
+    /// A cue of an event whose class is not normal (version 3).
+    ClassedCue(Cue, Priority),
 }
 
 /// Why relay input was refused. Every variant ends the link; re-dialling helps unless the peer
@@ -117,6 +122,11 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.push(T_CUE);
             c.write_binary(out);
         }
+        Frame::ClassedCue(c, p) => {
+            out.push(T_CUE_CLASS);
+            out.push(p.index() as u8);
+            c.write_binary(out);
+        }
         Frame::Ping(n) => {
             out.push(T_PING);
             out.extend_from_slice(&n.to_be_bytes());
@@ -156,6 +166,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, RelayError> {
     let frame = match buf[4] {
         T_HELLO => decode_hello(body)?,
         T_CUE => Frame::Cue(Cue::from_binary(body)?),
+        T_CUE_CLASS => {
+            let bad = RelayError::Malformed("CUE_CLASS");
+            let (&class, cue) = body.split_first().ok_or(bad.clone())?;
+            Frame::ClassedCue(Cue::from_binary(cue)?, Priority::from_u8(class).ok_or(bad)?)
+        }
         T_PING => Frame::Ping(u64_body(body, "PING")?),
         T_PONG => Frame::Pong(u64_body(body, "PONG")?),
         T_CAUGHT_UP => {
@@ -462,6 +477,19 @@ mod tests {
         Cue::new(e, "k", seq, 1000 + seq).unwrap()
     }
 
+    #[test]
+    fn a_class_byte_out_of_range_is_malformed() {
+        let mut b = Vec::new();
+        encode(
+            &Frame::ClassedCue(cue("fight", 9), Priority::Background),
+            &mut b,
+        );
+        b[5] = 3;
+        assert_eq!(decode(&b), Err(RelayError::Malformed("CUE_CLASS")));
+        assert_eq!(Priority::parse("critical"), Some(Priority::Critical));
+        assert_eq!(Priority::parse("urgent"), None);
+    }
+
     fn round_trip(f: Frame) {
         let mut b = Vec::new();
         encode(&f, &mut b);
@@ -488,6 +516,8 @@ mod tests {
         });
         round_trip(Frame::Retired(EventName::new("fight").unwrap()));
         round_trip(Frame::Cue(cue("fight", 9)));
+        round_trip(Frame::ClassedCue(cue("fight", 9), Priority::Critical));
+        round_trip(Frame::ClassedCue(cue("fight", 9), Priority::Background));
         round_trip(Frame::Ping(u64::MAX));
         round_trip(Frame::Pong(1));
         round_trip(Frame::CaughtUp(12));
@@ -509,8 +539,8 @@ mod tests {
             RelayError::Malformed("PING")
         );
         assert_eq!(
-            decode(&[0, 0, 0, 3, T_HELLO, 3, 0]).unwrap_err(),
-            RelayError::BadVersion(3)
+            decode(&[0, 0, 0, 3, T_HELLO, 4, 0]).unwrap_err(),
+            RelayError::BadVersion(4)
         );
         assert_eq!(
             decode(&[0, 0, 0, 3, T_HELLO, 0, 0]).unwrap_err(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use cue_common::cue::{Cue, EventName};
+use cue_common::cue::{Cue, EventName, Priority};
 use cue_common::metrics::{Counter, Gauge, Histogram};
 
 /// Newest cue of every event, shared by the HTTP API and the relay (read-mostly).
@@ -39,7 +39,13 @@ pub struct State {
     cues: HashMap<EventName, Cue>,
     retired: std::collections::HashSet<EventName>,
     retired_order: std::collections::VecDeque<EventName>,
+    /// Events whose class is not normal (set by their last publish; in memory only).
+    classes: HashMap<EventName, Priority>,
 }
+
+/// Most events with a class other than normal that an origin remembers; beyond, a new one is
+/// relayed as normal (and logged).
+pub const MAX_CLASSES: usize = 65_536;
 
 impl std::ops::Deref for State {
     type Target = HashMap<EventName, Cue>;
@@ -55,6 +61,22 @@ impl std::ops::DerefMut for State {
 }
 
 impl State {
+    /// The class the relay gives `event`'s cues.
+    pub fn class(&self, event: &EventName) -> Priority {
+        self.classes.get(event).copied().unwrap_or_default()
+    }
+
+    /// Sets `event`'s class (a publish said it).
+    pub fn set_class(&mut self, event: &EventName, class: Priority) {
+        if class == Priority::Normal {
+            self.classes.remove(event);
+        } else if self.classes.len() < MAX_CLASSES || self.classes.contains_key(event) {
+            self.classes.insert(event.clone(), class);
+        } else {
+            tracing::warn!(event = %event, max = MAX_CLASSES, "too many events with a class; relayed as normal");
+        }
+    }
+
     /// True when `event` was retired and not published since (as far as remembered).
     pub fn is_retired(&self, event: &EventName) -> bool {
         self.retired.contains(event)
@@ -79,8 +101,8 @@ pub type Health = watch::Receiver<Option<String>>;
 /// What the relay hands every linked edge.
 #[derive(Debug, Clone)]
 pub enum Live {
-    /// A durable cue.
-    Cue(Cue),
+    /// A durable cue, and its event's class.
+    Cue(Cue, Priority),
     /// A retired event: edges forget its cue.
     Retired(EventName),
 }
@@ -89,7 +111,7 @@ pub enum Live {
 /// the relay; returns whether it did. Cues of one event may arrive twice (an origin's own
 /// publish and the stream's copy of it), or late; only the newest counts.
 pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue) -> bool {
-    {
+    let class = {
         let mut l = latest.write().expect("latest lock");
         if l.get(cue.event())
             .is_some_and(|held| held.seq() >= cue.seq())
@@ -101,9 +123,10 @@ pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue) -> boo
         if !l.retired.is_empty() {
             l.retired.remove(cue.event());
         }
-    }
+        l.class(cue.event())
+    };
     // No receivers (no edge linked) is fine: edges catch up on HELLO.
-    let _ = relay.send(Live::Cue(cue.clone()));
+    let _ = relay.send(Live::Cue(cue.clone(), class));
     true
 }
 
@@ -120,6 +143,7 @@ pub fn forget(
         match l.get(event) {
             Some(held) if held.seq() <= seq => {
                 l.remove(event);
+                l.classes.remove(event);
                 l.mark_retired(event);
             }
             _ => return false,
