@@ -433,6 +433,20 @@ fn metrics(st: &AdminState) -> String {
     }
     single(
         &mut s,
+        "cue_edge_lane_background_holds_total",
+        "counter",
+        "Times a shard's lane began holding background cues back (conflating them) because the shard's fanout lagged.",
+        l.background_holds.get(),
+    );
+    single(
+        &mut s,
+        "cue_edge_lane_background_holding",
+        "gauge",
+        "Lanes holding background cues back now.",
+        l.background_holding.get(),
+    );
+    single(
+        &mut s,
         "cue_edge_lane_waiting",
         "gauge",
         "Cues and retirements waiting in the shards' lanes (newest per event) for a shard behind.",

@@ -92,8 +92,16 @@ impl Lane {
 
     /// The most urgent item, of the event waiting longest in its class.
     pub fn pop(&mut self) -> Option<LaneItem> {
+        self.pop_up_to(Priority::Background)
+    }
+
+    /// As [`Lane::pop`], of a class at most as low as `lowest` (the rest keep waiting, and a
+    /// newer cue of their event replaces them meanwhile).
+    pub fn pop_up_to(&mut self, lowest: Priority) -> Option<LaneItem> {
         loop {
-            let ev = self.order.iter_mut().find_map(|q| q.pop_front())?;
+            let ev = self.order[..=lowest.index()]
+                .iter_mut()
+                .find_map(|q| q.pop_front())?;
             // An event's item keeps the place it took first (its class may have changed since:
             // then it is found in its first class's queue).
             if let Some(item) = self.items.remove(&ev) {
@@ -110,6 +118,11 @@ impl Lane {
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// True when an item of class `class` waits.
+    pub fn has(&self, class: Priority) -> bool {
+        !self.order[class.index()].is_empty()
     }
 }
 
@@ -176,6 +189,21 @@ mod tests {
             .map(|i| i.event().as_str().to_string())
             .collect();
         assert_eq!(order, ["crit", "n1", "gone", "n2"]);
+    }
+
+    #[test]
+    fn held_back_background_cues_wait_and_are_conflated() {
+        let mut l = Lane::new(16);
+        l.push(classed("bg", 1, Priority::Background));
+        l.push(cue("n", 1));
+        assert_eq!(l.pop_up_to(Priority::Normal).unwrap().event().as_str(), "n");
+        assert!(l.pop_up_to(Priority::Normal).is_none());
+        assert!(l.has(Priority::Background));
+        // Newer background cues replace the one held back; nothing is lost but superseded ones.
+        l.push(classed("bg", 2, Priority::Background));
+        l.push(classed("bg", 3, Priority::Background));
+        assert_eq!(l.conflated, 2);
+        assert_eq!(seq(&l.pop().unwrap()), Some(3));
     }
 
     #[test]

@@ -459,6 +459,8 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             seed,
             tls: relay_tls.clone(),
             cache_events: cfg.relay_cache_events,
+            hold_background_above: cfg.fanout_slice * cue_edge::relay_link::HOLD_SLICES,
+            shard_stats: shard_stats.clone(),
         },
         senders,
         catchup_rx,

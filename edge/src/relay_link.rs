@@ -118,6 +118,10 @@ pub struct LinkStats {
     pub lane_dropped: Counter,
     /// New cues by their event's class (`Priority::ALL` order).
     pub cues_by_class: [Counter; 3],
+    /// Times a lane began holding background cues back because its shard lagged.
+    pub background_holds: Counter,
+    /// Lanes holding background cues back now.
+    pub background_holding: Gauge,
 }
 
 /// Settings of the links.
@@ -141,7 +145,19 @@ pub struct LinkConfig {
     pub tls: Option<Arc<cue_common::tls::Reloadable<rustls::ClientConfig>>>,
     /// Most events whose newest cue the link holds for the shards' catch-up.
     pub cache_events: usize,
+    /// A shard with more devices than this left to visit in its fanouts lags: its lane holds
+    /// background cues back (conflating them) until it is below again.
+    pub hold_background_above: usize,
+    /// Every shard's counters (the feeders read their fanout backlog).
+    pub shard_stats: Vec<Arc<crate::stats::ShardStats>>,
 }
+
+/// Fanout slices of backlog past which a shard lags (`hold_background_above` =
+/// `fanout_slice` x this): ~4 slices, some 20-40 ms of writes.
+pub const HOLD_SLICES: usize = 4;
+
+/// How often a feeder holding background cues back looks at its shard's backlog again.
+const HOLD_RECHECK: Duration = Duration::from_millis(5);
 
 /// How far ahead of this edge's clock a cue's seq may be. Seqs follow the publish time in ms
 /// (`cue_common::cue::next_seq`) and run ahead of it only while an event gets more than one cue
@@ -195,10 +211,43 @@ pub fn spawn(
             for (i, bell) in bells.into_iter().enumerate() {
                 let (lanes, senders, stats, stop) =
                     (lanes.clone(), senders.clone(), stats.clone(), stop.clone());
+                let shard = cfg.shard_stats.get(i).cloned();
+                let hold_above = cfg.hold_background_above;
                 feeders.push(glommio::spawn_local(async move {
-                    while bell.recv().await.is_some() && !stop.get() {
+                    let mut holding = false;
+                    loop {
+                        // Holding background cues back: look again at the shard every
+                        // HOLD_RECHECK even when nothing new arrives.
+                        let rung = if holding {
+                            futures_lite::future::or(bell.recv(), async {
+                                glommio::timer::sleep(HOLD_RECHECK).await;
+                                Some(())
+                            })
+                            .await
+                        } else {
+                            bell.recv().await
+                        };
+                        if rung.is_none() || stop.get() {
+                            break;
+                        }
                         loop {
-                            let item = lanes[i].lane.borrow_mut().pop();
+                            let lags = shard.as_ref().is_some_and(|s| {
+                                s.fanout_backlog.get().max(0) as usize > hold_above
+                            });
+                            let lowest = if lags {
+                                Priority::Normal
+                            } else {
+                                Priority::Background
+                            };
+                            let item = lanes[i].lane.borrow_mut().pop_up_to(lowest);
+                            let held = lags && lanes[i].lane.borrow().has(Priority::Background);
+                            if held != holding {
+                                holding = held;
+                                stats.background_holding.add(if held { 1 } else { -1 });
+                                if held {
+                                    stats.background_holds.inc();
+                                }
+                            }
                             let Some(item) = item else { break };
                             stats.lane_waiting.add(-1);
                             let msg = match item {

@@ -416,6 +416,7 @@ impl Driver {
             (cpu as u128 * fan.quic as u128 / (fan.ws + fan.quic) as u128) as u64
         };
         let stats = &self.stats;
+        stats.fanout_backlog.set(self.core.fanout_backlog() as i64);
         stats.fanout_cpu_ns.add(cpu - quic_cpu);
         stats.quic_cpu_ns.add(quic_cpu);
         stats.fanout_time.observe_us(spent.as_micros() as u64);

@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub handshaking: Gauge,
     /// Accepts answered 503 at once because `max_handshakes` were in handshake.
     pub handshakes_shed: Counter,
+    /// Devices the shard's fanouts in progress have yet to visit (set after every slice).
+    pub fanout_backlog: Gauge,
     /// Fanouts ended before reaching every device because a newer cue of the event came.
     pub fanout_superseded: Counter,
     /// Accepts refused because their source address had `max_connections_per_source`.
@@ -195,6 +197,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_handshaking",
             "Connections in handshake (accepted, not yet admitted; at most max_handshakes).",
             |s| s.handshaking.get(),
+        ),
+        (
+            "cue_edge_fanout_backlog_devices",
+            "Devices the shard's fanouts in progress have yet to visit (past 4 slices, background cues wait).",
+            |s| s.fanout_backlog.get(),
         ),
         (
             "cue_edge_event_slots",

@@ -176,3 +176,68 @@ fn a_publish_gives_its_event_a_class_that_reaches_the_edge() {
         (1.0, 1.0, 1.0)
     );
 }
+
+/// A background event floods while a critical one is published: with fanout slices of 8
+/// devices the shards lag (past 4 slices) during the flood, so their lanes hold background cues
+/// back and conflate them; the critical cue goes through, and every device still ends on the
+/// newest cue of its event.
+#[test]
+fn while_fanout_lags_background_cues_wait_and_critical_ones_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(&conf, "fanout_slice = 8\n").unwrap();
+    let conf = conf.display().to_string();
+    let edge = start_edge(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--config", &conf, "--quic", "none"],
+    );
+    let tok = device_token(&["bg", "ko"]);
+    let mut bg: Vec<_> = (0..300)
+        .map(|_| subscribe(edge.ws, "events=bg", Some(&tok)).unwrap())
+        .collect();
+    let mut ko = subscribe(edge.ws, "events=ko", Some(&tok)).unwrap();
+    let flood = {
+        let http = origin.http;
+        std::thread::spawn(move || {
+            let mut last = 0;
+            for i in 0..300 {
+                let r = publish_body(
+                    http,
+                    "bg",
+                    &format!(r#"{{"key":"ad-{i}","priority":"background"}}"#),
+                );
+                assert_eq!(r.status, 201, "{}", r.body);
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                last = v["seq"].as_u64().unwrap();
+            }
+            last
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let r = publish_body(
+        origin.http,
+        "ko",
+        r#"{"key":"round-1","priority":"critical"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(next_cue(&mut ko).1, "round-1");
+    let last = flood.join().unwrap();
+    for d in &mut bg {
+        let mut seq = 0;
+        while seq != last {
+            let (_, _, s) = next_cue(d);
+            assert!(s > seq, "seqs only go up");
+            seq = s;
+        }
+    }
+    let m = edge.metrics();
+    assert!(
+        metric(&m, "cue_edge_lane_background_holds_total") >= 1.0,
+        "the lanes held background cues back at least once"
+    );
+    assert_eq!(metric(&m, "cue_edge_lane_background_holding"), 0.0);
+    assert!(metric(&m, "cue_edge_lane_conflated_total") >= 1.0);
+}

@@ -61,6 +61,11 @@ impl ShardCore {
         self.fanout(io)
     }
 
+    /// Devices the fanouts in progress have yet to visit.
+    pub fn fanout_backlog(&self) -> usize {
+        self.sweeps.iter().map(|s| s.devices.len() - s.next).sum()
+    }
+
     /// True while a fanout has devices left to visit.
     pub fn fanout_pending(&self) -> bool {
         !self.sweeps.is_empty()
