@@ -69,7 +69,14 @@ pub struct RunOpts {
     pub transport: Transport,
     /// The origins' store: `None` for the embedded log, else a JetStream cluster.
     pub store: Option<StoreSpec>,
+    /// Devices of the flooded event (0: no flood).
+    pub flood: usize,
+    /// The fleet's cues critical, the flood background (else both normal).
+    pub priorities: bool,
 }
+
+/// The flooded event.
+const FLOOD_EVENT: &str = "flood";
 
 /// Origins on a JetStream cluster (started by the caller).
 #[derive(Debug, Clone)]
@@ -124,6 +131,8 @@ struct Target {
     procs: Vec<Proc>,
     /// QUIC address and the certificate's SHA-256.
     quic: Option<(SocketAddr, String)>,
+    /// The first origin's HTTP address and a publisher's `Authorization` value (the flood).
+    origin: Option<(SocketAddr, String)>,
 }
 
 /// Sums a counter over every sample line of `name` in Prometheus text; `None` when there is
@@ -253,7 +262,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let now = cue_common::time::unix_now_s();
     let device_token = keys.mint_device(
         "bench-fleet",
-        &["bench".into(), QUIC_EVENT.into()],
+        &["bench".into(), QUIC_EVENT.into(), FLOOD_EVENT.into()],
         now,
         3600,
     );
@@ -265,6 +274,8 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     if o.transport != Transport::Ws {
         events.push(QUIC_EVENT);
     }
+    let critical = o.priorities;
+    let origin = Some((origins[0].0, pub_token.clone()));
     // The origins are the closure's: dropping the target kills them.
     let mut alive = 0usize;
     let publish = Box::new(move |n: u64| -> anyhow::Result<Published> {
@@ -275,7 +286,11 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             alive += 1;
         }
         let http = origins[alive].0;
-        let body = format!("{{\"key\":\"stage-{n}\"}}");
+        let body = if critical {
+            format!("{{\"key\":\"stage-{n}\",\"priority\":\"critical\"}}")
+        } else {
+            format!("{{\"key\":\"stage-{n}\"}}")
+        };
         let mut got = Published {
             sent_us: stack::unix_us(),
             killed_us,
@@ -315,6 +330,41 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         edge_admins: admins,
         procs,
         quic: Some((quic, fingerprint)),
+        origin,
+    })
+}
+
+/// Publishes cues on [`FLOOD_EVENT`], one after another, until `stop`; returns how many.
+fn flood(
+    origin: SocketAddr,
+    auth: String,
+    background: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = if background {
+                format!("{{\"key\":\"ad-{n}\",\"priority\":\"background\"}}")
+            } else {
+                format!("{{\"key\":\"ad-{n}\"}}")
+            };
+            let (st, b) = stack::http(
+                origin,
+                "POST",
+                &format!("/v1/events/{FLOOD_EVENT}/cues"),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            )?;
+            if st != 201 {
+                bail!("flood publish: {st} {b}");
+            }
+            n += 1;
+        }
+        Ok(n)
     })
 }
 
@@ -391,6 +441,7 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         edge_admins: vec![],
         procs: vec![],
         quic: None,
+        origin: None,
     })
 }
 
@@ -701,6 +752,34 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         Some(f) => (f.connected, f.connect_s),
         None => (quic_connected, quic_connect_s),
     };
+    // The flood's devices (a fleet of their own on the flooded event), then its publisher.
+    let flood_fleet = if o.flood > 0 {
+        if peer {
+            bail!("--flood: Cue only");
+        }
+        let fo = RunOpts {
+            devices: o.flood,
+            ..o.clone()
+        };
+        let path = format!("/v1/subscribe?events={FLOOD_EVENT}");
+        Some(start_fleet(
+            &fo,
+            &[target.addr],
+            &target.host,
+            &path,
+            target.token.as_deref(),
+            fleet_cpu,
+        )?)
+    } else {
+        None
+    };
+    let flood_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = match (&flood_fleet, &target.origin) {
+        (Some(_), Some((http, auth))) => {
+            Some(flood(*http, auth.clone(), o.priorities, flood_stop.clone()))
+        }
+        _ => None,
+    };
     let metrics_before = edge_metrics(&target.edge_admins);
 
     let interval = Duration::from_millis(
@@ -711,6 +790,16 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // edges and for a peer, so `process_cpu` compares like with like.
     let cpu_before: f64 = server_pids.iter().map(|&p| stack::cpu_s(p)).sum();
     let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
+    flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flood_published = match flooder {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??,
+        ),
+        None => None,
+    };
+    // Its devices' counts are not this run's figures.
+    drop(flood_fleet);
     let server_cpu = server_pids.iter().map(|&p| stack::cpu_s(p)).sum::<f64>() - cpu_before;
     let quic_seen = match quic_fleet {
         Some(f) => Some(finish_fleet(f, o, &quic_series)?),
@@ -795,8 +884,17 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     if o.transport == Transport::Quic {
         log.push("transport quic: top-level figures are the QUIC fleet's; no write() floor".into());
     }
+    if flood_published.is_some() {
+        log.push("flood: the edges' delivery and CPU figures include the flood's; the fleet's latency is its own cues'".into());
+    }
     Ok(json!({
         "scenario": scenario,
+        "flood": flood_published.map(|n| json!({
+            "devices": o.flood,
+            "cues_published": n,
+            "fleet_class": if o.priorities { "critical" } else { "normal" },
+            "flood_class": if o.priorities { "background" } else { "normal" },
+        })),
         "transport": format!("{:?}", o.transport).to_lowercase(),
         "quic": quic,
         "target": if peer { o.target_url.clone().unwrap_or_default() } else { "cue".into() },

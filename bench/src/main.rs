@@ -83,6 +83,15 @@ enum Cmd {
         /// Skip the write() floor measurement.
         #[arg(long)]
         no_floor: bool,
+        /// Devices of a second event that is flooded with cues (one publish after another)
+        /// while the fleet's cues go out; 0: no flood. Implies --no-floor (the floor has no
+        /// flood).
+        #[arg(long, default_value_t = 0)]
+        flood: usize,
+        /// With --flood: publish the fleet's cues as critical and the flood as background
+        /// (without it both are normal).
+        #[arg(long)]
+        priorities: bool,
     },
     /// Connect an idle fleet; measures connect rate and memory per connection.
     Density {
@@ -238,6 +247,8 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         peer_pid: None,
         transport: c.transport,
         store: None,
+        flood: 0,
+        priorities: false,
     }
 }
 
@@ -424,6 +435,8 @@ fn main() -> ExitCode {
             target_url,
             publish_url,
             no_floor,
+            flood,
+            priorities,
         } => {
             if let Err(e) = validate(&common) {
                 eprintln!("cue-bench: {e}");
@@ -437,7 +450,9 @@ fn main() -> ExitCode {
             o.interval_ms = interval_ms;
             o.target_url = target_url;
             o.publish_url = publish_url;
-            o.no_floor = no_floor;
+            o.no_floor = no_floor || flood > 0;
+            o.flood = flood;
+            o.priorities = priorities;
             fanout::run(&o, "fanout")
         }
         Cmd::Store {

@@ -149,6 +149,8 @@ pub fn run(o: &StoreBenchOpts) -> anyhow::Result<serde_json::Value> {
                 peer_pid: None,
                 transport: Transport::Ws,
                 store,
+                flood: 0,
+                priorities: false,
             },
             &format!("store-{}", mode.name()),
         )?;

@@ -13,8 +13,8 @@ use crate::stats::{CloseReason, ShardStats};
 
 impl ShardCore {
     /// A new cue from the relay link: keep it as current and start writing it to every device
-    /// that follows its event and is not blocked; the first slice goes out now
-    /// ([`ShardCore::fanout`] does the rest). A fanout of an older cue of the same event still
+    /// that follows its event and is not blocked; the first slice goes out now when no other
+    /// fanout is in progress ([`ShardCore::fanout`] does the rest, most urgent first). A fanout of an older cue of the same event still
     /// in progress ends here: the devices it had not reached get only this one.
     /// The driver times the calls and records fanout time (the core reads no clock).
     pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
@@ -58,7 +58,15 @@ impl ShardCore {
                 next: 0,
             },
         );
-        self.fanout(io)
+        // The first slice now only when nothing else is being fanned out; else the next turn
+        // takes the most urgent fanout first. So a flood of cues is taken in (each one
+        // replacing its event's fanout) as fast as it comes, and a critical cue behind it in
+        // the channel is not kept waiting one slice per cue ahead of it.
+        if self.sweeps.len() == 1 {
+            self.fanout(io)
+        } else {
+            Fanout::default()
+        }
     }
 
     /// Devices the fanouts in progress have yet to visit.

@@ -927,9 +927,11 @@ fn a_critical_fanout_overtakes_a_background_one_in_progress() {
         )
     };
     use cue_common::cue::Priority;
-    // The background fanout's first slice goes out; then the critical cue lands.
+    // The background fanout's first slice goes out; then the critical cue lands: taken in at
+    // once, and the next slice is its.
     assert_eq!(c.on_cue(classed("bg", Priority::Background), &mut io).ws, 2);
-    assert_eq!(c.on_cue(classed("crit", Priority::Critical), &mut io).ws, 2);
+    assert_eq!(c.on_cue(classed("crit", Priority::Critical), &mut io).ws, 0);
+    assert_eq!(c.fanout(&mut io).ws, 2);
     for d in &mut crit {
         d.read(&mut io);
         assert_eq!(
