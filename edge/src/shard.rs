@@ -595,8 +595,9 @@ impl Driver {
                 );
                 continue;
             }
-            if let (Some(src), Some(ip)) = (self.io.sources.as_mut(), peer_ip(&peer)) {
-                if !src.admit(fd, ip) {
+            // Only with the limit on is the peer address read (and filled in by accept4).
+            if let Some(src) = self.io.sources.as_mut() {
+                if peer_ip(&peer).is_some_and(|ip| !src.admit(fd, ip)) {
                     self.stats.source_shed.inc();
                     refuse_at_accept(
                         fd,

@@ -238,10 +238,7 @@ pub async fn run(
                 let svc = service_fn(move |req| crate::http::handle(api.clone(), req));
                 // The head must arrive within HEADER_TIMEOUT of the connection's first byte
                 // wait (however it trickles in); the body has BODY_TIMEOUT (http.rs).
-                let _ = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(crate::http::HEADER_TIMEOUT)
-                    .max_buf_size(64 * 1024)
+                let _ = http1_settings()
                     .serve_connection(TokioIo::new(sock), svc)
                     .await;
                 drop(permit);
@@ -272,6 +269,16 @@ pub async fn run(
     Ok(())
 }
 
+/// The HTTP/1 settings of every connection on the HTTP port: the head within
+/// [`crate::http::HEADER_TIMEOUT`], at most 64 KiB buffered.
+fn http1_settings() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(crate::http::HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    b
+}
+
 /// Connections answered at once while the store starts; beyond, they wait in the backlog.
 const STARTING_CONNECTIONS: usize = 64;
 
@@ -298,9 +305,7 @@ async fn answer_starting(http: Arc<TcpListener>) {
                         body.as_bytes(),
                     )))
             });
-            let _ = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::http::HEADER_TIMEOUT)
+            let _ = http1_settings()
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(sock), svc)
                 .await;

@@ -14,8 +14,9 @@ use crate::stats::{CloseReason, ShardStats};
 impl ShardCore {
     /// A new cue from the relay link: keep it as current and start writing it to every device
     /// that follows its event and is not blocked; the first slice goes out now when no other
-    /// fanout is in progress ([`ShardCore::fanout`] does the rest, most urgent first). A fanout of an older cue of the same event still
-    /// in progress ends here: the devices it had not reached get only this one.
+    /// fanout is in progress ([`ShardCore::fanout`] does the rest, most urgent first). A fanout
+    /// of an older cue of the same event still in progress ends here: the devices it had not
+    /// reached get only this one.
     /// The driver times the calls and records fanout time (the core reads no clock).
     pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
         self.stats.cues_in.inc();
@@ -79,7 +80,8 @@ impl ShardCore {
         !self.sweeps.is_empty()
     }
 
-    /// Visits up to `fanout_slice` devices of the fanouts in progress, oldest first.
+    /// Visits up to `fanout_slice` devices of the fanouts in progress, most urgent class first,
+    /// oldest first within a class.
     pub fn fanout(&mut self, io: &mut impl Io) -> Fanout {
         let mut budget = self.cfg.fanout_slice.max(1);
         let mut fanout = Fanout::default();

@@ -182,7 +182,12 @@ pub fn publish_body(http: SocketAddr, event: &str, body: &str) -> Response {
 }
 
 pub fn publish_ok(http: SocketAddr, event: &str, key: &str) -> u64 {
-    let r = publish(http, event, key);
+    publish_body_ok(http, event, &format!("{{\"key\":\"{key}\"}}"))
+}
+
+/// [`publish_body`], which must be `201`; the cue's seq.
+pub fn publish_body_ok(http: SocketAddr, event: &str, body: &str) -> u64 {
+    let r = publish_body(http, event, body);
     assert_eq!(r.status, 201, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     v["seq"].as_u64().unwrap()
