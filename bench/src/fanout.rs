@@ -69,14 +69,21 @@ pub struct RunOpts {
     pub transport: Transport,
     /// The origins' store: `None` for the embedded log, else a JetStream cluster.
     pub store: Option<StoreSpec>,
-    /// Devices of the flooded event (0: no flood).
+    /// Devices of the flooded events (0: no flood).
     pub flood: usize,
+    /// Flooded events, the flood's devices spread over them (each follows one).
+    pub flood_events: usize,
     /// The fleet's cues critical, the flood background (else both normal).
     pub priorities: bool,
 }
 
-/// The flooded event.
-const FLOOD_EVENT: &str = "flood";
+/// The flooded events: `flood` alone, or `flood-0` .. `flood-{n-1}`.
+fn flood_events(n: usize) -> Vec<String> {
+    match n {
+        0 | 1 => vec!["flood".to_string()],
+        n => (0..n).map(|i| format!("flood-{i}")).collect(),
+    }
+}
 
 /// Origins on a JetStream cluster (started by the caller).
 #[derive(Debug, Clone)]
@@ -260,12 +267,9 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     let kill_before = o.store.as_ref().and_then(|s| s.kill_origin_before_cue);
     let keys = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
     let now = cue_common::time::unix_now_s();
-    let device_token = keys.mint_device(
-        "bench-fleet",
-        &["bench".into(), QUIC_EVENT.into(), FLOOD_EVENT.into()],
-        now,
-        3600,
-    );
+    let mut allowed: Vec<String> = vec!["bench".into(), QUIC_EVENT.into()];
+    allowed.extend(flood_events(o.flood_events));
+    let device_token = keys.mint_device("bench-fleet", &allowed, now, 3600);
     let pub_token = format!("Bearer {}", keys.mint_publisher(now, 3600));
     let mut events = Vec::new();
     if o.transport != Transport::Quic {
@@ -334,10 +338,12 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     })
 }
 
-/// Publishes cues on [`FLOOD_EVENT`], one after another, until `stop`; returns how many.
+/// Publishes cues on the flooded events in turn, one after another, until `stop`; returns
+/// how many.
 fn flood(
     origin: SocketAddr,
     auth: String,
+    events: Vec<String>,
     background: bool,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<u64>> {
@@ -352,7 +358,7 @@ fn flood(
             let (st, b) = stack::http(
                 origin,
                 "POST",
-                &format!("/v1/events/{FLOOD_EVENT}/cues"),
+                &format!("/v1/events/{}/cues", events[n as usize % events.len()]),
                 &[
                     ("Authorization", &auth),
                     ("Content-Type", "application/json"),
@@ -457,10 +463,14 @@ fn start_fleet(
     o: &RunOpts,
     targets: &[SocketAddr],
     host: &str,
-    path: &str,
+    paths: &[String],
     token: Option<&str>,
     cpu: Option<usize>,
 ) -> anyhow::Result<Fleet> {
+    let (path, paths) = match paths {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut workers = Vec::new();
     let t = Instant::now();
@@ -471,7 +481,8 @@ fn start_fleet(
         let spec = WorkerSpec {
             target: targets[w % targets.len()],
             host: host.to_string(),
-            path: path.to_string(),
+            path: path.clone(),
+            paths: paths.clone(),
             token: token.map(str::to_string),
             tokens_file: None,
             devices: n,
@@ -653,7 +664,7 @@ fn floor_phase(
         o,
         &addrs,
         "floor",
-        "/v1/subscribe?events=bench",
+        &["/v1/subscribe?events=bench".to_string()],
         None,
         fleet_cpu,
     )?;
@@ -727,7 +738,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             o,
             &[target.addr],
             &target.host,
-            &target.path,
+            std::slice::from_ref(&target.path),
             target.token.as_deref(),
             fleet_cpu,
         )?)
@@ -761,12 +772,15 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             devices: o.flood,
             ..o.clone()
         };
-        let path = format!("/v1/subscribe?events={FLOOD_EVENT}");
+        let paths: Vec<String> = flood_events(o.flood_events)
+            .iter()
+            .map(|e| format!("/v1/subscribe?events={e}"))
+            .collect();
         Some(start_fleet(
             &fo,
             &[target.addr],
             &target.host,
-            &path,
+            &paths,
             target.token.as_deref(),
             fleet_cpu,
         )?)
@@ -775,9 +789,13 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     };
     let flood_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flooder = match (&flood_fleet, &target.origin) {
-        (Some(_), Some((http, auth))) => {
-            Some(flood(*http, auth.clone(), o.priorities, flood_stop.clone()))
-        }
+        (Some(_), Some((http, auth))) => Some(flood(
+            *http,
+            auth.clone(),
+            flood_events(o.flood_events),
+            o.priorities,
+            flood_stop.clone(),
+        )),
         _ => None,
     };
     let metrics_before = edge_metrics(&target.edge_admins);
@@ -891,6 +909,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "scenario": scenario,
         "flood": flood_published.map(|n| json!({
             "devices": o.flood,
+            "events": o.flood_events.max(1),
             "cues_published": n,
             "fleet_class": if o.priorities { "critical" } else { "normal" },
             "flood_class": if o.priorities { "background" } else { "normal" },

@@ -88,6 +88,10 @@ enum Cmd {
         /// flood).
         #[arg(long, default_value_t = 0)]
         flood: usize,
+        /// With --flood: spread the flood's devices over this many events (`flood-0` ..),
+        /// each device following one, published in turn (1: the one event `flood`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        flood_events: u16,
         /// With --flood: publish the fleet's cues as critical and the flood as background
         /// (without it both are normal).
         #[arg(long)]
@@ -248,6 +252,7 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         transport: c.transport,
         store: None,
         flood: 0,
+        flood_events: 1,
         priorities: false,
     }
 }
@@ -436,6 +441,7 @@ fn main() -> ExitCode {
             publish_url,
             no_floor,
             flood,
+            flood_events,
             priorities,
         } => {
             if let Err(e) = validate(&common) {
@@ -452,6 +458,7 @@ fn main() -> ExitCode {
             o.publish_url = publish_url;
             o.no_floor = no_floor || flood > 0;
             o.flood = flood;
+            o.flood_events = usize::from(flood_events);
             o.priorities = priorities;
             fanout::run(&o, "fanout")
         }

@@ -150,6 +150,7 @@ pub fn run(o: &StoreBenchOpts) -> anyhow::Result<serde_json::Value> {
                 transport: Transport::Ws,
                 store,
                 flood: 0,
+                flood_events: 1,
                 priorities: false,
             },
             &format!("store-{}", mode.name()),

@@ -54,6 +54,7 @@ fn connect_all(
             target: ws,
             host: ws.to_string(),
             path: "/v1/subscribe?events=storm".into(),
+            paths: Vec::new(),
             token: None,
             tokens_file: Some(f.clone()),
             devices: *n,

@@ -34,6 +34,9 @@ pub struct WorkerSpec {
     pub host: String,
     /// Path and query of the subscribe URL.
     pub path: String,
+    /// Paths spread over the devices (device i uses entry i % len): overrides `path`.
+    #[serde(default)]
+    pub paths: Vec<String>,
     /// Bearer token, if any.
     pub token: Option<String>,
     /// A JSON array of tokens, one per device (device i uses entry i): overrides `token`.
@@ -257,9 +260,14 @@ pub fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     } else {
                         Some(tokens[i % tokens.len()].as_str())
                     };
+                    let path = if spec.paths.is_empty() {
+                        spec.path.as_str()
+                    } else {
+                        spec.paths[i % spec.paths.len()].as_str()
+                    };
                     write_client_request(
                         &spec.host,
-                        &spec.path,
+                        path,
                         &key,
                         token,
                         tickets[i].as_deref(),

@@ -507,3 +507,40 @@ fn a_retirement_on_one_origin_holds_on_all_and_after_a_restart() {
         current_seq(o1.http, "fight") == Some(new)
     });
 }
+
+/// A class given on one origin travels with the cue through the stream (its `Cue-Priority`
+/// header): an edge linked to another origin counts it as critical, and so does an edge of an
+/// origin started later on an empty data directory (its catch-up comes from the stream); a
+/// publish without a class makes the event normal on every origin.
+#[test]
+fn a_class_given_on_one_origin_is_relayed_by_every_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    let store = cluster.store_url();
+    let o1 = nats_origin(&dir.path().join("o1"), &store, 1);
+    let o2 = nats_origin(&dir.path().join("o2"), &store, 1);
+    let edge2 = start_edge(o2.relay, free_addr(), free_addr(), &[]);
+    edge2.wait_linked();
+    let by_class = |edge: &Edge, c: &str| {
+        metric(
+            &edge.metrics(),
+            &format!("cue_edge_relay_cues_by_class_total{{class=\"{c}\"}}"),
+        )
+    };
+    publish_body_ok(o1.http, "ko", r#"{"key":"round-1","priority":"critical"}"#);
+    publish_body_ok(o1.http, "bg", r#"{"key":"ad","priority":"background"}"#);
+    wait_until(Duration::from_secs(10), || {
+        by_class(&edge2, "critical") == 1.0 && by_class(&edge2, "background") == 1.0
+    });
+    assert_eq!(by_class(&edge2, "normal"), 0.0);
+    let o3 = nats_origin(&dir.path().join("o3"), &store, 1);
+    let edge3 = start_edge(o3.relay, free_addr(), free_addr(), &[]);
+    wait_until(Duration::from_secs(10), || {
+        by_class(&edge3, "critical") == 1.0 && by_class(&edge3, "background") == 1.0
+    });
+    publish_ok(o3.http, "ko", "round-2");
+    wait_until(Duration::from_secs(10), || {
+        by_class(&edge2, "normal") == 1.0 && by_class(&edge3, "normal") == 1.0
+    });
+    assert_eq!(by_class(&edge2, "critical"), 1.0);
+}

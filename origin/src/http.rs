@@ -271,12 +271,11 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
             "key must be 1-64 chars of [A-Za-z0-9._:-]",
         );
     }
-    // The event's class, for the relay: set before the cue can be relayed.
-    api.latest
-        .write()
-        .expect("latest lock")
-        .set_class(&event, class);
-    match api.store.publish(event, &key, idempotency.as_deref()).await {
+    match api
+        .store
+        .publish(event, &key, class, idempotency.as_deref())
+        .await
+    {
         Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
         Err(e) => unavailable(&e),
     }

@@ -32,16 +32,21 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       4     L = payload length, u32 little-endian, 1..=MAX_BINARY_LEN (147)
+//! 0       4     L = payload length, u32 little-endian, 1..=MAX_RECORD_LEN (149)
 //! 4       4     CRC-32C (Castagnoli) of the L payload bytes, u32 little-endian
-//! 8       L     payload: one cue in its binary form (`cue_common::cue`, version byte first,
-//!               big-endian integers inside), or a retirement (`cue_common::cue::Record`:
-//!               tag 0xF0, the event, its newest seq and the time): the event's cues up to
-//!               that seq are gone; compaction drops both
+//! 8       L     payload: a `cue_common::cue::Record`: one cue in its binary form (version
+//!               byte first, big-endian integers inside); or tag 0xF1, a class byte (0
+//!               critical, 2 background) and the cue: a cue whose publish gave its event
+//!               that priority class; or a retirement (tag 0xF0, the event, its newest seq
+//!               and the time): the event's cues up to that seq are gone; compaction drops
+//!               both
 //! ```
 //!
 //! There is no other framing: no batch markers, no footer, no index. Within one event, seqs
-//! increase from record to record; records of different events interleave freely.
+//! increase from record to record; records of different events interleave freely. An event's
+//! class is its newest cue's. A build from before classes (tag 0xF1) reads a classed record as
+//! corrupt and skips it, saying so: downgrading the origin past classes is not supported while
+//! the log holds one (publish the event once as normal first, or start from an empty log).
 //!
 //! # Durability
 //!
@@ -58,7 +63,7 @@
 //! # Recovery
 //!
 //! [`CueLog::open`] reads every record from the start. An invalid record (a short header, `L` =
-//! 0 or above `MAX_BINARY_LEN`, a short payload, a CRC mismatch, or a payload that decodes as
+//! 0 or above `MAX_RECORD_LEN`, a short payload, a CRC mismatch, or a payload that decodes as
 //! neither a cue nor a retirement) followed by valid records is a corrupt region: the scan
 //! resynchronises at the next offset where a whole record with a good CRC and a decodable payload
 //! starts, reports the region in [`Recovery::skipped`] (its records are lost; every record after
@@ -85,7 +90,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use cue_common::cue::{Cue, EventName, Record, MAX_BINARY_LEN};
+use cue_common::cue::{Cue, EventName, Priority, Record, MAX_RECORD_LEN};
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE_NAME: &str = "cues.log";
@@ -212,6 +217,8 @@ pub struct CueLog {
     /// Bytes in `cues.log`, header included: where the next batch goes.
     len: u64,
     latest: HashMap<EventName, Cue>,
+    /// Class of the events in `latest` whose newest cue is not normal.
+    classes: HashMap<EventName, Priority>,
     /// Events whose last record at open was a retirement.
     retired_at_open: Vec<EventName>,
     compactions: u64,
@@ -267,7 +274,7 @@ impl CueLog {
         }
 
         let mut recovery = Recovery::default();
-        let (file, len, latest, retired_at_open) = match (existing, scan) {
+        let (file, len, latest, classes, retired_at_open) = match (existing, scan) {
             (Some(file), Some(scan)) => {
                 recovery.records = scan.records;
                 recovery.torn_bytes = scan.file_len - scan.valid_len;
@@ -284,7 +291,7 @@ impl CueLog {
                     file.sync_all().map_err(io_err("fsync", &path))?;
                 }
                 let retired = scan.retired.into_iter().collect();
-                (file, scan.valid_len, scan.latest, retired)
+                (file, scan.valid_len, scan.latest, scan.classes, retired)
             }
             _ => {
                 // Created through the temp file so that `cues.log` never exists without its
@@ -292,7 +299,7 @@ impl CueLog {
                 let (file, len) = write_tmp(&tmp, &[], true)?;
                 install_tmp(&tmp, &path)?;
                 sync_dir(&dir_file, dir)?;
-                (file, len, HashMap::new(), Vec::new())
+                (file, len, HashMap::new(), HashMap::new(), Vec::new())
             }
         };
 
@@ -304,6 +311,7 @@ impl CueLog {
             opts,
             len,
             latest,
+            classes,
             retired_at_open,
             compactions: 0,
             compacted_len: 0,
@@ -328,6 +336,16 @@ impl CueLog {
         &self.latest
     }
 
+    /// The class of `event`: its newest cue's (normal for an event without a cue).
+    pub fn class(&self, event: &EventName) -> Priority {
+        self.classes.get(event).copied().unwrap_or_default()
+    }
+
+    /// Every event whose class is not normal, with its class.
+    pub fn classes(&self) -> &HashMap<EventName, Priority> {
+        &self.classes
+    }
+
     /// The events whose last record, when the log was opened, was a retirement (retired and not
     /// published since; a compaction had not dropped the record yet).
     pub fn retired_at_open(&self) -> &[EventName] {
@@ -346,7 +364,20 @@ impl CueLog {
     ///
     /// May compact afterwards (see the module docs). A failed compaction does not fail the append:
     /// the batch is durable either way; it is logged and retried on the next append.
+    ///
+    /// Every cue is of the normal class; [`CueLog::append_classed`] gives each its own.
     pub fn append(&mut self, cues: &[Cue]) -> Result<(), LogError> {
+        self.append_classed(cues, |_| Priority::Normal)
+    }
+
+    /// [`CueLog::append`], each cue with the class `class_of(i)` gives the `i`-th: the class
+    /// its publish gave its event, kept with the cue (and at compaction) so that the event's
+    /// class outlives a restart.
+    pub fn append_classed(
+        &mut self,
+        cues: &[Cue],
+        class_of: impl Fn(usize) -> Priority,
+    ) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
@@ -355,21 +386,22 @@ impl CueLog {
             return Ok(());
         }
         self.buf.clear();
-        for cue in cues {
-            encode_record(cue, &mut self.buf);
+        for (i, cue) in cues.iter().enumerate() {
+            encode_record(cue, class_of(i), &mut self.buf);
         }
         let start = self.len;
         if let Err(e) = self.write_batch(start) {
             return Err(self.roll_back(start, e));
         }
         self.len = start + self.buf.len() as u64;
-        for cue in cues {
+        for (i, cue) in cues.iter().enumerate() {
             match self.latest.get_mut(cue.event()) {
                 Some(slot) => *slot = cue.clone(),
                 None => {
                     self.latest.insert(cue.event().clone(), cue.clone());
                 }
             }
+            set_class(&mut self.classes, cue.event(), class_of(i));
         }
         if self.len > self.compact_at() {
             if let Err(e) = self.compact() {
@@ -409,6 +441,7 @@ impl CueLog {
         }
         self.len = start + self.buf.len() as u64;
         self.latest.remove(event);
+        self.classes.remove(event);
         Ok(Some(seq))
     }
 
@@ -507,8 +540,12 @@ impl CueLog {
     /// Rewrites the file to hold exactly the newest cue of every event.
     fn compact(&mut self) -> Result<(), LogError> {
         let tmp = self.dir.join(TMP_FILE_NAME);
-        let mut cues: Vec<&Cue> = self.latest.values().collect();
-        cues.sort_unstable_by(|a, b| a.event().cmp(b.event()));
+        let mut cues: Vec<(&Cue, Priority)> = self
+            .latest
+            .values()
+            .map(|c| (c, self.class(c.event())))
+            .collect();
+        cues.sort_unstable_by(|a, b| a.0.event().cmp(b.0.event()));
         let before = self.len;
         let (file, len) = write_tmp(&tmp, &cues, self.opts.sync)?;
         install_tmp(&tmp, &self.path)?;
@@ -543,9 +580,20 @@ impl CueLog {
     }
 }
 
-/// Appends one record (header and payload) for `cue` to `out`.
-fn encode_record(cue: &Cue, out: &mut Vec<u8>) {
-    encode_any(&Record::Cue(cue.clone()), out)
+/// Keeps `event`'s class in `classes` (which holds only the classes other than normal).
+fn set_class(classes: &mut HashMap<EventName, Priority>, event: &EventName, class: Priority) {
+    if class == Priority::Normal {
+        classes.remove(event);
+    } else if let Some(slot) = classes.get_mut(event) {
+        *slot = class;
+    } else {
+        classes.insert(event.clone(), class);
+    }
+}
+
+/// Appends one record (header and payload) for `cue` of `class` to `out`.
+fn encode_record(cue: &Cue, class: Priority, out: &mut Vec<u8>) {
+    encode_any(&Record::Cue(cue.clone(), class), out)
 }
 
 /// Appends one record (header and payload) for `rec` (a cue or a retirement) to `out`.
@@ -554,7 +602,7 @@ fn encode_any(rec: &Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
     rec.write_binary(out);
     let payload = &out[start + RECORD_HEADER_LEN..];
-    debug_assert!(payload.len() <= MAX_BINARY_LEN);
+    debug_assert!(payload.len() <= MAX_RECORD_LEN);
     let len = payload.len() as u32;
     let crc = crc32c::crc32c(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -564,6 +612,7 @@ fn encode_any(rec: &Record, out: &mut Vec<u8>) {
 /// What a read of the whole file found.
 struct Scan {
     latest: HashMap<EventName, Cue>,
+    classes: HashMap<EventName, Priority>,
     /// Events whose last record is a retirement.
     retired: std::collections::HashSet<EventName>,
     records: u64,
@@ -578,7 +627,7 @@ struct Scan {
 fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
     let header = bytes.get(at..at + RECORD_HEADER_LEN)?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    if len == 0 || len > MAX_BINARY_LEN {
+    if len == 0 || len > MAX_RECORD_LEN {
         return None;
     }
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
@@ -607,6 +656,7 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
     }
     let mut out = Scan {
         latest: HashMap::new(),
+        classes: HashMap::new(),
         retired: Default::default(),
         records: 0,
         valid_len: MAGIC.len() as u64,
@@ -634,20 +684,22 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
                 // The event's cues up to `seq` are gone; a later cue (higher seq) starts it anew.
                 if out.latest.get(&event).is_some_and(|c| c.seq() <= seq) {
                     out.latest.remove(&event);
+                    out.classes.remove(&event);
                 }
                 out.retired.insert(event);
             }
-            Record::Cue(cue) => {
+            Record::Cue(cue, class) => {
                 out.retired.remove(cue.event());
                 // Seqs only grow within an event, so this keeps the last record; the check
                 // keeps the highest seq even if a file were somehow out of order.
                 match out.latest.get_mut(cue.event()) {
-                    Some(slot) if slot.seq() >= cue.seq() => {}
-                    Some(slot) => *slot = cue,
+                    Some(slot) if slot.seq() >= cue.seq() => continue,
+                    Some(slot) => *slot = cue.clone(),
                     None => {
-                        out.latest.insert(cue.event().clone(), cue);
+                        out.latest.insert(cue.event().clone(), cue.clone());
                     }
                 }
+                set_class(&mut out.classes, cue.event(), class);
             }
         }
     }
@@ -656,17 +708,17 @@ fn scan(file: &File, path: &Path) -> Result<Scan, LogError> {
 
 /// Writes a complete log holding `cues` to `tmp` (replacing any old one) and syncs it when
 /// `sync`. Returns the open file and its length. Removes `tmp` on failure.
-fn write_tmp(tmp: &Path, cues: &[&Cue], sync: bool) -> Result<(File, u64), LogError> {
+fn write_tmp(tmp: &Path, cues: &[(&Cue, Priority)], sync: bool) -> Result<(File, u64), LogError> {
     let mut buf = Vec::with_capacity(
         MAGIC.len()
             + cues
                 .iter()
-                .map(|c| RECORD_HEADER_LEN + c.binary_len())
+                .map(|(c, _)| RECORD_HEADER_LEN + 2 + c.binary_len())
                 .sum::<usize>(),
     );
     buf.extend_from_slice(&MAGIC);
-    for cue in cues {
-        encode_record(cue, &mut buf);
+    for (cue, class) in cues {
+        encode_record(cue, *class, &mut buf);
     }
     match create_and_write(tmp, &buf, sync) {
         Ok(file) => Ok((file, buf.len() as u64)),
@@ -1022,7 +1074,7 @@ mod tests {
         undecodable.extend_from_slice(&30u32.to_le_bytes());
         undecodable.extend_from_slice(&crc32c::crc32c(&junk).to_le_bytes());
         undecodable.extend_from_slice(&junk);
-        let mut too_long = (MAX_BINARY_LEN as u32 + 1).to_le_bytes().to_vec();
+        let mut too_long = (MAX_RECORD_LEN as u32 + 1).to_le_bytes().to_vec();
         too_long.extend_from_slice(&[0u8; 200]);
         let tails: [Vec<u8>; 5] = [
             b"hello, garbage".to_vec(),
@@ -1133,6 +1185,58 @@ mod tests {
         log.compact().unwrap();
         let bytes = fs::read(log_path(tmp.path())).unwrap();
         assert_eq!(parse_file(&bytes), vec![cue("keep", "k", 1)]);
+    }
+
+    #[test]
+    fn an_events_class_is_its_newest_cues_and_survives_restart_and_compaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = no_sync();
+        let (mut log, _) = open(tmp.path(), opts);
+        let ev = |s: &str| EventName::new(s).unwrap();
+        let classes = [Priority::Critical, Priority::Background, Priority::Normal];
+        let batch = [
+            cue("fight", "r1", 5),
+            cue("bg", "k", 1),
+            cue("plain", "k", 1),
+        ];
+        log.append_classed(&batch, |i| classes[i]).unwrap();
+        let want = |log: &CueLog, fight: Priority| {
+            assert_eq!(log.class(&ev("fight")), fight);
+            assert_eq!(log.class(&ev("bg")), Priority::Background);
+            assert_eq!(log.class(&ev("plain")), Priority::Normal);
+            assert_eq!(log.class(&ev("never")), Priority::Normal);
+            assert_eq!(
+                log.classes().len(),
+                1 + usize::from(fight != Priority::Normal)
+            );
+        };
+        want(&log, Priority::Critical);
+        // A classed record is 2 bytes longer; a normal one is written as before classes.
+        assert_eq!(
+            log.len_bytes(),
+            8 + batch.iter().map(record_len).sum::<u64>() + 4
+        );
+        drop(log);
+        let (mut log, rec) = open(tmp.path(), opts);
+        assert_eq!((rec.records, rec.torn_bytes), (3, 0));
+        want(&log, Priority::Critical);
+        // The newest cue sets the class: published again as normal, it is normal.
+        log.append(&[cue("fight", "r2", 6)]).unwrap();
+        want(&log, Priority::Normal);
+        log.append_classed(&[cue("fight", "r3", 7)], |_| Priority::Critical)
+            .unwrap();
+        log.compact().unwrap();
+        drop(log);
+        let (mut log, _) = open(tmp.path(), opts);
+        want(&log, Priority::Critical);
+        assert_eq!(log.latest()[&ev("fight")].key(), "r3");
+        // A retirement forgets the class; a later normal cue starts the event normal.
+        log.retire(&ev("fight"), 99).unwrap();
+        assert_eq!(log.class(&ev("fight")), Priority::Normal);
+        drop(log);
+        let (log, _) = open(tmp.path(), opts);
+        assert_eq!(log.class(&ev("fight")), Priority::Normal);
+        assert_eq!(log.classes().len(), 1);
     }
 
     #[test]

@@ -78,6 +78,9 @@ fn start_embedded(
     {
         let mut l = latest.write().expect("latest lock");
         **l = log.latest().clone();
+        for (ev, &class) in log.classes() {
+            l.set_class(ev, class);
+        }
         for ev in log.retired_at_open() {
             l.mark_retired(ev);
         }

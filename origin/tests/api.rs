@@ -613,3 +613,69 @@ fn a_publish_class_is_relayed_to_edges_that_know_it() {
     assert_eq!(st, 201, "{b}");
     assert!(matches!(v3.next(), Frame::Cue(c) if c.key() == "round-2"));
 }
+
+/// An event's class is written with its cue: after a kill -9 and a restart on the same data
+/// directory the origin still relays it with its class (at catch-up), until a publish without
+/// one makes it normal; the newest cue's class wins at compaction too.
+#[test]
+fn a_class_outlives_a_restart_of_the_embedded_origin() {
+    use cue_common::cue::Priority;
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    // The smallest log: 200 publishes compact it, so the classes go through compaction too.
+    let extra = ["--log-max-bytes", "4096"];
+    let mut o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &extra);
+    let pubt = keys().mint_publisher(unix_now_s(), 600);
+    for (event, i) in [("ko", 0), ("bg", 1), ("plain", 2)]
+        .iter()
+        .cycle()
+        .take(200)
+    {
+        let body = match i {
+            0 => r#"{"key":"k","priority":"critical"}"#,
+            1 => r#"{"key":"k","priority":"background"}"#,
+            _ => r#"{"key":"k"}"#,
+        };
+        let (st, b) = post(http, &format!("/v1/events/{event}/cues"), Some(&pubt), body);
+        assert_eq!(st, 201, "{b}");
+    }
+    let catch_up = |relay| {
+        let mut link = Link::open(relay, 3, vec![]);
+        let mut got = std::collections::BTreeMap::new();
+        loop {
+            match link.next() {
+                Frame::ClassedCue(c, p) => got.insert(c.event().to_string(), p),
+                Frame::Cue(c) => got.insert(c.event().to_string(), Priority::Normal),
+                Frame::CaughtUp(n) => {
+                    assert_eq!(n as usize, got.len());
+                    return got;
+                }
+                other => panic!("{other:?}"),
+            };
+        }
+    };
+    let want: std::collections::BTreeMap<String, Priority> = [
+        ("bg".to_string(), Priority::Background),
+        ("ko".to_string(), Priority::Critical),
+        ("plain".to_string(), Priority::Normal),
+    ]
+    .into();
+    assert_eq!(catch_up(relay), want);
+    let m = cue_testkit::client::request(http, "GET", "/metrics", &[], b"").unwrap();
+    let compactions = m
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("cue_origin_log_compactions "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(compactions >= Some(1.0), "{compactions:?}");
+    o.kill9();
+    let mut o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &extra);
+    assert_eq!(catch_up(relay), want, "after a restart");
+    let (st, b) = post(http, "/v1/events/ko/cues", Some(&pubt), r#"{"key":"n"}"#);
+    assert_eq!(st, 201, "{b}");
+    o.kill9();
+    let _o = cue_testkit::start_origin(dir.path(), http, relay, SECRET, &extra);
+    let mut want = want;
+    want.insert("ko".into(), Priority::Normal);
+    assert_eq!(catch_up(relay), want, "published as normal since");
+}

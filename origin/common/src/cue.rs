@@ -28,6 +28,8 @@ pub const MAX_KEY_LEN: usize = 64;
 pub const BINARY_VERSION: u8 = 1;
 /// Longest binary encoding of a cue.
 pub const MAX_BINARY_LEN: usize = 19 + MAX_EVENT_LEN + MAX_KEY_LEN;
+/// Longest binary encoding of a [`Record`]: a cue with its class in front.
+pub const MAX_RECORD_LEN: usize = 2 + MAX_BINARY_LEN;
 
 /// Why an event name, stage key or encoded cue was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,9 @@ pub enum CueError {
     /// A binary cue carries a version this build does not know.
     #[error("binary cue version {0} is not supported")]
     BadVersion(u8),
+    /// A stored cue names a priority class this build does not know.
+    #[error("priority class byte {0} is not known")]
+    BadClass(u8),
 }
 
 /// An event name: 1-64 chars of `[a-z0-9._-]`.
@@ -299,11 +304,16 @@ impl Cue {
 /// [`BINARY_VERSION`]).
 pub const RETIRED_TAG: u8 = 0xF0;
 
-/// What a store holds for an event: a cue, or its retirement.
+/// First byte of a cue of a class other than normal in a store: `CLASSED_TAG`, the class's byte
+/// ([`Priority::index`]), then the cue's binary form. A normal cue is stored as the cue alone,
+/// so a log written without classes reads the same.
+pub const CLASSED_TAG: u8 = 0xF1;
+
+/// What a store holds for an event: a cue and its event's class, or its retirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A cue.
-    Cue(Cue),
+    /// A cue, and the class its publish gave its event.
+    Cue(Cue, Priority),
     /// The event was retired when its newest cue had `seq` (0: it had none), at `ts` (Unix
     /// ms). Cues up to `seq` are gone with it; a later cue (its seq follows the clock, so it is
     /// higher) starts the event anew.
@@ -318,11 +328,16 @@ pub enum Record {
 }
 
 impl Record {
-    /// Appends the binary form: a cue's, or `RETIRED_TAG, u8 elen, event, u64 seq, u64 ts`
-    /// (big-endian).
+    /// Appends the binary form: a normal cue's; `CLASSED_TAG, u8 class` and the cue's for
+    /// another class; or `RETIRED_TAG, u8 elen, event, u64 seq, u64 ts` (big-endian).
     pub fn write_binary(&self, out: &mut Vec<u8>) {
         match self {
-            Record::Cue(c) => c.write_binary(out),
+            Record::Cue(c, Priority::Normal) => c.write_binary(out),
+            Record::Cue(c, class) => {
+                out.push(CLASSED_TAG);
+                out.push(class.index() as u8);
+                c.write_binary(out);
+            }
             Record::Retired { event, seq, ts } => {
                 out.push(RETIRED_TAG);
                 out.push(event.as_str().len() as u8);
@@ -330,6 +345,15 @@ impl Record {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&ts.to_be_bytes());
             }
+        }
+    }
+
+    /// Length of the binary form.
+    pub fn binary_len(&self) -> usize {
+        match self {
+            Record::Cue(c, Priority::Normal) => c.binary_len(),
+            Record::Cue(c, _) => 2 + c.binary_len(),
+            Record::Retired { event, .. } => 18 + event.as_str().len(),
         }
     }
 
@@ -342,8 +366,17 @@ impl Record {
 
     /// Parses exactly one record; trailing bytes are an error.
     pub fn from_binary(b: &[u8]) -> Result<Self, CueError> {
-        if b.first() != Some(&RETIRED_TAG) {
-            return Cue::from_binary(b).map(Record::Cue);
+        match b.first() {
+            Some(&RETIRED_TAG) => {}
+            Some(&CLASSED_TAG) => {
+                let (&class, cue) = b[1..].split_first().ok_or(CueError::BadLength)?;
+                // Normal is never tagged: one record, one encoding.
+                let class = Priority::from_u8(class)
+                    .filter(|&c| c != Priority::Normal)
+                    .ok_or(CueError::BadClass(class))?;
+                return Ok(Record::Cue(Cue::from_binary(cue)?, class));
+            }
+            _ => return Cue::from_binary(b).map(|c| Record::Cue(c, Priority::Normal)),
         }
         let rest = &b[1..];
         let (&elen, rest) = rest.split_first().ok_or(CueError::BadLength)?;
@@ -363,7 +396,7 @@ impl Record {
     /// The event the record is about.
     pub fn event(&self) -> &EventName {
         match self {
-            Record::Cue(c) => c.event(),
+            Record::Cue(c, _) => c.event(),
             Record::Retired { event, .. } => event,
         }
     }
@@ -371,7 +404,7 @@ impl Record {
     /// The cue's seq, or the retired event's newest.
     pub fn seq(&self) -> u64 {
         match self {
-            Record::Cue(c) => c.seq(),
+            Record::Cue(c, _) => c.seq(),
             Record::Retired { seq, .. } => *seq,
         }
     }
@@ -458,9 +491,32 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_retirement_is_never_a_cue() {
         let c = Cue::new("fight-night", "round-3", 42, 1764460800123).unwrap();
-        let r = Record::Cue(c.clone());
+        let r = Record::Cue(c.clone(), Priority::Normal);
         assert_eq!(r.to_binary(), c.to_binary());
         assert_eq!(Record::from_binary(&r.to_binary()).unwrap(), r);
+        for class in [Priority::Critical, Priority::Background] {
+            let r = Record::Cue(c.clone(), class);
+            let b = r.to_binary();
+            assert_eq!(b.len(), r.binary_len());
+            assert_eq!(&b[..2], &[CLASSED_TAG, class.index() as u8]);
+            assert_eq!(&b[2..], &c.to_binary()[..]);
+            assert_eq!(Record::from_binary(&b).unwrap(), r);
+            assert_eq!(Cue::from_binary(&b), Err(CueError::BadVersion(CLASSED_TAG)));
+        }
+        let mut unknown = Record::Cue(c.clone(), Priority::Critical).to_binary();
+        unknown[1] = 3;
+        assert_eq!(Record::from_binary(&unknown), Err(CueError::BadClass(3)));
+        unknown[1] = Priority::Normal.index() as u8;
+        assert_eq!(Record::from_binary(&unknown), Err(CueError::BadClass(1)));
+        assert_eq!(
+            Record::from_binary(&[CLASSED_TAG]),
+            Err(CueError::BadLength)
+        );
+        let longest = Cue::new(&"e".repeat(MAX_EVENT_LEN), &"k".repeat(MAX_KEY_LEN), 1, 2).unwrap();
+        assert_eq!(
+            Record::Cue(longest, Priority::Background).binary_len(),
+            MAX_RECORD_LEN
+        );
         let t = Record::Retired {
             event: EventName::new("fight-night").unwrap(),
             seq: 42,
@@ -468,6 +524,7 @@ mod tests {
         };
         let b = t.to_binary();
         assert_eq!(b.len(), 18 + 11);
+        assert_eq!(b.len(), t.binary_len());
         assert!(b.len() <= MAX_BINARY_LEN);
         assert_eq!(Record::from_binary(&b).unwrap(), t);
         assert_eq!(Cue::from_binary(&b), Err(CueError::BadVersion(RETIRED_TAG)));
@@ -481,11 +538,15 @@ mod tests {
     proptest! {
         #[test]
         fn record_parser_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut b = b;
-            if let Some(f) = b.first_mut() {
-                *f = RETIRED_TAG;
+            for tag in [RETIRED_TAG, CLASSED_TAG] {
+                let mut b = b.clone();
+                if let Some(f) = b.first_mut() {
+                    *f = tag;
+                }
+                if let Ok(r) = Record::from_binary(&b) {
+                    prop_assert_eq!(r.to_binary(), b);
+                }
             }
-            let _ = Record::from_binary(&b);
         }
 
         #[test]

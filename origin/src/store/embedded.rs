@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::{forget, offer, Latest, Live, PublishError, PublishMetrics};
 use crate::log::CueLog;
-use cue_common::cue::{next_seq, Cue, EventName};
+use cue_common::cue::{next_seq, Cue, EventName, Priority};
 
 /// How long a publish's `Idempotency-Key` is remembered (the same as JetStream's default
 /// duplicate window). In memory: a retry that reaches a restarted origin publishes again.
@@ -29,6 +29,7 @@ pub const IDEMPOTENCY_MAX_KEYS: usize = 65_536;
 struct Request {
     event: EventName,
     key: Box<str>,
+    class: Priority,
     idempotency: Option<Box<str>>,
     reply: oneshot::Sender<Result<Cue, PublishError>>,
 }
@@ -89,18 +90,21 @@ impl Publisher {
         (Self { tx, metrics }, handle)
     }
 
-    /// Publishes `key` on `event`; resolves once the cue is durable. A repeated `idempotency`
-    /// key for the same event within [`IDEMPOTENCY_WINDOW`] answers with the first cue.
+    /// Publishes `key` on `event` (the event taking `class`, written with the cue); resolves
+    /// once the cue is durable. A repeated `idempotency` key for the same event within
+    /// [`IDEMPOTENCY_WINDOW`] answers with the first cue.
     pub async fn publish(
         &self,
         event: EventName,
         key: &str,
+        class: Priority,
         idempotency: Option<&str>,
     ) -> Result<Cue, PublishError> {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             event,
             key: key.into(),
+            class,
             idempotency: idempotency.map(Into::into),
             reply,
         };
@@ -179,6 +183,7 @@ fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Job>, clock_ms: impl Fn() -
     } = parts;
     let mut batch: Vec<(Request, Instant)> = Vec::with_capacity(MAX_BATCH);
     let mut cues: Vec<Cue> = Vec::with_capacity(MAX_BATCH);
+    let mut classes: Vec<Priority> = Vec::with_capacity(MAX_BATCH);
     let mut answers: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
     let mut remembered = Remembered::default();
     record_log_gauges(&log, &metrics);
@@ -203,6 +208,7 @@ fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Job>, clock_ms: impl Fn() -
         // Idempotency keys of this batch -> index of their new cue.
         let mut in_batch: HashMap<(&EventName, &str), usize> = HashMap::new();
         cues.clear();
+        classes.clear();
         answers.clear();
         for (r, _) in &batch {
             if let Some(k) = r.idempotency.as_deref() {
@@ -222,18 +228,19 @@ fn writer(parts: WriterParts, mut rx: mpsc::Receiver<Job>, clock_ms: impl Fn() -
             *seq = next_seq(*seq, ts);
             answers.push(Answer::New(cues.len()));
             cues.push(Cue::new(r.event.as_str(), &r.key, *seq, ts).expect("validated by caller"));
+            classes.push(r.class);
         }
         let result = if cues.is_empty() {
             Ok(())
         } else {
             metrics.batches.inc();
-            log.append(&cues)
+            log.append_classed(&cues, |i| classes[i])
         };
         record_log_gauges(&log, &metrics);
         match result {
             Ok(()) => {
-                for c in &cues {
-                    offer(&latest, &relay, c);
+                for (c, &class) in cues.iter().zip(&classes) {
+                    offer(&latest, &relay, c, class);
                 }
                 for ((r, t0), answer) in batch.drain(..).zip(answers.drain(..)) {
                     let c = match answer {

@@ -39,7 +39,7 @@ pub struct State {
     cues: HashMap<EventName, Cue>,
     retired: std::collections::HashSet<EventName>,
     retired_order: std::collections::VecDeque<EventName>,
-    /// Events whose class is not normal (set by their last publish; in memory only).
+    /// Events whose class is not normal (their newest cue's, as the store holds it).
     classes: HashMap<EventName, Priority>,
 }
 
@@ -107,10 +107,11 @@ pub enum Live {
     Retired(EventName),
 }
 
-/// Takes `cue` into `latest` if it is newer than the held cue of its event, and then hands it to
-/// the relay; returns whether it did. Cues of one event may arrive twice (an origin's own
-/// publish and the stream's copy of it), or late; only the newest counts.
-pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue) -> bool {
+/// Takes `cue` into `latest` if it is newer than the held cue of its event (its event taking
+/// `class`, the class the store holds with it), and then hands it to the relay; returns
+/// whether it did. Cues of one event may arrive twice (an origin's own publish and the
+/// stream's copy of it), or late; only the newest counts.
+pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue, class: Priority) -> bool {
     let class = {
         let mut l = latest.write().expect("latest lock");
         if l.get(cue.event())
@@ -123,6 +124,7 @@ pub fn offer(latest: &Latest, relay: &broadcast::Sender<Live>, cue: &Cue) -> boo
         if !l.retired.is_empty() {
             l.retired.remove(cue.event());
         }
+        l.set_class(cue.event(), class);
         l.class(cue.event())
     };
     // No receivers (no edge linked) is fine: edges catch up on HELLO.
@@ -258,18 +260,21 @@ pub enum Store {
 }
 
 impl Store {
-    /// Publishes `key` on `event`; resolves once the store holds the cue. A repeated
-    /// `idempotency` key for the same event within the store's window answers with the first
-    /// cue instead of publishing another.
+    /// Publishes `key` on `event`, the event taking `class`; resolves once the store holds the
+    /// cue and its class (so every origin of a JetStream store, and this one after a restart,
+    /// relays it with that class). A repeated `idempotency` key for the same event within the
+    /// store's window answers with the first cue instead of publishing another (and changes
+    /// no class).
     pub async fn publish(
         &self,
         event: EventName,
         key: &str,
+        class: Priority,
         idempotency: Option<&str>,
     ) -> Result<Cue, PublishError> {
         match self {
-            Store::Embedded(p) => p.publish(event, key, idempotency).await,
-            Store::Nats(n) => n.publish(event, key, idempotency).await,
+            Store::Embedded(p) => p.publish(event, key, class, idempotency).await,
+            Store::Nats(n) => n.publish(event, key, class, idempotency).await,
         }
     }
 

@@ -18,6 +18,10 @@
 //! - **Idempotency.** A publish with `Idempotency-Key: K` is sent with `Nats-Msg-Id:
 //!   <event>:K`; JetStream drops a repeat within [`DUPLICATE_WINDOW`] and answers with the
 //!   first one's sequence, whose cue the origin reads back and answers with.
+//! - **Classes.** A cue whose publish gave its event a priority class other than normal carries
+//!   it in the [`CLASS_HEADER`] header (`Cue-Priority: critical|background`); the payload is
+//!   the plain binary cue either way, so an origin of a build from before classes reads every
+//!   cue and relays it as normal. Every origin relays an event with its newest cue's class.
 //! - **Every origin relays every cue.** Each origin follows the stream with a pull consumer
 //!   (newest per subject first, then live; a 1 s heartbeat, replaced after two missed ones) and
 //!   hands each newer cue to its edges; its own publishes are relayed at once after their ack,
@@ -40,7 +44,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 
 use super::{forget, offer, Latest, Live, PublishError, PublishMetrics};
-use cue_common::cue::{next_seq, Cue, EventName, Record};
+use cue_common::cue::{next_seq, Cue, EventName, Priority, Record};
 use cue_common::relay::Backoff;
 
 /// Cues kept per event in the stream.
@@ -126,6 +130,25 @@ impl std::fmt::Debug for NatsStore {
         f.debug_struct("NatsStore")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
+    }
+}
+
+/// Header that carries a cue's class when it is not normal.
+pub const CLASS_HEADER: &str = "Cue-Priority";
+
+/// The class a stream message gives its cue: its [`CLASS_HEADER`], else the record's own
+/// (normal for a plain cue). An unknown class (a newer origin's) is relayed as normal.
+fn class_of(headers: Option<&async_nats::HeaderMap>, record: Priority, sseq: u64) -> Priority {
+    match headers.and_then(|h| h.get(CLASS_HEADER)) {
+        None => record,
+        Some(v) => Priority::parse(v.as_str()).unwrap_or_else(|| {
+            tracing::warn!(
+                sseq,
+                class = v.as_str(),
+                "JetStream: unknown priority class; relayed as normal"
+            );
+            Priority::Normal
+        }),
     }
 }
 
@@ -425,8 +448,8 @@ impl NatsStore {
         let sseq = info.stream_sequence;
         self.followed
             .fetch_max(sseq, std::sync::atomic::Ordering::Relaxed);
-        let cue = match Record::from_binary(&m.payload) {
-            Ok(Record::Cue(c)) => c,
+        let (cue, class) = match Record::from_binary(&m.payload) {
+            Ok(Record::Cue(c, class)) => (c, class_of(m.headers.as_ref(), class, sseq)),
             Ok(Record::Retired { event, seq, .. }) => {
                 self.record_tip(&event, sseq, seq);
                 if forget(&self.latest, &self.relay, &event, seq) {
@@ -446,7 +469,7 @@ impl NatsStore {
             }
         };
         self.record_tip(cue.event(), sseq, cue.seq());
-        offer(&self.latest, &self.relay, &cue)
+        offer(&self.latest, &self.relay, &cue, class)
     }
 
     fn record_tip(&self, event: &EventName, sseq: u64, seq: u64) {
@@ -542,6 +565,7 @@ impl NatsStore {
         &self,
         event: EventName,
         key: &str,
+        class: Priority,
         idempotency: Option<&str>,
     ) -> Result<Cue, PublishError> {
         // Not gated on the probe's health: JetStream itself refuses (or does not ack) a publish
@@ -555,7 +579,7 @@ impl NatsStore {
         let _one_at_a_time = self.stripe(&event).lock().await;
         let subject = subject(&self.prefix, &event);
         let result = self
-            .publish_locked(&event, &subject, key, idempotency)
+            .publish_locked(&event, &subject, key, class, idempotency)
             .await;
         match &result {
             Ok((_, new)) => {
@@ -626,6 +650,7 @@ impl NatsStore {
         event: &EventName,
         subject: &str,
         key: &str,
+        class: Priority,
         idempotency: Option<&str>,
     ) -> Result<(Cue, bool), NatsError> {
         for _ in 0..MAX_SEQ_CONFLICTS {
@@ -649,6 +674,9 @@ impl NatsStore {
             if let Some(k) = idempotency {
                 msg = msg.message_id(format!("{}:{k}", event.as_str()));
             }
+            if class != Priority::Normal {
+                msg = msg.header(CLASS_HEADER, class.as_str());
+            }
             self.metrics.batches.inc();
             match self.send_cas(event, subject, msg).await? {
                 Some(a) if a.duplicate => {
@@ -657,7 +685,7 @@ impl NatsStore {
                 }
                 Some(a) => {
                     self.record_tip(event, a.sequence, cue.seq());
-                    offer(&self.latest, &self.relay, &cue);
+                    offer(&self.latest, &self.relay, &cue, class);
                     return Ok((cue, true));
                 }
                 None => {}
@@ -708,8 +736,9 @@ impl NatsStore {
                     .expect("tips lock")
                     .insert(event.clone(), (m.sequence, rec.seq()));
                 match &rec {
-                    Record::Cue(cue) => {
-                        offer(&self.latest, &self.relay, cue);
+                    Record::Cue(cue, class) => {
+                        let class = class_of(Some(&m.headers), *class, m.sequence);
+                        offer(&self.latest, &self.relay, cue, class);
                     }
                     Record::Retired { seq, .. } => {
                         forget(&self.latest, &self.relay, event, *seq);
