@@ -798,7 +798,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         )),
         _ => None,
     };
-    let metrics_before = edge_metrics(&target.edge_admins);
+    let metrics_before = edge_metrics(&target.edge_admins)?;
 
     let interval = Duration::from_millis(
         o.interval_ms
@@ -831,7 +831,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // The edges' own accounting over the publish phase: deliveries per CPU-second spent on
     // them. WebSocket: the shards' fanout CPU (sends). QUIC: stream writes, packets out and the
     // devices' acknowledgements in (handshakes excluded; they were before this phase).
-    let m = edge_metrics(&target.edge_admins).delta(&metrics_before);
+    let m = edge_metrics(&target.edge_admins)?.delta(&metrics_before);
     let ws_deliveries = m.deliveries - m.quic_deliveries;
     let ws_rate = if m.ws_cpu > 0.0 {
         ws_deliveries / m.ws_cpu
@@ -913,6 +913,14 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             "cues_published": n,
             "fleet_class": if o.priorities { "critical" } else { "normal" },
             "flood_class": if o.priorities { "background" } else { "normal" },
+            "edge_delivery_lag": {
+                "basis": "the edges' cue_edge_delivery_lag_seconds over the publish phase: publish time to a shard's last write of a cue, by class (p50/p99 are the bucket bounds holding them)",
+                "critical": m.lag[0].json(),
+                "normal": m.lag[1].json(),
+                "background": m.lag[2].json(),
+            },
+            "lane_background_holds": m.lane_holds,
+            "lane_conflated": m.lane_conflated,
         })),
         "transport": format!("{:?}", o.transport).to_lowercase(),
         "quic": quic,
@@ -957,8 +965,13 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// The edges' counters the run reads, summed over edge processes.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct EdgeCounters {
+    /// `cue_edge_delivery_lag_seconds` by class (most urgent first), every shard's summed.
+    lag: [LagHistogram; 3],
+    /// Background cues held back in a lane while its shard lagged, and cues conflated there.
+    lane_holds: f64,
+    lane_conflated: f64,
     deliveries: f64,
     quic_deliveries: f64,
     ws_cpu: f64,
@@ -971,7 +984,15 @@ struct EdgeCounters {
 impl EdgeCounters {
     /// Growth since `before` (the handshake total stays absolute).
     fn delta(self, before: &EdgeCounters) -> EdgeCounters {
+        let [a, b, c] = self.lag;
         EdgeCounters {
+            lag: [
+                a.delta(&before.lag[0]),
+                b.delta(&before.lag[1]),
+                c.delta(&before.lag[2]),
+            ],
+            lane_holds: self.lane_holds - before.lane_holds,
+            lane_conflated: self.lane_conflated - before.lane_conflated,
             deliveries: self.deliveries - before.deliveries,
             quic_deliveries: self.quic_deliveries - before.quic_deliveries,
             ws_cpu: self.ws_cpu - before.ws_cpu,
@@ -983,21 +1004,131 @@ impl EdgeCounters {
     }
 }
 
-fn edge_metrics(admins: &[SocketAddr]) -> EdgeCounters {
-    let mut c = EdgeCounters::default();
-    for a in admins {
-        if let Ok((200, m)) = stack::http(*a, "GET", "/metrics", &[], b"") {
-            c.deliveries += metric_sum(&m, "cue_edge_deliveries_total");
-            c.quic_deliveries += metric_sum(&m, "cue_edge_quic_deliveries_total");
-            c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
-            c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");
-            c.quic_handshake_cpu_total +=
-                metric_sum(&m, "cue_edge_quic_handshake_cpu_seconds_total");
-            c.quic_datagrams_out += metric_sum(&m, "cue_edge_quic_datagrams_out_total");
-            c.quic_send_calls += metric_sum(&m, "cue_edge_quic_send_calls_total");
+/// A latency histogram read from Prometheus text: cumulative counts by upper bound (seconds).
+#[derive(Debug, Default, Clone)]
+struct LagHistogram {
+    /// `(le, cumulative count)`, ascending; `+Inf` last.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl LagHistogram {
+    /// Adds one sample line's bucket (or `_sum` / `_count`) to the totals.
+    fn add_bucket(&mut self, le: f64, n: f64) {
+        match self.buckets.iter_mut().find(|(l, _)| *l == le) {
+            Some((_, c)) => *c += n,
+            None => {
+                self.buckets.push((le, n));
+                self.buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+            }
         }
     }
-    c
+
+    fn delta(self, before: &LagHistogram) -> LagHistogram {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|&(le, n)| {
+                let b = before
+                    .buckets
+                    .iter()
+                    .find(|(l, _)| *l == le)
+                    .map_or(0.0, |x| x.1);
+                (le, n - b)
+            })
+            .collect();
+        LagHistogram {
+            buckets,
+            sum: self.sum - before.sum,
+            count: self.count - before.count,
+        }
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q`; `None` without samples.
+    fn quantile_le_ms(&self, q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = q * self.count;
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map(|(le, _)| le * 1000.0)
+    }
+
+    /// Cues, mean and bucket bounds of p50 and p99, in ms, as JSON.
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "fanouts": self.count,
+            "mean_ms": (self.count > 0.0).then(|| self.sum * 1000.0 / self.count),
+            "p50_le_ms": self.quantile_le_ms(0.5),
+            "p99_le_ms": self.quantile_le_ms(0.99),
+        })
+    }
+}
+
+/// Adds every `cue_edge_delivery_lag_seconds` sample of `text` to `lag`, by its `class` label.
+fn parse_lag(text: &str, lag: &mut [LagHistogram; 3]) -> anyhow::Result<()> {
+    const NAME: &str = "cue_edge_delivery_lag_seconds";
+    let label = |l: &str, k: &str| -> Option<String> {
+        let at = l.find(&format!("{k}=\""))? + k.len() + 2;
+        Some(l[at..].split('"').next()?.to_string())
+    };
+    for l in text.lines().filter(|l| l.starts_with(NAME)) {
+        let Some(class) = label(l, "class") else {
+            bail!("edge metrics: {NAME} without a class label: {l}");
+        };
+        let i = cue_common::cue::Priority::ALL
+            .iter()
+            .position(|c| c.as_str() == class)
+            .with_context(|| format!("edge metrics: unknown class in {l}"))?;
+        let v: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("edge metrics: unreadable sample {l}"))?;
+        let rest = &l[NAME.len()..];
+        if rest.starts_with("_bucket") {
+            let le = match label(l, "le").as_deref() {
+                Some("+Inf") => f64::INFINITY,
+                Some(x) => x
+                    .parse()
+                    .with_context(|| format!("edge metrics: bad le in {l}"))?,
+                None => bail!("edge metrics: bucket without le: {l}"),
+            };
+            lag[i].add_bucket(le, v);
+        } else if rest.starts_with("_sum") {
+            lag[i].sum += v;
+        } else if rest.starts_with("_count") {
+            lag[i].count += v;
+        }
+    }
+    Ok(())
+}
+
+/// Every edge's counters, summed; an edge whose metrics cannot be read fails the run (it must
+/// not be left out of the figures silently).
+fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
+    let mut c = EdgeCounters::default();
+    for a in admins {
+        let (st, m) = stack::http(*a, "GET", "/metrics", &[], b"")
+            .with_context(|| format!("edge metrics at {a}"))?;
+        if st != 200 {
+            bail!("edge metrics at {a}: HTTP {st}");
+        }
+        parse_lag(&m, &mut c.lag)?;
+        c.lane_holds += metric_sum(&m, "cue_edge_lane_background_holds_total");
+        c.lane_conflated += metric_sum(&m, "cue_edge_lane_conflated_total");
+        c.deliveries += metric_sum(&m, "cue_edge_deliveries_total");
+        c.quic_deliveries += metric_sum(&m, "cue_edge_quic_deliveries_total");
+        c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
+        c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");
+        c.quic_handshake_cpu_total += metric_sum(&m, "cue_edge_quic_handshake_cpu_seconds_total");
+        c.quic_datagrams_out += metric_sum(&m, "cue_edge_quic_datagrams_out_total");
+        c.quic_send_calls += metric_sum(&m, "cue_edge_quic_send_calls_total");
+    }
+    Ok(c)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -1006,4 +1137,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v[v.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+cue_edge_delivery_lag_seconds_bucket{shard=\"0\",class=\"critical\",le=\"0.025\"} 3
+cue_edge_delivery_lag_seconds_bucket{shard=\"0\",class=\"critical\",le=\"0.05\"} 9
+cue_edge_delivery_lag_seconds_bucket{shard=\"0\",class=\"critical\",le=\"+Inf\"} 10
+cue_edge_delivery_lag_seconds_sum{shard=\"0\",class=\"critical\"} 0.4
+cue_edge_delivery_lag_seconds_count{shard=\"0\",class=\"critical\"} 10
+cue_edge_delivery_lag_seconds_bucket{shard=\"1\",class=\"critical\",le=\"0.025\"} 1
+cue_edge_delivery_lag_seconds_bucket{shard=\"1\",class=\"critical\",le=\"0.05\"} 1
+cue_edge_delivery_lag_seconds_bucket{shard=\"1\",class=\"critical\",le=\"+Inf\"} 10
+cue_edge_delivery_lag_seconds_sum{shard=\"1\",class=\"critical\"} 6.0
+cue_edge_delivery_lag_seconds_count{shard=\"1\",class=\"critical\"} 10
+";
+
+    #[test]
+    fn lag_histograms_sum_over_shards_and_give_bucket_bounds() {
+        let mut lag: [LagHistogram; 3] = Default::default();
+        parse_lag(TEXT, &mut lag).unwrap();
+        let c = &lag[0];
+        assert_eq!(c.count, 20.0);
+        assert!((c.sum - 6.4).abs() < 1e-9);
+        // 4 of 20 under 25 ms, 10 under 50 ms, the rest above: p50 is the 50 ms bucket.
+        assert_eq!(c.quantile_le_ms(0.5), Some(50.0));
+        assert_eq!(c.quantile_le_ms(0.99), Some(f64::INFINITY));
+        assert_eq!(lag[1].quantile_le_ms(0.5), None);
+        let before = c.clone();
+        let mut later: [LagHistogram; 3] = Default::default();
+        parse_lag(TEXT, &mut later).unwrap();
+        parse_lag(TEXT, &mut later).unwrap();
+        let d = later[0].clone().delta(&before);
+        assert_eq!(d.count, 20.0);
+        assert_eq!(d.quantile_le_ms(0.2), Some(25.0));
+    }
+
+    #[test]
+    fn a_lag_sample_without_class_or_le_fails_the_reading() {
+        let mut lag: [LagHistogram; 3] = Default::default();
+        let no_class = "cue_edge_delivery_lag_seconds_count{shard=\"0\"} 1";
+        assert!(parse_lag(no_class, &mut lag).is_err());
+        let no_le = "cue_edge_delivery_lag_seconds_bucket{shard=\"0\",class=\"normal\"} 1";
+        assert!(parse_lag(no_le, &mut lag).is_err());
+        let bad = "cue_edge_delivery_lag_seconds_count{shard=\"0\",class=\"normal\"} x";
+        assert!(parse_lag(bad, &mut lag).is_err());
+    }
 }

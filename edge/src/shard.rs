@@ -282,7 +282,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 let mut active = drv.poll_once(elapsed);
                 if drv.core.fanout_pending() {
                     // One slice per turn, then straight back (after the reactor ran).
-                    drv.fan(None);
+                    drv.fan();
                     active = true;
                 }
                 // The drain supervisor ends the process once every shard says so.
@@ -313,11 +313,56 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     };
 
     tracing::info!(shard = spec.id, cpu = ?spec.cpu, listen = %spec.listen, wss = ?spec.wss.as_ref().map(|w| w.0), quic = ?spec.quic.as_ref().map(|q| q.listen), "shard started");
-    while let Some(msg) = rx.recv().await {
+    let mut next: Option<ShardMsg> = None;
+    loop {
+        let msg = match next.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
         match msg {
             ShardMsg::Cue(cue) => {
-                // The first slice now; the poller runs the rest between its other work.
-                d.borrow_mut().fan(Some(cue));
+                // Every cue already waiting in the channel is taken in before any is written,
+                // so the fanouts run most urgent first (a critical cue behind 60 flood cues
+                // does not wait for their fanouts) and the backlog the link's lane looks at
+                // (to hold background cues back) is all of this shard's work. Then the first
+                // slice now if nothing else was being fanned out; the poller runs the rest
+                // between its other work.
+                let was_idle = !d.borrow().core.fanout_pending();
+                let mut closed = false;
+                {
+                    let mut drv = d.borrow_mut();
+                    drv.core.take_cue(cue);
+                }
+                loop {
+                    match futures_lite::future::poll_once(rx.recv()).await {
+                        Some(Some(ShardMsg::Cue(c))) => {
+                            d.borrow_mut().core.take_cue(c);
+                        }
+                        Some(Some(other)) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Some(None) => {
+                            closed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let mut drv = d.borrow_mut();
+                if was_idle && drv.core.fanout_pending() {
+                    drv.fan();
+                } else {
+                    let backlog = drv.core.fanout_backlog() as i64;
+                    drv.stats.fanout_backlog.set(backlog);
+                }
+                drop(drv);
+                if closed {
+                    break;
+                }
             }
             ShardMsg::Drain(window, gen) => {
                 // Listeners first: closed, they leave the port's SO_REUSEPORT group, so a
@@ -393,15 +438,12 @@ fn unix_ms() -> u64 {
 }
 
 impl Driver {
-    /// One fanout slice: of `cue` (new from the link) or of the fanouts in progress. Counts its
-    /// CPU time (split between the transports by deliveries) and wall time, and the delivery
-    /// lag of every cue whose fanout finished.
-    fn fan(&mut self, cue: Option<Arc<EncodedCue>>) {
+    /// One fanout slice of the fanouts in progress, most urgent first. Counts its CPU time
+    /// (split between the transports by deliveries) and wall time, and the delivery lag of
+    /// every cue whose fanout finished.
+    fn fan(&mut self) {
         let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
-        let fan = match cue {
-            Some(c) => self.core.on_cue(c, &mut self.io),
-            None => self.core.fanout(&mut self.io),
-        };
+        let fan = self.core.fanout(&mut self.io);
         if fan.quic > 0 {
             // Packetise and send what the fanout wrote into QUIC streams, now.
             self.quic_round(now(), false);
@@ -421,9 +463,9 @@ impl Driver {
         stats.quic_cpu_ns.add(quic_cpu);
         stats.fanout_time.observe_us(spent.as_micros() as u64);
         let now_ms = unix_ms();
-        self.core.take_finished(|ts| {
+        self.core.take_finished(|ts, class| {
             let lag_ms = now_ms.saturating_sub(ts);
-            stats.delivery_lag.observe_us(lag_ms.saturating_mul(1000));
+            stats.delivery_lag[class as usize].observe_us(lag_ms.saturating_mul(1000));
         });
     }
 

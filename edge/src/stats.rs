@@ -1,6 +1,7 @@
 //! Per-shard counters. Each shard is the only writer of its own [`ShardStats`] (relaxed
 //! atomics, no contention); the admin thread reads them all to render `/metrics`.
 
+use cue_common::cue::Priority;
 use cue_common::metrics::{header, sample, Counter, Gauge, Histogram};
 
 /// Why a device connection was closed.
@@ -102,8 +103,9 @@ pub struct ShardStats {
     pub write_blocked: Counter,
     /// Pings sent to idle devices.
     pub pings: Counter,
-    /// Origin publish time to the shard's last write of that cue (shard-local fanout done).
-    pub delivery_lag: Histogram,
+    /// Origin publish time to the shard's last write of that cue (shard-local fanout done), by
+    /// class (`Priority as usize`).
+    pub delivery_lag: [Histogram; 3],
     /// Time the shard spent writing one cue to all its subscribers.
     pub fanout_time: Histogram,
     /// Thread CPU time spent in fanout (writing cues), nanoseconds: deliveries divided by this
@@ -422,14 +424,16 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
         out,
         "cue_edge_delivery_lag_seconds",
         "histogram",
-        "Origin publish time to the shard's last write of the cue.",
+        "Origin publish time to the shard's last write of the cue, by the event's class.",
     );
     for (i, s) in shards.iter().enumerate() {
-        s.delivery_lag.render(
-            out,
-            "cue_edge_delivery_lag_seconds",
-            &format!("shard=\"{i}\""),
-        );
+        for class in Priority::ALL {
+            s.delivery_lag[class as usize].render(
+                out,
+                "cue_edge_delivery_lag_seconds",
+                &format!("shard=\"{i}\",class=\"{}\"", class.as_str()),
+            );
+        }
     }
     header(
         out,

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use cue_common::cue::Priority;
+
 use super::conn::{Conn, State, BLOCKED};
 use super::{Closing, ConnKey, Fanout, Io, Sent, ShardCore, Sweep};
 use crate::encoded::EncodedCue;
@@ -19,11 +21,28 @@ impl ShardCore {
     /// reached get only this one.
     /// The driver times the calls and records fanout time (the core reads no clock).
     pub fn on_cue(&mut self, cue: Arc<EncodedCue>, io: &mut impl Io) -> Fanout {
+        // The first slice now only when nothing else is being fanned out; else the next turn
+        // takes the most urgent fanout first. So a flood of cues is taken in (each one
+        // replacing its event's fanout) as fast as it comes, and a critical cue behind it in
+        // the channel is not kept waiting one slice per cue ahead of it.
+        if self.take_cue(cue) && self.sweeps.len() == 1 {
+            self.fanout(io)
+        } else {
+            Fanout::default()
+        }
+    }
+
+    /// A new cue from the relay link, kept as current and queued for fanout in its class's
+    /// place, without writing to any device yet; true when a fanout was queued (the cue is
+    /// newer than the event's current one and the event has a slot). The driver takes in every
+    /// cue waiting in its channel this way before it runs a slice, so the most urgent of them
+    /// goes first and [`ShardCore::fanout_backlog`] counts all of them.
+    pub fn take_cue(&mut self, cue: Arc<EncodedCue>) -> bool {
         self.stats.cues_in.inc();
         let Some(slot_idx) = self.slot_for_cue(cue.cue.event()) else {
             // No device here follows it and the table is full: the link keeps it for catch-up.
             self.stats.cues_unfollowed.inc();
-            return Fanout::default();
+            return false;
         };
         let slot = &mut self.slots[slot_idx as usize];
         if slot
@@ -31,7 +50,7 @@ impl ShardCore {
             .as_ref()
             .is_some_and(|c| c.cue.seq() >= cue.cue.seq())
         {
-            return Fanout::default();
+            return false;
         }
         slot.current = Some(cue.clone());
         let mut devices = match self.sweeps.iter().position(|s| s.slot == slot_idx) {
@@ -59,15 +78,7 @@ impl ShardCore {
                 next: 0,
             },
         );
-        // The first slice now only when nothing else is being fanned out; else the next turn
-        // takes the most urgent fanout first. So a flood of cues is taken in (each one
-        // replacing its event's fanout) as fast as it comes, and a critical cue behind it in
-        // the channel is not kept waiting one slice per cue ahead of it.
-        if self.sweeps.len() == 1 {
-            self.fanout(io)
-        } else {
-            Fanout::default()
-        }
+        true
     }
 
     /// Devices the fanouts in progress have yet to visit.
@@ -130,7 +141,7 @@ impl ShardCore {
             if sw.next < sw.devices.len() {
                 self.sweeps.push_front(sw);
             } else {
-                self.finished.push(sw.cue.cue.ts());
+                self.finished.push((sw.cue.cue.ts(), sw.cue.class));
                 self.spare = std::mem::take(&mut sw.devices);
             }
         }
@@ -140,11 +151,11 @@ impl ShardCore {
         fanout
     }
 
-    /// Hands the publish times (Unix ms) of the cues whose fanout finished since the last call
-    /// to `f`.
-    pub fn take_finished(&mut self, mut f: impl FnMut(u64)) {
-        for ts in self.finished.drain(..) {
-            f(ts);
+    /// Hands the publish times (Unix ms) and classes of the cues whose fanout finished since
+    /// the last call to `f`.
+    pub fn take_finished(&mut self, mut f: impl FnMut(u64, Priority)) {
+        for (ts, class) in self.finished.drain(..) {
+            f(ts, class);
         }
     }
 

@@ -240,8 +240,9 @@ pub struct ShardCore {
     sweeps: std::collections::VecDeque<Sweep>,
     /// A finished sweep's device list, kept for the next one.
     spare: Vec<u32>,
-    /// Publish times (Unix ms) of cues whose fanout finished, for the driver's lag figure.
-    finished: Vec<u64>,
+    /// Publish times (Unix ms) and classes of cues whose fanout finished, for the driver's lag
+    /// figure.
+    finished: Vec<(u64, cue_common::cue::Priority)>,
 }
 
 /// A connection to close at the end of the current call, with what a QUIC device is told.

@@ -848,7 +848,7 @@ fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
     }
     assert_eq!(slices, 4);
     let mut finished = Vec::new();
-    c.take_finished(|ts| finished.push(ts));
+    c.take_finished(|ts, _| finished.push(ts));
     assert_eq!(finished, vec![1_700_000_000_001]);
     for d in &mut devs {
         d.read(&mut io);
@@ -953,4 +953,65 @@ fn a_critical_fanout_overtakes_a_background_one_in_progress() {
         c.fanout(&mut io);
     }
     assert_eq!(got(&mut bg, &mut io), 6);
+}
+
+#[test]
+fn cues_taken_in_together_are_fanned_out_most_urgent_first_and_all_count_as_backlog() {
+    use cue_common::cue::Priority;
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(2, &clock), FakeIo::default());
+    let mut bg = devices(&mut c, &mut io, &clock, 4, 10, "/v1/subscribe?events=bg");
+    let mut norm = devices(&mut c, &mut io, &clock, 2, 20, "/v1/subscribe?events=norm");
+    let mut crit = devices(&mut c, &mut io, &clock, 2, 30, "/v1/subscribe?events=crit");
+    let classed = |ev: &str, seq, class| {
+        Arc::new(
+            EncodedCue::new(Cue::new(ev, "k", seq, 1_700_000_000_001).unwrap()).with_class(class),
+        )
+    };
+    // A channel's worth taken in before any write: nothing written yet, every device counted.
+    assert!(c.take_cue(classed("bg", 1, Priority::Background)));
+    assert!(c.take_cue(classed("norm", 1, Priority::Normal)));
+    assert!(c.take_cue(classed("crit", 1, Priority::Critical)));
+    // A stale repeat queues nothing; a newer background cue replaces its fanout.
+    assert!(!c.take_cue(classed("crit", 1, Priority::Critical)));
+    assert!(c.take_cue(classed("bg", 2, Priority::Background)));
+    assert_eq!(c.fanout_backlog(), 8);
+    let read = |ds: &mut Vec<super::testkit::Device>, io: &mut FakeIo| {
+        ds.iter_mut()
+            .map(|d| {
+                d.read(io);
+                d.cues.len()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(
+        read(&mut crit, &mut io),
+        0,
+        "taking a cue in writes nothing"
+    );
+    // Slices of 2: critical, then normal, then background (only its newest cue).
+    assert_eq!(c.fanout(&mut io).ws, 2);
+    assert_eq!(
+        (
+            read(&mut crit, &mut io),
+            read(&mut norm, &mut io),
+            read(&mut bg, &mut io)
+        ),
+        (2, 0, 0)
+    );
+    assert_eq!(c.fanout(&mut io).ws, 2);
+    assert_eq!(read(&mut norm, &mut io), 2);
+    assert_eq!(read(&mut bg, &mut io), 0);
+    while c.fanout_pending() {
+        c.fanout(&mut io);
+    }
+    assert_eq!(
+        read(&mut bg, &mut io),
+        4,
+        "one cue each: the replaced one never went out"
+    );
+    for d in &bg {
+        assert_eq!(d.cues[0].1, 2);
+    }
+    assert_eq!(c.fanout_backlog(), 0);
 }
