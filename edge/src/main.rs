@@ -262,9 +262,28 @@ fn link_stats_start(st: &AdminState) {
         .set(cue_common::time::unix_now_ms() as i64);
 }
 
-/// Ends the process (exit 70) if a shard stops while the edge is not stopping: a dead shard's
-/// devices would get nothing while the rest looks healthy. Under systemd the unit restarts.
+/// Ends the process (exit 70) if a shard or the relay link stops while the edge is not
+/// stopping: a dead shard's devices would get nothing while the rest looks healthy, and without
+/// the link no device gets anything. Under systemd the unit restarts.
 fn supervise(st: Arc<AdminState>, stopping: Arc<AtomicBool>) {
+    // A panic in a shard or the link ends the process from the panic itself: unwinding out of
+    // glommio's executor can block (its reactor waits for the io_uring operations in flight,
+    // such as the link's read from its origin; tried: the link's thread never ended, so its
+    // exit flag below never rose). Panics elsewhere (an admin request's task) keep the
+    // default behaviour.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        if name.starts_with("cue-shard-") {
+            tracing::error!(thread = %name, "a shard stopped unexpectedly; exiting (70) so the process is restarted");
+            std::process::exit(70);
+        }
+        if name.starts_with("cue-relay-link") {
+            tracing::error!(thread = %name, "the relay link stopped unexpectedly; exiting (70) so the process is restarted");
+            std::process::exit(70);
+        }
+    }));
     std::thread::Builder::new()
         .name("cue-supervisor".into())
         .spawn(move || loop {
@@ -283,6 +302,12 @@ fn supervise(st: Arc<AdminState>, stopping: Arc<AtomicBool>) {
                 tracing::error!(
                     shard = i,
                     "a shard stopped unexpectedly; exiting (70) so the process is restarted"
+                );
+                std::process::exit(70);
+            }
+            if st.link.stopped.load(Ordering::SeqCst) && !stopping.load(Ordering::SeqCst) {
+                tracing::error!(
+                    "the relay link stopped unexpectedly; exiting (70) so the process is restarted"
                 );
                 std::process::exit(70);
             }

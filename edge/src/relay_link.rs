@@ -122,6 +122,9 @@ pub struct LinkStats {
     pub background_holds: Counter,
     /// Lanes holding background cues back now.
     pub background_holding: Gauge,
+    /// Set when the link's thread ended (a stop, or a panic): the supervisor ends the process
+    /// if it was not asked to stop.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 /// Settings of the links.
@@ -186,6 +189,23 @@ pub fn spawn(
         .name("cue-relay-link")
         .io_memory(64 * 1024)
         .spawn(move || async move {
+            let st = stats.clone();
+            crate::stats::on_thread_exit(move || {
+                st.stopped.store(true, std::sync::atomic::Ordering::SeqCst)
+            });
+            #[cfg(debug_assertions)]
+            if let Ok(v) = std::env::var("CUE_EDGE_FAULT_PANIC_LINK_MS") {
+                // Debug builds only (the tests' binaries): the link panics after `v` ms, so a
+                // test can show that a dead link ends the process.
+                let ms: u64 = v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("CUE_EDGE_FAULT_PANIC_LINK_MS={v}: want ms"));
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    panic!("injected fault: CUE_EDGE_FAULT_PANIC_LINK_MS={ms}");
+                })
+                .detach();
+            }
             let mut senders = Vec::with_capacity(shards.len());
             for s in shards {
                 senders.push(s.connect().await);

@@ -203,16 +203,15 @@ struct Driver {
 }
 
 async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Option<UdpSocket>) {
-    // Marks the shard stopped however `run` ends, a panic included.
-    struct Stopped(Arc<ShardStats>);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            self.0
-                .stopped
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let _stopped = Stopped(spec.stats.clone());
+    // Marks the shard stopped however its thread ends, a panic included.
+    let stats = spec.stats.clone();
+    crate::stats::on_thread_exit(move || {
+        stats
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    #[cfg(debug_assertions)]
+    inject_panic(spec.id);
     // SAFETY: epoll_create1 takes no pointers; the result is checked below.
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(
@@ -410,6 +409,28 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     }
     drop(epoll);
     tracing::info!(shard = spec.id, "shard stopped");
+}
+
+/// Debug builds only (the tests' binaries): `CUE_EDGE_FAULT_PANIC_SHARD=ID:MS` makes shard `ID`
+/// panic `MS` ms after it starts, so a test can show that a dead shard ends the process.
+#[cfg(debug_assertions)]
+fn inject_panic(id: usize) {
+    let Ok(v) = std::env::var("CUE_EDGE_FAULT_PANIC_SHARD") else {
+        return;
+    };
+    let parsed = v
+        .split_once(':')
+        .and_then(|(i, ms)| Some((i.parse::<usize>().ok()?, ms.parse::<u64>().ok()?)));
+    let Some((shard, ms)) = parsed else {
+        panic!("CUE_EDGE_FAULT_PANIC_SHARD={v}: want ID:MS");
+    };
+    if shard == id {
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
+            panic!("injected fault: CUE_EDGE_FAULT_PANIC_SHARD={shard}:{ms}");
+        })
+        .detach();
+    }
 }
 
 fn now() -> Now {

@@ -446,3 +446,23 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             .render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
     }
 }
+
+/// Runs `on_exit` when the calling thread ends, however it ends, a panic included. For the
+/// flags the supervisor reads: a guard held by an executor's future is not enough, since a
+/// panic unwinds out of glommio's executor without dropping the tasks it was running (tried: a
+/// shard's guard local to its `run` never ran, and the supervisor never saw the dead shard),
+/// while a thread's locals are always dropped when it exits.
+pub fn on_thread_exit(on_exit: impl FnOnce() + 'static) {
+    struct Guard(Option<Box<dyn FnOnce()>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    thread_local! {
+        static GUARDS: std::cell::RefCell<Vec<Guard>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    GUARDS.with(|g| g.borrow_mut().push(Guard(Some(Box::new(on_exit)))));
+}

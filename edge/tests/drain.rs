@@ -255,3 +255,55 @@ fn rolling_restart_on_one_port_refuses_no_device() {
     assert_eq!(metric(&new.metrics(), "cue_edge_connections"), 40.0);
     eprintln!("old process exited {exited:?} after SIGTERM; {arrived} arrivals, none refused");
 }
+
+#[test]
+fn a_shard_that_panics_ends_the_process_with_70() {
+    // A dead shard's devices would get nothing while /healthz of the rest said ok: the
+    // supervisor ends the process instead, so systemd (Restart=) starts a fresh one. The panic
+    // is injected (debug builds only) into shard 1, well after the edge linked.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("edge.log");
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let mut edge = start_edge_env(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &[],
+        Some(&log),
+        &[("CUE_EDGE_FAULT_PANIC_SHARD", "1:1500")],
+    );
+    let health = request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(health.status, 200, "healthy before the fault");
+    let t = Instant::now();
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(70));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("injected fault"), "{text}");
+    assert!(
+        text.contains("a shard stopped unexpectedly; exiting (70)"),
+        "{text}"
+    );
+    eprintln!("exited 70 {:?} after linking", t.elapsed());
+}
+
+#[test]
+fn a_relay_link_that_panics_ends_the_process_with_70() {
+    // Without the link no device of this edge gets a cue: the supervisor ends the process.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("edge.log");
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let mut edge = start_edge_env(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &[],
+        Some(&log),
+        &[("CUE_EDGE_FAULT_PANIC_LINK_MS", "1500")],
+    );
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(70));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("injected fault"), "{text}");
+    assert!(
+        text.contains("the relay link stopped unexpectedly; exiting (70)"),
+        "{text}"
+    );
+}

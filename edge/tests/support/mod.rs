@@ -81,6 +81,18 @@ pub fn start_edge_logged(
     extra: &[&str],
     log: Option<&Path>,
 ) -> Edge {
+    start_edge_env(relay, ws, admin, extra, log, &[])
+}
+
+/// As [`start_edge_logged`], with `env` added to the edge's environment.
+pub fn start_edge_env(
+    relay: SocketAddr,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    extra: &[&str],
+    log: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Edge {
     let quic = free_udp_addr().to_string();
     let mut quic_args: Vec<&str> = Vec::new();
     if !extra.contains(&"--quic") {
@@ -110,6 +122,7 @@ pub fn start_edge_logged(
         .args(&quic_args)
         .args(extra)
         .env("CUE_AUTH_SECRET", SECRET)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
