@@ -256,11 +256,9 @@ fn rolling_restart_on_one_port_refuses_no_device() {
     eprintln!("old process exited {exited:?} after SIGTERM; {arrived} arrivals, none refused");
 }
 
-#[test]
-fn a_shard_that_panics_ends_the_process_with_70() {
-    // A dead shard's devices would get nothing while /healthz of the rest said ok: the
-    // supervisor ends the process instead, so systemd (Restart=) starts a fresh one. The panic
-    // is injected (debug builds only) into shard 1, well after the edge linked.
+/// Starts an origin and an edge with the fault `env` injected; the edge must exit 70 within
+/// 10 s, its log holding the injected panic and `says`.
+fn fault_ends_the_process_with_70(env: (&str, &str), says: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("edge.log");
     let origin = start_origin(dir.path(), free_addr(), free_addr());
@@ -270,7 +268,7 @@ fn a_shard_that_panics_ends_the_process_with_70() {
         free_addr(),
         &[],
         Some(&log),
-        &[("CUE_EDGE_FAULT_PANIC_SHARD", "1:1500")],
+        &[env],
     );
     let health = request(edge.admin, "GET", "/healthz", &[], b"").unwrap();
     assert_eq!(health.status, 200, "healthy before the fault");
@@ -278,32 +276,26 @@ fn a_shard_that_panics_ends_the_process_with_70() {
     assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(70));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("injected fault"), "{text}");
-    assert!(
-        text.contains("a shard stopped unexpectedly; exiting (70)"),
-        "{text}"
-    );
+    assert!(text.contains(says), "{text}");
     eprintln!("exited 70 {:?} after linking", t.elapsed());
 }
 
 #[test]
-fn a_relay_link_that_panics_ends_the_process_with_70() {
-    // Without the link no device of this edge gets a cue: the supervisor ends the process.
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("edge.log");
-    let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let mut edge = start_edge_env(
-        origin.relay,
-        free_addr(),
-        free_addr(),
-        &[],
-        Some(&log),
-        &[("CUE_EDGE_FAULT_PANIC_LINK_MS", "1500")],
+fn a_shard_that_panics_ends_the_process_with_70() {
+    // A dead shard's devices would get nothing while /healthz of the rest said ok: the edge
+    // ends instead, so systemd (Restart=) starts a fresh one. The panic is injected (debug
+    // builds only) into shard 1, well after the edge linked.
+    fault_ends_the_process_with_70(
+        ("CUE_EDGE_FAULT_PANIC_SHARD", "1:1500"),
+        "a shard stopped unexpectedly; exiting (70)",
     );
-    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), Some(70));
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("injected fault"), "{text}");
-    assert!(
-        text.contains("the relay link stopped unexpectedly; exiting (70)"),
-        "{text}"
+}
+
+#[test]
+fn a_relay_link_that_panics_ends_the_process_with_70() {
+    // Without the link no device of this edge gets a cue.
+    fault_ends_the_process_with_70(
+        ("CUE_EDGE_FAULT_PANIC_LINK_MS", "1500"),
+        "the relay link stopped unexpectedly; exiting (70)",
     );
 }
