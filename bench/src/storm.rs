@@ -102,6 +102,7 @@ fn phase(o: &StormOpts, name: &str) -> anyhow::Result<serde_json::Value> {
         events: Some(vec!["storm".into()]),
         role: None,
         priority: None,
+        tenant: None,
         exp: now + 3600,
     };
     // The tokens, and how the edges check them.

@@ -75,17 +75,19 @@ pub struct EncodedCue {
 }
 
 impl EncodedCue {
-    /// Encodes `cue` in every encoding.
+    /// Encodes `cue` in every encoding, as its tenant's devices see it (the bare event name:
+    /// a device of one tenant gets the same bytes as before tenants existed).
     pub fn new(cue: Cue) -> Self {
+        let dev = cue.for_device();
         let mut json = Vec::with_capacity(160);
-        cue.write_json(&mut json);
+        dev.write_json(&mut json);
         let mut ws_json = Vec::with_capacity(json.len() + 4);
         encode_frame(Opcode::Text, &json, None, &mut ws_json);
-        let bin = cue.to_binary();
+        let bin = dev.to_binary();
         let mut ws_binary = Vec::with_capacity(bin.len() + 4);
         encode_frame(Opcode::Binary, &bin, None, &mut ws_binary);
         let mut quic_binary = Vec::with_capacity(bin.len() + 2);
-        // A binary cue is at most 147 bytes, so the length always fits.
+        // A binary cue is at most MAX_BINARY_LEN (180) bytes, so the length always fits.
         quic_binary.extend_from_slice(&(bin.len() as u16).to_be_bytes());
         quic_binary.extend_from_slice(&bin);
         json.push(b'\n');

@@ -544,3 +544,44 @@ fn a_class_given_on_one_origin_is_relayed_by_every_origin() {
     });
     assert_eq!(by_class(&edge2, "critical"), 1.0);
 }
+
+#[test]
+fn a_tenants_event_is_its_own_on_every_origin_of_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(&dir.path().join("nats"), 1);
+    let store = cluster.store_url();
+    let o1 = nats_origin(&dir.path().join("o1"), &store, 1);
+    let o2 = nats_origin(&dir.path().join("o2"), &store, 1);
+    let edge = start_edge(o2.relay, free_addr(), free_addr(), &[]);
+    edge.wait_linked();
+    let mut acme = subscribe(
+        edge.ws,
+        "events=fight",
+        Some(&device_of(Some("acme"), &["fight"])),
+    )
+    .unwrap();
+    let mut plain = subscribe(edge.ws, "events=fight", Some(&device_of(None, &["fight"]))).unwrap();
+    // Published on one origin (subjects CUE.acme.fight and CUE.fight), relayed by the other.
+    let sa = publish_as(o1.http, Some("acme"), "fight", "acme-1");
+    let sd = publish_as(o1.http, None, "fight", "default-1");
+    assert_eq!(next_cue(&mut acme), ("fight".into(), "acme-1".into(), sa));
+    assert_eq!(
+        next_cue(&mut plain),
+        ("fight".into(), "default-1".into(), sd)
+    );
+    assert!(quiet_for(&mut acme, Duration::from_millis(300)));
+    assert!(quiet_for(&mut plain, Duration::from_millis(300)));
+    // One seq space per tenant's event across origins: o2 continues acme's, not the default's.
+    let sa2 = publish_as(o2.http, Some("acme"), "fight", "acme-2");
+    assert!(sa2 > sa);
+    assert_eq!(next_cue(&mut acme).1, "acme-2");
+    // An origin started later loads each tenant's newest from the stream.
+    let o3 = nats_origin(&dir.path().join("o3"), &store, 1);
+    let get = |path: &str| {
+        let r = cue_testkit::client::request(o3.http, "GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["current"]["key"].clone()
+    };
+    assert_eq!(get("/v1/tenants/acme/events/fight"), "acme-2");
+    assert_eq!(get("/v1/events/fight"), "default-1");
+}

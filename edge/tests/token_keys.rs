@@ -142,6 +142,7 @@ fn origin_signs_edges_verify_with_public_keys_and_rotation_keeps_old_tokens() {
         events: Some(vec!["*".into()]),
         role: Some("publisher".into()),
         priority: None,
+        tenant: None,
         exp: cue_common::time::unix_now_s() + 600,
     };
     let forged = jsonwebtoken::encode(

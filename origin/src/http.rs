@@ -80,16 +80,28 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
     api.requests.inc();
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let resp = match (req.method(), segs.as_slice()) {
-        (&Method::POST, ["v1", "events", event, "cues"]) => {
-            let event = event.to_string();
-            publish(&api, &event, req).await
+    // `/v1/events/E...` is the default tenant's event E; `/v1/tenants/T/events/E...` tenant T's.
+    let (tenant, segs): (Option<String>, &[&str]) = match segs.as_slice() {
+        ["v1", "tenants", t, rest @ ..] if rest.first() == Some(&"events") => {
+            (Some(t.to_string()), &segs[3..])
         }
-        (&Method::GET, ["v1", "events", event]) => current(&api, event),
-        (&Method::DELETE, ["v1", "events", event]) => {
-            let event = event.to_string();
-            retire(&api, &event, &req).await
-        }
+        ["v1", rest @ ..] if rest.first() == Some(&"events") => (None, &segs[1..]),
+        _ => (None, &segs[..]),
+    };
+    let tenant = tenant.as_deref();
+    let resp = match (req.method(), segs) {
+        (&Method::POST, ["events", event, "cues"]) => match EventName::qualify(tenant, event) {
+            Ok(ev) => publish(&api, ev, req).await,
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+        (&Method::GET, ["events", event]) => match EventName::qualify(tenant, event) {
+            Ok(ev) => current(&api, ev),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+        (&Method::DELETE, ["events", event]) => match EventName::qualify(tenant, event) {
+            Ok(ev) => retire(&api, ev, &req).await,
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
         (&Method::GET, ["metrics"]) => Response::builder()
             .header("content-type", "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(render_metrics(&api))))
@@ -101,10 +113,9 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
                 &serde_json::json!({"status":"unhealthy","reason":why}),
             ),
         },
-        (_, ["v1", "events", _, "cues"])
-        | (_, ["v1", "events", _])
-        | (_, ["metrics"])
-        | (_, ["healthz"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, ["events", _, "cues"]) | (_, ["events", _]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, "no such route"),
     };
     if let Some(i) = REFUSED_STATUSES
@@ -116,36 +127,37 @@ pub async fn handle(api: Arc<Api>, req: Request<Incoming>) -> Result<Resp, Infal
     Ok(resp)
 }
 
-fn current(api: &Api, event: &str) -> Resp {
-    let Ok(event) = EventName::new(event) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "event must be 1-64 chars of [a-z0-9._-]",
-        );
-    };
-    let (cur, retired) = {
-        let l = api.latest.read().expect("latest lock");
-        (l.get(&event).map(|c| c.to_value()), l.is_retired(&event))
-    };
-    if retired {
-        // The same shape, so a poller reads it either way.
-        return json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({
-                "event": event.as_str(),
-                "current": null,
-                "error": "event retired",
-            }),
-        );
+/// `{"event": E[, "tenant": T]}` of a response about `event` (its bare name and tenant).
+fn about(event: &EventName) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("event".into(), event.local().into());
+    if let Some(t) = event.tenant() {
+        m.insert("tenant".into(), t.into());
     }
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "event": event.as_str(), "current": cur }),
-    )
+    m
 }
 
-/// Checks a publisher token for `event`: the refusal to answer, or `None` when it may.
-fn publisher_refusal(api: &Api, event: &str, token: Option<&str>) -> Option<Resp> {
+fn current(api: &Api, event: EventName) -> Resp {
+    let (cur, retired) = {
+        let l = api.latest.read().expect("latest lock");
+        (
+            l.get(&event).map(|c| c.for_device().to_value()),
+            l.is_retired(&event),
+        )
+    };
+    let mut body = about(&event);
+    body.insert("current".into(), cur.unwrap_or(serde_json::Value::Null));
+    if retired {
+        // The same shape, so a poller reads it either way.
+        body.insert("error".into(), "event retired".into());
+        return json(StatusCode::NOT_FOUND, &body.into());
+    }
+    json(StatusCode::OK, &body.into())
+}
+
+/// Checks a publisher token for `event` (its tenant's, by its bare name): the refusal to
+/// answer, or `None` when it may.
+fn publisher_refusal(api: &Api, event: &EventName, token: Option<&str>) -> Option<Resp> {
     let keys = api.keys.as_ref()?;
     let Some(token) = token else {
         return Some(error(
@@ -154,7 +166,14 @@ fn publisher_refusal(api: &Api, event: &str, token: Option<&str>) -> Option<Resp
         ));
     };
     match keys.verify(token, unix_now_s()) {
-        Ok(c) if c.may_publish(event) => None,
+        Ok(c) if c.is_publisher() && c.tenant() != event.tenant() => Some(error(
+            StatusCode::FORBIDDEN,
+            &match event.tenant() {
+                Some(t) => format!("publisher token is not for tenant {t}"),
+                None => "publisher token is for a tenant: use /v1/tenants/TENANT/events/...".into(),
+            },
+        )),
+        Ok(c) if c.may_publish(event.local()) => None,
         Ok(c) if c.is_publisher() => Some(error(
             StatusCode::FORBIDDEN,
             "publisher token is not allowed this event",
@@ -169,16 +188,10 @@ fn publisher_refusal(api: &Api, event: &str, token: Option<&str>) -> Option<Resp
 
 /// `DELETE /v1/events/{event}`: retires the event (publisher token allowed it). `204` once the
 /// retirement is durable, `404` when the event has no cue.
-async fn retire(api: &Api, event: &str, req: &Request<Incoming>) -> Resp {
-    if let Some(r) = publisher_refusal(api, event, bearer(req)) {
+async fn retire(api: &Api, event: EventName, req: &Request<Incoming>) -> Resp {
+    if let Some(r) = publisher_refusal(api, &event, bearer(req)) {
         return r;
     }
-    let Ok(event) = EventName::new(event) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "event must be 1-64 chars of [a-z0-9._-]",
-        );
-    };
     match api.store.retire(event).await {
         Ok(true) => Response::builder()
             .status(StatusCode::NO_CONTENT)
@@ -199,16 +212,10 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
-    if let Some(r) = publisher_refusal(api, event, bearer(&req)) {
+async fn publish(api: &Api, event: EventName, req: Request<Incoming>) -> Resp {
+    if let Some(r) = publisher_refusal(api, &event, bearer(&req)) {
         return r;
     }
-    let Ok(event) = EventName::new(event) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "event must be 1-64 chars of [a-z0-9._-]",
-        );
-    };
     let idempotency = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
@@ -276,7 +283,13 @@ async fn publish(api: &Api, event: &str, req: Request<Incoming>) -> Resp {
         .publish(event, &key, class, idempotency.as_deref())
         .await
     {
-        Ok(cue) => json(StatusCode::CREATED, &cue.to_value()),
+        Ok(cue) => {
+            let mut body = cue.for_device().to_value();
+            if let Some(t) = cue.event().tenant() {
+                body["tenant"] = t.into();
+            }
+            json(StatusCode::CREATED, &body)
+        }
         Err(e) => unavailable(&e),
     }
 }

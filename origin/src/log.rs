@@ -32,7 +32,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       4     L = payload length, u32 little-endian, 1..=MAX_RECORD_LEN (149)
+//! 0       4     L = payload length, u32 little-endian, 1..=MAX_RECORD_LEN (182)
 //! 4       4     CRC-32C (Castagnoli) of the L payload bytes, u32 little-endian
 //! 8       L     payload: a `cue_common::cue::Record`: one cue in its binary form (version
 //!               byte first, big-endian integers inside); or tag 0xF1, a class byte (0

@@ -172,6 +172,10 @@ enum TokenKind {
         /// Grant prefetch's `critical` priority class (never shed) to this device.
         #[arg(long)]
         critical: bool,
+        /// The tenant whose events the device follows (1-32 chars of [a-z0-9-]) [default: the
+        /// default tenant].
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// A publisher token.
     Publisher {
@@ -181,6 +185,10 @@ enum TokenKind {
         /// Events the token may publish, comma-separated [default: every event].
         #[arg(long)]
         events: Option<String>,
+        /// The tenant whose events the token publishes (1-32 chars of [a-z0-9-]) [default: the
+        /// default tenant].
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// An admin token: drains and undrains edges (`POST /admin/drain`, `/admin/undrain`).
     Admin {
@@ -334,13 +342,23 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
         }
         Ok(evs)
     };
+    let tenant = |t: Option<String>| -> Result<Option<String>, String> {
+        match t {
+            Some(t) if !cue_common::cue::valid_tenant(&t) => {
+                Err(format!("--tenant: '{t}' is not 1-32 chars of [a-z0-9-]"))
+            }
+            t => Ok(t),
+        }
+    };
     let minted = match kind {
         TokenKind::Device {
             sub,
             events: list,
             ttl,
             critical,
+            tenant: t,
         } => events(&list).and_then(|evs| {
+            let t = tenant(t)?;
             if sub.is_empty() || sub.len() > 256 {
                 return Err("--sub: must be 1-256 bytes".into());
             }
@@ -349,6 +367,7 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
                 events: Some(evs),
                 role: None,
                 priority: critical.then(|| "critical".to_string()),
+                tenant: t,
                 exp: now.saturating_add(ttl),
             }))
         }),
@@ -357,19 +376,25 @@ fn token(cfg: &OriginConfig, kind: TokenKind) -> ExitCode {
             events: None,
             role: Some("admin".into()),
             priority: None,
+            tenant: None,
             exp: now.saturating_add(ttl),
         })),
-        TokenKind::Publisher { ttl, events: list } => {
+        TokenKind::Publisher {
+            ttl,
+            events: list,
+            tenant: t,
+        } => {
             let evs = match list {
                 None => Ok(None),
                 Some(l) => events(&l).map(Some),
             };
-            evs.map(|evs| {
+            evs.and_then(|evs| Ok((evs, tenant(t)?))).map(|(evs, t)| {
                 keys.mint(&cue_common::token::Claims {
                     sub: None,
                     events: evs,
                     role: Some("publisher".into()),
                     priority: None,
+                    tenant: t,
                     exp: now.saturating_add(ttl),
                 })
             })

@@ -41,6 +41,17 @@ fn post(http: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, 
     (r.status, r.body)
 }
 
+/// Runs the `cue-origin` CLI with `args` on the data directory `dir`, with the tests' secret.
+fn origin_cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(cue_testkit::workspace_bin("cue-origin"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn publish_validation_auth_and_current() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,20 +371,17 @@ fn publisher_tokens_scoped_to_events_publish_those_only() {
     let (http, relay) = (free_addr(), free_addr());
     let _o = start(dir.path(), http, relay);
     // Minted by the CLI, as an operator would.
-    let out = Command::new(cue_testkit::workspace_bin("cue-origin"))
-        .args([
+    let out = origin_cli(
+        dir.path(),
+        &[
             "token",
             "publisher",
             "--events",
             "fight,gala",
             "--ttl",
             "60",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("CUE_AUTH_SECRET", SECRET)
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -678,4 +686,127 @@ fn a_class_outlives_a_restart_of_the_embedded_origin() {
     let mut want = want;
     want.insert("ko".into(), Priority::Normal);
     assert_eq!(catch_up(relay), want, "published as normal since");
+}
+
+#[test]
+fn two_tenants_publish_the_same_event_name_without_meeting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, relay) = (free_addr(), free_addr());
+    let mut o = start(dir.path(), http, relay);
+    let now = unix_now_s();
+    // Tenant tokens as an operator mints them, with the CLI.
+    let mint = |tenant: &str| {
+        let out = origin_cli(
+            dir.path(),
+            &["token", "publisher", "--tenant", tenant, "--ttl", "60"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (a, b) = (mint("acme"), mint("brand-b"));
+    let default = keys().mint_publisher(now, 60);
+    let body = |k: &str| format!(r#"{{"key":"{k}"}}"#);
+    let (st, ra) = post(
+        http,
+        "/v1/tenants/acme/events/fight/cues",
+        Some(&a),
+        &body("a-1"),
+    );
+    assert_eq!(st, 201, "{ra}");
+    let ra: serde_json::Value = serde_json::from_str(&ra).unwrap();
+    assert_eq!(
+        ra["event"], "fight",
+        "the bare name, as the tenant named it"
+    );
+    assert_eq!(ra["tenant"], "acme");
+    let (st, rb) = post(
+        http,
+        "/v1/tenants/brand-b/events/fight/cues",
+        Some(&b),
+        &body("b-1"),
+    );
+    assert_eq!(st, 201, "{rb}");
+    let (st, rd) = post(http, "/v1/events/fight/cues", Some(&default), &body("d-1"));
+    assert_eq!(st, 201, "{rd}");
+    assert!(
+        !rd.contains("tenant"),
+        "the default tenant's answer is as before: {rd}"
+    );
+    // Each tenant's current cue is its own.
+    let current = |path: &str| {
+        let r = request(http, "GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+    };
+    let keys_now = || {
+        [
+            "/v1/tenants/acme/events/fight",
+            "/v1/tenants/brand-b/events/fight",
+            "/v1/events/fight",
+        ]
+        .map(|p| current(p)["current"]["key"].as_str().unwrap().to_string())
+    };
+    assert_eq!(keys_now(), ["a-1", "b-1", "d-1"]);
+    assert_eq!(
+        current("/v1/tenants/acme/events/fight")["current"]["event"],
+        "fight"
+    );
+    // The durable log keeps them apart across a kill -9.
+    o.kill9();
+    let _o = start(dir.path(), http, relay);
+    assert_eq!(keys_now(), ["a-1", "b-1", "d-1"]);
+    // A tenant's token publishes its own events only, and never the default tenant's.
+    for (path, tok, why) in [
+        (
+            "/v1/tenants/brand-b/events/fight/cues",
+            &a,
+            "not for tenant brand-b",
+        ),
+        ("/v1/events/fight/cues", &a, "is for a tenant"),
+        (
+            "/v1/tenants/acme/events/fight/cues",
+            &default,
+            "not for tenant acme",
+        ),
+    ] {
+        let (st, r) = post(http, path, Some(tok), &body("x"));
+        assert_eq!((st, r.contains(why)), (403, true), "{path}: {r}");
+    }
+    // Bad tenant names in a URL or on the command line.
+    let (st, r) = post(
+        http,
+        "/v1/tenants/Acme/events/fight/cues",
+        Some(&a),
+        &body("x"),
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(r.contains("tenant must be"), "{r}");
+    let out = origin_cli(
+        dir.path(),
+        &[
+            "token", "device", "--sub", "d", "--events", "fight", "--tenant", "a/b",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // Retiring acme's event leaves the others.
+    let r = request(
+        http,
+        "DELETE",
+        "/v1/tenants/acme/events/fight",
+        &[("Authorization", &format!("Bearer {a}"))],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = request(http, "GET", "/v1/tenants/acme/events/fight", &[], b"").unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        current("/v1/tenants/brand-b/events/fight")["current"]["key"],
+        "b-1"
+    );
+    assert_eq!(current("/v1/events/fight")["current"]["key"], "d-1");
 }

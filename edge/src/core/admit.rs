@@ -147,17 +147,20 @@ impl ShardCore {
         let quic = self.conns.at(idx).expect("caller checked").transport() == Transport::Quic;
         self.gate(quic)?;
         let mut issued = None;
+        // The token's tenant: the device's events are that tenant's (bare names in the URL
+        // or hello and in the token, qualified here). Without auth, the default tenant.
+        let mut tenant: Option<String> = None;
         if let Some(keys) = &self.cfg.auth {
             let token = bearer.or(sub.token.as_deref()).unwrap_or("");
             let evs = sub.events.iter().map(|(e, _)| e.as_str());
             let c = &mut self.admit_cache;
             let before = (c.hits, c.ticket_hits, c.tickets_refused);
-            let r = c.verify_device(keys, token, ticket, now.unix_ms / 1000, evs);
+            let r = c.admit_device(keys, token, ticket, now.unix_ms / 1000, evs);
             self.stats.token_cache_hits.add(c.hits - before.0);
             self.stats.ticket_hits.add(c.ticket_hits - before.1);
             self.stats.tickets_refused.add(c.tickets_refused - before.2);
             match r {
-                Ok(t) => issued = t,
+                Ok((t, tn)) => (issued, tenant) = (t, tn),
                 Err(Ok(ev)) => {
                     return Err(Refusal::new(
                         403,
@@ -172,7 +175,8 @@ impl ShardCore {
         let mut subs = Vec::with_capacity(sub.events.len());
         let mut taken: Vec<u16> = Vec::with_capacity(sub.events.len());
         for (ev, since) in &sub.events {
-            let name = EventName::new(ev).expect("parser validated the event");
+            let name = EventName::qualify(tenant.as_deref(), ev)
+                .expect("parser validated the event, the token its tenant");
             let Some(slot) = self.slot_for_device(&name, &taken) else {
                 return Err(self.unavailable("edge has too many events"));
             };

@@ -264,6 +264,7 @@ pub fn admin_token() -> String {
         events: None,
         role: Some("admin".into()),
         priority: None,
+        tenant: None,
         exp: unix_now_s() + 3600,
     })
 }
@@ -317,4 +318,34 @@ pub fn quiet_for(s: &mut Ws, d: Duration) -> bool {
         t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
     r
+}
+
+/// A publish of `key` on tenant `tenant`'s `event` with that tenant's publisher token; its seq.
+pub fn publish_as(http: SocketAddr, tenant: Option<&str>, event: &str, key: &str) -> u64 {
+    let token = keys().mint_tenant_publisher(tenant, unix_now_s(), 600);
+    let path = match tenant {
+        Some(t) => format!("/v1/tenants/{t}/events/{event}/cues"),
+        None => format!("/v1/events/{event}/cues"),
+    };
+    let auth = format!("Bearer {token}");
+    let r = request(
+        http,
+        "POST",
+        &path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        format!("{{\"key\":\"{key}\"}}").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{path}: {}", r.body);
+    serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+pub fn device_of(tenant: Option<&str>, events: &[&str]) -> String {
+    let evs: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    keys().mint_tenant_device(tenant, "dev", &evs, unix_now_s(), 600)
 }

@@ -12,6 +12,7 @@ fn claims() -> Claims {
         events: Some(vec!["fight-night".into()]),
         role: None,
         priority: None,
+        tenant: None,
         exp: 4_000_000_000,
     }
 }

@@ -8,26 +8,35 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version = 1
-//! 1       1     E = event length (1..=64)
-//! 2       E     event bytes ([a-z0-9._-])
+//! 1       1     E = event length (1..=97)
+//! 2       E     event bytes ([a-z0-9._-], or TENANT/EVENT: see below)
 //! 2+E     1     K = key length (1..=64)
 //! 3+E     K     key bytes ([A-Za-z0-9._:-])
 //! 3+E+K   8     seq (u64)
 //! 11+E+K  8     ts  (u64, ms since the Unix epoch)
 //! ```
 //!
-//! Total length is `19 + E + K` bytes (21..=147).
+//! Total length is `19 + E + K` bytes (21..=180).
+//!
+//! **Tenants.** An event of a tenant other than the default one is stored, relayed and held by
+//! edges under its qualified name `TENANT/EVENT` (tenant 1-32 chars of `[a-z0-9-]`; a `/` is
+//! never in an event name, so two tenants' `fight-night` never meet, and no tenant's events meet
+//! the default tenant's bare names). Devices see the bare name ([`Cue::for_device`]).
 
 use std::fmt;
 
 /// Longest event name, in bytes.
 pub const MAX_EVENT_LEN: usize = 64;
+/// Longest tenant name, in bytes.
+pub const MAX_TENANT_LEN: usize = 32;
+/// Longest qualified event name (`TENANT/EVENT`), in bytes.
+pub const MAX_QUALIFIED_EVENT_LEN: usize = MAX_TENANT_LEN + 1 + MAX_EVENT_LEN;
 /// Longest stage key, in bytes.
 pub const MAX_KEY_LEN: usize = 64;
 /// Version byte of the binary encoding.
 pub const BINARY_VERSION: u8 = 1;
 /// Longest binary encoding of a cue.
-pub const MAX_BINARY_LEN: usize = 19 + MAX_EVENT_LEN + MAX_KEY_LEN;
+pub const MAX_BINARY_LEN: usize = 19 + MAX_QUALIFIED_EVENT_LEN + MAX_KEY_LEN;
 /// Longest binary encoding of a [`Record`]: a cue with its class in front.
 pub const MAX_RECORD_LEN: usize = 2 + MAX_BINARY_LEN;
 
@@ -37,6 +46,9 @@ pub enum CueError {
     /// The event name is empty, too long, or has a character outside `[a-z0-9._-]`.
     #[error("event must be 1-64 chars of [a-z0-9._-]")]
     BadEvent,
+    /// The tenant name is empty, too long, or has a character outside `[a-z0-9-]`.
+    #[error("tenant must be 1-32 chars of [a-z0-9-]")]
+    BadTenant,
     /// The stage key is empty, too long, or has a character outside `[A-Za-z0-9._:-]`.
     #[error("key must be 1-64 chars of [A-Za-z0-9._:-]")]
     BadKey,
@@ -51,23 +63,47 @@ pub enum CueError {
     BadClass(u8),
 }
 
-/// An event name: 1-64 chars of `[a-z0-9._-]`.
+/// An event name as stored and relayed: 1-64 chars of `[a-z0-9._-]` for the default tenant,
+/// `TENANT/EVENT` for another one.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventName(Box<str>);
 
 impl EventName {
-    /// Validates and wraps an event name.
+    /// Validates and wraps a stored name: a bare event name or a qualified `TENANT/EVENT`. For
+    /// a name from a device or a URL use [`EventName::qualify`], which takes the bare name only.
     pub fn new(s: &str) -> Result<Self, CueError> {
-        if valid_event(s) {
-            Ok(Self(s.into()))
-        } else {
-            Err(CueError::BadEvent)
+        match s.split_once('/') {
+            None if valid_event(s) => Ok(Self(s.into())),
+            Some((t, e)) if valid_tenant(t) && valid_event(e) => Ok(Self(s.into())),
+            _ => Err(CueError::BadEvent),
         }
     }
 
-    /// The name as a string slice.
+    /// The stored name of the bare event name `event` of `tenant` (`None`: the default tenant).
+    pub fn qualify(tenant: Option<&str>, event: &str) -> Result<Self, CueError> {
+        if !valid_event(event) {
+            return Err(CueError::BadEvent);
+        }
+        match tenant {
+            None => Ok(Self(event.into())),
+            Some(t) if valid_tenant(t) => Ok(Self(format!("{t}/{event}").into())),
+            Some(_) => Err(CueError::BadTenant),
+        }
+    }
+
+    /// The name as a string slice (qualified for a tenant's event).
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The tenant, `None` for the default one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.split_once('/').map(|(t, _)| t)
+    }
+
+    /// The bare event name, as the tenant's devices and publishers name it.
+    pub fn local(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, e)| e)
     }
 }
 
@@ -99,6 +135,13 @@ pub fn valid_event(s: &str) -> bool {
     (1..=MAX_EVENT_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+/// True when `s` is a valid tenant name: 1-32 chars of `[a-z0-9-]`.
+pub fn valid_tenant(s: &str) -> bool {
+    (1..=MAX_TENANT_LEN).contains(&s.len())
+        && s.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
 }
 
 /// True when `s` is a valid stage key.
@@ -200,6 +243,20 @@ impl Cue {
     /// Publish time at the origin, ms since the Unix epoch.
     pub fn ts(&self) -> u64 {
         self.ts
+    }
+
+    /// The cue as its tenant's devices see it: the bare event name (the same cue for the
+    /// default tenant).
+    pub fn for_device(&self) -> Cue {
+        match self.event.tenant() {
+            None => self.clone(),
+            Some(_) => Cue {
+                event: EventName(self.event.local().into()),
+                key: self.key.clone(),
+                seq: self.seq,
+                ts: self.ts,
+            },
+        }
     }
 
     /// Appends the JSON form to `out`.
@@ -437,6 +494,43 @@ mod tests {
     }
 
     #[test]
+    fn tenant_events_are_qualified_and_devices_see_the_bare_name() {
+        let a = EventName::qualify(Some("acme"), "fight-night").unwrap();
+        let b = EventName::qualify(Some("brand-b"), "fight-night").unwrap();
+        let d = EventName::qualify(None, "fight-night").unwrap();
+        assert_eq!(a.as_str(), "acme/fight-night");
+        assert_ne!(a, b);
+        assert_ne!(a, d);
+        assert_eq!((a.tenant(), a.local()), (Some("acme"), "fight-night"));
+        assert_eq!((d.tenant(), d.local()), (None, "fight-night"));
+        assert_eq!(EventName::new("acme/fight-night").unwrap(), a);
+        // A bare name from a device or URL never names another tenant's event.
+        assert_eq!(
+            EventName::qualify(None, "acme/fight-night"),
+            Err(CueError::BadEvent)
+        );
+        assert_eq!(
+            EventName::qualify(Some("Acme"), "x"),
+            Err(CueError::BadTenant)
+        );
+        assert_eq!(
+            EventName::qualify(Some(&"t".repeat(MAX_TENANT_LEN + 1)), "x"),
+            Err(CueError::BadTenant)
+        );
+        for bad in ["/x", "acme/", "a/b/c", "ac.me/x", "acme/X", "a_b/x"] {
+            assert!(EventName::new(bad).is_err(), "{bad}");
+        }
+        let c = Cue::new("acme/fight-night", "round-3", 42, 7).unwrap();
+        assert_eq!(
+            c.for_device().to_json(),
+            r#"{"event":"fight-night","key":"round-3","seq":42,"ts":7}"#
+        );
+        assert_eq!(Cue::from_binary(&c.to_binary()).unwrap(), c);
+        let plain = Cue::new("fight-night", "round-3", 42, 7).unwrap();
+        assert_eq!(plain.for_device(), plain);
+    }
+
+    #[test]
     fn validation() {
         assert_eq!(Cue::new("", "k", 1, 1).unwrap_err(), CueError::BadEvent);
         assert_eq!(
@@ -512,7 +606,13 @@ mod tests {
             Record::from_binary(&[CLASSED_TAG]),
             Err(CueError::BadLength)
         );
-        let longest = Cue::new(&"e".repeat(MAX_EVENT_LEN), &"k".repeat(MAX_KEY_LEN), 1, 2).unwrap();
+        let longest_name = format!(
+            "{}/{}",
+            "t".repeat(MAX_TENANT_LEN),
+            "e".repeat(MAX_EVENT_LEN)
+        );
+        let longest = Cue::new(&longest_name, &"k".repeat(MAX_KEY_LEN), 1, 2).unwrap();
+        assert_eq!(longest.to_binary().len(), MAX_BINARY_LEN);
         assert_eq!(
             Record::Cue(longest, Priority::Background).binary_len(),
             MAX_RECORD_LEN

@@ -418,7 +418,8 @@ impl KeySet {
 /// too (see [`TicketKey`]).
 #[derive(Debug)]
 pub struct AdmitCache {
-    map: HashMap<[u8; 32], u64>,
+    /// Admission key -> the token's `exp` and tenant.
+    map: HashMap<[u8; 32], (u64, Option<Box<str>>)>,
     order: std::collections::VecDeque<[u8; 32]>,
     cap: usize,
     tickets: Option<TicketKey>,
@@ -484,11 +485,28 @@ impl AdmitCache {
         now_s: u64,
         events: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Result<Option<Ticket>, Result<String, TokenError>> {
+        self.admit_device(v, token, ticket, now_s, events)
+            .map(|(t, _)| t)
+    }
+
+    /// As [`AdmitCache::verify_device`], with the token's tenant (`None`: the default tenant).
+    pub fn admit_device<'a>(
+        &mut self,
+        v: &Verifier,
+        token: &str,
+        ticket: Option<&str>,
+        now_s: u64,
+        events: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<(Option<Ticket>, Option<String>), Result<String, TokenError>> {
         let Verifier::Keys(set) = v else {
-            return v.verify_device(token, now_s, events).map(|_| None);
+            return v
+                .verify_device(token, now_s, events)
+                .map(|c| (None, c.tenant));
         };
         if self.cap == 0 && self.tickets.is_none() {
-            return v.verify_device(token, now_s, events).map(|_| None);
+            return v
+                .verify_device(token, now_s, events)
+                .map(|c| (None, c.tenant));
         }
         check_size(token).map_err(Err)?;
         let k = Self::key(token, events.clone());
@@ -496,8 +514,12 @@ impl AdmitCache {
             // The ticket binds the token, so the token's header is what its signature covered;
             // its key must still be in the set.
             if tk.check(t, &k, now_s).is_some() && set.knows_key_of(token) {
-                self.ticket_hits += 1;
-                return Ok(None);
+                // The ticket proves an edge verified this very token: its claims are read
+                // without checking the signature again.
+                if let Ok(tenant) = unverified_tenant(token) {
+                    self.ticket_hits += 1;
+                    return Ok((None, tenant));
+                }
             }
             self.tickets_refused += 1;
         }
@@ -507,14 +529,23 @@ impl AdmitCache {
                 exp,
             })
         };
-        if let Some(&exp) = self.map.get(&k) {
-            if exp > now_s {
+        if let Some((exp, tenant)) = self.map.get(&k) {
+            if *exp > now_s {
                 self.hits += 1;
-                return Ok(issue(&self.tickets, exp));
+                return Ok((
+                    issue(&self.tickets, *exp),
+                    tenant.as_deref().map(str::to_string),
+                ));
             }
         }
         let claims = v.verify_device(token, now_s, events)?;
-        if self.cap > 0 && self.map.insert(k, claims.exp).is_none() {
+        let tenant = claims.tenant.clone();
+        if self.cap > 0
+            && self
+                .map
+                .insert(k, (claims.exp, tenant.as_deref().map(Into::into)))
+                .is_none()
+        {
             self.order.push_back(k);
             while self.order.len() > self.cap {
                 if let Some(old) = self.order.pop_front() {
@@ -522,7 +553,7 @@ impl AdmitCache {
                 }
             }
         }
-        Ok(issue(&self.tickets, claims.exp))
+        Ok((issue(&self.tickets, claims.exp), tenant))
     }
 
     /// Forgets every admission (the key set changed). Tickets stay valid while their token's
@@ -540,6 +571,26 @@ impl AdmitCache {
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+/// The `tenant` claim of a token whose signature was checked before (an admission ticket binds
+/// it), read without checking it again.
+fn unverified_tenant(token: &str) -> Result<Option<String>, ()> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct T {
+        #[serde(default)]
+        tenant: Option<String>,
+    }
+    let payload = token.split('.').nth(1).ok_or(())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| ())?;
+    let t: T = serde_json::from_slice(&bytes).map_err(|_| ())?;
+    match t.tenant {
+        Some(x) if !crate::cue::valid_tenant(&x) => Err(()),
+        t => Ok(t),
     }
 }
 
@@ -651,6 +702,7 @@ mod tests {
             events: Some(vec!["fight".into()]),
             role: None,
             priority: None,
+            tenant: None,
             exp,
         }
     }
@@ -814,6 +866,52 @@ mod tests {
         c.clear();
         let other = Verifier::Keys(SigningKeys::generate(KeyAlg::EdDSA, 1).unwrap().key_set());
         assert!(c.verify_device(&other, &t, None, 1000, ["fight"]).is_err());
+    }
+
+    #[test]
+    fn an_admission_hands_back_the_tokens_tenant_by_every_path() {
+        let sk = SigningKeys::generate(KeyAlg::EdDSA, 1000).unwrap();
+        let v = Verifier::Keys(sk.key_set());
+        let t = sk.mint(&Claims {
+            tenant: Some("acme".into()),
+            ..device(2000)
+        });
+        let acme = Some("acme".to_string());
+        let host = TicketKey::new(b"0123456789abcdef0123456789abcdef");
+        let mut c = AdmitCache::new(4).with_tickets(host.clone());
+        // Verified for real, then from the cache, then at another process by the ticket.
+        let (ticket, tenant) = c.admit_device(&v, &t, None, 1000, ["fight"]).unwrap();
+        assert_eq!(tenant, acme);
+        assert_eq!(
+            c.admit_device(&v, &t, None, 1000, ["fight"]).unwrap().1,
+            acme
+        );
+        assert_eq!(c.hits, 1);
+        let mut other = AdmitCache::new(4).with_tickets(host);
+        let ticket = ticket.unwrap().value;
+        let r = other
+            .admit_device(&v, &t, Some(&ticket), 1000, ["fight"])
+            .unwrap();
+        assert_eq!((r.1, other.ticket_hits), (acme, 1));
+        // A shared secret, and no tenant: the default tenant.
+        let k = crate::token::TokenKeys::new(&[7u8; 32]).unwrap();
+        let plain = k.mint_device("d", &["fight".into()], 1000, 60);
+        let hs = Verifier::Secret(Box::new(k));
+        assert_eq!(
+            c.admit_device(&hs, &plain, None, 1000, ["fight"])
+                .unwrap()
+                .1,
+            None
+        );
+        // A tenant claim that is not a tenant name is refused, whatever signed it.
+        let bad = sk.mint(&Claims {
+            tenant: Some("a/b".into()),
+            ..device(2000)
+        });
+        assert!(matches!(
+            c.admit_device(&v, &bad, None, 1000, ["fight"]),
+            Err(Err(TokenError::Invalid(_)))
+        ));
     }
 
     #[test]

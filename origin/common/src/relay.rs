@@ -110,13 +110,23 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             let id = &edge_id.as_bytes()[..edge_id.len().min(64)];
             out.push(id.len() as u8);
             out.extend_from_slice(id);
-            let n = since.len().min(MAX_HELLO_EVENTS);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-            for (ev, seq) in &since[..n] {
-                out.push(ev.as_str().len() as u8);
-                out.extend_from_slice(ev.as_str().as_bytes());
+            // At most MAX_HELLO_EVENTS entries, and only as many as fit in MAX_FRAME (10,000
+            // tenants' longest names would not): an event left out is caught up as if the edge
+            // held nothing of it.
+            let count_at = out.len();
+            out.extend_from_slice(&[0, 0, 0, 0]);
+            let mut n = 0u32;
+            for (ev, seq) in since.iter().take(MAX_HELLO_EVENTS) {
+                let e = ev.as_str().as_bytes();
+                if out.len() - start - 4 + 1 + e.len() + 8 > MAX_FRAME {
+                    break;
+                }
+                out.push(e.len() as u8);
+                out.extend_from_slice(e);
                 out.extend_from_slice(&seq.to_be_bytes());
+                n += 1;
             }
+            out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
         }
         Frame::Cue(c) => {
             out.push(T_CUE);
@@ -497,6 +507,37 @@ mod tests {
             assert_eq!(decode(&b[..cut]).unwrap(), None, "prefix {cut} of {f:?}");
         }
         assert_eq!(decode(&b).unwrap(), Some((f, b.len())));
+    }
+
+    #[test]
+    fn a_hello_of_ten_thousand_longest_tenant_events_fits_in_a_frame() {
+        let since: Vec<(EventName, u64)> = (0..MAX_HELLO_EVENTS)
+            .map(|i| {
+                let t = format!("{i:0>32}");
+                let e = format!("{i:e>64}");
+                (EventName::qualify(Some(&t), &e).unwrap(), i as u64)
+            })
+            .collect();
+        let mut b = Vec::new();
+        encode(
+            &Frame::Hello {
+                version: VERSION,
+                edge_id: "edge".into(),
+                since: since.clone(),
+            },
+            &mut b,
+        );
+        assert!(b.len() - 4 <= MAX_FRAME, "{}", b.len());
+        let Some((Frame::Hello { since: got, .. }, _)) = decode(&b).unwrap() else {
+            panic!("not a hello");
+        };
+        // As many as fit, in order: the rest are caught up as unknown.
+        assert!(
+            got.len() > 9_000 && got.len() < MAX_HELLO_EVENTS,
+            "{}",
+            got.len()
+        );
+        assert_eq!(got[..], since[..got.len()]);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   may publish (without it, every event).
 //! * Admin token: `role` = `"admin"`, `exp`: drains and undrains edges. It cannot publish, and
 //!   a publisher token cannot drain.
+//! * Device and publisher tokens may carry `tenant` (1-32 chars of `[a-z0-9-]`): the tenant
+//!   whose events they follow or publish, their `events` claims naming that tenant's bare event
+//!   names. Without it, the default tenant (every token before tenants existed).
 //!
 //! Verification takes `now` (seconds since the Unix epoch) from the caller, so expiry is
 //! testable without a clock, and it never allows a token without `exp`.
@@ -33,6 +36,11 @@ pub struct Claims {
     /// `"critical"` grants a device prefetch's never-shed priority class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// The tenant whose events the token is for (1-32 chars of `[a-z0-9-]`); absent: the
+    /// default tenant, whose events have bare names. A device follows, and a publisher
+    /// publishes, only its tenant's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
 }
@@ -56,6 +64,10 @@ impl Claims {
     /// or it has no `events` claim.
     pub fn may_publish(&self, event: &str) -> bool {
         self.is_publisher() && (self.events.is_none() || self.allows_event(event))
+    }
+    /// The tenant the token is for, `None` for the default tenant.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
     /// True when the token grants the `critical` priority class.
     pub fn grants_critical(&self) -> bool {
@@ -138,6 +150,39 @@ impl TokenKeys {
             events: Some(events.to_vec()),
             role: None,
             priority: None,
+            tenant: None,
+            exp: now_s.saturating_add(ttl_s),
+        })
+    }
+
+    /// A device token of `tenant` (`None`: the default tenant) for `sub` allowed `events` (bare
+    /// names of that tenant's events), valid for `ttl_s` from `now_s`.
+    pub fn mint_tenant_device(
+        &self,
+        tenant: Option<&str>,
+        sub: &str,
+        events: &[String],
+        now_s: u64,
+        ttl_s: u64,
+    ) -> String {
+        self.mint(&Claims {
+            sub: Some(sub.to_string()),
+            events: Some(events.to_vec()),
+            role: None,
+            priority: None,
+            tenant: tenant.map(str::to_string),
+            exp: now_s.saturating_add(ttl_s),
+        })
+    }
+
+    /// A publisher token of `tenant` (`None`: the default tenant) for every event of it.
+    pub fn mint_tenant_publisher(&self, tenant: Option<&str>, now_s: u64, ttl_s: u64) -> String {
+        self.mint(&Claims {
+            sub: None,
+            events: None,
+            role: Some("publisher".into()),
+            priority: None,
+            tenant: tenant.map(str::to_string),
             exp: now_s.saturating_add(ttl_s),
         })
     }
@@ -154,6 +199,7 @@ impl TokenKeys {
             events: events.map(<[String]>::to_vec),
             role: Some("publisher".into()),
             priority: None,
+            tenant: None,
             exp: now_s.saturating_add(ttl_s),
         })
     }
@@ -203,6 +249,13 @@ pub(crate) fn check(
         .map_err(|e| TokenError::Invalid(e.to_string()))?;
     if data.claims.exp <= now_s {
         return Err(TokenError::Expired);
+    }
+    if let Some(t) = &data.claims.tenant {
+        if !crate::cue::valid_tenant(t) {
+            return Err(TokenError::Invalid(
+                "tenant must be 1-32 chars of [a-z0-9-]".into(),
+            ));
+        }
     }
     Ok(data.claims)
 }

@@ -152,9 +152,15 @@ fn class_of(headers: Option<&async_nats::HeaderMap>, record: Priority, sseq: u64
     }
 }
 
-/// The subject of `event` in a stream whose subjects are `prefix.>`.
+/// The subject of `event` in a stream whose subjects are `prefix.>`: `prefix.EVENT` for the
+/// default tenant, `prefix.TENANT.EVENT` for another (so NATS permissions can scope a tenant
+/// to `prefix.TENANT.>`); a `.` of an event name is written `:`, so an event is one token.
 pub fn subject(prefix: &str, event: &EventName) -> String {
-    format!("{prefix}.{}", event.as_str().replace('.', ":"))
+    let local = event.local().replace('.', ":");
+    match event.tenant() {
+        None => format!("{prefix}.{local}"),
+        Some(t) => format!("{prefix}.{t}.{local}"),
+    }
 }
 
 /// True when `name` is a usable stream name: 1-32 chars of `[A-Za-z0-9_-]` (it is also the
@@ -889,6 +895,10 @@ mod tests {
         let e = EventName::new("ufc.300-main_card").unwrap();
         assert_eq!(subject("CUE", &e), "CUE.ufc:300-main_card");
         assert_eq!(subject("CUE", &EventName::new("..").unwrap()), "CUE.::");
+        let t = EventName::qualify(Some("acme"), "ufc.300").unwrap();
+        assert_eq!(subject("CUE", &t), "CUE.acme.ufc:300");
+        // A default-tenant event named like a tenant is one token, never under the tenant's.
+        assert_eq!(subject("CUE", &EventName::new("acme").unwrap()), "CUE.acme");
     }
 
     #[test]

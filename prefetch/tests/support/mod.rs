@@ -35,6 +35,7 @@ pub fn critical_token(sub: &str) -> String {
         events: Some(vec!["*".into()]),
         role: None,
         priority: Some("critical".into()),
+        tenant: None,
         exp: unix_now_s() + 3600,
     })
 }
