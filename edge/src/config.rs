@@ -505,6 +505,7 @@ impl EdgeConfig {
             max_events: self.max_events,
             retry_after_s: (self.retry_after_min_s, self.retry_after_max_s),
             fanout_slice: self.fanout_slice,
+            tenants: None,
         }
     }
 }

@@ -315,8 +315,29 @@ fn supervise(st: Arc<AdminState>, stopping: Arc<AtomicBool>) {
         .expect("spawn supervisor thread");
 }
 
+/// The tenants this edge's relay certificate names (docs/tenants.md), `None` for every tenant
+/// (no relay certificate, or one naming none). Read at start: a certificate naming other
+/// tenants takes a restart to change whose devices are admitted (the origin applies it at the
+/// next link).
+fn tenant_scope(cfg: &EdgeConfig) -> Result<Option<cue_common::tenant::Scope>, String> {
+    let Some(path) = &cfg.relay_cert else {
+        return Ok(None);
+    };
+    let chain = cue_common::tls::read_chain(path).map_err(|e| format!("relay TLS: {e}"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("relay_cert {}: no certificate", path.display()))?;
+    let scope = cue_common::tenant::scope_of_cert(leaf.as_ref())
+        .map_err(|e| format!("relay_cert {}: {e}", path.display()))?;
+    if let Some(s) = &scope {
+        tracing::info!(tenants = %s.describe(), "this edge carries these tenants only (its relay certificate names them)");
+    }
+    Ok(scope)
+}
+
 fn run(cfg: EdgeConfig) -> Result<(), String> {
     let keys = cue_common::config::verifier(cfg.auth())?;
+    let tenants = tenant_scope(&cfg)?;
 
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -430,7 +451,10 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             },
             listen: cfg.ws,
             backlog: cfg.backlog,
-            core: cfg.core(keys.clone(), tickets.clone(), per_shard),
+            core: cue_edge::core::CoreConfig {
+                tenants: tenants.clone(),
+                ..cfg.core(keys.clone(), tickets.clone(), per_shard)
+            },
             poll: Duration::from_millis(cfg.poll_ms),
             poll_idle_max: Duration::from_millis(cfg.poll_idle_max_ms),
             io_memory: cfg.io_memory_kib * 1024,

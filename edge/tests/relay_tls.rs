@@ -42,8 +42,23 @@ impl Ca {
 
     /// A leaf for `sans`, written as `name.pem` / `name.key`; returns (cert, key) paths.
     fn leaf(&self, dir: &Path, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-        let p =
+        self.leaf_with_uris(dir, name, sans, &[])
+    }
+
+    /// [`Ca::leaf`] with SAN URIs `uris` too (an edge's `cue-tenant:T`).
+    fn leaf_with_uris(
+        &self,
+        dir: &Path,
+        name: &str,
+        sans: &[&str],
+        uris: &[&str],
+    ) -> (PathBuf, PathBuf) {
+        let mut p =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         let (c, k) = (
@@ -390,4 +405,85 @@ fn a_forged_seq_from_a_link_is_refused_and_counted() {
     assert_eq!(next_cue(&mut dev), ("fight".into(), "round-1".into(), now));
     let m = request(admin, "GET", "/metrics", &[], b"").unwrap().body;
     assert!(m.contains("cue_edge_relay_cues_refused_total 2"), "{m}");
+}
+
+#[test]
+fn an_edge_scoped_to_a_tenant_gets_only_its_cues_and_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let origin_ca = Ca::new(d, "origin");
+    let edge_ca = Ca::new(d, "edge");
+    let (oc, ok) = origin_ca.leaf(d, "origin", &["127.0.0.1", "localhost"]);
+    // A CDN partner's edge: its certificate names the one tenant it carries.
+    let (ec, ek) = edge_ca.leaf_with_uris(
+        d,
+        "partner",
+        &["edge-1.partner.example"],
+        &["cue-tenant:acme"],
+    );
+    let o = tls_origin(&d.join("o"), &oc, &ok, &edge_ca.pem);
+    // Before the edge links: one cue of each tenant and of the default one.
+    publish_as(o.http, Some("acme"), "fight", "acme-1");
+    publish_as(o.http, Some("brand-b"), "fight", "brand-b-1");
+    publish_as(o.http, None, "fight", "default-1");
+    // On the wire: the catch-up a dialer with that certificate gets holds acme's cue only.
+    let got = tls_dialer(o.relay, &origin_ca.pem, Some((&ec, &ek)));
+    let (mut rest, mut events) = (&got[..], Vec::new());
+    while let Ok(Some((f, n))) = relay::decode(rest) {
+        if let Frame::Cue(c) | Frame::ClassedCue(c, _) = f {
+            events.push(c.event().to_string());
+        }
+        rest = &rest[n..];
+    }
+    assert_eq!(events, ["acme/fight"], "catch-up to an acme-only edge");
+
+    let edge = start_edge(
+        o.relay,
+        free_addr(),
+        free_addr(),
+        &[
+            "--origin-ca",
+            &s(&origin_ca.pem),
+            "--relay-cert",
+            &s(&ec),
+            "--relay-key",
+            &s(&ek),
+        ],
+    );
+    let mut acme = subscribe(
+        edge.ws,
+        "events=fight",
+        Some(&device_of(Some("acme"), &["fight"])),
+    )
+    .unwrap();
+    assert_eq!(next_cue(&mut acme).1, "acme-1");
+    // Devices of tenants it does not carry are refused, saying why.
+    for (t, name) in [(Some("brand-b"), "brand-b"), (None, "(default)")] {
+        let err = subscribe(edge.ws, "events=fight", Some(&device_of(t, &["fight"]))).unwrap_err();
+        assert_eq!(err.0, 403, "{}", err.1);
+        assert!(
+            err.1.contains(&format!("does not carry tenant {name}")),
+            "{}",
+            err.1
+        );
+    }
+    // Live: the other tenants' cues never reach this edge's relay link.
+    let received = || metric(&edge.metrics(), "cue_edge_relay_cues_received_total");
+    let before = received();
+    publish_as(o.http, Some("brand-b"), "fight", "brand-b-2");
+    publish_as(o.http, None, "fight", "default-2");
+    let s2 = publish_as(o.http, Some("acme"), "fight", "acme-2");
+    assert_eq!(next_cue(&mut acme), ("fight".into(), "acme-2".into(), s2));
+    assert_eq!(
+        received() - before,
+        1.0,
+        "only acme's live cue came over the relay"
+    );
+    let origin_metrics = request(o.http, "GET", "/metrics", &[], b"").unwrap().body;
+    assert!(metric(&origin_metrics, "cue_origin_relay_cues_out_of_scope_total") >= 2.0);
+    // A certificate that names a tenant badly links nowhere.
+    let (bc, bk) =
+        edge_ca.leaf_with_uris(d, "bad", &["edge-2.partner.example"], &["cue-tenant:Bad"]);
+    let got = tls_dialer(o.relay, &origin_ca.pem, Some((&bc, &bk)));
+    assert!(no_frames(&got), "a badly scoped edge read {got:?}");
 }

@@ -24,6 +24,7 @@ use crate::store::{Health, Latest, Live};
 use cue_common::cue::{Cue, EventName, Priority};
 use cue_common::metrics::{Counter, Gauge};
 use cue_common::relay::{self, Frame, Liveness, LivenessAction};
+use cue_common::tenant::Scope;
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -61,8 +62,11 @@ pub struct RelayMetrics {
     pub dropped: Counter,
     /// Links refused or ended because the store was unhealthy.
     pub store_unhealthy: Counter,
-    /// Dialers refused in the TLS handshake (no certificate, a foreign CA, plaintext, too slow).
+    /// Dialers refused in the TLS handshake (no certificate, a foreign CA, plaintext, too slow,
+    /// or a certificate naming a tenant badly).
     pub tls_refused: Counter,
+    /// Live cues not relayed to an edge because it does not carry their tenant (once per edge).
+    pub cues_out_of_scope: Counter,
 }
 
 /// The relay listener's TLS, when it has one (`relay_cert`, `relay_key`, `relay_client_ca`).
@@ -114,7 +118,7 @@ pub async fn serve(
         let tls = opts.tls.as_ref().map(|t| t.get());
         tokio::spawn(async move {
             let r = match tls {
-                None => edge_link(sock, latest, rx, &opts, &m, h, sd).await,
+                None => edge_link(sock, None, latest, rx, &opts, &m, h, sd).await,
                 // The handshake has the HELLO's deadline; a dialer that cannot prove itself
                 // never gets a frame.
                 Some(cfg) => match timeout(
@@ -123,7 +127,11 @@ pub async fn serve(
                 )
                 .await
                 {
-                    Ok(Ok(s)) => edge_link(s, latest, rx, &opts, &m, h, sd).await,
+                    // The tenants the edge's certificate names: only theirs are relayed.
+                    Ok(Ok(s)) => match peer_scope(&s) {
+                        Ok(scope) => edge_link(s, scope, latest, rx, &opts, &m, h, sd).await,
+                        Err(e) => Err(LinkError::Tls(format!("edge certificate: {e}"))),
+                    },
                     Ok(Err(e)) => Err(LinkError::Tls(e.to_string())),
                     Err(_) => Err(LinkError::Tls(format!(
                         "no handshake within {:?}",
@@ -144,6 +152,34 @@ pub async fn serve(
             }
             m.edges.add(-1);
         });
+    }
+}
+
+/// The tenants the verified certificate of a TLS edge names (`None`: every tenant).
+fn peer_scope<S>(
+    s: &tokio_rustls::server::TlsStream<S>,
+) -> Result<Option<Scope>, cue_common::tenant::ScopeError> {
+    match s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(leaf) => cue_common::tenant::scope_of_cert(leaf.as_ref()),
+        None => Ok(None),
+    }
+}
+
+/// What the origin knows of one linked edge: the frames its HELLO version knows, and the
+/// tenants it carries.
+struct Peer {
+    /// It knows RETIRED (version 2 and up).
+    retirements: bool,
+    /// It knows CUE_CLASS (version 3 and up).
+    classes: bool,
+    /// Its tenants (`None`: every tenant).
+    scope: Option<Scope>,
+}
+
+impl Peer {
+    /// True when this edge carries `event`'s tenant.
+    fn carries(&self, event: &EventName) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.carries_event(event))
     }
 }
 
@@ -203,8 +239,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
     sock: S,
+    scope: Option<Scope>,
     latest: Latest,
     mut live: broadcast::Receiver<Live>,
     opts: &RelayOptions,
@@ -229,12 +267,20 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
         None => return Ok("(closed before HELLO)".into()),
         Some(_) => return Err(LinkError::NotHello),
     };
-    // What this edge holds, updated as cues go out: live cues at or below it are skipped.
-    let mut held: HashMap<EventName, u64> = since.into_iter().collect();
     // Edges of version 1 know no RETIRED frame, those of version 2 no CUE_CLASS.
-    let retirements = version >= 2;
-    let classes = version >= 3;
-    let n = send_catch_up(&mut c, &latest, &mut held, retirements, classes, m);
+    let peer = Peer {
+        retirements: version >= 2,
+        classes: version >= 3,
+        scope,
+    };
+    // What this edge holds, updated as cues go out: live cues at or below it are skipped.
+    // Events of tenants it does not carry are none of its business.
+    let mut held: HashMap<EventName, u64> =
+        since.into_iter().filter(|(e, _)| peer.carries(e)).collect();
+    if let Some(s) = &peer.scope {
+        tracing::info!(edge = %edge_id, tenants = %s.describe(), "relay: edge carries these tenants only");
+    }
+    let n = send_catch_up(&mut c, &latest, &mut held, &peer, m);
     c.wbuf.reserve(16);
     relay::encode(&Frame::CaughtUp(n as u32), &mut c.wbuf);
     c.flush(opts.write_timeout).await?;
@@ -248,16 +294,16 @@ async fn edge_link<S: AsyncRead + AsyncWrite + Unpin>(
             r = live.recv() => {
                 match r {
                     Ok(item) => {
-                        relay_live(item, &mut held, retirements, classes, &mut c.wbuf, m);
+                        relay_live(item, &mut held, &peer, &mut c.wbuf, m);
                         // Take whatever else is already waiting, then write once.
                         while let Ok(item) = live.try_recv() {
-                            relay_live(item, &mut held, retirements, classes, &mut c.wbuf, m);
+                            relay_live(item, &mut held, &peer, &mut c.wbuf, m);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         m.resyncs.inc();
                         tracing::warn!(edge = %edge_id, skipped, "relay: edge lagged, resyncing from newest state");
-                        send_catch_up(&mut c, &latest, &mut held, retirements, classes, m);
+                        send_catch_up(&mut c, &latest, &mut held, &peer, m);
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(edge_id),
                 }
@@ -317,21 +363,21 @@ fn cue_frame(cue: Cue, class: Priority, classes: bool) -> Frame {
 fn relay_live(
     item: Live,
     held: &mut HashMap<EventName, u64>,
-    retirements: bool,
-    classes: bool,
+    peer: &Peer,
     out: &mut Vec<u8>,
     m: &RelayMetrics,
 ) {
     match item {
+        Live::Cue(cue, _) if !peer.carries(cue.event()) => m.cues_out_of_scope.inc(),
         Live::Cue(cue, class) => {
             if held.get(cue.event()).is_none_or(|&s| cue.seq() > s) {
                 held.insert(cue.event().clone(), cue.seq());
-                relay::encode(&cue_frame(cue, class, classes), out);
+                relay::encode(&cue_frame(cue, class, peer.classes), out);
                 m.cues_sent.inc();
             }
         }
         Live::Retired(ev) => {
-            if held.remove(&ev).is_some() && retirements {
+            if held.remove(&ev).is_some() && peer.retirements {
                 relay::encode(&Frame::Retired(ev), out);
                 m.retirements_sent.inc();
             }
@@ -346,8 +392,7 @@ fn send_catch_up<S>(
     c: &mut Conn<S>,
     latest: &Latest,
     held: &mut HashMap<EventName, u64>,
-    retirements: bool,
-    classes: bool,
+    peer: &Peer,
     m: &RelayMetrics,
 ) -> usize {
     let (cues, gone) = {
@@ -359,6 +404,7 @@ fn send_catch_up<S>(
             .collect();
         let cues: Vec<(Cue, Priority)> = relay::catch_up(l.values(), held)
             .into_iter()
+            .filter(|c| peer.carries(c.event()))
             .map(|c| {
                 let class = l.class(c.event());
                 (c, class)
@@ -368,14 +414,14 @@ fn send_catch_up<S>(
     };
     for ev in gone {
         held.remove(&ev);
-        if retirements {
+        if peer.retirements {
             relay::encode(&Frame::Retired(ev), &mut c.wbuf);
             m.retirements_sent.inc();
         }
     }
     for (cue, class) in &cues {
         held.insert(cue.event().clone(), cue.seq());
-        relay::encode(&cue_frame(cue.clone(), *class, classes), &mut c.wbuf);
+        relay::encode(&cue_frame(cue.clone(), *class, peer.classes), &mut c.wbuf);
     }
     m.cues_sent.add(cues.len() as u64);
     m.catch_up_cues.add(cues.len() as u64);

@@ -484,6 +484,13 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
     );
     single(
         &mut s,
+        "cue_origin_relay_cues_out_of_scope_total",
+        "counter",
+        "Live cues not relayed to an edge that does not carry their tenant, once per edge.",
+        rm.cues_out_of_scope.get(),
+    );
+    single(
+        &mut s,
         "cue_origin_store_healthy",
         "gauge",
         "1 while the store can make cues durable, else 0.",

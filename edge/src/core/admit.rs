@@ -171,6 +171,17 @@ impl ShardCore {
                 Err(Err(e)) => return Err(Refusal::new(401, e.to_string())),
             }
         }
+        if let Some(scope) = &self.cfg.tenants {
+            if !scope.carries(tenant.as_deref()) {
+                return Err(Refusal::new(
+                    403,
+                    format!(
+                        "this edge does not carry tenant {}",
+                        tenant.as_deref().unwrap_or("(default)")
+                    ),
+                ));
+            }
+        }
         // Resolve (or create) the event slots before touching the connection.
         let mut subs = Vec::with_capacity(sub.events.len());
         let mut taken: Vec<u16> = Vec::with_capacity(sub.events.len());

@@ -150,6 +150,9 @@ pub struct CoreConfig {
     /// Devices one fanout slice visits before the shard serves its other work (input,
     /// accepts, pings, QUIC) again: a fanout to many devices runs as slices.
     pub fanout_slice: usize,
+    /// The tenants this edge carries (its relay certificate names them); a device of another
+    /// is refused 403. `None`: every tenant.
+    pub tenants: Option<cue_common::tenant::Scope>,
 }
 
 impl Default for CoreConfig {
@@ -171,6 +174,7 @@ impl Default for CoreConfig {
             max_events: 4096,
             retry_after_s: (5, 60),
             fanout_slice: 1024,
+            tenants: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod relay;
+pub mod tenant;
 pub mod time;
 pub mod tls;
 pub mod token;
