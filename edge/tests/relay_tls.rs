@@ -109,6 +109,27 @@ fn tls_origin(dir: &Path, cert: &Path, key: &Path, client_ca: &Path) -> Origin {
     }
 }
 
+/// An edge on `relay` over mutual TLS: trusting `origin_ca`, presenting `(cert, key)`, with
+/// `extra` flags.
+fn tls_edge(
+    relay: SocketAddr,
+    origin_ca: &Path,
+    (cert, key): (&Path, &Path),
+    extra: &[&str],
+) -> Edge {
+    let tls = [
+        "--origin-ca".to_string(),
+        s(origin_ca),
+        "--relay-cert".into(),
+        s(cert),
+        "--relay-key".into(),
+        s(key),
+    ];
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    start_edge(relay, free_addr(), free_addr(), &args)
+}
+
 fn hello() -> Vec<u8> {
     let mut b = Vec::new();
     relay::encode(
@@ -182,20 +203,11 @@ fn tls_relay_serves_trusted_edges_and_nobody_else() {
 
     // A trusted edge links (by name as well as by address) and its devices get cues.
     let origin_by_name = format!("localhost:{}", o.relay.port());
-    let edge = start_edge(
+    let edge = tls_edge(
         o.relay,
-        free_addr(),
-        free_addr(),
-        &[
-            "--origin-ca",
-            &s(&origin_ca.pem),
-            "--relay-cert",
-            &s(&ec),
-            "--relay-key",
-            &s(&ek),
-            "--origin",
-            &origin_by_name,
-        ],
+        &origin_ca.pem,
+        (&ec, &ek),
+        &["--origin", &origin_by_name],
     );
     let tok = device_token(&["fight"]);
     let mut dev = subscribe(edge.ws, "events=fight", Some(&tok)).unwrap();
@@ -437,19 +449,7 @@ fn an_edge_scoped_to_a_tenant_gets_only_its_cues_and_devices() {
     }
     assert_eq!(events, ["acme/fight"], "catch-up to an acme-only edge");
 
-    let edge = start_edge(
-        o.relay,
-        free_addr(),
-        free_addr(),
-        &[
-            "--origin-ca",
-            &s(&origin_ca.pem),
-            "--relay-cert",
-            &s(&ec),
-            "--relay-key",
-            &s(&ek),
-        ],
-    );
+    let edge = tls_edge(o.relay, &origin_ca.pem, (&ec, &ek), &[]);
     let mut acme = subscribe(
         edge.ws,
         "events=fight",
