@@ -77,3 +77,75 @@ fn a_tenants_device_follows_its_own_event_of_a_shared_name_and_never_gets_anothe
     assert!(quiet_for(&mut devs[0], Duration::from_millis(300)));
     assert!(quiet_for(&mut devs[2], Duration::from_millis(300)));
 }
+
+#[test]
+fn one_tenants_publish_flood_at_its_quota_leaves_anothers_publishes_and_cues_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every named tenant may publish 20 cues a second.
+    let origin = start_origin_with(
+        dir.path(),
+        free_addr(),
+        free_addr(),
+        &["--tenant-publishes-per-s", "20"],
+    );
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &[]);
+    let mut b = subscribe(
+        edge.ws,
+        "events=fight",
+        Some(&device_of(Some("brand-b"), &["fight"])),
+    )
+    .unwrap();
+    // acme floods (one publish after another) while brand-b publishes 10 cues.
+    let http = origin.http;
+    let flood = std::thread::spawn(move || {
+        let (mut ok, mut refused, mut said) = (0, 0, String::new());
+        for i in 0..400 {
+            let r = try_publish_as(http, Some("acme"), "fight", &format!("a-{i}"));
+            match r.status {
+                201 => ok += 1,
+                429 => {
+                    refused += 1;
+                    said = r.body;
+                }
+                s => panic!("acme publish {i}: {s} {}", r.body),
+            }
+        }
+        (ok, refused, said)
+    });
+    for i in 0..10 {
+        let s = publish_as(http, Some("brand-b"), "fight", &format!("b-{i}"));
+        assert_eq!(next_cue(&mut b), ("fight".into(), format!("b-{i}"), s));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let (ok, refused, said) = flood.join().unwrap();
+    assert!(
+        refused > 0 && ok >= 20,
+        "acme: {ok} published, {refused} refused"
+    );
+    let v: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(v["tenant"], "acme");
+    assert_eq!(v["quota"], "publishes_per_s");
+    assert_eq!(v["limit"], 20);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("tenant acme is at its quota"));
+    let m = cue_testkit::client::request(http, "GET", "/metrics", &[], b"")
+        .unwrap()
+        .body;
+    assert_eq!(
+        metric(
+            &m,
+            "cue_origin_tenant_refused_total{tenant=\"acme\",quota=\"publishes_per_s\"}"
+        ),
+        refused as f64
+    );
+    assert_eq!(
+        metric(&m, "cue_origin_tenant_publishes_total{tenant=\"brand-b\"}"),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "cue_origin_tenant_publishes_total{tenant=\"acme\"}"),
+        ok as f64
+    );
+}

@@ -58,6 +58,19 @@ pub struct OriginConfig {
     /// live event, so a device that comes back hours late still gets the last cue, while a
     /// service running thousands of events a month keeps only about a week of them.
     pub event_retire_after_s: u64,
+    /// Publishes per second a named tenant may make (a bucket of one second's worth); beyond,
+    /// `429` naming the tenant and the quota. 0: no limit. Default 1000: far above a live
+    /// event's pace (a cue every few seconds), low enough that one tenant's runaway publisher
+    /// cannot take the log writer from the others. The default tenant has no quota unless
+    /// `[tenant_quotas._default]` gives it one.
+    pub tenant_publishes_per_s: u32,
+    /// Events a named tenant may have at once; a publish that would start one more is `429`.
+    /// 0: no limit. Default 10000 (retired events do not count).
+    pub tenant_max_events: usize,
+    /// Quotas of given tenants, `[tenant_quotas.acme]` with `publishes_per_s` and/or
+    /// `max_events` (an absent one takes the default above); `_default` names the default
+    /// tenant. Default none.
+    pub tenant_quotas: std::collections::BTreeMap<String, crate::tenants::TenantQuotaConfig>,
     /// Relay TLS: the origin's certificate chain (PEM). With `relay_key` and `relay_client_ca`
     /// the relay speaks TLS 1.3 and accepts only edges whose certificate chains to the client
     /// CA. Default none (plaintext, for the loopback default).
@@ -148,6 +161,9 @@ impl Default for OriginConfig {
             max_edges: 1024,
             max_http_connections: 4096,
             event_retire_after_s: 604_800,
+            tenant_publishes_per_s: 1000,
+            tenant_max_events: 10_000,
+            tenant_quotas: Default::default(),
             relay_unhealthy_grace_ms: 15_000,
             relay_cert: None,
             relay_key: None,
@@ -170,6 +186,13 @@ impl OriginConfig {
     /// Every problem, one line each; empty when valid.
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
+        for t in self.tenant_quotas.keys() {
+            if t != crate::tenants::DEFAULT_TENANT && !cue_common::cue::valid_tenant(t) {
+                e.push(format!(
+                    "tenant_quotas.{t}: not a tenant (1-32 chars of [a-z0-9-]) nor _default"
+                ));
+            }
+        }
         if self.http == self.relay {
             e.push(format!(
                 "http and relay: both are {}; they must differ",

@@ -2,7 +2,8 @@
 //!
 //! * `POST /v1/events/{event}/cues` `{"key":"..."}` with a publisher token -> `201` with the
 //!   cue once durable; `400` bad input, `401` missing/invalid/expired token, `403` a token that
-//!   is not a publisher's, `413` body too large, `503` (with `Retry-After`) when the cue could
+//!   is not a publisher's, `413` body too large, `429` (with `Retry-After: 1`) a tenant's quota
+//!   (docs/tenants.md), `503` (with `Retry-After`) when the cue could
 //!   not be made durable or the queue is full. An `Idempotency-Key` header (1-128 visible ASCII
 //!   characters) makes a retry within the store's window answer with the first cue. A publisher
 //!   token with an `events` claim may publish only those events (`403` for another).
@@ -49,7 +50,9 @@ pub struct Api {
     /// Counts requests by route and status.
     pub requests: cue_common::metrics::Counter,
     /// Counts refused publishes by status.
-    pub refused: [cue_common::metrics::Counter; 5],
+    pub refused: [cue_common::metrics::Counter; 6],
+    /// Quotas and counts per tenant.
+    pub tenants: crate::tenants::Tenants,
 }
 
 impl std::fmt::Debug for Api {
@@ -59,7 +62,7 @@ impl std::fmt::Debug for Api {
 }
 
 /// Statuses counted in [`Api::refused`], in order.
-pub const REFUSED_STATUSES: [u16; 5] = [400, 401, 403, 413, 503];
+pub const REFUSED_STATUSES: [u16; 6] = [400, 401, 403, 413, 429, 503];
 
 type Resp = Response<Full<Bytes>>;
 
@@ -278,12 +281,37 @@ async fn publish(api: &Api, event: EventName, req: Request<Incoming>) -> Resp {
             "key must be 1-64 chars of [A-Za-z0-9._:-]",
         );
     }
+    // The tenant's quotas (a new event counts against max_events; its events are counted
+    // only then).
+    let new_event = !api.latest.read().expect("latest lock").contains_key(&event);
+    let count = || {
+        let l = api.latest.read().expect("latest lock");
+        l.keys().filter(|e| e.tenant() == event.tenant()).count()
+    };
+    if let Err(q) = api
+        .tenants
+        .admit(&event, new_event, count, std::time::Instant::now())
+    {
+        let mut r = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &serde_json::json!({
+                "error": q.to_string(),
+                "tenant": q.tenant,
+                "quota": q.kind.as_str(),
+                "limit": q.limit,
+            }),
+        );
+        r.headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from(1u32));
+        return r;
+    }
     match api
         .store
         .publish(event, &key, class, idempotency.as_deref())
         .await
     {
         Ok(cue) => {
+            api.tenants.published(cue.event().tenant());
             let mut body = cue.for_device().to_value();
             if let Some(t) = cue.event().tenant() {
                 body["tenant"] = t.into();
@@ -307,6 +335,7 @@ fn unavailable(e: &crate::store::PublishError) -> Resp {
 fn render_metrics(api: &Api) -> String {
     use cue_common::metrics::{header, sample, single};
     let mut s = (api.render_metrics)();
+    api.tenants.render(&mut s);
     single(
         &mut s,
         "cue_origin_http_requests_total",

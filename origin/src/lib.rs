@@ -14,3 +14,4 @@ pub mod log;
 pub mod relay;
 pub mod server;
 pub mod store;
+pub mod tenants;

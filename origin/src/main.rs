@@ -69,6 +69,12 @@ struct ServeArgs {
     /// Retire events with no new cue for this long, seconds; 0 = never [default: 604800].
     #[arg(long)]
     event_retire_after_s: Option<u64>,
+    /// Publishes per second a named tenant may make; 0 = no limit [default: 1000].
+    #[arg(long)]
+    tenant_publishes_per_s: Option<u32>,
+    /// Events a named tenant may have at once; 0 = no limit [default: 10000].
+    #[arg(long)]
+    tenant_max_events: Option<usize>,
     /// Most edges linked at once [default: 1024].
     #[arg(long)]
     max_edges: Option<usize>,
@@ -213,7 +219,12 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
         relay_heartbeat_ms
     );
     over!(relay_dead_after_ms, relay_write_timeout_ms, max_edges);
-    over!(relay_unhealthy_grace_ms, event_retire_after_s);
+    over!(
+        relay_unhealthy_grace_ms,
+        event_retire_after_s,
+        tenant_publishes_per_s,
+        tenant_max_events
+    );
     over!(store, nats_stream, nats_replicas, nats_ack_timeout_ms);
     macro_rules! over_opt {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f.clone(); } )* };

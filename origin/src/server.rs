@@ -204,6 +204,13 @@ pub async fn run(
         },
         requests: Default::default(),
         refused: Default::default(),
+        tenants: crate::tenants::Tenants::new(
+            crate::tenants::Quota {
+                publishes_per_s: cfg.tenant_publishes_per_s,
+                max_events: cfg.tenant_max_events,
+            },
+            cfg.tenant_quotas.clone(),
+        ),
     });
     // Idle retirement holds a store handle: it must end before the writer can.
     let retire_task = (cfg.event_retire_after_s > 0).then(|| {

@@ -46,12 +46,18 @@ pub struct Origin {
 }
 
 pub fn start_origin(dir: &Path, http: SocketAddr, relay: SocketAddr) -> Origin {
-    let extra = [
+    start_origin_with(dir, http, relay, &[])
+}
+
+/// As [`start_origin`], with `more` flags.
+pub fn start_origin_with(dir: &Path, http: SocketAddr, relay: SocketAddr, more: &[&str]) -> Origin {
+    let mut extra = vec![
         "--relay-heartbeat-ms",
         "200",
         "--relay-dead-after-ms",
         "1000",
     ];
+    extra.extend_from_slice(more);
     Origin {
         proc: cue_testkit::start_origin(dir, http, relay, SECRET, &extra),
         http,
@@ -322,13 +328,22 @@ pub fn quiet_for(s: &mut Ws, d: Duration) -> bool {
 
 /// A publish of `key` on tenant `tenant`'s `event` with that tenant's publisher token; its seq.
 pub fn publish_as(http: SocketAddr, tenant: Option<&str>, event: &str, key: &str) -> u64 {
+    let r = try_publish_as(http, tenant, event, key);
+    assert_eq!(r.status, 201, "{}", r.body);
+    serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The same, answering whatever the origin answered.
+pub fn try_publish_as(http: SocketAddr, tenant: Option<&str>, event: &str, key: &str) -> Response {
     let token = keys().mint_tenant_publisher(tenant, unix_now_s(), 600);
     let path = match tenant {
         Some(t) => format!("/v1/tenants/{t}/events/{event}/cues"),
         None => format!("/v1/events/{event}/cues"),
     };
     let auth = format!("Bearer {token}");
-    let r = request(
+    request(
         http,
         "POST",
         &path,
@@ -338,11 +353,7 @@ pub fn publish_as(http: SocketAddr, tenant: Option<&str>, event: &str, key: &str
         ],
         format!("{{\"key\":\"{key}\"}}").as_bytes(),
     )
-    .unwrap();
-    assert_eq!(r.status, 201, "{path}: {}", r.body);
-    serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["seq"]
-        .as_u64()
-        .unwrap()
+    .unwrap()
 }
 
 pub fn device_of(tenant: Option<&str>, events: &[&str]) -> String {
