@@ -129,6 +129,17 @@ pub struct EdgeConfig {
     pub max_connections: Option<usize>,
     /// Most events one device may subscribe to. Default 16.
     pub max_events_per_device: usize,
+    /// Devices of one named tenant this process admits at once (split evenly among its
+    /// shards); beyond, `429` naming the tenant and the quota. 0: no limit. Default 0: the
+    /// process's own capacity bounds them all; set it where tenants share an edge and one must
+    /// not take every slot. The default tenant has none unless `[tenant_quotas._default]`.
+    pub tenant_max_devices: usize,
+    /// Events one named tenant's devices may follow at once in this process (split among its
+    /// shards); a device that would follow one more is `429`. 0: no limit. Default 0.
+    pub tenant_max_events: usize,
+    /// Quotas of given tenants, `[tenant_quotas.acme]` with `max_devices` and/or `max_events`
+    /// (an absent one takes the default above); `_default` names the default tenant.
+    pub tenant_quotas: std::collections::BTreeMap<String, TenantQuotaConfig>,
     /// Most events per shard with a slot (its devices' events, and others' newest cues while
     /// there is room). A device's new event reuses the slot no device followed longest, so only
     /// the events followed at once on one shard are limited, never the events ever published.
@@ -222,6 +233,9 @@ impl Default for EdgeConfig {
             close_timeout_s: 5,
             max_connections: None,
             max_events_per_device: 16,
+            tenant_max_devices: 0,
+            tenant_max_events: 0,
+            tenant_quotas: Default::default(),
             max_events: 4096,
             relay_cache_events: 65_536,
             max_frame: 4096,
@@ -246,6 +260,16 @@ impl Default for EdgeConfig {
     }
 }
 
+/// One tenant's quotas as configured (`[tenant_quotas.NAME]`); an absent one takes the default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuotaConfig {
+    /// Devices admitted at once in this process; 0: no limit.
+    pub max_devices: Option<usize>,
+    /// Events followed at once in this process; 0: no limit.
+    pub max_events: Option<usize>,
+}
+
 impl EdgeConfig {
     /// The relay's TLS files, when all three are set.
     pub fn relay_tls(&self) -> Option<cue_common::tls::RelayTlsFiles> {
@@ -268,6 +292,12 @@ impl EdgeConfig {
             !self.origins.is_empty(),
             "origins: at least one origin relay address is needed".into(),
         );
+        for t in self.tenant_quotas.keys() {
+            check(
+                t == "_default" || cue_common::cue::valid_tenant(t),
+                format!("tenant_quotas.{t}: not a tenant (1-32 chars of [a-z0-9-]) nor _default"),
+            );
+        }
         for o in &self.origins {
             let r = cue_common::config::host_port(o);
             check(
@@ -474,13 +504,37 @@ impl EdgeConfig {
         )
     }
 
+    /// The per-tenant quotas of one of `nshards` shards: the process's, divided (rounded up).
+    pub fn tenant_quotas(&self, nshards: usize) -> crate::core::tenants::Quotas {
+        use crate::core::tenants::{Quota, Quotas};
+        let n = nshards.max(1);
+        let per = |v: usize| if v == 0 { 0 } else { v.div_ceil(n) };
+        let defaults = Quota {
+            max_devices: per(self.tenant_max_devices),
+            max_events: per(self.tenant_max_events),
+        };
+        let by_name = self
+            .tenant_quotas
+            .iter()
+            .map(|(t, q)| {
+                let q = Quota {
+                    max_devices: per(q.max_devices.unwrap_or(self.tenant_max_devices)),
+                    max_events: per(q.max_events.unwrap_or(self.tenant_max_events)),
+                };
+                (t.clone(), q)
+            })
+            .collect();
+        Quotas { defaults, by_name }
+    }
+
     /// The device-logic part, given the token keys, the ticket key and this shard's session
-    /// limit.
+    /// limit (and the number of shards, for the per-tenant quotas).
     pub fn core(
         &self,
         auth: Option<cue_common::keys::Verifier>,
         tickets: Option<cue_common::keys::TicketKey>,
         max_connections: usize,
+        nshards: usize,
     ) -> CoreConfig {
         CoreConfig {
             auth,
@@ -506,6 +560,7 @@ impl EdgeConfig {
             retry_after_s: (self.retry_after_min_s, self.retry_after_max_s),
             fanout_slice: self.fanout_slice,
             tenants: None,
+            tenant_quotas: self.tenant_quotas(nshards),
         }
     }
 }

@@ -453,7 +453,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             backlog: cfg.backlog,
             core: cue_edge::core::CoreConfig {
                 tenants: tenants.clone(),
-                ..cfg.core(keys.clone(), tickets.clone(), per_shard)
+                ..cfg.core(keys.clone(), tickets.clone(), per_shard, nshards)
             },
             poll: Duration::from_millis(cfg.poll_ms),
             poll_idle_max: Duration::from_millis(cfg.poll_idle_max_ms),

@@ -45,7 +45,7 @@ pub const CLOSE_REASONS: [&str; 10] = [
 ];
 
 /// HTTP statuses the edge refuses upgrades with, in the order of [`ShardStats::refused`].
-pub const REFUSAL_STATUSES: [u16; 8] = [400, 401, 403, 404, 405, 426, 431, 503];
+pub const REFUSAL_STATUSES: [u16; 9] = [400, 401, 403, 404, 405, 426, 429, 431, 503];
 
 /// One shard's counters.
 #[derive(Debug, Default)]
@@ -144,13 +144,24 @@ pub struct ShardStats {
     /// Closes by [`CloseReason`].
     pub closes: [Counter; 10],
     /// Refusals by status, see [`REFUSAL_STATUSES`].
-    pub refused: [Counter; 8],
+    pub refused: [Counter; 9],
+    /// Devices, events followed, deliveries and quota refusals per tenant.
+    pub tenants: std::sync::Mutex<crate::core::tenants::Table>,
 }
 
 impl ShardStats {
     /// Counts a close.
     pub fn close(&self, r: CloseReason) {
         self.closes[r as usize].inc();
+    }
+    /// A device of tenant `i` (a tenant table index: its events' slots say it, since a device
+    /// follows only its tenant's events) is no longer admitted.
+    pub fn tenant_device_left(&self, i: Option<u16>) {
+        let Some(i) = i else { return };
+        let mut t = self.tenants.lock().expect("tenants lock");
+        if let Some(e) = t.entries.get_mut(i as usize) {
+            e.devices = e.devices.saturating_sub(1);
+        }
     }
     /// Counts a refusal with `status`.
     pub fn refuse(&self, status: u16) {
@@ -444,6 +455,68 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
     for (i, s) in shards.iter().enumerate() {
         s.fanout_time
             .render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
+    }
+    render_tenants(out, shards);
+}
+
+/// Per shard and tenant (`_default`: the default tenant; `_other`: those past the shard's
+/// table bound): devices, events followed, fanout deliveries, quota refusals.
+fn render_tenants(out: &mut String, shards: &[std::sync::Arc<ShardStats>]) {
+    let tables: Vec<crate::core::tenants::Table> = shards
+        .iter()
+        .map(|s| s.tenants.lock().expect("tenants lock").clone())
+        .collect();
+    type Value = fn(&crate::core::tenants::Entry) -> u64;
+    let rows: [(&str, &str, &str, Value); 3] = [
+        (
+            "cue_edge_tenant_devices",
+            "gauge",
+            "Devices admitted now, by tenant.",
+            |e| e.devices as u64,
+        ),
+        (
+            "cue_edge_tenant_events",
+            "gauge",
+            "Events followed now (with at least one device), by tenant.",
+            |e| e.events as u64,
+        ),
+        (
+            "cue_edge_tenant_deliveries_total",
+            "counter",
+            "Fanout deliveries, by tenant.",
+            |e| e.deliveries,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        header(out, name, kind, help);
+        for (i, t) in tables.iter().enumerate() {
+            for e in &t.entries {
+                sample(
+                    out,
+                    name,
+                    &format!("shard=\"{i}\",tenant=\"{}\"", e.name),
+                    value(e),
+                );
+            }
+        }
+    }
+    header(
+        out,
+        "cue_edge_tenant_refused_total",
+        "counter",
+        "Devices refused with 429 for their tenant's quota, by tenant and quota.",
+    );
+    for (i, t) in tables.iter().enumerate() {
+        for e in &t.entries {
+            for (q, n) in ["max_devices", "max_events"].iter().zip(e.refused) {
+                sample(
+                    out,
+                    "cue_edge_tenant_refused_total",
+                    &format!("shard=\"{i}\",tenant=\"{}\",quota=\"{q}\"", e.name),
+                    n,
+                );
+            }
+        }
     }
 }
 

@@ -76,6 +76,23 @@ fn a_tenants_device_follows_its_own_event_of_a_shared_name_and_never_gets_anothe
     );
     assert!(quiet_for(&mut devs[0], Duration::from_millis(300)));
     assert!(quiet_for(&mut devs[2], Duration::from_millis(300)));
+    // Each tenant's fanout deliveries are its own in the metrics (over the shards that saw it).
+    let m = edge.metrics();
+    let delivered = |t: &str| {
+        let label = format!("tenant=\"{t}\"}}");
+        m.lines()
+            .filter(|l| l.starts_with("cue_edge_tenant_deliveries_total{") && l.contains(&label))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    assert_eq!(
+        (
+            delivered("acme"),
+            delivered("brand-b"),
+            delivered("_default")
+        ),
+        (1.0, 2.0, 1.0)
+    );
 }
 
 #[test]
@@ -148,4 +165,84 @@ fn one_tenants_publish_flood_at_its_quota_leaves_anothers_publishes_and_cues_alo
         metric(&m, "cue_origin_tenant_publishes_total{tenant=\"acme\"}"),
         ok as f64
     );
+}
+
+#[test]
+fn a_tenants_device_quota_refuses_its_devices_while_anothers_are_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    // 2 devices and 1 event per named tenant, split between the edge's 2 shards.
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(&conf, "tenant_max_devices = 2\ntenant_max_events = 2\n").unwrap();
+    let edge = start_edge(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let acme = device_of(Some("acme"), &["fight", "gala", "other"]);
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..8 {
+        match subscribe(edge.ws, "events=fight", Some(&acme)) {
+            Ok(ws) => admitted.push(ws),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert!(
+        (1..=2).contains(&admitted.len()) && !refused.is_empty(),
+        "acme: {} admitted",
+        admitted.len()
+    );
+    for (status, body) in &refused {
+        assert_eq!(*status, 429, "{body}");
+        assert!(
+            body.contains("tenant acme is at its quota max_devices"),
+            "{body}"
+        );
+        assert!(
+            body.contains("retry-after=") && !body.ends_with("retry-after="),
+            "{body}"
+        );
+    }
+    // brand-b is not held back by acme.
+    let b = device_of(Some("brand-b"), &["fight"]);
+    // Its own quota is 1 per shard too: tries until both shards hold one (bounded).
+    let bs: Vec<Ws> = (0..20)
+        .filter_map(|_| subscribe(edge.ws, "events=fight", Some(&b)).ok())
+        .collect();
+    assert!(
+        (1..=2).contains(&bs.len()),
+        "brand-b: {} admitted",
+        bs.len()
+    );
+    // A device that leaves frees its place.
+    let left = admitted.len();
+    drop(admitted);
+    let mut back = 0;
+    for _ in 0..50 {
+        if subscribe(edge.ws, "events=fight", Some(&acme)).is_ok() {
+            back += 1;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(back, 1, "after {left} acme devices left");
+    // Events: a device that would follow more of its tenant's events than the quota (1 per
+    // shard) is refused, whichever shard takes it.
+    let c = device_of(Some("brand-c"), &["fight", "gala"]);
+    let (status, body) = subscribe(edge.ws, "events=fight,gala", Some(&c)).unwrap_err();
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("tenant brand-c is at its quota max_events (1 in this shard)"),
+        "{body}"
+    );
+    let m = edge.metrics();
+    assert!(metric(&m, "cue_edge_tenant_refused_total") >= refused.len() as f64);
+    assert!(m.contains("tenant=\"acme\",quota=\"max_devices\""), "{m}");
+    assert_eq!(
+        metric(&m, "cue_edge_refused_total{shard=\"0\",status=\"429\"}")
+            + metric(&m, "cue_edge_refused_total{shard=\"1\",status=\"429\"}"),
+        metric(&m, "cue_edge_tenant_refused_total")
+    );
+    assert!(m.contains("cue_edge_tenant_devices{shard="), "{m}");
 }

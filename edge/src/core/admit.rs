@@ -182,13 +182,47 @@ impl ShardCore {
                 ));
             }
         }
+        let names: Vec<EventName> = sub
+            .events
+            .iter()
+            .map(|(ev, _)| {
+                EventName::qualify(tenant.as_deref(), ev)
+                    .expect("parser validated the event, the token its tenant")
+            })
+            .collect();
+        // The tenant's quotas here: its devices, and the events it follows with this one.
+        let new_events = names
+            .iter()
+            .filter(|n| {
+                self.by_name
+                    .get(*n)
+                    .is_none_or(|&i| self.slots[i as usize].subscribers.is_empty())
+            })
+            .count();
+        let ti = {
+            let mut t = self.stats.tenants.lock().expect("tenants lock");
+            let ti = t.index(tenant.as_deref());
+            if let Err((kind, limit)) = t.admit(ti, new_events) {
+                let name = t.entries[ti as usize].name.clone();
+                drop(t);
+                return Err(Refusal {
+                    retry: Some(self.retry_after()),
+                    ..Refusal::new(
+                        429,
+                        format!(
+                            "tenant {name} is at its quota {} ({limit} in this shard)",
+                            kind.as_str()
+                        ),
+                    )
+                });
+            }
+            ti
+        };
         // Resolve (or create) the event slots before touching the connection.
         let mut subs = Vec::with_capacity(sub.events.len());
         let mut taken: Vec<u16> = Vec::with_capacity(sub.events.len());
-        for (ev, since) in &sub.events {
-            let name = EventName::qualify(tenant.as_deref(), ev)
-                .expect("parser validated the event, the token its tenant");
-            let Some(slot) = self.slot_for_device(&name, &taken) else {
+        for (name, (_, since)) in names.iter().zip(&sub.events) {
+            let Some(slot) = self.slot_for_device(name, &taken) else {
                 return Err(self.unavailable("edge has too many events"));
             };
             taken.push(slot);
@@ -199,10 +233,22 @@ impl ShardCore {
                 seq: since.unwrap_or(0),
             });
         }
+        let mut followed = 0;
         for s in &mut subs {
-            let list = &mut self.slots[s.slot as usize].subscribers;
+            let slot = &mut self.slots[s.slot as usize];
+            if slot.subscribers.is_empty() {
+                followed += 1;
+            }
+            slot.tenant = ti;
+            let list = &mut slot.subscribers;
             s.pos = list.len() as u32;
             list.push(idx);
+        }
+        {
+            let mut t = self.stats.tenants.lock().expect("tenants lock");
+            let e = &mut t.entries[ti as usize];
+            e.devices += 1;
+            e.events += followed;
         }
         let secs = self.secs(now.mono);
         let c = self.conns.at(idx).expect("caller checked");

@@ -102,6 +102,7 @@ impl ShardCore {
             };
             let end = (sw.next + budget).min(sw.devices.len());
             let seq = sw.cue.cue.seq();
+            let before = fanout.ws + fanout.quic;
             for &idx in &sw.devices[sw.next..end] {
                 let Some(c) = self.conns.at(idx) else {
                     continue;
@@ -135,6 +136,12 @@ impl ShardCore {
                     }
                     Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
                 }
+            }
+            let n = fanout.ws + fanout.quic - before;
+            if n > 0 {
+                let tenant = self.slots[sw.slot as usize].tenant;
+                let mut t = self.stats.tenants.lock().expect("tenants lock");
+                t.entries[tenant as usize].deliveries += n;
             }
             budget -= end - sw.next;
             sw.next = end;

@@ -18,6 +18,7 @@ mod admit;
 pub mod conn;
 mod deliver;
 mod input;
+pub mod tenants;
 mod timers;
 
 use std::collections::HashMap;
@@ -153,6 +154,8 @@ pub struct CoreConfig {
     /// The tenants this edge carries (its relay certificate names them); a device of another
     /// is refused 403. `None`: every tenant.
     pub tenants: Option<cue_common::tenant::Scope>,
+    /// Devices and events followed per tenant in this shard; beyond, 429.
+    pub tenant_quotas: tenants::Quotas,
 }
 
 impl Default for CoreConfig {
@@ -175,12 +178,15 @@ impl Default for CoreConfig {
             retry_after_s: (5, 60),
             fanout_slice: 1024,
             tenants: None,
+            tenant_quotas: tenants::Quotas::default(),
         }
     }
 }
 
 struct Slot {
     name: EventName,
+    /// Its event's tenant, an index of the shard's tenant table.
+    tenant: u16,
     current: Option<Arc<EncodedCue>>,
     subscribers: Vec<u32>,
     /// In `ShardCore::unfollowed` (it may have gained subscribers since; checked on reuse).
@@ -295,6 +301,8 @@ impl ShardCore {
         if let Some(k) = &cfg.tickets {
             admit_cache = admit_cache.with_tickets(k.clone());
         }
+        *stats.tenants.lock().expect("tenants lock") =
+            tenants::Table::new(cfg.tenant_quotas.clone());
         Self {
             cfg,
             admit_cache,
@@ -487,6 +495,7 @@ impl ShardCore {
         let i = self.slots.len() as u16;
         self.slots.push(Slot {
             name: name.clone(),
+            tenant: tenants::DEFAULT,
             current: None,
             subscribers: Vec::new(),
             unfollowed_listed: true,
@@ -545,6 +554,11 @@ impl ShardCore {
                 }
             }
             let slot = &mut self.slots[s.slot as usize];
+            if now_unfollowed {
+                let mut t = self.stats.tenants.lock().expect("tenants lock");
+                let e = &mut t.entries[slot.tenant as usize];
+                e.events = e.events.saturating_sub(1);
+            }
             if now_unfollowed && !slot.unfollowed_listed {
                 slot.unfollowed_listed = true;
                 self.unfollowed.push_back(s.slot);
@@ -567,6 +581,8 @@ impl ShardCore {
                 State::Open => {
                     self.open -= 1;
                     self.stats.connections.add(-1);
+                    let tenant = c.subs.first().map(|s| self.slots[s.slot as usize].tenant);
+                    self.stats.tenant_device_left(tenant);
                     if c.transport() == Transport::Quic {
                         self.stats.quic_sessions.add(-1);
                     }

@@ -144,6 +144,8 @@ impl ShardCore {
             c.last_seen = secs;
             self.open -= 1;
             self.stats.connections.add(-1);
+            let tenant = c.subs.first().map(|s| self.slots[s.slot as usize].tenant);
+            self.stats.tenant_device_left(tenant);
             self.stats.close(CloseReason::Drain);
             self.unsubscribe(idx);
             let out = std::mem::take(&mut self.out);
