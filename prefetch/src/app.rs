@@ -39,6 +39,18 @@ pub struct Upstream {
     pub wait_limit: Duration,
 }
 
+impl Upstream {
+    /// True when the upstream may be asked for `key` (a catalog name): a valid event name, and
+    /// for a tenant's event a URL with `{tenant}` (without it the upstream could not tell two
+    /// tenants' events of one name apart, and one tenant would get another's map).
+    pub fn serves(&self, key: &str) -> bool {
+        match cue_common::cue::EventName::new(key) {
+            Ok(e) => e.tenant().is_none() || self.url.per_tenant(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Shared state of the service.
 pub struct App {
     /// Token keys; `None` with `--no-auth`. A public key set is replaced on SIGHUP.
@@ -174,8 +186,14 @@ impl App {
         m.upstream_calls.inc();
         m.upstream_in_flight.add(1);
         let t0 = Instant::now();
-        let r: MapResult = match up.client.get(&up.url.expand(event, device)).await {
-            Ok(body) => parse_answer(event, &body, &self.limits).map(Arc::new),
+        // `event` is the catalog name: the URL and the map get the bare name (and the tenant).
+        let (tenant, bare) = match cue_common::cue::EventName::new(event) {
+            Ok(e) => (e.tenant().map(str::to_string), e.local().to_string()),
+            Err(_) => (None, event.to_string()),
+        };
+        let url = up.url.expand_for(tenant.as_deref(), &bare, device);
+        let r: MapResult = match up.client.get(&url).await {
+            Ok(body) => parse_answer(&bare, &body, &self.limits).map(Arc::new),
             Err(e) => Err(e),
         };
         m.upstream_in_flight.add(-1);

@@ -266,10 +266,25 @@ pub fn parse_event(
     bytes: &[u8],
     limits: &CatalogLimits,
 ) -> Result<EventSpec, Problem> {
+    parse_tenant_event(None, file_name, bytes, limits)
+}
+
+/// [`parse_event`] of a file of tenant `tenant`'s directory (`None`: the default tenant's,
+/// the catalog's top level): the spec is named `TENANT/EVENT`, the map says `EVENT`.
+pub fn parse_tenant_event(
+    tenant: Option<&str>,
+    file_name: &str,
+    bytes: &[u8],
+    limits: &CatalogLimits,
+) -> Result<EventSpec, Problem> {
     let name = match event_of_file_name(file_name) {
         Some(Ok(n)) => n,
         _ => return Err(Problem::BadName),
     };
+    let qualified = cue_common::cue::EventName::qualify(tenant, name)
+        .map_err(|_| Problem::BadName)?
+        .as_str()
+        .to_string();
     let v = parse_bounded(bytes, limits)?;
     let top = v.as_object().ok_or(Problem::Field {
         field: "(top level)",
@@ -324,7 +339,7 @@ pub fn parse_event(
         .collect();
     unknown_fields.sort();
     Ok(EventSpec {
-        name: name.to_string(),
+        name: qualified,
         window: Window {
             start_ms: start,
             end_ms: end,
@@ -335,38 +350,60 @@ pub fn parse_event(
     })
 }
 
-/// Reads every `*.json` file of `dir` (other files are ignored). The first problem found is the
-/// error; a catalog is loaded whole or not at all.
+/// The catalog's files: `(tenant, file name, path)` of every `*.json` at the top level (the
+/// default tenant's events) and in a directory named after a tenant (that tenant's events);
+/// other files and directories are ignored. At most `max` files; sorted.
+fn catalog_files(
+    dir: &Path,
+    max: usize,
+) -> Result<Vec<(Option<String>, String, std::path::PathBuf)>, CatalogError> {
+    let err = |file: &Path, problem| CatalogError {
+        file: file.to_path_buf(),
+        problem,
+    };
+    let mut out = Vec::new();
+    let mut dirs = vec![(None, dir.to_path_buf())];
+    while let Some((tenant, d)) = dirs.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| err(&d, Problem::Io(e.to_string())))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| err(&d, Problem::Io(e.to_string())))?;
+            let fname = ent.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            if fname.starts_with('.') {
+                continue;
+            }
+            let path = ent.path();
+            if tenant.is_none() && path.is_dir() {
+                if cue_common::cue::valid_tenant(fname) {
+                    dirs.push((Some(fname.to_string()), path));
+                }
+                continue;
+            }
+            if event_of_file_name(fname).is_none() {
+                continue;
+            }
+            out.push((tenant.clone(), fname.to_string(), path));
+            if out.len() > max {
+                return Err(err(dir, Problem::TooManyEvents { max }));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every `*.json` file of `dir`, and of its directories named after tenants (a tenant's
+/// events: `dir/acme/fight.json` is tenant acme's `fight`); other files are ignored. The first
+/// problem found is the error; a catalog is loaded whole or not at all.
 pub fn load_dir(dir: &Path, limits: &CatalogLimits) -> Result<Catalog, CatalogError> {
     let err = |file: &Path, problem| CatalogError {
         file: file.to_path_buf(),
         problem,
     };
-    let rd = std::fs::read_dir(dir).map_err(|e| err(dir, Problem::Io(e.to_string())))?;
-    let mut names = Vec::new();
-    for ent in rd {
-        let ent = ent.map_err(|e| err(dir, Problem::Io(e.to_string())))?;
-        let fname = ent.file_name();
-        let Some(fname) = fname.to_str() else {
-            continue;
-        };
-        if event_of_file_name(fname).is_none() || fname.starts_with('.') {
-            continue;
-        }
-        names.push(fname.to_string());
-        if names.len() > limits.max_events {
-            return Err(err(
-                dir,
-                Problem::TooManyEvents {
-                    max: limits.max_events,
-                },
-            ));
-        }
-    }
-    names.sort();
     let mut cat = Catalog::default();
-    for fname in names {
-        let path = dir.join(&fname);
+    for (tenant, fname, path) in catalog_files(dir, limits.max_events)? {
         let meta = std::fs::metadata(&path).map_err(|e| err(&path, Problem::Io(e.to_string())))?;
         if !meta.is_file() {
             continue;
@@ -381,7 +418,8 @@ pub fn load_dir(dir: &Path, limits: &CatalogLimits) -> Result<Catalog, CatalogEr
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| err(&path, Problem::Io(e.to_string())))?;
-        let ev = parse_event(&fname, &bytes, limits).map_err(|p| err(&path, p))?;
+        let ev = parse_tenant_event(tenant.as_deref(), &fname, &bytes, limits)
+            .map_err(|p| err(&path, p))?;
         if !ev.unknown_fields.is_empty() {
             tracing::warn!(file = %path.display(), fields = ?ev.unknown_fields, "catalog: unknown fields ignored");
         }
@@ -394,13 +432,9 @@ pub fn load_dir(dir: &Path, limits: &CatalogLimits) -> Result<Catalog, CatalogEr
 /// changes without re-reading files.
 pub fn dir_fingerprint(dir: &Path) -> Option<u64> {
     let mut items: Vec<(String, u64, u128)> = Vec::new();
-    for ent in std::fs::read_dir(dir).ok()? {
-        let ent = ent.ok()?;
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let m = ent.metadata().ok()?;
+    for (tenant, name, path) in catalog_files(dir, usize::MAX).ok()? {
+        let name = format!("{}/{name}", tenant.unwrap_or_default());
+        let m = std::fs::metadata(&path).ok()?;
         let mtime = m
             .modified()
             .ok()?

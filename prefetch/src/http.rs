@@ -158,6 +158,17 @@ struct Checked<'a> {
     class: Priority,
     device: &'a str,
     spec: Option<Arc<EventSpec>>,
+    /// The event's name in the catalog, the live set and the upstream cache: `TENANT/EVENT`
+    /// for a device of a tenant (its token says which), the bare name for the default tenant.
+    key: String,
+}
+
+/// The catalog name of the URL's bare `event` for a device of `claims`' tenant; `None` when
+/// the name is no event name (the caller answers 404).
+fn catalog_key(claims: Option<&Claims>, event: &str) -> Option<String> {
+    cue_common::cue::EventName::qualify(claims.and_then(Claims::tenant), event)
+        .ok()
+        .map(|e| e.as_str().to_string())
 }
 
 /// The device a request is about: `device=`, else the token's `sub`. With a token, `device=`
@@ -210,13 +221,13 @@ fn check<'a>(
         (c, _) => c,
     };
     app.metrics.class[class.index()].requests.inc();
-    let spec = app
-        .catalog
-        .read()
-        .expect("catalog lock")
-        .get(event)
-        .cloned();
-    if spec.is_none() && (app.upstream.is_none() || !cue_common::cue::valid_event(event)) {
+    app.metrics
+        .tenant_request(claims.as_ref().and_then(|c| c.tenant()));
+    let Some(key) = catalog_key(claims.as_ref(), event) else {
+        return Err(Refusal(StatusCode::NOT_FOUND, "unknown event".into()));
+    };
+    let spec = app.catalog.read().expect("catalog lock").get(&key).cloned();
+    if spec.is_none() && app.upstream.as_ref().is_none_or(|u| !u.serves(&key)) {
         return Err(Refusal(StatusCode::NOT_FOUND, "unknown event".into()));
     }
     if claims.as_ref().is_some_and(|c| !c.allows_event(event)) {
@@ -230,6 +241,7 @@ fn check<'a>(
         class,
         device,
         spec,
+        key,
     })
 }
 
@@ -244,6 +256,7 @@ async fn prefetch(app: &Arc<App>, req: &Request<Incoming>, event: &str) -> Resp 
         class,
         device,
         spec,
+        key,
     } = match check(app, req, &q, &mut claims, event) {
         Ok(c) => c,
         Err(r) => return r.into_resp(),
@@ -254,7 +267,7 @@ async fn prefetch(app: &Arc<App>, req: &Request<Incoming>, event: &str) -> Resp 
         app.live
             .read()
             .expect("live lock")
-            .is_live(event, s.window, now_ms())
+            .is_live(&key, s.window, now_ms())
     });
     if admit(class, app.load_level(), live) == Decision::Shed {
         cm.shed.inc();
@@ -274,7 +287,7 @@ async fn prefetch(app: &Arc<App>, req: &Request<Incoming>, event: &str) -> Resp 
     let template: Arc<StageTemplate> = match embedded {
         Some(t) => t,
         None => match app
-            .upstream_map(event, device, Duration::from_secs(ttl_s))
+            .upstream_map(&key, device, Duration::from_secs(ttl_s))
             .await
         {
             Ok(t) => t,
@@ -337,13 +350,9 @@ fn schedule(app: &App, req: &Request<Incoming>, event: &str) -> Resp {
         },
         None => None,
     };
-    let Some(spec) = app
-        .catalog
-        .read()
-        .expect("catalog lock")
-        .get(event)
-        .cloned()
-    else {
+    let spec = catalog_key(claims.as_ref(), event)
+        .and_then(|k| app.catalog.read().expect("catalog lock").get(&k).cloned());
+    let Some(spec) = spec else {
         return error(StatusCode::NOT_FOUND, "unknown event");
     };
     let device = match device_of(&q, claims.as_ref()) {

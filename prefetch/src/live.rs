@@ -74,6 +74,16 @@ pub fn parse_current(body: &[u8]) -> Result<Option<u64>, String> {
     }
 }
 
+/// The origin URL of catalog event `e`: `/v1/events/E`, or `/v1/tenants/T/events/E` for a
+/// tenant's `T/E`.
+pub fn event_url(base: &str, e: &str) -> String {
+    use crate::query::encode;
+    match e.split_once('/') {
+        Some((t, ev)) => format!("{base}/v1/tenants/{}/events/{}", encode(t), encode(ev)),
+        None => format!("{base}/v1/events/{}", encode(e)),
+    }
+}
+
 /// What the poller needs from the service.
 pub struct PollTarget {
     /// Origin base URL, `http://HOST:PORT`.
@@ -96,7 +106,7 @@ pub async fn poll_origin(t: PollTarget, client: HttpClient, mut stop: watch::Rec
     loop {
         let events = (t.events)();
         for e in &events {
-            let url = format!("{}/v1/events/{}", t.base, crate::query::encode(e));
+            let url = event_url(&t.base, e);
             // 404: the event has no cue (never published, or retired).
             let r = match client.get(&url).await {
                 Ok(b) => parse_current(&b),

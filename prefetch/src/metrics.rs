@@ -67,7 +67,13 @@ pub struct Metrics {
     pub queue_us: Gauge,
     /// Smoothed requests per second.
     pub rps: Gauge,
+    /// Prefetch requests by tenant (`_default`; at most [`MAX_TENANT_LABELS`] names, the rest
+    /// under `_other`).
+    pub tenant_requests: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Most tenants with a label of their own in `cue_prefetch_tenant_requests_total`.
+pub const MAX_TENANT_LABELS: usize = 64;
 
 /// Upstream error kinds in [`Metrics::upstream_errors`] order.
 pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
@@ -80,6 +86,19 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
 ];
 
 impl Metrics {
+    /// Counts a prefetch request of a device of `tenant` (`None`: the default tenant).
+    pub fn tenant_request(&self, tenant: Option<&str>) {
+        let mut m = self.tenant_requests.lock().expect("tenant metrics lock");
+        let l = tenant.unwrap_or("_default");
+        let named = m.keys().filter(|k| *k != "_other").count();
+        let l = if m.contains_key(l) || named < MAX_TENANT_LABELS {
+            l
+        } else {
+            "_other"
+        };
+        *m.entry(l.to_string()).or_default() += 1;
+    }
+
     /// Counts a response status.
     pub fn response(&self, status: u16) {
         let i = STATUSES
@@ -99,6 +118,25 @@ impl Metrics {
     /// Prometheus text, with the cache's figures.
     pub fn render(&self, cache: Option<(CacheStats, usize, usize)>) -> String {
         let mut s = String::with_capacity(8192);
+        header(
+            &mut s,
+            "cue_prefetch_tenant_requests_total",
+            "counter",
+            "Prefetch requests by the device's tenant (_default: the default tenant; _other: past the label bound).",
+        );
+        for (t, n) in self
+            .tenant_requests
+            .lock()
+            .expect("tenant metrics lock")
+            .iter()
+        {
+            sample(
+                &mut s,
+                "cue_prefetch_tenant_requests_total",
+                &format!("tenant=\"{t}\""),
+                n,
+            );
+        }
         let per_class =
             |s: &mut String, name: &str, help: &str, f: &dyn Fn(&ClassMetrics) -> u64| {
                 header(s, name, "counter", help);

@@ -33,6 +33,7 @@ enum Part {
     Lit(String),
     Event,
     Device,
+    Tenant,
 }
 
 impl UrlTemplate {
@@ -57,9 +58,12 @@ impl UrlTemplate {
             } else if let Some(t) = tail.strip_prefix("{device}") {
                 parts.push(Part::Device);
                 rest = t;
+            } else if let Some(t) = tail.strip_prefix("{tenant}") {
+                parts.push(Part::Tenant);
+                rest = t;
             } else {
                 return Err(format!(
-                    "{s:?}: only {{event}} and {{device}} may appear in braces"
+                    "{s:?}: only {{event}}, {{device}} and {{tenant}} may appear in braces"
                 ));
             }
         }
@@ -78,14 +82,26 @@ impl UrlTemplate {
         self.parts.contains(&Part::Device)
     }
 
-    /// The URL for `event` and `device`, both percent-encoded.
+    /// True when the URL names the tenant (so tenants' events may be fetched from it).
+    pub fn per_tenant(&self) -> bool {
+        self.parts.contains(&Part::Tenant)
+    }
+
+    /// The URL for `event` and `device` of the default tenant, both percent-encoded.
     pub fn expand(&self, event: &str, device: &str) -> String {
+        self.expand_for(None, event, device)
+    }
+
+    /// The URL for the bare `event` of `tenant` and `device`, percent-encoded; `{tenant}` is
+    /// the tenant's name, `_default` for the default tenant.
+    pub fn expand_for(&self, tenant: Option<&str>, event: &str, device: &str) -> String {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Lit(l) => out.push_str(l),
                 Part::Event => out.push_str(&encode(event)),
                 Part::Device => out.push_str(&encode(device)),
+                Part::Tenant => out.push_str(&encode(tenant.unwrap_or("_default"))),
             }
         }
         out
@@ -234,6 +250,22 @@ pub fn parse_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_placeholder_names_the_tenant() {
+        let t = UrlTemplate::parse("http://h/{tenant}/recs?event={event}").unwrap();
+        assert!(t.per_tenant() && !t.per_device());
+        assert_eq!(
+            t.expand_for(Some("acme"), "fight", "d"),
+            "http://h/acme/recs?event=fight"
+        );
+        assert_eq!(
+            t.expand_for(None, "fight", "d"),
+            "http://h/_default/recs?event=fight"
+        );
+        assert!(!UrlTemplate::parse("http://h/{event}").unwrap().per_tenant());
+        assert!(UrlTemplate::parse("http://h/{event}/{who}").is_err());
+    }
 
     #[test]
     fn templates() {

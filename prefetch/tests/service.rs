@@ -670,3 +670,119 @@ fn sighup_reloads_or_is_ignored_but_never_stops_the_service() {
         "SIGHUP ended cue-prefetch"
     );
 }
+
+#[test]
+fn each_tenant_gets_its_own_stage_map_and_live_signal_for_a_shared_event_name() {
+    let origin = start_origin();
+    let dir = tempfile::tempdir().unwrap();
+    // The default tenant's `fight` at the top level, acme's and brand-b's in their directories.
+    let spec =
+        |v: &str| json!({"window": window_now(), "ttl_s": 600, "stages": {"round-1": {"who": v}}});
+    write_event(dir.path(), "fight", &spec("default"));
+    for t in ["acme", "brand-b"] {
+        std::fs::create_dir(dir.path().join(t)).unwrap();
+        write_event(&dir.path().join(t), "fight", &spec(t));
+    }
+    // A directory that is not a tenant name is ignored, as other files are.
+    std::fs::create_dir(dir.path().join("Not_A_Tenant")).unwrap();
+    write_event(&dir.path().join("Not_A_Tenant"), "fight", &spec("nobody"));
+    let origin_url = format!("http://{}", origin.http);
+    let p = start_prefetch(
+        dir.path(),
+        &["--origin-http", &origin_url, "--live-poll-ms", "100"],
+    );
+    let token = |t: Option<&str>| {
+        keys().mint_tenant_device(
+            t,
+            "d",
+            &["fight".into()],
+            cue_common::time::unix_now_s(),
+            600,
+        )
+    };
+    for (t, who) in [
+        (Some("acme"), "acme"),
+        (Some("brand-b"), "brand-b"),
+        (None, "default"),
+    ] {
+        let r = p.prefetch("fight", "d", &token(t), None);
+        assert_eq!(r.status, 200, "{t:?}: {}", r.body);
+        let b = body(&r);
+        assert_eq!(b["event"], "fight", "the bare name");
+        assert_eq!(b["stages"]["round-1"]["who"], who, "{t:?}");
+        let r = p.get(
+            "/v1/events/fight/schedule?device=d",
+            &[("Authorization", &format!("Bearer {}", token(t)))],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // A tenant with no such event in the catalog gets 404, not another tenant's map.
+    let r = p.prefetch("fight", "d", &token(Some("brand-c")), None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    // The live signal is per tenant: acme's cue makes acme's `fight` live, nobody else's.
+    origin.publish_as(Some("acme"), "fight", "round-1");
+    wait_until(Duration::from_secs(10), || {
+        body(&p.get("/healthz", &[]))["live"] == json!(["acme/fight"])
+    });
+    assert_eq!(
+        p.prefetch("fight", "d", &token(Some("acme")), Some("background"))
+            .status,
+        503,
+        "acme's event is live: background is shed"
+    );
+    assert_eq!(
+        p.prefetch("fight", "d", &token(Some("brand-b")), Some("background"))
+            .status,
+        200,
+        "brand-b's is not"
+    );
+    assert_eq!(body(&p.get("/healthz", &[]))["events"], 3);
+    let m = p.get("/metrics", &[]).body;
+    assert!(
+        m.contains("cue_prefetch_tenant_requests_total{tenant=\"acme\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("cue_prefetch_tenant_requests_total{tenant=\"_default\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn an_upstream_serves_tenants_only_when_its_url_names_the_tenant() {
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let acme = keys().mint_tenant_device(
+        Some("acme"),
+        "tv-1",
+        &["ev".into()],
+        cue_common::time::unix_now_s(),
+        600,
+    );
+    // Without {tenant}: the upstream could not tell acme's `ev` from anyone's; 404, no call.
+    let p = start_prefetch(
+        dir.path(),
+        &["--origin-http", "", "--upstream", &up.template()],
+    );
+    let r = p.prefetch("ev", "tv-1", &acme, None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(up.calls_for("ev/tv-1"), 0);
+    // The default tenant is served as before.
+    assert_eq!(
+        p.prefetch("ev", "tv-1", &device_token("tv-1", &["*"]), None)
+            .status,
+        200
+    );
+    drop(p);
+    // With {tenant} in the URL, acme's request names acme.
+    let tpl = format!("{}&tenant={{tenant}}", up.template());
+    let p = start_prefetch(dir.path(), &["--origin-http", "", "--upstream", &tpl]);
+    let r = p.prefetch("ev", "tv-1", &acme, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(body(&r)["event"], "ev");
+    assert_eq!(
+        up.calls_for("ev/tv-1"),
+        2,
+        "the default tenant's call and acme's"
+    );
+}

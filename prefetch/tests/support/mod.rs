@@ -133,11 +133,21 @@ pub fn start_origin() -> Origin {
 
 impl Origin {
     pub fn publish(&self, event: &str, key: &str) {
-        let auth = format!("Bearer {}", keys().mint_publisher(unix_now_s(), 3600));
+        self.publish_as(None, event, key)
+    }
+
+    /// A publish of tenant `tenant`'s `event` (`None`: the default tenant's).
+    pub fn publish_as(&self, tenant: Option<&str>, event: &str, key: &str) {
+        let token = keys().mint_tenant_publisher(tenant, unix_now_s(), 3600);
+        let auth = format!("Bearer {token}");
+        let path = match tenant {
+            Some(t) => format!("/v1/tenants/{t}/events/{event}/cues"),
+            None => format!("/v1/events/{event}/cues"),
+        };
         let r = request(
             self.http,
             "POST",
-            &format!("/v1/events/{event}/cues"),
+            &path,
             &[
                 ("Authorization", &auth),
                 ("Content-Type", "application/json"),
