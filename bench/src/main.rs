@@ -132,6 +132,11 @@ enum Cmd {
         /// node and the publishing origin killed during the event).
         #[arg(long, value_enum, default_value_t = gameday::GamedayStore::Embedded)]
         store: gameday::GamedayStore,
+        /// 2: two tenants (tenant-a, tenant-b) with the same event name on one fleet, half
+        /// the devices each, tenant-b flooding publishes on another event meanwhile; the
+        /// report's figures are tenant-a's, with both tenants side by side under `tenants`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        tenants: u8,
     },
     /// A fleet prefetching stage maps through cue-prefetch, (a) fixed TTLs and no schedule, (b)
     /// jittered TTLs and the schedule: requests/s over time, peak/mean, upstream calls per key
@@ -386,6 +391,7 @@ fn main() -> ExitCode {
             quiet,
             quic_share,
             store,
+            tenants,
         } => {
             if !(0.0..=1.0).contains(&quic_share) {
                 eprintln!("cue-bench: --quic-share: must be 0..=1");
@@ -406,6 +412,7 @@ fn main() -> ExitCode {
                 command,
                 store,
                 quic_share,
+                tenants: usize::from(tenants),
             };
             gameday::run(&o)
         }

@@ -62,6 +62,9 @@ pub struct FleetSpec {
     /// is then the edges' QUIC address.
     #[serde(default)]
     pub quic_fingerprint: Option<String>,
+    /// The devices' tenant (`--tenants 2`); `None`: the default tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// Periodic status.
@@ -84,7 +87,7 @@ pub struct Status {
 }
 
 /// Final report.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct FleetReport {
     /// Last status.
     pub status: Status,
@@ -173,7 +176,8 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
     let now_s = cue_common::time::unix_now_s();
     let tokens = (0..spec.devices)
         .map(|i| {
-            keys.mint_device(
+            keys.mint_tenant_device(
+                spec.tenant.as_deref(),
                 &format!("dev-{}", spec.first + i),
                 std::slice::from_ref(&spec.event),
                 now_s,

@@ -50,6 +50,20 @@ pub struct GamedayOpts {
     /// The origins' store: the embedded log (one origin), or a 3-node JetStream cluster with
     /// two origins and the two store faults of [`Script::with_store_faults`].
     pub store: GamedayStore,
+    /// 1: every device of the default tenant. 2: the fleet split between [`TENANTS`], both
+    /// following the same event name, the second one flooding its publishes meanwhile.
+    pub tenants: usize,
+}
+
+/// The tenants of `--tenants 2`: the first one is measured, the second one floods.
+pub const TENANTS: [&str; 2] = ["tenant-a", "tenant-b"];
+
+/// The event the flooding tenant publishes to (nobody follows it) with `--tenants 2`.
+pub const FLOOD_EVENT: &str = "flood";
+
+/// The tenant of fleet worker `w` (`None`: the default tenant, with one tenant).
+fn worker_tenant(o: &GamedayOpts, w: usize) -> Option<String> {
+    (o.tenants > 1).then(|| TENANTS[w % 2].to_string())
 }
 
 /// `cue-bench gameday --store`.
@@ -258,8 +272,13 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     ));
 
     // The fleet.
-    let per_worker = 12_000usize;
     let ws_devices = o.devices - quic_devices;
+    // With two tenants, at least one worker each (worker w's tenant is TENANTS[w % 2]).
+    let per_worker = if o.tenants > 1 {
+        12_000usize.min(ws_devices.div_ceil(2).max(1))
+    } else {
+        12_000
+    };
     let (tx, rx) = mpsc::channel::<Line>();
     let mut workers = Vec::new();
     // What every worker shares; each sets its devices, edge, source addresses and seed.
@@ -280,6 +299,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         seed: o.seed,
         t0_unix_ms,
         quic_fingerprint: None,
+        tenant: None,
     };
     let mut left = ws_devices;
     let mut w = 0;
@@ -291,6 +311,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             devices: n,
             source_base: (w * 2) as u32,
             seed: o.seed.wrapping_add(w as u64),
+            tenant: worker_tenant(o, w),
             ..base.clone()
         };
         workers.push(spawn_worker(
@@ -314,6 +335,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             source_base: 100 + (q * 20) as u32,
             seed: o.seed.wrapping_add(1000 + q as u64),
             quic_fingerprint: Some(fp.clone()),
+            tenant: worker_tenant(o, w),
             ..base.clone()
         };
         workers.push(spawn_worker(
@@ -341,19 +363,32 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut statuses: Vec<Status> = vec![Status::default(); nworkers];
     let mut samples: Vec<Sample> = Vec::new();
     let mut marks: Vec<(f64, String, &'static str)> = Vec::new();
-    let mut published: HashMap<u64, (u64, String)> = HashMap::new();
+    // Per tenant (one entry with one tenant): seq -> (publish time, key).
+    let mut published: Vec<HashMap<u64, (u64, String)>> = vec![HashMap::new(); o.tenants];
     let mut actions = script.actions.clone().into_iter().peekable();
     let mut last_sample = Instant::now();
     let mut prev_reqs = 0u64;
     let mut cpu_prev: Vec<f64> = vec![0.0; edges_n];
     let mut killed: Option<usize> = None;
-    let pub_token = {
+    let tenant_of = |t: usize| (o.tenants > 1).then(|| TENANTS[t].to_string());
+    let pub_tokens: Vec<String> = {
         let k = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
-        format!(
-            "Bearer {}",
-            k.mint_publisher(cue_common::time::unix_now_s(), 7200)
-        )
+        (0..o.tenants)
+            .map(|t| {
+                format!(
+                    "Bearer {}",
+                    k.mint_tenant_publisher(
+                        tenant_of(t).as_deref(),
+                        cue_common::time::unix_now_s(),
+                        7200
+                    )
+                )
+            })
+            .collect()
     };
+    // `--tenants 2`: tenant-b floods publishes from the first cue on.
+    let flood_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooder: Option<std::thread::JoinHandle<(u64, u64)>> = None;
     let mut phase = "ramp".to_string();
     let (pub_tx, pub_rx) = mpsc::channel::<PublishResult>();
     let mut publishers = Vec::new();
@@ -368,23 +403,36 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             match &a.action {
                 Action::Cue(key) => {
                     // On its own thread: a publish waiting out a NATS election must not hold
-                    // the rest of the script back.
+                    // the rest of the script back. One per tenant.
                     let t_us = stack::unix_us();
                     let alive: Vec<SocketAddr> = origins
                         .iter()
                         .filter(|o| o.0.is_some())
                         .map(|o| o.1)
                         .collect();
-                    let (tx, event, key2, token) = (
-                        pub_tx.clone(),
-                        script.event.clone(),
-                        key.clone(),
-                        pub_token.clone(),
-                    );
-                    publishers.push(std::thread::spawn(move || {
-                        let r = publish_cue(&alive, &event, &key2, &token);
-                        let _ = tx.send((t_us, key2, r));
-                    }));
+                    for (ti, token) in pub_tokens.iter().enumerate() {
+                        let (tx, event, key2, token, alive, tenant) = (
+                            pub_tx.clone(),
+                            script.event.clone(),
+                            key.clone(),
+                            token.clone(),
+                            alive.clone(),
+                            tenant_of(ti),
+                        );
+                        publishers.push(std::thread::spawn(move || {
+                            let r = publish_cue(&alive, tenant.as_deref(), &event, &key2, &token);
+                            let _ = tx.send((ti, t_us, key2, r));
+                        }));
+                    }
+                    if o.tenants > 1 && flooder.is_none() {
+                        let (stop, token, http) =
+                            (flood_stop.clone(), pub_tokens[1].clone(), alive[0]);
+                        flooder = Some(std::thread::spawn(move || flood(http, &token, &stop)));
+                        notes.push(format!(
+                            "{} floods publishes on its event {FLOOD_EVENT} from the first cue to the end, one after another",
+                            TENANTS[1]
+                        ));
+                    }
                     let down = if killed.is_some() {
                         " (an edge is down)"
                     } else {
@@ -474,6 +522,14 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bar.finish_and_clear();
+    flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = match flooder {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))?,
+        ),
+        None => None,
+    };
     for p in publishers {
         let _ = p.join();
     }
@@ -527,9 +583,48 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     }
     drop(cluster);
 
-    let summary = report::summarize(
-        &script, o, &reports, &published, &samples, &marks, &notes, deliveries, fanout_cpu,
-    )?;
+    // One summary per tenant, over its workers' devices and its own cues.
+    let mut summaries = Vec::new();
+    let mut tenant_devices = Vec::new();
+    for (ti, published) in published.iter().enumerate() {
+        let mine: Vec<FleetReport> = reports
+            .iter()
+            .enumerate()
+            .filter(|(w, _)| o.tenants == 1 || worker_tenant(o, *w).as_deref() == Some(TENANTS[ti]))
+            .map(|(_, r)| r.clone())
+            .collect();
+        tenant_devices.push(mine.iter().map(|r| r.newest.len()).sum::<usize>());
+        summaries.push(report::summarize(
+            &script, o, &mine, published, &samples, &marks, &notes, deliveries, fanout_cpu,
+        )?);
+    }
+    let mut summary = summaries[0].clone();
+    if o.tenants > 1 {
+        let side: Vec<serde_json::Value> = summaries
+            .iter()
+            .zip(TENANTS)
+            .zip(&tenant_devices)
+            .map(|((s, t), n)| {
+                json!({
+                    "tenant": t,
+                    "devices": n,
+                    "missed": s["missed"],
+                    "displayed_without_stage_map": s["displayed_without_stage_map"],
+                    "latency_ms": s["latency_ms"],
+                    "cues": s["cues"],
+                })
+            })
+            .collect();
+        summary["tenants"] = json!(side);
+        let (ok, refused) = flooded.unwrap_or((0, 0));
+        summary["flood"] = json!({
+            "tenant": TENANTS[1],
+            "event": FLOOD_EVENT,
+            "published": ok,
+            "refused_429": refused,
+        });
+        summary["figures_are_of"] = json!(TENANTS[0]);
+    }
     std::fs::write(
         o.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
@@ -539,6 +634,22 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     std::fs::write(&index, html)?;
     let mut s = summary;
     s["report"] = json!(index.display().to_string());
+    // Every tenant's devices must end on its newest cue: a miss fails the run (the report is
+    // written first, to show where).
+    for (t, m) in summaries.iter().map(|x| &x["missed"]).enumerate() {
+        if m.as_u64() != Some(0) {
+            bail!(
+                "{} device(s) of {} did not end on the newest cue; report {}",
+                m,
+                if o.tenants > 1 {
+                    TENANTS[t]
+                } else {
+                    "the fleet"
+                },
+                index.display()
+            );
+        }
+    }
     if !o.quiet {
         eprintln!(
             "missed {} | displayed without stage map {} | latency p50 {} ms p99 {} ms | report {}",
@@ -556,30 +667,70 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
 /// Publishes `key` to the first origin still running, retrying (with an `Idempotency-Key`, so a
 /// retry never makes a second cue) on another origin or after a pause for up to 15 s; the seq.
 /// A publish thread's answer: when it started (Unix µs), the key, the seq or why not.
-type PublishResult = (u64, String, anyhow::Result<u64>);
+type PublishResult = (usize, u64, String, anyhow::Result<u64>);
 
-/// Takes the publishes that have been answered into `published` (seq -> (time, key)); a publish
-/// that failed fails the run.
+/// Takes the publishes that have been answered into `published` (per tenant, seq -> (time,
+/// key)); a publish that failed fails the run.
 fn drain_published(
     rx: &mpsc::Receiver<PublishResult>,
-    published: &mut HashMap<u64, (u64, String)>,
+    published: &mut [HashMap<u64, (u64, String)>],
 ) -> anyhow::Result<()> {
-    while let Ok((t_us, key, r)) = rx.try_recv() {
-        published.insert(r?, (t_us, key));
+    while let Ok((ti, t_us, key, r)) = rx.try_recv() {
+        published[ti].insert(r?, (t_us, key));
     }
     Ok(())
 }
 
-fn publish_cue(origins: &[SocketAddr], event: &str, key: &str, token: &str) -> anyhow::Result<u64> {
+/// Publishes on tenant `TENANTS[1]`'s [`FLOOD_EVENT`] at `http` with `token`, one after
+/// another, until `stop`: (published, refused). A `429` (the tenant's quota) is honoured as a
+/// well-behaved publisher does, by waiting its `Retry-After` (1 s) before the next burst, so the
+/// tenant's own scripted cues get through between bursts; any other failure counts as refused.
+fn flood(http: SocketAddr, token: &str, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+    let (mut ok, mut refused, mut n) = (0u64, 0u64, 0u64);
+    let path = format!("/v1/tenants/{}/events/{FLOOD_EVENT}/cues", TENANTS[1]);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        match cue_testkit::client::request(
+            http,
+            "POST",
+            &path,
+            &[
+                ("Authorization", token),
+                ("Content-Type", "application/json"),
+            ],
+            format!("{{\"key\":\"f-{n}\"}}").as_bytes(),
+        ) {
+            Ok(r) if r.status == 201 => ok += 1,
+            Ok(r) if r.status == 429 => {
+                refused += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            _ => refused += 1,
+        }
+    }
+    (ok, refused)
+}
+
+fn publish_cue(
+    origins: &[SocketAddr],
+    tenant: Option<&str>,
+    event: &str,
+    key: &str,
+    token: &str,
+) -> anyhow::Result<u64> {
     let t = Instant::now();
-    let idem = format!("gameday-{event}-{key}");
+    let idem = format!("gameday-{}-{event}-{key}", tenant.unwrap_or("_default"));
+    let path = match tenant {
+        Some(t) => format!("/v1/tenants/{t}/events/{event}/cues"),
+        None => format!("/v1/events/{event}/cues"),
+    };
     let mut last = String::new();
     while t.elapsed() < Duration::from_secs(15) {
         for http in origins {
             match cue_testkit::client::request(
                 *http,
                 "POST",
-                &format!("/v1/events/{event}/cues"),
+                &path,
                 &[
                     ("Authorization", token),
                     ("Content-Type", "application/json"),
@@ -591,7 +742,10 @@ fn publish_cue(origins: &[SocketAddr], event: &str, key: &str, token: &str) -> a
                     let v: serde_json::Value = serde_json::from_str(&r.body)?;
                     return v["seq"].as_u64().context("201 without seq");
                 }
-                Ok(r) if r.status == 503 => last = format!("{http}: 503 {}", r.body),
+                // 503: the store; 429: the tenant's quota (its own flood): both say retry.
+                Ok(r) if r.status == 503 || r.status == 429 => {
+                    last = format!("{http}: {} {}", r.status, r.body)
+                }
                 Ok(r) => bail!("publishing {key}: {} {}", r.status, r.body),
                 Err(e) => last = format!("{http}: {e}"),
             }
@@ -655,11 +809,22 @@ fn start_prefetch(
         return Ok(None);
     };
     let catalog = o.out.join("catalog");
+    // A fresh catalog: an old run's tenants must not linger.
+    let _ = std::fs::remove_dir_all(&catalog);
     std::fs::create_dir_all(&catalog)?;
-    std::fs::write(
-        catalog.join(format!("{}.json", script.event)),
-        script.catalog_json(t0_unix_ms).to_string(),
-    )?;
+    // One tenant: the default tenant's event; two: each tenant's event of the same name.
+    let dirs: Vec<PathBuf> = if o.tenants > 1 {
+        TENANTS.iter().map(|t| catalog.join(t)).collect()
+    } else {
+        vec![catalog.clone()]
+    };
+    for d in dirs {
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(
+            d.join(format!("{}.json", script.event)),
+            script.catalog_json(t0_unix_ms).to_string(),
+        )?;
+    }
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args: Vec<String> = vec![
         "--http".into(),

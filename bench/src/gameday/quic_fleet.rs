@@ -75,7 +75,7 @@ pub fn run(spec: FleetSpec) -> anyhow::Result<()> {
             eps.push(crate::quic_worker::client_endpoint(source_addr(spec.source_base, e, 1), &cfg)?);
         }
         for i in 0..spec.devices {
-            let token = keys.mint_device(&format!("qdev-{}", spec.first + i), std::slice::from_ref(&spec.event), now_s, 7200);
+            let token = keys.mint_tenant_device(spec.tenant.as_deref(), &format!("qdev-{}", spec.first + i), std::slice::from_ref(&spec.event), now_s, 7200);
             let ep = eps[i / 500].clone();
             let (spec, state, drops) = (spec.clone(), state.clone(), drop_tx.subscribe());
             tokio::spawn(device(i, ep, token, spec, state, drops));
