@@ -246,3 +246,70 @@ fn a_tenants_device_quota_refuses_its_devices_while_anothers_are_admitted() {
     );
     assert!(m.contains("cue_edge_tenant_devices{shard="), "{m}");
 }
+
+#[test]
+fn a_quic_device_of_a_tenant_gets_its_tenants_cue_and_quota_refusals_name_it() {
+    use support::quic::{endpoint, hello, logged_fingerprint};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let conf = dir.path().join("edge.toml");
+    std::fs::write(&conf, "[tenant_quotas.brand-b]\nmax_devices = 1\n").unwrap();
+    let log = dir.path().join("edge.log");
+    let edge = start_edge_logged(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--config", conf.to_str().unwrap()],
+        Some(&log),
+    );
+    let fp = logged_fingerprint(&log);
+    let hello_of = |t: Option<&str>| {
+        format!(
+            "{{\"events\":[\"fight\"],\"token\":\"{}\"}}\n",
+            device_of(t, &["fight"])
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = endpoint(&fp);
+        let (v, mut acme) = hello(&ep, edge.quic, hello_of(Some("acme")).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        publish_as(origin.http, None, "fight", "default-1");
+        let s = publish_as(origin.http, Some("acme"), "fight", "acme-1");
+        assert_eq!(acme.cue().await, ("fight".into(), "acme-1".into(), s));
+        // brand-b may hold 1 device in a shard: of 4 hellos, some are refused with the
+        // tenant and the quota named, and a retry hint.
+        let mut refused = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (v, d) = hello(&ep, edge.quic, hello_of(Some("brand-b")).as_bytes())
+                .await
+                .unwrap();
+            if v["ok"] == true {
+                held.push(d);
+            } else {
+                refused.push(v);
+            }
+        }
+        assert!(
+            (1..=2).contains(&held.len()) && !refused.is_empty(),
+            "{refused:?}"
+        );
+        for v in &refused {
+            assert_eq!(v["status"], 429, "{v}");
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tenant brand-b is at its quota max_devices (1 in this shard)"),
+                "{v}"
+            );
+            assert!(v["retry_after"].as_u64().is_some(), "{v}");
+        }
+    });
+}
