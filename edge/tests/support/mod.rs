@@ -99,6 +99,20 @@ pub fn start_edge_env(
     log: Option<&Path>,
     env: &[(&str, &str)],
 ) -> Edge {
+    let e = spawn_edge_env(relay, ws, admin, extra, log, env);
+    e.wait_linked_n(1 + extra.iter().filter(|a| **a == "--origin").count());
+    e
+}
+
+/// As [`start_edge_env`], without waiting for the edge to link (it may not live that long).
+pub fn spawn_edge_env(
+    relay: SocketAddr,
+    ws: SocketAddr,
+    admin: SocketAddr,
+    extra: &[&str],
+    log: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Edge {
     let quic = free_udp_addr().to_string();
     let mut quic_args: Vec<&str> = Vec::new();
     if !extra.contains(&"--quic") {
@@ -139,14 +153,12 @@ pub fn start_edge_env(
         .position(|a| *a == "--quic")
         .and_then(|i| extra.get(i + 1)?.parse().ok())
         .unwrap_or_else(|| quic.parse().unwrap());
-    let e = Edge {
+    Edge {
         proc: Proc(child),
         ws,
         admin,
         quic: quic_addr,
-    };
-    e.wait_linked_n(1 + extra.iter().filter(|a| **a == "--origin").count());
-    e
+    }
 }
 
 impl Edge {
