@@ -331,10 +331,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 // between its other work.
                 let was_idle = !d.borrow().core.fanout_pending();
                 let mut closed = false;
-                {
-                    let mut drv = d.borrow_mut();
-                    drv.core.take_cue(cue);
-                }
+                d.borrow_mut().core.take_cue(cue);
                 loop {
                     match futures_lite::future::poll_once(rx.recv()).await {
                         Some(Some(ShardMsg::Cue(c))) => {

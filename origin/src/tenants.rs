@@ -53,9 +53,9 @@ pub struct Quota {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaKind {
     /// `publishes_per_s`.
-    Publishes,
+    Publishes = 0,
     /// `max_events`.
-    Events,
+    Events = 1,
 }
 
 impl QuotaKind {
@@ -102,7 +102,7 @@ struct Counts {
     /// Publishes by label.
     publishes: BTreeMap<String, u64>,
     /// Refusals by (label, quota).
-    refused: BTreeMap<(String, &'static str), u64>,
+    refused: BTreeMap<String, [u64; 2]>,
 }
 
 /// The quotas and per-tenant counts of one origin.
@@ -213,10 +213,8 @@ impl Tenants {
 
     fn count_refusal(&self, r: &QuotaRefusal) {
         let mut c = self.counts.lock().expect("counts lock");
-        let labelled: BTreeMap<String, u64> =
-            c.refused.keys().map(|(t, _)| (t.clone(), 0)).collect();
-        let l = bounded(&labelled, &r.tenant);
-        *c.refused.entry((l, r.kind.as_str())).or_default() += 1;
+        let l = bounded(&c.refused, &r.tenant);
+        c.refused.entry(l).or_default()[r.kind as usize] += 1;
     }
 
     /// `cue_origin_tenant_publishes_total{tenant}` and
@@ -243,19 +241,23 @@ impl Tenants {
             "counter",
             "Publishes refused with 429 for a tenant's quota, by tenant and quota.",
         );
-        for ((t, q), n) in &c.refused {
-            sample(
-                out,
-                "cue_origin_tenant_refused_total",
-                &format!("tenant=\"{t}\",quota=\"{q}\""),
-                *n,
-            );
+        for (t, counts) in &c.refused {
+            for (kind, n) in [QuotaKind::Publishes, QuotaKind::Events].iter().zip(counts) {
+                if *n > 0 {
+                    sample(
+                        out,
+                        "cue_origin_tenant_refused_total",
+                        &format!("tenant=\"{t}\",quota=\"{}\"", kind.as_str()),
+                        *n,
+                    );
+                }
+            }
         }
     }
 }
 
 /// `l` when it already has a label or there is room for one, else [`OTHER_TENANTS`].
-fn bounded(labelled: &BTreeMap<String, u64>, l: &str) -> String {
+fn bounded<V>(labelled: &BTreeMap<String, V>, l: &str) -> String {
     let named = labelled.keys().filter(|k| *k != OTHER_TENANTS).count();
     if labelled.contains_key(l) || named < MAX_LABELS {
         l.to_string()

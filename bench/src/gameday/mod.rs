@@ -63,7 +63,7 @@ pub const FLOOD_EVENT: &str = "flood";
 
 /// The tenant of fleet worker `w` (`None`: the default tenant, with one tenant).
 fn worker_tenant(o: &GamedayOpts, w: usize) -> Option<String> {
-    (o.tenants > 1).then(|| TENANTS[w % 2].to_string())
+    (o.tenants > 1).then(|| TENANTS[w % TENANTS.len()].to_string())
 }
 
 /// `cue-bench gameday --store`.
@@ -370,7 +370,8 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut prev_reqs = 0u64;
     let mut cpu_prev: Vec<f64> = vec![0.0; edges_n];
     let mut killed: Option<usize> = None;
-    let tenant_of = |t: usize| (o.tenants > 1).then(|| TENANTS[t].to_string());
+    // Tenant t's name is worker t's: the tenants take the workers in turn.
+    let tenant_of = |t: usize| worker_tenant(o, t);
     let pub_tokens: Vec<String> = {
         let k = cue_common::token::TokenKeys::new(secret.as_bytes()).map_err(anyhow::Error::msg)?;
         (0..o.tenants)

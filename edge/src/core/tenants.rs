@@ -69,6 +69,19 @@ pub struct Entry {
     pub refused: [u64; 2],
 }
 
+impl Entry {
+    fn new(name: &str, quota: Quota) -> Self {
+        Self {
+            name: name.to_string(),
+            quota,
+            devices: 0,
+            events: 0,
+            deliveries: 0,
+            refused: [0; 2],
+        }
+    }
+}
+
 /// Every tenant seen by one shard.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -87,16 +100,11 @@ impl Default for Table {
 impl Table {
     /// An empty table under `quotas`.
     pub fn new(quotas: Quotas) -> Self {
-        let entry = |name: &str, quota| Entry {
-            name: name.to_string(),
-            quota,
-            devices: 0,
-            events: 0,
-            deliveries: 0,
-            refused: [0; 2],
-        };
         let default = quotas.by_name.get("_default").copied().unwrap_or_default();
-        let entries = vec![entry("_default", default), entry("_other", quotas.defaults)];
+        let entries = vec![
+            Entry::new("_default", default),
+            Entry::new("_other", quotas.defaults),
+        ];
         Self {
             quotas,
             index: HashMap::new(),
@@ -120,14 +128,7 @@ impl Table {
             .get(t)
             .copied()
             .unwrap_or(self.quotas.defaults);
-        self.entries.push(Entry {
-            name: t.to_string(),
-            quota,
-            devices: 0,
-            events: 0,
-            deliveries: 0,
-            refused: [0; 2],
-        });
+        self.entries.push(Entry::new(t, quota));
         self.index.insert(t.to_string(), i);
         i
     }

@@ -498,16 +498,14 @@ impl AdmitCache {
         now_s: u64,
         events: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Result<(Option<Ticket>, Option<String>), Result<String, TokenError>> {
-        let Verifier::Keys(set) = v else {
-            return v
-                .verify_device(token, now_s, events)
-                .map(|c| (None, c.tenant));
+        let set = match v {
+            Verifier::Keys(set) if self.cap > 0 || self.tickets.is_some() => set,
+            _ => {
+                return v
+                    .verify_device(token, now_s, events)
+                    .map(|c| (None, c.tenant))
+            }
         };
-        if self.cap == 0 && self.tickets.is_none() {
-            return v
-                .verify_device(token, now_s, events)
-                .map(|c| (None, c.tenant));
-        }
         check_size(token).map_err(Err)?;
         let k = Self::key(token, events.clone());
         if let (Some(t), Some(tk)) = (ticket, &self.tickets) {

@@ -145,14 +145,7 @@ impl TokenKeys {
 
     /// A device token for `sub` allowed `events`, valid for `ttl_s` from `now_s`.
     pub fn mint_device(&self, sub: &str, events: &[String], now_s: u64, ttl_s: u64) -> String {
-        self.mint(&Claims {
-            sub: Some(sub.to_string()),
-            events: Some(events.to_vec()),
-            role: None,
-            priority: None,
-            tenant: None,
-            exp: now_s.saturating_add(ttl_s),
-        })
+        self.mint_tenant_device(None, sub, events, now_s, ttl_s)
     }
 
     /// A device token of `tenant` (`None`: the default tenant) for `sub` allowed `events` (bare
@@ -177,14 +170,7 @@ impl TokenKeys {
 
     /// A publisher token of `tenant` (`None`: the default tenant) for every event of it.
     pub fn mint_tenant_publisher(&self, tenant: Option<&str>, now_s: u64, ttl_s: u64) -> String {
-        self.mint(&Claims {
-            sub: None,
-            events: None,
-            role: Some("publisher".into()),
-            priority: None,
-            tenant: tenant.map(str::to_string),
-            exp: now_s.saturating_add(ttl_s),
-        })
+        self.mint_publisher_in(tenant, None, now_s, ttl_s)
     }
 
     /// A publisher token for every event, valid for `ttl_s` from `now_s`.
@@ -194,12 +180,23 @@ impl TokenKeys {
 
     /// A publisher token limited to `events` (`None`: every event).
     pub fn mint_publisher_for(&self, events: Option<&[String]>, now_s: u64, ttl_s: u64) -> String {
+        self.mint_publisher_in(None, events, now_s, ttl_s)
+    }
+
+    /// A publisher token of `tenant` limited to `events` of it (`None`: every event).
+    fn mint_publisher_in(
+        &self,
+        tenant: Option<&str>,
+        events: Option<&[String]>,
+        now_s: u64,
+        ttl_s: u64,
+    ) -> String {
         self.mint(&Claims {
             sub: None,
             events: events.map(<[String]>::to_vec),
             role: Some("publisher".into()),
             priority: None,
-            tenant: None,
+            tenant: tenant.map(str::to_string),
             exp: now_s.saturating_add(ttl_s),
         })
     }
