@@ -75,6 +75,30 @@ pub struct RunOpts {
     pub flood_events: usize,
     /// The fleet's cues critical, the flood background (else both normal).
     pub priorities: bool,
+    /// The edges' `--send-path` (`None`: the edge's default).
+    pub send_path: Option<SendPath>,
+    /// Steer the loopback device's receive work to the fleet's core while the run lasts
+    /// ([`RxSteer`]), so the edge core pays only the send side, as with a real NIC.
+    pub rx_steer: bool,
+}
+
+/// How the edges write fanouts (the edge's own `--send-path` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendPath {
+    /// One `send()` per device.
+    Syscall,
+    /// Batched sends on each shard's io_uring.
+    Uring,
+}
+
+impl SendPath {
+    /// The edge flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendPath::Syscall => "syscall",
+            SendPath::Uring => "uring",
+        }
+    }
 }
 
 /// The flooded events: `flood` alone, or `flood-0` .. `flood-{n-1}`.
@@ -245,6 +269,9 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
             "--tls-key".into(),
             key.display().to_string(),
         ]);
+        if let Some(sp) = o.send_path {
+            args.extend(["--send-path".into(), sp.as_str().into()]);
+        }
         let p = Proc::start(
             &format!("cue-edge-{i}"),
             &edge_bin,
@@ -692,12 +719,97 @@ fn floor_phase(
     };
     let (published, _) = publish_series(o.cues, interval, &mut round)?;
     let seen = finish_fleet(fleet, o, &published)?;
-    let cpu_rate = if total.cpu_s > 0.0 {
-        total.writes as f64 / total.cpu_s
-    } else {
-        0.0
-    };
+    let cpu_rate = rate_of(total.writes as f64, total.cpu_s, "write() floor", false)?
+        .context("the write() floor made no writes")?;
     Ok((cpu_rate, seen.wall_rate, seen.missed))
+}
+
+/// Runs the scenario once per send path (`paths` empty: once, on the edge's default path),
+/// steering loopback receive work first when asked. With several paths each is a phase of its
+/// own (the stack and fleet started anew, the same shape), the write() floor is measured once
+/// after them, and the figures are side by side with the ratio of the last path to the first.
+pub fn run_paths(
+    o: &RunOpts,
+    paths: &[SendPath],
+    scenario: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let _steer = if o.rx_steer {
+        let cpu = stack::fleet_cpu(o.edge_cpu)
+            .context("--rx-steer: needs a core for the fleet besides the edge core")?;
+        // Every device of one fanout may be queued on the fleet core at once.
+        // Every device of one fanout may be queued on the fleet core at once, with the ACKs of
+        // its connects and of the deliveries before.
+        Some(stack::RxSteer::to_cpu(
+            cpu,
+            4 * (o.devices + o.flood) as u64 + 1000,
+        )?)
+    } else {
+        None
+    };
+    if paths.len() <= 1 {
+        let one = RunOpts {
+            send_path: paths.first().copied(),
+            ..o.clone()
+        };
+        return run(&one, scenario);
+    }
+    let mut runs = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let last = i + 1 == paths.len();
+        let op = RunOpts {
+            send_path: Some(*p),
+            no_floor: o.no_floor || !last,
+            out: o.out.join(p.as_str()),
+            ..o.clone()
+        };
+        if o.verbose {
+            eprintln!(
+                "cue-bench: phase {} of {}: --send-path {}",
+                i + 1,
+                paths.len(),
+                p.as_str()
+            );
+        }
+        runs.push(run(&op, scenario)?);
+    }
+    // The floor of the last phase is every phase's floor.
+    let floor_cpu = runs
+        .last()
+        .and_then(|r| r["floor_deliveries_per_s_per_core"].as_f64());
+    let floor_wall = runs
+        .last()
+        .and_then(|r| r["wall"]["floor_deliveries_per_s"].as_f64());
+    let floor_missed = runs.last().map(|r| r["wall"]["floor_missed"].clone());
+    for r in &mut runs {
+        let rate = r["deliveries_per_s_per_core"].as_f64();
+        let wall = r["wall"]["deliveries_per_s"].as_f64();
+        r["floor_deliveries_per_s_per_core"] = json!(floor_cpu);
+        r["ratio_to_floor"] = json!(rate.zip(floor_cpu).map(|(a, b)| a / b));
+        r["wall"]["floor_deliveries_per_s"] = json!(floor_wall);
+        r["wall"]["ratio_to_floor"] = json!(wall.zip(floor_wall).map(|(a, b)| a / b));
+        r["wall"]["floor_missed"] = json!(floor_missed);
+    }
+    let ratio = |path: &[&str]| -> Option<f64> {
+        let get = |r: &serde_json::Value| path.iter().try_fold(r, |v, k| v.get(*k))?.as_f64();
+        Some(get(runs.last()?)? / get(runs.first()?)?)
+    };
+    let (first, last) = (paths[0].as_str(), paths[paths.len() - 1].as_str());
+    let cmp = json!({
+        "cpu_rate": ratio(&["deliveries_per_s_per_core"]),
+        "wall_rate": ratio(&["wall", "deliveries_per_s"]),
+        "last_device_ms": ratio(&["last_device_ms_median"]),
+        "basis": format!("{last} / {first}, same fleet shape, edge core and run"),
+    });
+    let mut by_path = serde_json::Map::new();
+    for (p, r) in paths.iter().zip(runs) {
+        by_path.insert(p.as_str().to_string(), r);
+    }
+    Ok(json!({
+        "scenario": scenario,
+        "send_paths": by_path,
+        "ratio": cmp,
+        "loopback_rx": if o.rx_steer { "fleet core (send side only)" } else { "sender's core (send and loopback receive)" },
+    }))
 }
 
 /// Runs the scenario; returns the JSON figures.
@@ -729,8 +841,8 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         target.edge_pids.clone()
     };
-    let rss0: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
-    let slab1 = stack::slab_bytes();
+    let rss0 = rss_sum(&server_pids)?;
+    let slab1 = stack::slab_bytes()?;
     let ws_fleet = if o.transport == Transport::Quic {
         None
     } else {
@@ -744,8 +856,8 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         )?)
     };
     std::thread::sleep(Duration::from_millis(500));
-    let rss1: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
-    let slab2 = stack::slab_bytes();
+    let rss1 = rss_sum(&server_pids)?;
+    let slab2 = stack::slab_bytes()?;
     // The QUIC fleet connects after the WebSocket one: its memory is the growth from here.
     let quic_fleet = match (&target.quic, o.transport) {
         (Some((addr, fp)), Transport::Quic | Transport::Mixed) => {
@@ -756,7 +868,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         }
         _ => None,
     };
-    let rss2: u64 = server_pids.iter().map(|&p| stack::rss(p)).sum();
+    let rss2 = rss_sum(&server_pids)?;
     let quic_connected = quic_fleet.as_ref().map_or(0, |f| f.connected);
     let quic_connect_s = quic_fleet.as_ref().map_or(0.0, |f| f.connect_s);
     let (connected, connect_s) = match &ws_fleet {
@@ -806,7 +918,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     );
     // Whole-process CPU of the serving side over the publish phase: the same measure for Cue's
     // edges and for a peer, so `process_cpu` compares like with like.
-    let cpu_before: f64 = server_pids.iter().map(|&p| stack::cpu_s(p)).sum();
+    let cpu_before = cpu_sum(&server_pids)?;
     let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
     flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flood_published = match flooder {
@@ -818,7 +930,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     };
     // Its devices' counts are not this run's figures.
     drop(flood_fleet);
-    let server_cpu = server_pids.iter().map(|&p| stack::cpu_s(p)).sum::<f64>() - cpu_before;
+    let server_cpu = cpu_sum(&server_pids)? - cpu_before;
     let quic_seen = match quic_fleet {
         Some(f) => Some(finish_fleet(f, o, &quic_series)?),
         None => None,
@@ -832,17 +944,37 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // them. WebSocket: the shards' fanout CPU (sends). QUIC: stream writes, packets out and the
     // devices' acknowledgements in (handshakes excluded; they were before this phase).
     let m = edge_metrics(&target.edge_admins)?.delta(&metrics_before);
-    let ws_deliveries = m.deliveries - m.quic_deliveries;
-    let ws_rate = if m.ws_cpu > 0.0 {
-        ws_deliveries / m.ws_cpu
-    } else {
-        0.0
-    };
-    let quic_rate = if m.quic_cpu > 0.0 {
-        m.quic_deliveries / m.quic_cpu
-    } else {
-        0.0
-    };
+    if !peer {
+        if let Some(sp) = o.send_path {
+            // The path asked for is the path measured: a shard whose ring could not be made
+            // would have fallen back to send() calls.
+            let want = if sp == SendPath::Uring { m.shards } else { 0.0 };
+            if m.uring_active != want {
+                bail!(
+                    "--send-path {}: {} of {} shards send on io_uring (see the edge logs)",
+                    sp.as_str(),
+                    m.uring_active,
+                    m.shards
+                );
+            }
+        }
+    }
+    // Deliveries and CPU counted on the same path: the fanout slices' WebSocket writes.
+    // Catch-up and the flush of drained sockets are reported on their own.
+    let ws_fanout = m.fanout_deliveries;
+    let ws_other = m.deliveries - m.quic_deliveries - m.fanout_deliveries;
+    let ws_rate = rate_of(
+        ws_fanout,
+        m.ws_cpu,
+        "WebSocket fanout",
+        peer || o.transport == Transport::Quic,
+    )?;
+    let quic_rate = rate_of(
+        m.quic_deliveries,
+        m.quic_cpu,
+        "QUIC",
+        peer || o.transport == Transport::Ws,
+    )?;
     let cpu_rate = if o.transport == Transport::Quic {
         quic_rate
     } else {
@@ -855,11 +987,12 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
 
     let (floor_cpu, floor_wall, floor_missed) =
         if o.cues > 0 && !o.no_floor && o.transport != Transport::Quic {
-            floor_phase(o, fleet_cpu, interval)?
+            let (c, w, m) = floor_phase(o, fleet_cpu, interval)?;
+            (Some(c), Some(w), Some(m))
         } else {
-            (0.0, 0.0, 0)
+            (None, None, None)
         };
-    let rate = if peer { seen.wall_rate } else { cpu_rate };
+    let rate = if peer { Some(seen.wall_rate) } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
     let user_bytes = if server_pids.is_empty() {
@@ -887,7 +1020,10 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             "missed": q.missed,
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": h.max() as f64 / 1e3},
             "deliveries_per_s_per_core": quic_rate,
-            "ratio_to_ws": if ws_rate > 0.0 && o.transport == Transport::Mixed { quic_rate / ws_rate } else { 0.0 },
+            "ratio_to_ws": match (o.transport, quic_rate, ws_rate) {
+                (Transport::Mixed, Some(q), Some(w)) => Some(q / w),
+                _ => None,
+            },
             "edge_user_bytes_per_conn": (rss2.saturating_sub(rss1)) as f64 / quic_connected.max(1) as f64,
             "edge_cpu_s": m.quic_cpu,
             "handshake_cpu_s_total": m.quic_handshake_cpu_total,
@@ -937,12 +1073,22 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": hist.max() as f64 / 1e3},
         "deliveries_per_s_per_core": rate,
         "floor_deliveries_per_s_per_core": floor_rate,
-        "ratio_to_floor": if floor_rate > 0.0 { rate / floor_rate } else { 0.0 },
-        "rate_basis": if peer { "wall: devices reached per second, first to last arrival, median over cues" } else { "cpu: deliveries per CPU-second of the edge core (edge: shard fanout CPU time; floor: write-loop CPU time)" },
+        "ratio_to_floor": rate.zip(floor_rate).map(|(r, f)| r / f),
+        "rate_basis": if peer { "wall: devices reached per second, first to last arrival, median over cues" } else { "cpu: WebSocket deliveries of the shards' fanout slices per CPU-second of those slices (edge), writes per CPU-second of the write loop (floor)" },
+        "loopback_rx": if o.rx_steer { "fleet core: the edge core pays the send side only, as with a real NIC" } else { "sender's core: the edge core also pays the loopback receive work of its devices" },
+        "send_path": o.send_path.map(|p| p.as_str()),
+        "edge_deliveries": {
+            "fanout": ws_fanout,
+            "catch_up_and_flush": ws_other,
+            "quic": m.quic_deliveries,
+            "uring_submits": m.uring_submits,
+            "uring_sends": m.uring_sends,
+            "sends_per_submit": (m.uring_submits > 0.0).then(|| m.uring_sends / m.uring_submits),
+        },
         "wall": {
             "deliveries_per_s": seen.wall_rate,
             "floor_deliveries_per_s": floor_wall,
-            "ratio_to_floor": if floor_wall > 0.0 { seen.wall_rate / floor_wall } else { 0.0 },
+            "ratio_to_floor": floor_wall.map(|f| seen.wall_rate / f),
             "floor_missed": floor_missed,
         },
         "process_cpu": {
@@ -974,6 +1120,13 @@ struct EdgeCounters {
     lane_conflated: f64,
     deliveries: f64,
     quic_deliveries: f64,
+    /// WebSocket deliveries of fanout slices (the work `ws_cpu` times).
+    fanout_deliveries: f64,
+    uring_submits: f64,
+    uring_sends: f64,
+    /// Shards sending on io_uring (a gauge: not a delta), and shards.
+    uring_active: f64,
+    shards: f64,
     ws_cpu: f64,
     quic_cpu: f64,
     quic_handshake_cpu_total: f64,
@@ -995,6 +1148,11 @@ impl EdgeCounters {
             lane_conflated: self.lane_conflated - before.lane_conflated,
             deliveries: self.deliveries - before.deliveries,
             quic_deliveries: self.quic_deliveries - before.quic_deliveries,
+            fanout_deliveries: self.fanout_deliveries - before.fanout_deliveries,
+            uring_submits: self.uring_submits - before.uring_submits,
+            uring_sends: self.uring_sends - before.uring_sends,
+            uring_active: self.uring_active,
+            shards: self.shards,
             ws_cpu: self.ws_cpu - before.ws_cpu,
             quic_cpu: self.quic_cpu - before.quic_cpu,
             quic_handshake_cpu_total: self.quic_handshake_cpu_total,
@@ -1122,6 +1280,19 @@ fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
         c.lane_conflated += metric_sum(&m, "cue_edge_lane_conflated_total");
         c.deliveries += metric_sum(&m, "cue_edge_deliveries_total");
         c.quic_deliveries += metric_sum(&m, "cue_edge_quic_deliveries_total");
+        for name in ["cue_edge_fanout_deliveries_total", "cue_edge_uring_active"] {
+            if metric_value(&m, name).is_none() {
+                bail!("edge metrics at {a}: no {name} (an edge older than this bench?)");
+            }
+        }
+        c.fanout_deliveries += metric_sum(&m, "cue_edge_fanout_deliveries_total");
+        c.uring_submits += metric_sum(&m, "cue_edge_uring_submits_total");
+        c.uring_sends += metric_sum(&m, "cue_edge_uring_sends_total");
+        c.uring_active += metric_sum(&m, "cue_edge_uring_active");
+        c.shards += m
+            .lines()
+            .filter(|l| l.starts_with("cue_edge_uring_active{"))
+            .count() as f64;
         c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
         c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");
         c.quic_handshake_cpu_total += metric_sum(&m, "cue_edge_quic_handshake_cpu_seconds_total");
@@ -1129,6 +1300,26 @@ fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
         c.quic_send_calls += metric_sum(&m, "cue_edge_quic_send_calls_total");
     }
     Ok(c)
+}
+
+/// `n / cpu_s`; `None` when the run has none of this work (`absent_ok` and nothing counted);
+/// an error when work was counted without CPU time, or CPU time without work.
+fn rate_of(n: f64, cpu_s: f64, what: &str, absent_ok: bool) -> anyhow::Result<Option<f64>> {
+    if n <= 0.0 && cpu_s <= 0.0 && absent_ok {
+        return Ok(None);
+    }
+    if n <= 0.0 || cpu_s <= 0.0 {
+        bail!("{what}: {n} deliveries in {cpu_s} CPU-seconds: no rate can be taken from that");
+    }
+    Ok(Some(n / cpu_s))
+}
+
+fn rss_sum(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&p| stack::rss(p)).sum()
+}
+
+fn cpu_sum(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&p| stack::cpu_s(p)).sum()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

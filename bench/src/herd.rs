@@ -661,7 +661,7 @@ fn throughput(a: &HerdArgs, kind: &str, up: &Upstream, secret: &str) -> anyhow::
         }
     }
     let _ = up.take();
-    let cpu0 = stack::cpu_s(proc.pid());
+    let cpu0 = stack::cpu_s(proc.pid())?;
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..a.throughput_connections)
@@ -696,7 +696,7 @@ fn throughput(a: &HerdArgs, kind: &str, up: &Upstream, secret: &str) -> anyhow::
         let _ = hist.add(hh);
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = stack::cpu_s(proc.pid()) - cpu0;
+    let cpu = stack::cpu_s(proc.pid())? - cpu0;
     let (calls, _, _, _) = up.take();
     proc.stop(Duration::from_secs(5));
     Ok(json!({

@@ -96,6 +96,16 @@ enum Cmd {
         /// (without it both are normal).
         #[arg(long)]
         priorities: bool,
+        /// The edges' send path(s): `uring`, `syscall`, or both (`syscall,uring`: one phase
+        /// each, same fleet shape, same core, same run, figures side by side and their ratio)
+        /// [default: the edge's own, uring].
+        #[arg(long, value_enum, value_delimiter = ',')]
+        send_path: Vec<fanout::SendPath>,
+        /// Steer the loopback device's receive work to the fleet's core while the run lasts
+        /// (/sys/class/net/lo/queues/rx-0/rps_cpus, restored after; needs root), so the edge
+        /// core's CPU per delivery is the send side alone, as with a real NIC.
+        #[arg(long)]
+        rx_steer: bool,
     },
     /// Connect an idle fleet; measures connect rate and memory per connection.
     Density {
@@ -259,6 +269,8 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         flood: 0,
         flood_events: 1,
         priorities: false,
+        send_path: None,
+        rx_steer: false,
     }
 }
 
@@ -450,6 +462,8 @@ fn main() -> ExitCode {
             flood,
             flood_events,
             priorities,
+            send_path,
+            rx_steer,
         } => {
             if let Err(e) = validate(&common) {
                 eprintln!("cue-bench: {e}");
@@ -467,7 +481,8 @@ fn main() -> ExitCode {
             o.flood = flood;
             o.flood_events = usize::from(flood_events);
             o.priorities = priorities;
-            fanout::run(&o, "fanout")
+            o.rx_steer = rx_steer;
+            fanout::run_paths(&o, &send_path, "fanout")
         }
         Cmd::Store {
             devices,

@@ -214,7 +214,7 @@ fn phase(
     let pub_stop = Arc::new(AtomicBool::new(false));
     let (cues0, cpu0, t0) = (
         cues.load(Relaxed),
-        stack::cpu_s(origin.pid()),
+        stack::cpu_s(origin.pid())?,
         Instant::now(),
     );
     let pubs: Vec<_> = (0..o.publishers)
@@ -253,13 +253,10 @@ fn phase(
         std::thread::sleep(Duration::from_millis(20));
     }
     let (delivered, wall) = (cues.load(Relaxed) - cues0, t0.elapsed().as_secs_f64());
-    let cpu1 = stack::cpu_s(origin.pid());
-    // cpu_s reads 0 when it cannot read; right after start a real 0 is possible, so the
-    // reading is trusted when the file is there and the time moved over the phase.
-    let readable = std::path::Path::new(&format!("/proc/{}/stat", origin.pid())).exists();
-    if !readable || cpu1 <= cpu0 {
+    let cpu1 = stack::cpu_s(origin.pid())?;
+    if cpu1 <= cpu0 {
         bail!(
-            "could not read the origin's CPU time (/proc/{}/stat)",
+            "the origin's CPU time did not move over the phase (/proc/{}/stat)",
             origin.pid()
         );
     }

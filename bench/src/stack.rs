@@ -199,36 +199,47 @@ pub fn wait_http(
 }
 
 /// Resident set size of `pid` in bytes.
-pub fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |p| p * 4096)
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/statm");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .with_context(|| format!("{path}: no resident page count in {s:?}"))?;
+    Ok(pages * 4096)
 }
 
 /// User + system CPU time of `pid` (all threads), seconds.
-pub fn cpu_s(pid: u32) -> f64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
+pub fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
-    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let rest = s
+        .rsplit_once(')')
+        .map(|x| x.1)
+        .with_context(|| format!("{path}: no command name"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf takes no pointers.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ut: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    (ut + st) / ticks
+    let field = |i: usize| -> anyhow::Result<f64> {
+        f.get(i)
+            .and_then(|x| x.parse().ok())
+            .with_context(|| format!("{path}: field {} unreadable", i + 3))
+    };
+    Ok((field(11)? + field(12)?) / ticks)
 }
 
 /// Kernel slab memory (SReclaimable + SUnreclaim) in bytes, from /proc/meminfo: where socket,
 /// file, dentry, inode and epoll structures live.
-pub fn slab_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines()
-        .filter(|l| l.starts_with("Slab:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum::<u64>()
-        * 1024
+pub fn slab_bytes() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kib: u64 = s
+        .lines()
+        .find(|l| l.starts_with("Slab:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .context("/proc/meminfo: no Slab line")?;
+    Ok(kib * 1024)
 }
 
 /// Unix time in microseconds.
@@ -291,4 +302,88 @@ pub fn fleet_cpu(edge_cpu: usize) -> Option<usize> {
         .map(|n| n.get())
         .unwrap_or(1);
     (ncpu > 1).then(|| (edge_cpu + 1) % ncpu)
+}
+
+/// The loopback device's receive steering (`/sys/class/net/lo/queues/rx-0/rps_cpus`) set to
+/// one core while this lives, with that core's input queue (`net.core.netdev_max_backlog`)
+/// raised to hold a whole fanout, and both put back as they were when it is dropped (or when
+/// the bench is interrupted with SIGINT or SIGTERM).
+///
+/// On loopback the receiver's TCP work runs on the sender's core unless it is steered away;
+/// steered to the fleet's core, the edge core pays only the send side of each delivery, as it
+/// would with a real NIC. The sender then queues packets on the fleet core faster than that
+/// core takes them in, and beyond the input queue's length (1000 by default) the kernel drops
+/// them: the devices would get their cue after a retransmission timeout, a loss a real NIC's
+/// transmit queue would not have caused. So the queue is made as long as the fleet.
+#[derive(Debug)]
+pub struct RxSteer {
+    before: [(String, String); 2],
+}
+
+const RPS_CPUS: &str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
+const NETDEV_BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
+
+fn read_setting(path: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("--rx-steer: reading {path}"))?
+        .trim()
+        .to_string())
+}
+
+fn write_setting(path: &str, v: &str) -> anyhow::Result<()> {
+    std::fs::write(path, v)
+        .with_context(|| format!("--rx-steer: writing {v} to {path} (needs root)"))
+}
+
+impl RxSteer {
+    /// Steers loopback receive work to `cpu` with an input queue of at least `packets`.
+    pub fn to_cpu(cpu: usize, packets: u64) -> anyhow::Result<Self> {
+        if cpu >= 64 {
+            bail!("--rx-steer: core {cpu} is beyond the 64 this bench can name in a mask");
+        }
+        let before = [
+            (RPS_CPUS.to_string(), read_setting(RPS_CPUS)?),
+            (NETDEV_BACKLOG.to_string(), read_setting(NETDEV_BACKLOG)?),
+        ];
+        let backlog: u64 = before[1]
+            .1
+            .parse()
+            .context("netdev_max_backlog is not a number")?;
+        let mask = format!("{:x}", 1u64 << cpu);
+        let queue = backlog.max(packets);
+        // Restored as soon as this exists, whatever fails below.
+        let steer = Self { before };
+        write_setting(NETDEV_BACKLOG, &queue.to_string())?;
+        write_setting(RPS_CPUS, &mask)?;
+        // An interrupted run puts the settings back too.
+        let restore = steer.before.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                for (path, v) in &restore {
+                    let _ = std::fs::write(path, v);
+                }
+                eprintln!("cue-bench: interrupted; loopback receive settings restored");
+                std::process::exit(128 + sig);
+            }
+        });
+        eprintln!(
+            "cue-bench: loopback receive work steered to core {cpu} ({RPS_CPUS} = {mask}, was {}; netdev_max_backlog = {queue}, was {backlog})",
+            steer.before[0].1
+        );
+        Ok(steer)
+    }
+}
+
+impl Drop for RxSteer {
+    fn drop(&mut self) {
+        for (path, v) in &self.before {
+            if let Err(e) = std::fs::write(path, v) {
+                eprintln!("cue-bench: could not restore {path} to {v}: {e}");
+            }
+        }
+    }
 }

@@ -152,6 +152,8 @@ pub fn run(o: &StoreBenchOpts) -> anyhow::Result<serde_json::Value> {
                 flood: 0,
                 flood_events: 1,
                 priorities: false,
+                send_path: None,
+                rx_steer: false,
             },
             &format!("store-{}", mode.name()),
         )?;

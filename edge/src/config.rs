@@ -10,6 +10,17 @@ use serde::Deserialize;
 use crate::core::CoreConfig;
 use crate::ws::query::QueryLimits;
 
+/// How a shard writes a fanout's cue to its WebSocket devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// Batched sends on the shard's own io_uring.
+    #[default]
+    Uring,
+    /// One `send()` system call per device.
+    Syscall,
+}
+
 /// Edge settings. Every field has a default; each says its trade-off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,6 +201,12 @@ pub struct EdgeConfig {
     /// Devices one fanout slice visits before the shard serves input, accepts, pings and QUIC
     /// again. Default 1024 (about 5-10 ms of writes on this project's test machine).
     pub fanout_slice: usize,
+    /// How fanouts leave: `uring` submits each slice's sends as one batch on an io_uring the
+    /// shard owns (registered sockets, the frame in a registered buffer; [`crate::uring`]),
+    /// `syscall` makes one `send()` call per device. Default `uring`; a shard whose ring cannot
+    /// be made (io_uring off in the kernel or by a sandbox) logs a warning and uses `syscall`
+    /// (`cue_edge_uring_active` says which each shard uses).
+    pub send_path: SendPath,
     /// Seed for jitter (retry hints, backoff). Default: from the pid and time.
     pub seed: Option<u64>,
 }
@@ -255,6 +272,7 @@ impl Default for EdgeConfig {
             backlog: 4096,
             shard_queue: 64,
             fanout_slice: 1024,
+            send_path: SendPath::Uring,
             seed: None,
         }
     }

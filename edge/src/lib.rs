@@ -25,5 +25,6 @@ pub mod shard;
 pub mod sources;
 pub mod stats;
 pub mod tls;
+pub mod uring;
 pub mod ws;
 pub mod wss;

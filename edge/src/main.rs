@@ -127,6 +127,10 @@ struct Cli {
     /// Seed for jitter (retry hints, backoff) [default: from pid and time].
     #[arg(long)]
     seed: Option<u64>,
+    /// How fanouts leave: batched sends on each shard's io_uring, or one send() per device
+    /// [default: uring].
+    #[arg(long, value_enum)]
+    send_path: Option<cue_edge::config::SendPath>,
 }
 
 fn config(cli: &Cli) -> Result<EdgeConfig, String> {
@@ -148,7 +152,8 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         max_connections_per_source,
         quic_idle_timeout_s,
         quic_keep_alive_s,
-        quic_steer
+        quic_steer,
+        send_path
     );
     for (f, v) in [
         (&mut c.origin_ca, &cli.origin_ca),
@@ -464,6 +469,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             seed: seed.wrapping_add(i as u64 * 0x9E37_79B9),
             max_sockets: per_shard + REFUSAL_HEADROOM,
             max_per_source: cfg.max_connections_per_source,
+            send_path: cfg.send_path,
             wss: cfg.wss.zip(wss_tls.clone()),
             quic: match (cfg.quic, &quic_tls) {
                 (Some(listen), Some(crypto)) => Some(QuicSpec {

@@ -25,7 +25,7 @@ use glommio::channels::shared_channel::SharedReceiver;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::SeedableRng;
 
-use crate::core::{ConnKey, CoreConfig, Io, Link, Now, Sent, ShardCore};
+use crate::core::{BatchSend, ConnKey, CoreConfig, Io, Link, Now, Sent, ShardCore};
 use crate::encoded::{EncodedCue, Transport};
 use crate::quic::config::QuicSettings;
 use crate::quic::driver::{Forwarded, QuicDriver, QuicEvent};
@@ -83,6 +83,8 @@ pub struct ShardSpec {
     pub max_sockets: usize,
     /// WebSocket connections per source address (0: no limit; [`crate::sources`]).
     pub max_per_source: u32,
+    /// How fanouts leave ([`crate::uring`] or one `send()` per device).
+    pub send_path: crate::config::SendPath,
     /// WebSocket-over-TLS listener and its rustls settings.
     pub wss: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// QUIC, when enabled.
@@ -232,6 +234,29 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         (Some(q), Some(sock)) => Some(start_quic(&spec, q, sock, epfd).await),
         _ => None,
     };
+    let uring = match spec.send_path {
+        crate::config::SendPath::Syscall => None,
+        crate::config::SendPath::Uring => {
+            match crate::uring::UringSender::new(spec.core.fanout_slice as u32, u32::MAX) {
+                Ok(u) => {
+                    let f = u.features();
+                    tracing::info!(
+                        shard = spec.id,
+                        fixed_files = f.fixed_files,
+                        fixed_buffer = f.fixed_buffer,
+                        defer_taskrun = f.defer_taskrun,
+                        "fanout sends on io_uring"
+                    );
+                    Some(u)
+                }
+                Err(e) => {
+                    tracing::warn!(shard = spec.id, error = %e, "io_uring unavailable; fanout sends one send() per device");
+                    None
+                }
+            }
+        }
+    };
+    spec.stats.uring_active.set(i64::from(uring.is_some()));
     let core = ShardCore::new(
         spec.core.clone(),
         spec.stats.clone(),
@@ -246,6 +271,8 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             quic,
             sources: (spec.max_per_source > 0)
                 .then(|| crate::sources::SourceLimit::new(spec.max_per_source)),
+            uring,
+            results: Vec::new(),
         },
         listener: Some(listener),
         wss_listener: wss,
@@ -480,6 +507,11 @@ impl Driver {
         stats.fanout_cpu_ns.add(cpu - quic_cpu);
         stats.quic_cpu_ns.add(quic_cpu);
         stats.fanout_time.observe_us(spent.as_micros() as u64);
+        if let Some(u) = self.io.uring.as_mut() {
+            let (submits, sends) = u.take_counts();
+            stats.uring_submits.add(submits);
+            stats.uring_sends.add(sends);
+        }
         let now_ms = unix_ms();
         self.core.take_finished(|ts, class| {
             let lag_ms = now_ms.saturating_sub(ts);
@@ -679,6 +711,13 @@ impl Driver {
                     // SAFETY: `fd` is ours (from accept4) and registered nowhere yet.
                     unsafe { libc::close(fd) };
                     continue;
+                }
+            }
+            if !tls {
+                // The fanout's sends name it by its slot (a socket the table cannot take is
+                // sent to by its fd).
+                if let Some(u) = self.io.uring.as_mut() {
+                    u.register(fd);
                 }
             }
             let key = self.core.accept(Link::ws(fd), now);
@@ -968,6 +1007,10 @@ struct SysIo {
     quic: Option<QuicDriver>,
     /// Per-source counts, when `max_connections_per_source` is on.
     sources: Option<crate::sources::SourceLimit>,
+    /// The fanout's send ring (`send_path = "uring"` and the kernel allows it).
+    uring: Option<crate::uring::UringSender>,
+    /// One result per entry of the batch in flight.
+    results: Vec<Sent>,
 }
 
 impl SysIo {
@@ -1006,6 +1049,38 @@ fn plain_send(fd: RawFd, bytes: &[u8]) -> Sent {
 }
 
 impl Io for SysIo {
+    fn send_cue_batch(&mut self, cue: &EncodedCue, batch: &mut [BatchSend]) {
+        let Some(u) = self.uring.as_mut() else {
+            for b in batch {
+                b.result = self.send(b.link, cue.frame(b.encoding));
+            }
+            return;
+        };
+        let results = &mut self.results;
+        results.clear();
+        results.resize(batch.len(), Sent::Closed);
+        u.begin();
+        for (i, b) in batch.iter().enumerate() {
+            let frame = cue.frame(b.encoding);
+            match b.link.transport {
+                Transport::Ws => match self.tls.as_mut() {
+                    Some(t) if t.is_tls(b.link.fd()) => results[i] = t.send(b.link.fd(), frame),
+                    _ => u.push(i, b.link.fd(), frame, results),
+                },
+                Transport::Quic => {
+                    results[i] = match self.quic.as_mut() {
+                        Some(q) => q.stream_write(b.link.id, frame),
+                        None => Sent::Closed,
+                    }
+                }
+            }
+        }
+        u.finish(results);
+        for (b, r) in batch.iter_mut().zip(results.iter()) {
+            b.result = *r;
+        }
+    }
+
     fn send(&mut self, link: Link, bytes: &[u8]) -> Sent {
         match link.transport {
             Transport::Ws => match self.tls.as_mut() {
@@ -1044,6 +1119,10 @@ impl Io for SysIo {
                 }
                 if let Some(s) = self.sources.as_mut() {
                     s.release(link.fd());
+                }
+                // A registered socket stays open while the ring holds it.
+                if let Some(u) = self.uring.as_mut() {
+                    u.unregister(link.fd());
                 }
                 // Closing removes the fd from the epoll set.
                 // SAFETY: the core gave the record up: nothing refers to this fd any more.

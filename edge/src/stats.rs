@@ -111,6 +111,15 @@ pub struct ShardStats {
     /// Thread CPU time spent in fanout (writing cues), nanoseconds: deliveries divided by this
     /// is the shard core's delivery rate, whatever else shares the core.
     pub fanout_cpu_ns: Counter,
+    /// WebSocket cue frames written by fanout slices: the deliveries `fanout_cpu_ns` paid for
+    /// (catch-up and the flush of a drained socket are counted in `deliveries` only).
+    pub fanout_deliveries: Counter,
+    /// io_uring submissions (`io_uring_enter` calls) of fanout batches.
+    pub uring_submits: Counter,
+    /// Sends those submissions carried.
+    pub uring_sends: Counter,
+    /// 1 while the shard sends fanouts on its io_uring, 0 on `send()` calls.
+    pub uring_active: Gauge,
     /// Open QUIC sessions (also counted in `connections`).
     pub quic_sessions: Gauge,
     /// Cues written to QUIC devices (also counted in `deliveries`).
@@ -217,6 +226,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.fanout_backlog.get(),
         ),
         (
+            "cue_edge_uring_active",
+            "1 while the shard writes fanouts with batched io_uring sends (send_path uring), 0 with one send() call per device.",
+            |s| s.uring_active.get(),
+        ),
+        (
             "cue_edge_event_slots",
             "Event slots the shard holds (followed by its devices or kept for catch-up; at most max_events).",
             |s| s.event_slots.get(),
@@ -244,7 +258,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 27] = [
+    let counters: [Row; 30] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
@@ -374,6 +388,21 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_write_blocked_total",
             "Writes a device socket did not fully take.",
             |s| s.write_blocked.get(),
+        ),
+        (
+            "cue_edge_fanout_deliveries_total",
+            "WebSocket cue frames written by fanout slices, the work cue_edge_fanout_cpu_seconds_total times (catch-up and flushes of drained sockets are in cue_edge_deliveries_total only).",
+            |s| s.fanout_deliveries.get(),
+        ),
+        (
+            "cue_edge_uring_submits_total",
+            "io_uring submissions of fanout batches (send_path uring).",
+            |s| s.uring_submits.get(),
+        ),
+        (
+            "cue_edge_uring_sends_total",
+            "Sends carried by those submissions.",
+            |s| s.uring_sends.get(),
         ),
         ("cue_edge_pings_total", "Pings sent to idle devices.", |s| {
             s.pings.get()

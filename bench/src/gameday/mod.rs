@@ -370,6 +370,12 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     let mut prev_reqs = 0u64;
     let mut cpu_prev: Vec<f64> = vec![0.0; edges_n];
     let mut killed: Option<usize> = None;
+    // Each edge's fanout counters when the script starts (a restarted edge starts from 0): the
+    // rate is over the run's fanouts alone, deliveries and CPU counted on the same path.
+    let mut fanout_base: Vec<(f64, f64)> = Vec::with_capacity(edges_n);
+    for (_, admin, _) in &edges {
+        fanout_base.push(fanout_counters(*admin)?);
+    }
     // Tenant t's name is worker t's: the tenants take the workers in turn.
     let tenant_of = |t: usize| worker_tenant(o, t);
     let pub_tokens: Vec<String> = {
@@ -480,6 +486,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
                     let log = o.out.join(format!("edge-{i}-restart.log"));
                     edges[*i].0 =
                         Proc::start(&format!("cue-edge-{i}"), &edge_bin, &args, &env, &log)?;
+                    fanout_base[*i] = (0.0, 0.0);
                     killed = None;
                     marks.push((t, format!("edge {i} restarted"), "fault"));
                 }
@@ -505,14 +512,17 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
             };
             prev_reqs = reqs;
             for (i, (p, _, _)) in edges.iter().enumerate() {
-                let cpu = stack::cpu_s(p.pid());
+                if killed == Some(i) {
+                    continue;
+                }
+                let cpu = stack::cpu_s(p.pid())?;
                 if cpu >= cpu_prev[i] {
                     s.edge_cpu_pct += (cpu - cpu_prev[i]) / dt * 100.0;
                 }
                 cpu_prev[i] = cpu;
-                s.edge_rss += stack::rss(p.pid());
+                s.edge_rss += stack::rss(p.pid())?;
             }
-            s.slab = stack::slab_bytes();
+            s.slab = stack::slab_bytes()?;
             bar.set_position(t0.elapsed().as_secs());
             bar.set_message(format!(
                 "{phase} | {} devices on | {} maps",
@@ -560,16 +570,15 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
         .map(|r| r.expect("all reported"))
         .collect();
 
-    // Edge figures for the at-scale estimate, from the edges' own counters: WebSocket
-    // deliveries per CPU-second of WebSocket fanout (QUIC deliveries have their own CPU
-    // counter and their own figures in `cue-bench fanout --transport mixed`).
+    // Edge figures for the at-scale estimate, from the edges' own counters over the script:
+    // WebSocket deliveries made by fanout slices per CPU-second of those slices (catch-up and
+    // flushes are not in either; QUIC has its own figures in `cue-bench fanout --transport
+    // mixed`). An edge whose counters cannot be read fails the run.
     let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
-    for (_, admin, _) in &edges {
-        if let Ok(r) = cue_testkit::client::request(*admin, "GET", "/metrics", &[], b"") {
-            deliveries += crate::fanout::metric_sum(&r.body, "cue_edge_deliveries_total")
-                - crate::fanout::metric_sum(&r.body, "cue_edge_quic_deliveries_total");
-            fanout_cpu += crate::fanout::metric_sum(&r.body, "cue_edge_fanout_cpu_seconds_total");
-        }
+    for (i, (_, admin, _)) in edges.iter().enumerate() {
+        let (d, c) = fanout_counters(*admin).with_context(|| format!("edge {i} at the end"))?;
+        deliveries += d - fanout_base[i].0;
+        fanout_cpu += c - fanout_base[i].1;
     }
     for (p, _, _) in &mut edges {
         p.stop(Duration::from_secs(5));
@@ -845,4 +854,23 @@ fn start_prefetch(
     stack::wait_http(addr, "/healthz", Duration::from_secs(10), |_| true)
         .context("cue-prefetch did not start")?;
     Ok(Some((p, addr)))
+}
+
+/// An edge's `(fanout deliveries, fanout CPU seconds)` counters, summed over its shards.
+fn fanout_counters(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let r = cue_testkit::client::request(admin, "GET", "/metrics", &[], b"")
+        .with_context(|| format!("reading {admin}/metrics"))?;
+    if r.status != 200 {
+        bail!("{admin}/metrics: status {}", r.status);
+    }
+    let need = |name: &str| -> anyhow::Result<f64> {
+        if !r.body.contains(name) {
+            bail!("{admin}/metrics has no {name}");
+        }
+        Ok(crate::fanout::metric_sum(&r.body, name))
+    };
+    Ok((
+        need("cue_edge_fanout_deliveries_total")?,
+        need("cue_edge_fanout_cpu_seconds_total")?,
+    ))
 }

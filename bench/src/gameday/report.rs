@@ -70,11 +70,12 @@ pub fn summarize(
     let peak_rps = rps.iter().copied().fold(0.0, f64::max);
     let last = reports.iter().map(|r| &r.status);
     let prefetch_reqs: u64 = last.clone().map(|s| s.prefetch_reqs).sum();
-    let rate = if fanout_cpu > 0.0 {
-        deliveries / fanout_cpu
-    } else {
-        0.0
-    };
+    if fanout_cpu <= 0.0 || deliveries <= 0.0 {
+        anyhow::bail!(
+            "the edges recorded no fanout ({deliveries} deliveries in {fanout_cpu} CPU-seconds): no delivery rate"
+        );
+    }
+    let rate = deliveries / fanout_cpu;
     // Memory per connection, from the first sample at the peak device count (before any
     // fault) against the first sample of the run: edge RSS for user space; the kernel's slab
     // for kernel memory, halved because both ends of every connection live on this host (the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cue_common::cue::Priority;
 
 use super::conn::{Conn, State, BLOCKED};
-use super::{Closing, ConnKey, Fanout, Io, Sent, ShardCore, Sweep};
+use super::{BatchSend, Closing, ConnKey, Fanout, Io, Sent, ShardCore, Sweep};
 use crate::encoded::EncodedCue;
 use crate::encoded::Transport;
 use crate::stats::{CloseReason, ShardStats};
@@ -103,6 +103,11 @@ impl ShardCore {
             let end = (sw.next + budget).min(sw.devices.len());
             let seq = sw.cue.cue.seq();
             let before = fanout.ws + fanout.quic;
+            // First who gets it now, then one batch of sends, then what each send did.
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut batch_of = std::mem::take(&mut self.batch_of);
+            batch.clear();
+            batch_of.clear();
             for &idx in &sw.devices[sw.next..end] {
                 let Some(c) = self.conns.at(idx) else {
                     continue;
@@ -123,7 +128,23 @@ impl ShardCore {
                     c.subs[si].missed = c.subs[si].missed.saturating_add(1);
                     continue;
                 }
-                match write_cue(c, idx, sw.cue.frame(c.format), io, &self.stats) {
+                batch.push(BatchSend {
+                    link: c.handle(),
+                    encoding: c.format,
+                    result: Sent::Closed,
+                });
+                batch_of.push((idx, si as u32));
+            }
+            if !batch.is_empty() {
+                io.send_cue_batch(&sw.cue, &mut batch);
+            }
+            for (b, &(idx, si)) in batch.iter().zip(&batch_of) {
+                let si = si as usize;
+                let Some(c) = self.conns.at(idx) else {
+                    continue;
+                };
+                let frame = sw.cue.frame(c.format);
+                match written(c, idx, frame, b.result, io, &self.stats) {
                     Written::Whole | Written::Part => {
                         c.subs[si].seq = seq;
                         match c.transport() {
@@ -137,6 +158,8 @@ impl ShardCore {
                     Written::Gone => self.to_close.push(Closing::new(idx, CloseReason::IoError)),
                 }
             }
+            self.batch = batch;
+            self.batch_of = batch_of;
             let n = fanout.ws + fanout.quic - before;
             if n > 0 {
                 let tenant = self.slots[sw.slot as usize].tenant;
@@ -153,6 +176,7 @@ impl ShardCore {
             }
         }
         self.stats.deliveries.add(fanout.ws + fanout.quic);
+        self.stats.fanout_deliveries.add(fanout.ws);
         self.stats.quic_deliveries.add(fanout.quic);
         self.close_pending(io);
         fanout
@@ -278,8 +302,23 @@ fn write_cue(
     io: &mut impl Io,
     stats: &ShardStats,
 ) -> Written {
-    match io.send(c.handle(), frame) {
-        Sent::Took(n) if n == frame.len() => Written::Whole,
+    let sent = io.send(c.handle(), frame);
+    written(c, idx, frame, sent, io, stats)
+}
+
+/// What a send of `frame` to an unblocked device did, and its consequences: the unsent rest of
+/// a partial write kept (so the frame stays whole on the wire) and the device blocked until its
+/// socket drains.
+fn written(
+    c: &mut Conn,
+    idx: u32,
+    frame: &[u8],
+    sent: Sent,
+    io: &mut impl Io,
+    stats: &ShardStats,
+) -> Written {
+    match sent {
+        Sent::Took(n) if n >= frame.len() => Written::Whole,
         Sent::Took(n) => {
             c.extra().output.extend_from_slice(&frame[n..]);
             block(c, idx, io, stats);

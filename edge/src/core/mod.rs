@@ -90,6 +90,26 @@ pub trait Io {
     /// frame was already sent). QUIC: finish the stream, let queued bytes (a refusal line) be
     /// delivered, then close the connection with application error `code` and `reason`.
     fn close(&mut self, link: Link, code: u16, reason: &str);
+    /// Sends `cue` to every link of `batch` (each in its own encoding) and fills in each
+    /// entry's result, exactly as [`Io::send`] would have answered for it. The fanout hands
+    /// its devices over this way, a slice at a time, so a driver can submit them together (the
+    /// shard's io_uring path, [`crate::uring`]). A link appears at most once in a batch.
+    fn send_cue_batch(&mut self, cue: &EncodedCue, batch: &mut [BatchSend]) {
+        for b in batch {
+            b.result = self.send(b.link, cue.frame(b.encoding));
+        }
+    }
+}
+
+/// One device of a fanout batch ([`Io::send_cue_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSend {
+    /// Where to.
+    pub link: Link,
+    /// Which of the cue's frames.
+    pub encoding: Encoding,
+    /// What the send did (filled in by the driver).
+    pub result: Sent,
 }
 
 /// What one cue's fanout wrote, per transport (the driver splits its CPU time by these).
@@ -250,6 +270,10 @@ pub struct ShardCore {
     sweeps: std::collections::VecDeque<Sweep>,
     /// A finished sweep's device list, kept for the next one.
     spare: Vec<u32>,
+    /// The fanout's batch of sends, and the device index and subscription of each (kept
+    /// between slices so a slice allocates nothing).
+    batch: Vec<BatchSend>,
+    batch_of: Vec<(u32, u32)>,
     /// Publish times (Unix ms) and classes of cues whose fanout finished, for the driver's lag
     /// figure.
     finished: Vec<(u64, cue_common::cue::Priority)>,
@@ -324,6 +348,8 @@ impl ShardCore {
             out: Vec::with_capacity(512),
             sweeps: std::collections::VecDeque::new(),
             spare: Vec::new(),
+            batch: Vec::new(),
+            batch_of: Vec::new(),
             finished: Vec::new(),
         }
     }

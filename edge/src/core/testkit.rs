@@ -34,9 +34,20 @@ pub struct FakeIo {
     pub closed: Vec<RawFd>,
     /// Code and reason of every close, by fd (QUIC devices see these in CONNECTION_CLOSE).
     pub close_info: HashMap<RawFd, (u16, String)>,
+    /// The fds of each fanout batch ([`Io::send_cue_batch`]), in order.
+    pub batches: Vec<Vec<RawFd>>,
 }
 
 impl Io for FakeIo {
+    fn send_cue_batch(&mut self, cue: &crate::encoded::EncodedCue, batch: &mut [super::BatchSend]) {
+        self.batches
+            .push(batch.iter().map(|b| b.link.id as RawFd).collect());
+        // Each result as a send would give it, all filled in before the core looks at any.
+        for b in batch {
+            b.result = self.send(b.link, cue.frame(b.encoding));
+        }
+    }
+
     fn send(&mut self, link: Link, bytes: &[u8]) -> Sent {
         let fd = link.id as RawFd;
         let p = self.peers.get_mut(&fd).expect("send to unknown fd");

@@ -857,6 +857,39 @@ fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
 }
 
 #[test]
+fn a_slice_is_one_batch_whose_full_short_and_gone_sends_are_handled_after_it() {
+    let clock = Clock::new();
+    let (mut c, mut io) = (sliced(4, &clock), FakeIo::default());
+    let mut devs = devices(&mut c, &mut io, &clock, 6, 10, "/v1/subscribe?events=e");
+    // fd 11 takes 5 bytes of the frame, fd 12 nothing, fd 13 is gone.
+    io.peers.get_mut(&11).unwrap().room = Some(5);
+    io.peers.get_mut(&12).unwrap().room = Some(0);
+    io.peers.get_mut(&13).unwrap().closed = true;
+    io.batches.clear();
+    let first = c.on_cue(cue("e", "go", 1), &mut io);
+    assert_eq!(
+        io.batches,
+        vec![vec![10, 11, 12, 13]],
+        "one batch of the slice"
+    );
+    // 10 whole, 11 in part (its rest queued): both count as written; 12 blocked; 13 closed.
+    assert_eq!(first.ws, 2);
+    assert!(io.peers[&11].want_write && io.peers[&12].want_write);
+    assert!(io.closed.contains(&13));
+    c.fanout(&mut io);
+    assert_eq!(io.batches[1], vec![14, 15]);
+    // The sockets drain: 11 gets the rest of its frame, 12 the event's current cue.
+    for fd in [11, 12] {
+        io.peers.get_mut(&fd).unwrap().room = None;
+    }
+    pump_writable(&mut c, &mut io);
+    for d in devs.iter_mut().filter(|d| d.fd != 13) {
+        d.read(&mut io);
+        assert_eq!(d.cues, vec![("e".into(), 1)], "fd {}", d.fd);
+    }
+}
+
+#[test]
 fn a_newer_cue_ends_the_older_ones_fanout() {
     let clock = Clock::new();
     let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
