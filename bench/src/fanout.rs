@@ -78,8 +78,14 @@ pub struct RunOpts {
     /// The edges' `--send-path` (`None`: the edge's default).
     pub send_path: Option<SendPath>,
     /// Steer the loopback device's receive work to the fleet's core while the run lasts
-    /// ([`RxSteer`]), so the edge core pays only the send side, as with a real NIC.
+    /// ([`stack::steer_rx`]), so the edge core pays only the send side, as with a real NIC.
     pub rx_steer: bool,
+    /// Record where the edge core's time goes during each cue series into this directory
+    /// ([`crate::profile`]; needs `perf`).
+    pub perf: Option<PathBuf>,
+    /// Raise the host's TCP memory and open-file bounds to what the fleet needs for the run
+    /// ([`stack::raise_for_fleet`]), restored after.
+    pub tune_host: bool,
 }
 
 /// How the edges write fanouts (the edge's own `--send-path` values).
@@ -272,6 +278,9 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         if let Some(sp) = o.send_path {
             args.extend(["--send-path".into(), sp.as_str().into()]);
         }
+        if o.tune_host {
+            args.extend(["--backlog".into(), stack::TUNED_BACKLOG.to_string()]);
+        }
         let p = Proc::start(
             &format!("cue-edge-{i}"),
             &edge_bin,
@@ -427,7 +436,7 @@ fn start_quic_fleet(
             source_base: (1000 + w * 200) as u32,
             concurrency: 256,
             cpu,
-            connect_timeout_s: 120,
+            connect_timeout_s: connect_timeout_s(o.devices),
         };
         workers.push(crate::quic_worker::start(&spec)?);
     }
@@ -517,7 +526,7 @@ fn start_fleet(
             per_source: 10_000,
             concurrency: 256,
             cpu,
-            connect_timeout_s: 120,
+            connect_timeout_s: connect_timeout_s(o.devices),
         };
         workers.push(WorkerProc::start(&spec)?);
     }
@@ -555,7 +564,10 @@ fn ready(
 struct Seen {
     hist: Histogram<u64>,
     delivered: u64,
+    /// Devices not on the newest cue at the end.
     missed: usize,
+    /// (cue, device) pairs that never arrived.
+    not_delivered: u64,
     /// Median over cues of devices reached per second between the first and last arrival.
     wall_rate: f64,
     per_cue: Vec<serde_json::Value>,
@@ -617,6 +629,15 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Se
         .map(|r| r.final_seqs.iter().filter(|&&s| s != last_seq).count())
         .sum::<usize>()
         + o.devices.saturating_sub(held);
+    // Every device should get every cue: (cue, device) pairs that never arrived, a cue its
+    // fanout did not finish before the next one superseded it included.
+    let not_delivered: u64 = published
+        .keys()
+        .map(|seq| {
+            let got = first_last.get(seq).map_or(0, |e| e.2);
+            (o.devices as u64).saturating_sub(got)
+        })
+        .sum();
     let mut refusals = HashMap::new();
     for r in &reports {
         for (k, v) in &r.refusals {
@@ -627,6 +648,7 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Se
         hist,
         delivered,
         missed,
+        not_delivered,
         wall_rate: if rates.is_empty() {
             0.0
         } else {
@@ -666,12 +688,13 @@ fn publish_series(
 }
 
 /// The floor phase: floor processes pinned to the edge core, the same fleet shape, the same
-/// number of rounds. Returns (CPU-based rate, wall rate seen by the fleet, missed).
+/// number of rounds. Returns (CPU-based rate, wall rate seen by the fleet, missed, where the
+/// edge core's time went with `--perf`).
 fn floor_phase(
     o: &RunOpts,
     fleet_cpu: Option<usize>,
     interval: Duration,
-) -> anyhow::Result<(f64, f64, usize)> {
+) -> anyhow::Result<(f64, f64, usize, Option<serde_json::Value>)> {
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
@@ -717,11 +740,21 @@ fn floor_phase(
             ..Default::default()
         })
     };
+    let rec = match &o.perf {
+        Some(dir) => Some(crate::profile::Recording::start(dir, "floor", o.edge_cpu)?),
+        None => None,
+    };
     let (published, _) = publish_series(o.cues, interval, &mut round)?;
+    let rec = rec.map(|r| r.stop()).transpose()?;
     let seen = finish_fleet(fleet, o, &published)?;
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+    let profile = match rec {
+        Some(r) => Some(r.breakdown(&pids, total.writes as f64)?),
+        None => None,
+    };
     let cpu_rate = rate_of(total.writes as f64, total.cpu_s, "write() floor", false)?
         .context("the write() floor made no writes")?;
-    Ok((cpu_rate, seen.wall_rate, seen.missed))
+    Ok((cpu_rate, seen.wall_rate, seen.missed, profile))
 }
 
 /// Runs the scenario once per send path (`paths` empty: once, on the edge's default path),
@@ -733,19 +766,30 @@ pub fn run_paths(
     paths: &[SendPath],
     scenario: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let _steer = if o.rx_steer {
-        let cpu = stack::fleet_cpu(o.edge_cpu)
-            .context("--rx-steer: needs a core for the fleet besides the edge core")?;
-        // Every device of one fanout may be queued on the fleet core at once.
-        // Every device of one fanout may be queued on the fleet core at once, with the ACKs of
-        // its connects and of the deliveries before.
-        Some(stack::RxSteer::to_cpu(
-            cpu,
-            4 * (o.devices + o.flood) as u64 + 1000,
-        )?)
-    } else {
-        None
-    };
+    let mut host = None;
+    if o.rx_steer || o.tune_host {
+        host = Some(stack::HostSettings::new()?);
+    }
+    if let Some(h) = host.as_mut() {
+        if o.tune_host {
+            // Both ends of every device connection are on this host.
+            let sockets = 2
+                * (o.devices + o.flood) as u64
+                * if o.transport == Transport::Mixed {
+                    2
+                } else {
+                    1
+                };
+            stack::raise_for_fleet(h, sockets)?;
+        }
+        if o.rx_steer {
+            let cpu = stack::fleet_cpu(o.edge_cpu)
+                .context("--rx-steer: needs a core for the fleet besides the edge core")?;
+            // Every device of one fanout may be queued on the fleet core at once, with the
+            // ACKs of its connects and of the deliveries before.
+            stack::steer_rx(h, cpu, 4 * (o.devices + o.flood) as u64 + 1000)?;
+        }
+    }
     if paths.len() <= 1 {
         let one = RunOpts {
             send_path: paths.first().copied(),
@@ -800,6 +844,7 @@ pub fn run_paths(
         "last_device_ms": ratio(&["last_device_ms_median"]),
         "basis": format!("{last} / {first}, same fleet shape, edge core and run"),
     });
+    let runs_floor_profile = runs.last().map(|r| r["floor_profile"].clone());
     let mut by_path = serde_json::Map::new();
     for (p, r) in paths.iter().zip(runs) {
         by_path.insert(p.as_str().to_string(), r);
@@ -808,6 +853,7 @@ pub fn run_paths(
         "scenario": scenario,
         "send_paths": by_path,
         "ratio": cmp,
+        "floor_profile": runs_floor_profile,
         "loopback_rx": if o.rx_steer { "fleet core (send side only)" } else { "sender's core (send and loopback receive)" },
     }))
 }
@@ -843,6 +889,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     };
     let rss0 = rss_sum(&server_pids)?;
     let slab1 = stack::slab_bytes()?;
+    let host0 = stack::host_memory_used()?;
     let ws_fleet = if o.transport == Transport::Quic {
         None
     } else {
@@ -858,6 +905,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     std::thread::sleep(Duration::from_millis(500));
     let rss1 = rss_sum(&server_pids)?;
     let slab2 = stack::slab_bytes()?;
+    let host1 = stack::host_memory_used()?;
     // The QUIC fleet connects after the WebSocket one: its memory is the growth from here.
     let quic_fleet = match (&target.quic, o.transport) {
         (Some((addr, fp)), Transport::Quic | Transport::Mixed) => {
@@ -919,7 +967,16 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // Whole-process CPU of the serving side over the publish phase: the same measure for Cue's
     // edges and for a peer, so `process_cpu` compares like with like.
     let cpu_before = cpu_sum(&server_pids)?;
+    let rec = match &o.perf {
+        Some(dir) if !peer => Some(crate::profile::Recording::start(
+            dir,
+            o.send_path.map_or("edge", |p| p.as_str()),
+            o.edge_cpu,
+        )?),
+        _ => None,
+    };
     let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
+    let rec = rec.map(|r| r.stop()).transpose()?;
     flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flood_published = match flooder {
         Some(h) => Some(
@@ -959,6 +1016,10 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             }
         }
     }
+    let profile = match rec {
+        Some(r) => Some(r.breakdown(&target.edge_pids, m.deliveries)?),
+        None => None,
+    };
     // Deliveries and CPU counted on the same path: the fanout slices' WebSocket writes.
     // Catch-up and the flush of drained sockets are reported on their own.
     let ws_fanout = m.fanout_deliveries;
@@ -967,13 +1028,13 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         ws_fanout,
         m.ws_cpu,
         "WebSocket fanout",
-        peer || o.transport == Transport::Quic,
+        peer || o.cues == 0 || o.transport == Transport::Quic,
     )?;
     let quic_rate = rate_of(
         m.quic_deliveries,
         m.quic_cpu,
         "QUIC",
-        peer || o.transport == Transport::Ws,
+        peer || o.cues == 0 || o.transport == Transport::Ws,
     )?;
     let cpu_rate = if o.transport == Transport::Quic {
         quic_rate
@@ -985,12 +1046,12 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     }
     drop(target.procs);
 
-    let (floor_cpu, floor_wall, floor_missed) =
+    let (floor_cpu, floor_wall, floor_missed, floor_profile) =
         if o.cues > 0 && !o.no_floor && o.transport != Transport::Quic {
-            let (c, w, m) = floor_phase(o, fleet_cpu, interval)?;
-            (Some(c), Some(w), Some(m))
+            let (c, w, m, p) = floor_phase(o, fleet_cpu, interval)?;
+            (Some(c), Some(w), Some(m), p)
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
     let rate = if peer { Some(seen.wall_rate) } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
@@ -1068,6 +1129,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "cues": o.cues,
         "delivered": seen.delivered,
         "missed": seen.missed,
+        "cue_deliveries_missing": seen.not_delivered,
         "connect_s": connect_s,
         "connects_per_s": connected as f64 / connect_s,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": hist.max() as f64 / 1e3},
@@ -1077,6 +1139,8 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "rate_basis": if peer { "wall: devices reached per second, first to last arrival, median over cues" } else { "cpu: WebSocket deliveries of the shards' fanout slices per CPU-second of those slices (edge), writes per CPU-second of the write loop (floor)" },
         "loopback_rx": if o.rx_steer { "fleet core: the edge core pays the send side only, as with a real NIC" } else { "sender's core: the edge core also pays the loopback receive work of its devices" },
         "send_path": o.send_path.map(|p| p.as_str()),
+        "profile": profile,
+        "floor_profile": floor_profile,
         "edge_deliveries": {
             "fanout": ws_fanout,
             "catch_up_and_flush": ws_other,
@@ -1099,7 +1163,25 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "last_device_ms_median": median(seen.per_cue.iter().filter_map(|c| c["last_ms"].as_f64()).collect()),
         "edge_user_bytes_per_conn": user_bytes,
         "kernel_bytes_per_conn": kernel_bytes,
+        "at_scale": match (peer, rate, user_bytes) {
+            (false, Some(r), Some(u)) if o.transport == Transport::Ws => Some(crate::gameday::scale::at_scale(
+                r,
+                u,
+                kernel_bytes,
+                if o.rx_steer {
+                    "fanout: WebSocket deliveries of fanout slices per CPU-second of those slices, send side only (loopback receive steered to the fleet core)"
+                } else {
+                    "fanout: WebSocket deliveries of fanout slices per CPU-second of those slices, loopback receive work on the edge core too"
+                },
+            )),
+            _ => None,
+        },
         "edge_rss_bytes": rss1,
+        "host_memory": {
+            "before_fleet_bytes": host0,
+            "fleet_connected_bytes": host1,
+            "basis": "MemTotal - MemAvailable: the edges, the fleet and every socket's kernel memory at both ends",
+        },
         "interval_ms": interval.as_millis() as u64,
         "store": o.store.as_ref().map_or(json!("embedded"), |s| json!({"url": s.url, "replicas": s.replicas, "origins": s.origins})),
         "origin_killed_before_cue": o.store.as_ref().and_then(|s| s.kill_origin_before_cue),
@@ -1302,6 +1384,12 @@ fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
     Ok(c)
 }
 
+/// How long a fleet worker keeps connecting before it reports what it has: 120 s, or
+/// 4,000 devices a second for the whole fleet when that is longer.
+fn connect_timeout_s(devices: usize) -> u64 {
+    (devices as u64 / 4_000).max(120)
+}
+
 /// `n / cpu_s`; `None` when the run has none of this work (`absent_ok` and nothing counted);
 /// an error when work was counted without CPU time, or CPU time without work.
 fn rate_of(n: f64, cpu_s: f64, what: &str, absent_ok: bool) -> anyhow::Result<Option<f64>> {
@@ -1333,6 +1421,28 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_needs_both_work_and_cpu_time() {
+        assert_eq!(rate_of(100.0, 0.5, "x", false).unwrap(), Some(200.0));
+        assert!(rate_of(100.0, 0.0, "x", true).is_err(), "work without CPU");
+        assert!(rate_of(0.0, 0.5, "x", true).is_err(), "CPU without work");
+        assert_eq!(
+            rate_of(0.0, 0.0, "x", true).unwrap(),
+            None,
+            "no such work in this run"
+        );
+        assert!(
+            rate_of(0.0, 0.0, "x", false).is_err(),
+            "work that should have been there"
+        );
+    }
+
+    #[test]
+    fn a_big_fleet_gets_time_to_connect() {
+        assert_eq!(connect_timeout_s(100_000), 120);
+        assert_eq!(connect_timeout_s(1_000_000), 250);
+    }
 
     const TEXT: &str = "\
 cue_edge_delivery_lag_seconds_bucket{shard=\"0\",class=\"critical\",le=\"0.025\"} 3

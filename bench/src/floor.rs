@@ -118,7 +118,7 @@ pub struct FloorProc {
 impl FloorProc {
     /// Starts `cue-bench floor-worker SPEC` and waits until it listens.
     pub fn start(spec: &FloorSpec) -> anyhow::Result<Self> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+        let mut child = crate::stack::child_command(std::env::current_exe()?)
             .arg("floor-worker")
             .arg(serde_json::to_string(spec)?)
             .stdin(std::process::Stdio::piped())
@@ -138,6 +138,11 @@ impl FloorProc {
             anyhow::bail!("floor process exited early");
         }
         Ok(l)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Starts round `seq` (does not wait).

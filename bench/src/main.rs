@@ -6,6 +6,7 @@ mod fanout;
 mod floor;
 mod gameday;
 mod herd;
+mod profile;
 mod quic_worker;
 mod relay_bench;
 mod stack;
@@ -106,6 +107,16 @@ enum Cmd {
         /// core's CPU per delivery is the send side alone, as with a real NIC.
         #[arg(long)]
         rx_steer: bool,
+        /// Raise the host's TCP memory (net.ipv4.tcp_mem) and open-file (fs.file-max) bounds
+        /// to what the fleet needs while the run lasts, restored after (needs root). Both ends
+        /// of every device connection live on this host, so it needs twice an edge host's.
+        #[arg(long)]
+        tune_host: bool,
+        /// Record the edge core with `perf` during each cue series (each send path's and the
+        /// floor's) into DIR, and report where each microsecond of a delivery goes: TCP/IP
+        /// send, system call or io_uring entry, interrupts, user space, other kernel.
+        #[arg(long, value_name = "DIR")]
+        perf: Option<PathBuf>,
     },
     /// Connect an idle fleet; measures connect rate and memory per connection.
     Density {
@@ -271,6 +282,8 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         priorities: false,
         send_path: None,
         rx_steer: false,
+        tune_host: false,
+        perf: None,
     }
 }
 
@@ -464,6 +477,8 @@ fn main() -> ExitCode {
             priorities,
             send_path,
             rx_steer,
+            tune_host,
+            perf,
         } => {
             if let Err(e) = validate(&common) {
                 eprintln!("cue-bench: {e}");
@@ -482,6 +497,8 @@ fn main() -> ExitCode {
             o.flood_events = usize::from(flood_events);
             o.priorities = priorities;
             o.rx_steer = rx_steer;
+            o.tune_host = tune_host;
+            o.perf = perf;
             fanout::run_paths(&o, &send_path, "fanout")
         }
         Cmd::Store {

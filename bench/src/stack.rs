@@ -51,7 +51,7 @@ impl Proc {
     ) -> anyhow::Result<Self> {
         let logf =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = child_command(exe);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -242,6 +242,36 @@ pub fn slab_bytes() -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// A command whose process is killed when the bench dies (`PR_SET_PDEATHSIG`), so an
+/// interrupted or crashed run leaves no edge, origin or fleet behind. Spawn from the main
+/// thread: the signal follows the spawning thread's end.
+pub fn child_command(exe: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(exe);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Memory the host has in use (MemTotal - MemAvailable of /proc/meminfo), bytes.
+pub fn host_memory_used() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .with_context(|| format!("/proc/meminfo: no {name} line"))
+    };
+    Ok((field("MemTotal:")? - field("MemAvailable:")?) * 1024)
+}
+
 /// Unix time in microseconds.
 pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
@@ -304,10 +334,126 @@ pub fn fleet_cpu(edge_cpu: usize) -> Option<usize> {
     (ncpu > 1).then(|| (edge_cpu + 1) % ncpu)
 }
 
-/// The loopback device's receive steering (`/sys/class/net/lo/queues/rx-0/rps_cpus`) set to
-/// one core while this lives, with that core's input queue (`net.core.netdev_max_backlog`)
-/// raised to hold a whole fanout, and both put back as they were when it is dropped (or when
-/// the bench is interrupted with SIGINT or SIGTERM).
+/// Host settings changed for one run and put back as they were when this is dropped, or when
+/// the bench is interrupted with SIGINT or SIGTERM (a signal thread restores them and exits).
+/// Needs root; every change is printed.
+#[derive(Debug)]
+pub struct HostSettings {
+    before: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+/// The loopback device's receive steering.
+pub const RPS_CPUS: &str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
+/// Each core's input packet queue.
+pub const NETDEV_BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
+/// TCP's socket memory bounds (pages: min, pressure, max).
+pub const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+/// The host's open-file bound.
+pub const FILE_MAX: &str = "/proc/sys/fs/file-max";
+/// The ceiling of any listen backlog.
+pub const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+/// Half-open connections a listener holds.
+pub const SYN_BACKLOG: &str = "/proc/sys/net/ipv4/tcp_max_syn_backlog";
+/// The listen backlog a tuned run gives its edges (`--backlog`).
+pub const TUNED_BACKLOG: u64 = 65_535;
+
+fn read_setting(path: &str) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+impl HostSettings {
+    /// No changes yet; the signal thread is armed.
+    pub fn new() -> anyhow::Result<Self> {
+        let before = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let restore = before.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                if let Ok(list) = restore.lock() {
+                    for (path, v) in list.iter().rev() {
+                        let _ = std::fs::write(path, v);
+                    }
+                }
+                eprintln!("cue-bench: interrupted; host settings restored");
+                std::process::exit(128 + sig);
+            }
+        });
+        Ok(Self { before })
+    }
+
+    /// Sets `path` to `value` (kept as it was first found, for the restore).
+    pub fn set(&mut self, path: &str, value: &str) -> anyhow::Result<()> {
+        let old = read_setting(path)?;
+        if old == value {
+            return Ok(());
+        }
+        {
+            let mut list = self.before.lock().expect("settings lock");
+            if !list.iter().any(|(p, _)| p == path) {
+                list.push((path.to_string(), old.clone()));
+            }
+        }
+        std::fs::write(path, value)
+            .with_context(|| format!("writing {value} to {path} (needs root)"))?;
+        eprintln!("cue-bench: {path} = {value} for this run (was {old})");
+        Ok(())
+    }
+
+    /// Raises each number of `path` to at least the wanted one (never lowers any).
+    pub fn raise(&mut self, path: &str, want: &[u64]) -> anyhow::Result<()> {
+        let old = read_setting(path)?;
+        let have: Vec<u64> = old
+            .split_whitespace()
+            .map(|x| {
+                x.parse()
+                    .with_context(|| format!("{path}: {old:?} is not numbers"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if have.len() != want.len() {
+            bail!("{path}: {} values, expected {}", have.len(), want.len());
+        }
+        let new: Vec<String> = have
+            .iter()
+            .zip(want)
+            .map(|(h, w)| (*h).max(*w).to_string())
+            .collect();
+        self.set(path, &new.join(" "))
+    }
+}
+
+impl Drop for HostSettings {
+    fn drop(&mut self) {
+        let Ok(list) = self.before.lock() else { return };
+        for (path, v) in list.iter().rev() {
+            match std::fs::write(path, v) {
+                Ok(()) => eprintln!("cue-bench: {path} restored to {v}"),
+                Err(e) => eprintln!("cue-bench: could not restore {path} to {v}: {e}"),
+            }
+        }
+    }
+}
+
+/// What a fleet of `sockets` connections on this host (both ends of every device connection
+/// count) needs of it: TCP memory for a cue in flight to each (4 KiB pages, one per socket,
+/// with a quarter more before the kernel drops), open files, and listen queues long enough
+/// that a connect burst meeting 56 edge processes on one core is queued, not dropped (a
+/// dropped SYN costs the device a retransmission timeout of 1 s, then 2, 4 ...).
+pub fn raise_for_fleet(h: &mut HostSettings, sockets: u64) -> anyhow::Result<()> {
+    let pages = sockets;
+    h.raise(TCP_MEM, &[0, pages, pages + pages / 4])?;
+    h.raise(FILE_MAX, &[sockets + 200_000])?;
+    h.raise(SOMAXCONN, &[TUNED_BACKLOG])?;
+    h.raise(SYN_BACKLOG, &[TUNED_BACKLOG])
+}
+
+/// Steers loopback receive work to `cpu` with an input queue of at least `packets`.
 ///
 /// On loopback the receiver's TCP work runs on the sender's core unless it is steered away;
 /// steered to the fleet's core, the edge core pays only the send side of each delivery, as it
@@ -315,75 +461,49 @@ pub fn fleet_cpu(edge_cpu: usize) -> Option<usize> {
 /// core takes them in, and beyond the input queue's length (1000 by default) the kernel drops
 /// them: the devices would get their cue after a retransmission timeout, a loss a real NIC's
 /// transmit queue would not have caused. So the queue is made as long as the fleet.
-#[derive(Debug)]
-pub struct RxSteer {
-    before: [(String, String); 2],
-}
-
-const RPS_CPUS: &str = "/sys/class/net/lo/queues/rx-0/rps_cpus";
-const NETDEV_BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
-
-fn read_setting(path: &str) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("--rx-steer: reading {path}"))?
-        .trim()
-        .to_string())
-}
-
-fn write_setting(path: &str, v: &str) -> anyhow::Result<()> {
-    std::fs::write(path, v)
-        .with_context(|| format!("--rx-steer: writing {v} to {path} (needs root)"))
-}
-
-impl RxSteer {
-    /// Steers loopback receive work to `cpu` with an input queue of at least `packets`.
-    pub fn to_cpu(cpu: usize, packets: u64) -> anyhow::Result<Self> {
-        if cpu >= 64 {
-            bail!("--rx-steer: core {cpu} is beyond the 64 this bench can name in a mask");
-        }
-        let before = [
-            (RPS_CPUS.to_string(), read_setting(RPS_CPUS)?),
-            (NETDEV_BACKLOG.to_string(), read_setting(NETDEV_BACKLOG)?),
-        ];
-        let backlog: u64 = before[1]
-            .1
-            .parse()
-            .context("netdev_max_backlog is not a number")?;
-        let mask = format!("{:x}", 1u64 << cpu);
-        let queue = backlog.max(packets);
-        // Restored as soon as this exists, whatever fails below.
-        let steer = Self { before };
-        write_setting(NETDEV_BACKLOG, &queue.to_string())?;
-        write_setting(RPS_CPUS, &mask)?;
-        // An interrupted run puts the settings back too.
-        let restore = steer.before.clone();
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                for (path, v) in &restore {
-                    let _ = std::fs::write(path, v);
-                }
-                eprintln!("cue-bench: interrupted; loopback receive settings restored");
-                std::process::exit(128 + sig);
-            }
-        });
-        eprintln!(
-            "cue-bench: loopback receive work steered to core {cpu} ({RPS_CPUS} = {mask}, was {}; netdev_max_backlog = {queue}, was {backlog})",
-            steer.before[0].1
-        );
-        Ok(steer)
+pub fn steer_rx(h: &mut HostSettings, cpu: usize, packets: u64) -> anyhow::Result<()> {
+    if cpu >= 64 {
+        bail!("--rx-steer: core {cpu} is beyond the 64 this bench can name in a mask");
     }
+    h.raise(NETDEV_BACKLOG, &[packets])?;
+    h.set(RPS_CPUS, &format!("{:x}", 1u64 << cpu))
 }
 
-impl Drop for RxSteer {
-    fn drop(&mut self) {
-        for (path, v) in &self.before {
-            if let Err(e) = std::fs::write(path, v) {
-                eprintln!("cue-bench: could not restore {path} to {v}: {e}");
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_settings_only_raise_and_are_put_back_when_dropped() {
+        let dir = std::env::temp_dir().join(format!("cue-bench-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mem, mask) = (dir.join("tcp_mem"), dir.join("rps_cpus"));
+        std::fs::write(&mem, "100\t500\t900\n").unwrap();
+        std::fs::write(&mask, "0\n").unwrap();
+        let (mem_s, mask_s) = (mem.to_str().unwrap(), mask.to_str().unwrap());
+        {
+            let mut h = HostSettings::new().unwrap();
+            h.raise(mem_s, &[0, 800, 1000]).unwrap();
+            assert_eq!(std::fs::read_to_string(&mem).unwrap(), "100 800 1000");
+            // Raised twice: the value first found is what comes back.
+            h.raise(mem_s, &[0, 2000, 3000]).unwrap();
+            h.set(mask_s, "2").unwrap();
+            assert_eq!(std::fs::read_to_string(&mask).unwrap(), "2");
+            assert!(h.raise(mem_s, &[1]).is_err(), "a count mismatch is refused");
         }
+        assert_eq!(std::fs::read_to_string(&mem).unwrap(), "100 500 900");
+        assert_eq!(std::fs::read_to_string(&mask).unwrap(), "0");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reading_that_fails_is_an_error_not_zero() {
+        // No such process: every reading says so.
+        let pid = u32::MAX - 1;
+        assert!(rss(pid).is_err());
+        assert!(cpu_s(pid).is_err());
+        assert!(rss(std::process::id()).unwrap() > 0);
+        assert!(slab_bytes().unwrap() > 0);
+        assert!(host_memory_used().unwrap() > 0);
     }
 }

@@ -154,6 +154,8 @@ pub fn run(o: &StoreBenchOpts) -> anyhow::Result<serde_json::Value> {
                 priorities: false,
                 send_path: None,
                 rx_steer: false,
+                tune_host: false,
+                perf: None,
             },
             &format!("store-{}", mode.name()),
         )?;

@@ -441,7 +441,7 @@ impl WorkerProc {
     /// Starts `cue-bench SUBCOMMAND SPEC_JSON` (a WebSocket or QUIC worker).
     pub fn start_cmd(subcommand: &str, spec_json: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
-        let mut child = std::process::Command::new(exe)
+        let mut child = crate::stack::child_command(exe)
             .arg(subcommand)
             .arg(spec_json)
             .stdin(std::process::Stdio::piped())

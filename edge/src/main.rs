@@ -127,6 +127,10 @@ struct Cli {
     /// Seed for jitter (retry hints, backoff) [default: from pid and time].
     #[arg(long)]
     seed: Option<u64>,
+    /// Listen backlog of the device listeners (the kernel caps it at net.core.somaxconn)
+    /// [default: 4096].
+    #[arg(long)]
+    backlog: Option<i32>,
     /// How fanouts leave: batched sends on each shard's io_uring, or one send() per device
     /// [default: uring].
     #[arg(long, value_enum)]
@@ -153,7 +157,8 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
         quic_idle_timeout_s,
         quic_keep_alive_s,
         quic_steer,
-        send_path
+        send_path,
+        backlog
     );
     for (f, v) in [
         (&mut c.origin_ca, &cli.origin_ca),
@@ -441,7 +446,11 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     let mut senders = Vec::new();
     let mut catchup_rx = Vec::new();
     let mut handles = Vec::new();
+    let mut ticker = shard::Ticker::new();
     for (i, stats) in shard_stats.iter().enumerate() {
+        let tick = ticker
+            .shard_timer()
+            .map_err(|e| format!("shard {i}: tick socket: {e}"))?;
         let (tx, rx) = glommio::channels::shared_channel::new_bounded(cfg.shard_queue);
         senders.push(tx);
         let (catchup_tx, c_rx) =
@@ -470,6 +479,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
             max_sockets: per_shard + REFUSAL_HEADROOM,
             max_per_source: cfg.max_connections_per_source,
             send_path: cfg.send_path,
+            tick,
             wss: cfg.wss.zip(wss_tls.clone()),
             quic: match (cfg.quic, &quic_tls) {
                 (Some(listen), Some(crypto)) => Some(QuicSpec {
@@ -485,6 +495,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         };
         handles.push(shard::spawn(spec).map_err(|e| format!("shard {i}: {e} (ws {})", cfg.ws))?);
     }
+    shard::spawn_ticker(ticker).map_err(|e| format!("ticker thread: {e}"))?;
 
     let relay_tls = match cfg.relay_tls() {
         None => {

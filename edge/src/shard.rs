@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -85,6 +85,8 @@ pub struct ShardSpec {
     pub max_per_source: u32,
     /// How fanouts leave ([`crate::uring`] or one `send()` per device).
     pub send_path: crate::config::SendPath,
+    /// The shard's timer outside glommio ([`ShardTimer`]).
+    pub tick: ShardTimer,
     /// WebSocket-over-TLS listener and its rustls settings.
     pub wss: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     /// QUIC, when enabled.
@@ -171,6 +173,109 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         .io_memory(spec.io_memory)
         .spawn(move || run(spec, listener, wss, udp))
         .map_err(|e| std::io::Error::other(format!("starting shard executor: {e}")))
+}
+
+/// The ticker thread's period: a shard whose deadline passed is woken within about this.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// A wake by the ticker this much past the deadline means glommio's timer did not fire: it is
+/// counted (`cue_edge_timer_rescues_total`).
+const RESCUE_LATE: Duration = Duration::from_millis(10);
+
+/// A shard's timer outside glommio: its poller arms a deadline before each wait, and the
+/// process's ticker thread ([`spawn_ticker`]) writes a byte to the shard's tick socket once
+/// that deadline has passed. The poller waits for glommio's timer or that byte, whichever comes
+/// first.
+///
+/// Why: with 56 edge processes sharing one core (the million-device run), a shard's glommio
+/// timer sometimes never fired; the shard stopped polling and accepting, with thousands of
+/// devices queued at its listener, for minutes, until the run gave up. Waking the executor was
+/// not enough (its expired-timer pass did not run the poller either). The ticker's byte is I/O
+/// on glommio's ring, which completes.
+#[derive(Debug, Clone)]
+pub struct ShardTimer {
+    /// The shard's end of its tick socket.
+    pub sock: Arc<std::os::unix::net::UnixStream>,
+    /// The deadline, ns since `epoch`; 0 when the poller is not waiting.
+    wake: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
+}
+
+impl ShardTimer {
+    fn arm(&self, at: Instant) {
+        let ns = at.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.wake
+            .store(ns.max(1), std::sync::atomic::Ordering::Release);
+    }
+
+    fn disarm(&self) {
+        self.wake.store(0, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The ticker's side of every shard's timer.
+#[derive(Debug)]
+pub struct Ticker {
+    shards: Vec<(
+        std::os::unix::net::UnixStream,
+        Arc<std::sync::atomic::AtomicU64>,
+    )>,
+    epoch: Instant,
+}
+
+impl Ticker {
+    /// A ticker for no shard yet.
+    pub fn new() -> Self {
+        Self {
+            shards: Vec::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// A timer for one more shard.
+    pub fn shard_timer(&mut self) -> std::io::Result<ShardTimer> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let wake = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.shards.push((ours, wake.clone()));
+        Ok(ShardTimer {
+            sock: Arc::new(theirs),
+            wake,
+            epoch: self.epoch,
+        })
+    }
+}
+
+impl Default for Ticker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts the ticker thread: every [`TICK`] it writes a byte to each shard whose armed deadline
+/// has passed (and disarms it, so a busy shard gets one byte, not a byte a tick).
+pub fn spawn_ticker(t: Ticker) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("cue-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            let now = t.epoch.elapsed().as_nanos() as u64;
+            for (sock, wake) in &t.shards {
+                let at = wake.load(Ordering::Acquire);
+                if at != 0
+                    && now >= at
+                    && wake
+                        .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    use std::io::Write;
+                    // A full socket already holds a wake; a closed one (exit) needs none.
+                    let _ = (&*sock).write(&[1]);
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// The poller's pause between two fanout slices: just long enough for the executor to poll
@@ -294,17 +399,52 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     let catchups = spec.catchups.connect().await;
     let stop = Rc::new(std::cell::Cell::new(false));
 
+    // The tick socket: the ticker thread writes to it once the poller's deadline has passed
+    // ([`spawn_ticker`]); read through glommio's own ring, it wakes the poller when glommio's
+    // timer does not.
+    let tick_fd = spec
+        .tick
+        .sock
+        .try_clone()
+        .map(OwnedFd::from)
+        .expect("duplicating the shard's tick socket");
+    // SAFETY: `tick_fd` is ours (a fresh dup of the tick socket), handed over whole.
+    let tick_sock = unsafe { glommio::net::UnixStream::from_raw_fd(tick_fd.into_raw_fd()) };
     let poller = {
         let (d, stop, poll, idle_max) = (d.clone(), stop.clone(), spec.poll, spec.poll_idle_max);
+        let timer = spec.tick.clone();
         glommio::spawn_local(async move {
+            use futures_lite::AsyncReadExt;
+            let mut tick_sock = tick_sock;
+            let mut tick_buf = [0u8; 4096];
             // Adaptive: `poll` while anything happens, doubling to `idle_max` while nothing does.
             let mut interval = poll;
             let mut last = Instant::now();
             while !stop.get() {
-                glommio::timer::sleep(interval).await;
+                let armed = Instant::now();
+                timer.arm(armed + interval);
+                let by_ticker = futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(interval).await;
+                        false
+                    },
+                    async {
+                        // Only a deadline passed writes here; an error (the ticker gone at
+                        // exit) must not spin: wait out the interval then.
+                        if tick_sock.read(&mut tick_buf).await.is_err() {
+                            glommio::timer::sleep(interval).await;
+                        }
+                        true
+                    },
+                )
+                .await;
+                timer.disarm();
                 let elapsed = last.elapsed();
                 last = Instant::now();
                 let mut drv = d.borrow_mut();
+                if by_ticker && last.saturating_duration_since(armed) > interval + RESCUE_LATE {
+                    drv.stats.timer_rescues.inc();
+                }
                 let mut active = drv.poll_once(elapsed);
                 if drv.core.fanout_pending() {
                     // One slice per turn, then straight back (after the reactor ran).

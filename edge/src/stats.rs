@@ -120,6 +120,9 @@ pub struct ShardStats {
     pub uring_sends: Counter,
     /// 1 while the shard sends fanouts on its io_uring, 0 on `send()` calls.
     pub uring_active: Gauge,
+    /// Times glommio's timer did not wake the shard's poller and the ticker thread did, over
+    /// 10 ms past the deadline ([`crate::shard::ShardTimer`]).
+    pub timer_rescues: Counter,
     /// Open QUIC sessions (also counted in `connections`).
     pub quic_sessions: Gauge,
     /// Cues written to QUIC devices (also counted in `deliveries`).
@@ -258,7 +261,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 30] = [
+    let counters: [Row; 31] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
@@ -393,6 +396,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             "cue_edge_fanout_deliveries_total",
             "WebSocket cue frames written by fanout slices, the work cue_edge_fanout_cpu_seconds_total times (catch-up and flushes of drained sockets are in cue_edge_deliveries_total only).",
             |s| s.fanout_deliveries.get(),
+        ),
+        (
+            "cue_edge_timer_rescues_total",
+            "Times the shard's executor timer did not wake its device poller and the ticker thread did, over 10 ms past the deadline.",
+            |s| s.timer_rescues.get(),
         ),
         (
             "cue_edge_uring_submits_total",

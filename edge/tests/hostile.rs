@@ -455,9 +455,20 @@ fn malformed_frames_get_their_close_codes_and_memory_stays_bounded() {
 /// so it ends on the newest cue with far fewer frames than were published, while a good device
 /// gets the newest too and nobody is closed.
 #[test]
-fn a_one_byte_reader_gets_the_newest_cue_without_a_backlog() {
+fn a_one_byte_reader_gets_the_newest_cue_without_a_backlog_on_io_uring() {
+    one_byte_reader("uring");
+}
+
+#[test]
+fn a_one_byte_reader_gets_the_newest_cue_without_a_backlog_on_send_calls() {
+    one_byte_reader("syscall");
+}
+
+/// The one-byte reader on one send path: the short writes and `EAGAIN`s of the batched
+/// io_uring sends fall back to the per-device output path exactly as `send()`'s do.
+fn one_byte_reader(send_path: &str) {
     use socket2::{Domain, Socket, Type};
-    let (_dir, origin, edge) = edge_with("");
+    let (_dir, origin, edge) = edge_with_args("", &["--send-path", send_path]);
     let token = device_token(&["e"]);
     let mut good = subscribe(edge.ws, "events=e", Some(&token)).unwrap();
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -521,5 +532,25 @@ fn a_one_byte_reader_gets_the_newest_cue_without_a_backlog() {
     }
     let m = edge.metrics();
     assert_eq!(metric(&m, "cue_edge_connections"), 2.0, "nobody was closed");
-    eprintln!("one-byte reader: {frames} frames for 2000 cues, ended on the newest");
+    assert!(
+        metric(&m, "cue_edge_write_blocked_total") > 0.0,
+        "the slow device's socket filled: the fallback path ran"
+    );
+    let uring = send_path == "uring";
+    assert_eq!(
+        metric(&m, "cue_edge_uring_active"),
+        f64::from(u8::from(uring))
+    );
+    let sends = metric(&m, "cue_edge_uring_sends_total");
+    if uring {
+        assert!(
+            sends >= 2000.0,
+            "every fanout went through the ring ({sends})"
+        );
+        assert!(metric(&m, "cue_edge_uring_submits_total") > 0.0);
+    } else {
+        assert_eq!(sends, 0.0, "send() calls only");
+    }
+    assert!(metric(&m, "cue_edge_fanout_deliveries_total") > 0.0);
+    eprintln!("one-byte reader ({send_path}): {frames} frames for 2000 cues, ended on the newest");
 }

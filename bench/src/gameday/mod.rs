@@ -773,7 +773,7 @@ fn spawn_worker(
     w: usize,
     tx: &mpsc::Sender<Line>,
 ) -> anyhow::Result<Worker> {
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = crate::stack::child_command(std::env::current_exe()?)
         .arg(kind)
         .arg(spec)
         .stdin(std::process::Stdio::piped())

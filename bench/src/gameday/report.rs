@@ -91,7 +91,12 @@ pub fn summarize(
     };
     let user_bytes = per_conn(|s| s.edge_rss);
     let kernel_bytes = per_conn(|s| s.slab) / 2.0;
-    let scale = super::scale::at_scale(rate, user_bytes, kernel_bytes);
+    let scale = super::scale::at_scale(
+        rate,
+        user_bytes,
+        kernel_bytes,
+        "game day: WebSocket deliveries of fanout slices per CPU-second of those slices, loopback receive work on the edge core too (not steered)",
+    );
     Ok(json!({
         "scenario": "gameday",
         "devices": o.devices,

@@ -15,8 +15,13 @@ use serde_json::json;
 /// Devices of the estimate.
 pub const DEVICES: f64 = 100e6;
 
-/// The estimate as JSON (and the formula).
-pub fn at_scale(rate_per_core: f64, user_bytes: f64, kernel_bytes: f64) -> serde_json::Value {
+/// The estimate as JSON (and the formula); `basis` says what the rate counts.
+pub fn at_scale(
+    rate_per_core: f64,
+    user_bytes: f64,
+    kernel_bytes: f64,
+    basis: &str,
+) -> serde_json::Value {
     let cores = |t: f64| {
         if rate_per_core > 0.0 {
             (DEVICES / (rate_per_core * t)).ceil()
@@ -28,6 +33,7 @@ pub fn at_scale(rate_per_core: f64, user_bytes: f64, kernel_bytes: f64) -> serde
     json!({
         "devices": DEVICES,
         "deliveries_per_s_per_core": rate_per_core,
+        "rate_basis": basis,
         "bytes_per_conn": {"user": user_bytes, "kernel": kernel_bytes},
         "edge_cores_for_60s": cores(60.0),
         "edge_cores_for_10s": cores(10.0),
@@ -58,13 +64,13 @@ mod tests {
 
     #[test]
     fn formula() {
-        let v = at_scale(100_000.0, 100.0, 5000.0);
+        let v = at_scale(100_000.0, 100.0, 5000.0, "test");
         assert_eq!(v["edge_cores_for_60s"], 17.0);
         assert_eq!(v["edge_cores_for_10s"], 100.0);
         assert_eq!(v["memory_bytes"], 100e6 * 5100.0);
         assert!(line(&v).starts_with("at 100M devices: 17 edge cores"));
         // No WebSocket fanout (an all-QUIC fleet): said so, not a number from a zero CPU time.
-        let q = at_scale(0.0, 15000.0, 0.0);
+        let q = at_scale(0.0, 15000.0, 0.0, "test");
         assert!(line(&q).contains("no WebSocket fanout"), "{}", line(&q));
     }
 }
