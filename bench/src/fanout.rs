@@ -89,23 +89,7 @@ pub struct RunOpts {
 }
 
 /// How the edges write fanouts (the edge's own `--send-path` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SendPath {
-    /// One `send()` per device.
-    Syscall,
-    /// Batched sends on each shard's io_uring.
-    Uring,
-}
-
-impl SendPath {
-    /// The edge flag's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SendPath::Syscall => "syscall",
-            SendPath::Uring => "uring",
-        }
-    }
-}
+pub use cue_edge::config::SendPath;
 
 /// The flooded events: `flood` alone, or `flood-0` .. `flood-{n-1}`.
 fn flood_events(n: usize) -> Vec<String> {
@@ -766,30 +750,29 @@ pub fn run_paths(
     paths: &[SendPath],
     scenario: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut host = None;
-    if o.rx_steer || o.tune_host {
-        host = Some(stack::HostSettings::new()?);
-    }
-    if let Some(h) = host.as_mut() {
+    // Held for the whole run: dropping it puts the host's settings back.
+    let _host = if o.rx_steer || o.tune_host {
+        let mut h = stack::HostSettings::new()?;
         if o.tune_host {
             // Both ends of every device connection are on this host.
-            let sockets = 2
-                * (o.devices + o.flood) as u64
-                * if o.transport == Transport::Mixed {
-                    2
-                } else {
-                    1
-                };
-            stack::raise_for_fleet(h, sockets)?;
+            let per_transport = if o.transport == Transport::Mixed {
+                2
+            } else {
+                1
+            };
+            stack::raise_for_fleet(&mut h, 2 * per_transport * (o.devices + o.flood) as u64)?;
         }
         if o.rx_steer {
             let cpu = stack::fleet_cpu(o.edge_cpu)
                 .context("--rx-steer: needs a core for the fleet besides the edge core")?;
             // Every device of one fanout may be queued on the fleet core at once, with the
             // ACKs of its connects and of the deliveries before.
-            stack::steer_rx(h, cpu, 4 * (o.devices + o.flood) as u64 + 1000)?;
+            stack::steer_rx(&mut h, cpu, 4 * (o.devices + o.flood) as u64 + 1000)?;
         }
-    }
+        Some(h)
+    } else {
+        None
+    };
     if paths.len() <= 1 {
         let one = RunOpts {
             send_path: paths.first().copied(),
@@ -1349,6 +1332,13 @@ fn parse_lag(text: &str, lag: &mut [LagHistogram; 3]) -> anyhow::Result<()> {
 
 /// Every edge's counters, summed; an edge whose metrics cannot be read fails the run (it must
 /// not be left out of the figures silently).
+/// An edge's `(fanout deliveries, fanout CPU seconds)`, summed over its shards: the game day's
+/// rate, from the same reading (and the same checks) as this bench's.
+pub(crate) fn fanout_totals(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let c = edge_metrics(&[admin])?;
+    Ok((c.fanout_deliveries, c.ws_cpu))
+}
+
 fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
     let mut c = EdgeCounters::default();
     for a in admins {

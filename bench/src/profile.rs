@@ -168,38 +168,35 @@ fn sort_samples(text: &str) -> HashMap<&'static str, u64> {
 
 /// The place of one sample from its frames (`ADDR SYMBOL+OFF (DSO)`, leaf first).
 fn place(frames: &[&str]) -> &'static str {
-    fn sym(f: &str) -> &str {
-        f.split_whitespace().nth(1).unwrap_or("")
-    }
-    let has = |names: &[&str]| {
-        frames
-            .iter()
-            .any(|f| names.iter().any(|n| sym(f).starts_with(n)))
+    // The first frame (from the leaf) whose symbol starts with one of `names`.
+    let first = |names: &[&str]| {
+        frames.iter().position(|f| {
+            let sym = f.split_whitespace().nth(1).unwrap_or("");
+            names.iter().any(|n| sym.starts_with(n))
+        })
     };
     let leaf_kernel = frames[0].contains("[kernel.kallsyms]") || frames[0].contains("[unknown]");
     if !leaf_kernel {
         return "user_space";
     }
-    if has(&["tcp_sendmsg"]) {
+    if first(&["tcp_sendmsg"]).is_some() {
         return "tcp_ip_send";
     }
     // Interrupt work that came in between (it is above any send entry in the chain).
-    let irq = frames.iter().position(|f| {
-        let s = sym(f);
-        s.starts_with("handle_softirqs")
-            || s.starts_with("asm_sysvec")
-            || s.starts_with("sysvec_")
-            || s.starts_with("asm_common_interrupt")
-    });
-    let entry = frames.iter().position(|f| {
-        let s = sym(f);
-        s.starts_with("__x64_sys_sendto")
-            || s.starts_with("__sys_sendto")
-            || s.starts_with("ksys_write")
-            || s.starts_with("__x64_sys_write")
-            || s.starts_with("__do_sys_io_uring_enter")
-            || s.starts_with("__x64_sys_io_uring_enter")
-    });
+    let irq = first(&[
+        "handle_softirqs",
+        "asm_sysvec",
+        "sysvec_",
+        "asm_common_interrupt",
+    ]);
+    let entry = first(&[
+        "__x64_sys_sendto",
+        "__sys_sendto",
+        "ksys_write",
+        "__x64_sys_write",
+        "__do_sys_io_uring_enter",
+        "__x64_sys_io_uring_enter",
+    ]);
     match (irq, entry) {
         (Some(i), Some(e)) if i < e => "interrupts",
         (Some(_), None) => "interrupts",

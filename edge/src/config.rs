@@ -21,6 +21,16 @@ pub enum SendPath {
     Syscall,
 }
 
+impl SendPath {
+    /// The flag's and the config's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendPath::Uring => "uring",
+            SendPath::Syscall => "syscall",
+        }
+    }
+}
+
 /// Edge settings. Every field has a default; each says its trade-off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1190,35 +1190,34 @@ fn plain_send(fd: RawFd, bytes: &[u8]) -> Sent {
 
 impl Io for SysIo {
     fn send_cue_batch(&mut self, cue: &EncodedCue, batch: &mut [BatchSend]) {
-        let Some(u) = self.uring.as_mut() else {
+        // Plain WebSocket sockets go on the ring; wss (through rustls) and QUIC (into a stream)
+        // are sent inline, as `send` does. Taken out for the batch so `send` can be called.
+        let Some(mut u) = self.uring.take() else {
             for b in batch {
                 b.result = self.send(b.link, cue.frame(b.encoding));
             }
             return;
         };
-        let results = &mut self.results;
+        let mut results = std::mem::take(&mut self.results);
         results.clear();
         results.resize(batch.len(), Sent::Closed);
         u.begin();
         for (i, b) in batch.iter().enumerate() {
             let frame = cue.frame(b.encoding);
-            match b.link.transport {
-                Transport::Ws => match self.tls.as_mut() {
-                    Some(t) if t.is_tls(b.link.fd()) => results[i] = t.send(b.link.fd(), frame),
-                    _ => u.push(i, b.link.fd(), frame, results),
-                },
-                Transport::Quic => {
-                    results[i] = match self.quic.as_mut() {
-                        Some(q) => q.stream_write(b.link.id, frame),
-                        None => Sent::Closed,
-                    }
-                }
+            let plain = b.link.transport == Transport::Ws
+                && !self.tls.as_ref().is_some_and(|t| t.is_tls(b.link.fd()));
+            if plain {
+                u.push(i, b.link.fd(), frame, &mut results);
+            } else {
+                results[i] = self.send(b.link, frame);
             }
         }
-        u.finish(results);
-        for (b, r) in batch.iter_mut().zip(results.iter()) {
+        u.finish(&mut results);
+        for (b, r) in batch.iter_mut().zip(&results) {
             b.result = *r;
         }
+        self.uring = Some(u);
+        self.results = results;
     }
 
     fn send(&mut self, link: Link, bytes: &[u8]) -> Sent {

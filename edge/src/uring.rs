@@ -206,10 +206,7 @@ impl UringSender {
     /// Takes a socket out of the table; call before closing it (a registered file holds the
     /// socket open).
     pub fn unregister(&mut self, fd: RawFd) {
-        let Some(slot) = usize::try_from(fd)
-            .ok()
-            .filter(|&i| i < self.registered.len() && self.registered[i])
-        else {
+        let Some(slot) = self.registered_slot(fd) else {
             return;
         };
         self.registered[slot] = false;
@@ -221,6 +218,13 @@ impl UringSender {
             // The slot keeps the socket open until the ring closes: say so.
             tracing::warn!(fd, error = %e, "io_uring: could not unregister a closed socket");
         }
+    }
+
+    /// The table slot of `fd` if it is registered.
+    fn registered_slot(&self, fd: RawFd) -> Option<usize> {
+        usize::try_from(fd)
+            .ok()
+            .filter(|&i| self.registered.get(i).copied().unwrap_or(false))
     }
 
     /// Starts a batch. Frames handed to [`UringSender::push`] before [`UringSender::finish`]
@@ -240,9 +244,7 @@ impl UringSender {
         let buf = self.stage(frame);
         let len = frame.len() as u32;
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-        let fixed = usize::try_from(fd)
-            .ok()
-            .is_some_and(|i| self.registered.get(i).copied().unwrap_or(false));
+        let fixed = self.registered_slot(fd).is_some();
         let op = if fixed {
             opcode::Send::new(types::Fixed(fd as u32), buf.unwrap_or(frame.as_ptr()), len)
         } else {

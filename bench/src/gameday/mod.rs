@@ -374,7 +374,7 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     // rate is over the run's fanouts alone, deliveries and CPU counted on the same path.
     let mut fanout_base: Vec<(f64, f64)> = Vec::with_capacity(edges_n);
     for (_, admin, _) in &edges {
-        fanout_base.push(fanout_counters(*admin)?);
+        fanout_base.push(crate::fanout::fanout_totals(*admin)?);
     }
     // Tenant t's name is worker t's: the tenants take the workers in turn.
     let tenant_of = |t: usize| worker_tenant(o, t);
@@ -576,7 +576,8 @@ pub fn run(o: &GamedayOpts) -> anyhow::Result<serde_json::Value> {
     // mixed`). An edge whose counters cannot be read fails the run.
     let (mut deliveries, mut fanout_cpu) = (0.0, 0.0);
     for (i, (_, admin, _)) in edges.iter().enumerate() {
-        let (d, c) = fanout_counters(*admin).with_context(|| format!("edge {i} at the end"))?;
+        let (d, c) =
+            crate::fanout::fanout_totals(*admin).with_context(|| format!("edge {i} at the end"))?;
         deliveries += d - fanout_base[i].0;
         fanout_cpu += c - fanout_base[i].1;
     }
@@ -854,23 +855,4 @@ fn start_prefetch(
     stack::wait_http(addr, "/healthz", Duration::from_secs(10), |_| true)
         .context("cue-prefetch did not start")?;
     Ok(Some((p, addr)))
-}
-
-/// An edge's `(fanout deliveries, fanout CPU seconds)` counters, summed over its shards.
-fn fanout_counters(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
-    let r = cue_testkit::client::request(admin, "GET", "/metrics", &[], b"")
-        .with_context(|| format!("reading {admin}/metrics"))?;
-    if r.status != 200 {
-        bail!("{admin}/metrics: status {}", r.status);
-    }
-    let need = |name: &str| -> anyhow::Result<f64> {
-        if !r.body.contains(name) {
-            bail!("{admin}/metrics has no {name}");
-        }
-        Ok(crate::fanout::metric_sum(&r.body, name))
-    };
-    Ok((
-        need("cue_edge_fanout_deliveries_total")?,
-        need("cue_edge_fanout_cpu_seconds_total")?,
-    ))
 }
