@@ -25,7 +25,7 @@ use clap::{Args, Parser, Subcommand};
 /// names (`devices = 100000`, `out = "bench-out/big"`, `no-floor = true`); flags given on the
 /// command line win over the file.
 #[derive(Parser, Debug)]
-#[command(name = "cue-bench", version, args_override_self = true)]
+#[command(name = "cue-bench", version = cue_build_info::LONG_VERSION, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -324,7 +324,9 @@ fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
 
 fn metrics(st: &AdminState) -> String {
     let mut s = String::with_capacity(16 * 1024);
-    render(&st.shards, &mut s);
+    cue_common::metrics::build_info(&mut s, "edge");
+    cue_common::metrics::process(&mut s);
+    render(&st.shards, st.quic_tls.is_some(), &mut s);
     let l = &st.link;
     single(
         &mut s,
@@ -468,10 +470,10 @@ fn metrics(st: &AdminState) -> String {
     );
     single(
         &mut s,
-        "cue_edge_last_cue_timestamp_ms",
+        "cue_edge_last_cue_timestamp_seconds",
         "gauge",
-        "Origin ts of the newest cue.",
-        l.last_cue_ts.get(),
+        "Origin ts of the newest cue, seconds since the epoch.",
+        l.last_cue_ts.get() as f64 / 1e3,
     );
     single(
         &mut s,

@@ -22,11 +22,18 @@ use cue_edge::tls::{CertSource, CertStore};
 /// Settings come from `--config FILE` (TOML, keys as in docs/config.md), then flags override
 /// them. With neither, it runs on loopback with embedded defaults.
 #[derive(Parser, Debug)]
-#[command(name = "cue-edge", version)]
+#[command(name = "cue-edge", version = cue_build_info::LONG_VERSION)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, for a log shipper); also CUE_LOG_FORMAT.
+    #[arg(long, env = "CUE_LOG_FORMAT", default_value = "text", hide_env = true)]
+    log_format: cue_common::logging::LogFormat,
     /// TOML config file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the settings (file and flags) and every file they name, print each problem, and
+    /// exit 0 (fine) or 2 (problems) without starting or writing anything.
+    #[arg(long)]
+    check_config: bool,
     /// Origin relay address, HOST:PORT (a name or an IP); repeat for several origins
     /// [default: 127.0.0.1:7001].
     #[arg(long = "origin")]
@@ -137,7 +144,13 @@ struct Cli {
     send_path: Option<cue_edge::config::SendPath>,
 }
 
-fn config(cli: &Cli) -> Result<EdgeConfig, String> {
+/// The settings: the file, then the flags over it, then every check of their values (all
+/// problems, not the first).
+fn config(cli: &Cli) -> Result<EdgeConfig, Vec<String>> {
+    cue_common::config::checked(file_and_flags(cli), EdgeConfig::validate)
+}
+
+fn file_and_flags(cli: &Cli) -> Result<EdgeConfig, String> {
     let mut c: EdgeConfig = load_toml(cli.config.as_deref())?;
     if !cli.origins.is_empty() {
         c.origins = cli.origins.clone();
@@ -230,23 +243,69 @@ fn config(cli: &Cli) -> Result<EdgeConfig, String> {
                 .collect::<Result<_, _>>()?
         });
     }
-    let errs = c.validate();
-    if !errs.is_empty() {
-        return Err(errs.join("; "));
-    }
     Ok(c)
+}
+
+/// What a start reads before it binds anything, read only: token keys, the relay
+/// certificate's tenants, the TLS files, the host secrets (a missing one must be creatable).
+/// `--check-config` stops after it; a start runs it too, so that a bad file named by the
+/// config exits 2 (a config problem) before anything starts.
+fn preflight(cfg: &EdgeConfig) -> Vec<String> {
+    use cue_common::config::check_host_secret;
+    let mut problems = Vec::new();
+    let mut note = |r: Result<(), String>| {
+        if let Err(e) = r {
+            problems.push(e);
+        }
+    };
+    let keys = cue_common::config::verifier(cfg.auth());
+    let key_set = matches!(keys, Ok(Some(cue_common::keys::Verifier::Keys(_))));
+    note(keys.map(|_| ()));
+    note(tenant_scope(cfg).map(|_| ()));
+    if cfg.wss.is_some() || cfg.quic.is_some() {
+        note(
+            CertStore::new(cfg.cert_source())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if let Some(files) = cfg.relay_tls() {
+        note(
+            cue_common::tls::relay_client_config(&files)
+                .map(|_| ())
+                .map_err(|e| format!("relay TLS: {e}")),
+        );
+    }
+    if cfg.quic.is_some() {
+        note(
+            check_host_secret(&cfg.quic_reset_secret_file)
+                .map_err(|e| format!("quic reset secret: {e}")),
+        );
+    }
+    if key_set && cfg.admit_tickets {
+        note(
+            check_host_secret(&cfg.ticket_secret_file)
+                .map_err(|e| format!("admission ticket secret: {e}")),
+        );
+    }
+    problems
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_common::logging::init_logging();
+    cue_common::build::set_commit(cue_build_info::COMMIT);
+    cue_common::logging::init_logging(cli.log_format);
     let cfg = match config(&cli) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cue-edge: {e}");
-            return ExitCode::from(2);
-        }
+        Err(problems) => return cue_common::config::config_problems("cue-edge", &problems),
     };
+    let problems = preflight(&cfg);
+    if !problems.is_empty() {
+        return cue_common::config::config_problems("cue-edge", &problems);
+    }
+    if cli.check_config {
+        return cue_common::config::config_ok("cue-edge", cli.config.as_deref());
+    }
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

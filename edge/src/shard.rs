@@ -445,6 +445,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 if by_ticker && last.saturating_duration_since(armed) > interval + RESCUE_LATE {
                     drv.stats.timer_rescues.inc();
                 }
+                drv.stats.poll_turns.inc();
                 let mut active = drv.poll_once(elapsed);
                 if drv.core.fanout_pending() {
                     // One slice per turn, then straight back (after the reactor ran).
@@ -797,10 +798,10 @@ impl Driver {
                     Some(libc::EMFILE) | Some(libc::ENFILE) => {
                         // The connection stays queued; say so once per thousand ticks, not
                         // every tick.
-                        if self.stats.accept_shed.get() % 1000 == 0 {
+                        if self.stats.accept_out_of_fds.get() % 1000 == 0 {
                             tracing::warn!("accept: out of file descriptors (raise LimitNOFILE; see cue-tune check)");
                         }
-                        self.stats.accept_shed.inc();
+                        self.stats.accept_out_of_fds.inc();
                         return;
                     }
                     _ => {

@@ -84,6 +84,9 @@ pub struct ShardStats {
     pub accepted: Counter,
     /// Accepts refused at once because the shard is at `max_connections` (no handshake read).
     pub accept_shed: Counter,
+    /// Accept passes that stopped on `EMFILE`/`ENFILE`: the device stays queued at the listener
+    /// until a descriptor frees up (raise `LimitNOFILE`).
+    pub accept_out_of_fds: Counter,
     /// Upgrades completed.
     pub upgrades: Counter,
     /// Cues received from the relay link.
@@ -123,6 +126,9 @@ pub struct ShardStats {
     /// Times glommio's timer did not wake the shard's poller and the ticker thread did, over
     /// 10 ms past the deadline ([`crate::shard::ShardTimer`]).
     pub timer_rescues: Counter,
+    /// Turns of the shard's device poller (one `epoll_wait` pass each): a shard whose count
+    /// stops while devices wait at its listener is not being run.
+    pub poll_turns: Counter,
     /// Open QUIC sessions (also counted in `connections`).
     pub quic_sessions: Gauge,
     /// Cues written to QUIC devices (also counted in `deliveries`).
@@ -187,7 +193,11 @@ impl ShardStats {
 type Row = (&'static str, &'static str, fn(&ShardStats) -> u64);
 
 /// Renders every shard's stats in Prometheus text format, labelled `shard="N"`.
-pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
+///
+/// With `quic` false (QUIC off) no `cue_edge_quic_*` series is written: a transport that is off
+/// has no series, so an alert on one of them cannot read a 0 that means nothing.
+pub fn render(shards: &[std::sync::Arc<ShardStats>], quic: bool, out: &mut String) {
+    let off = |name: &str| !quic && name.starts_with("cue_edge_quic_");
     header(
         out,
         "cue_edge_connections",
@@ -239,6 +249,9 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.event_slots.get(),
         ),
     ] {
+        if off(name) {
+            continue;
+        }
         header(out, name, "gauge", help);
         for (i, s) in shards.iter().enumerate() {
             sample(out, name, &format!("shard=\"{i}\""), f(s));
@@ -256,12 +269,15 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.quic_handshake_cpu_ns.get(),
         ),
     ] {
+        if off(name) {
+            continue;
+        }
         header(out, name, "counter", help);
         for (i, s) in shards.iter().enumerate() {
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 31] = [
+    let counters: [Row; 33] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
@@ -353,6 +369,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.accept_shed.get(),
         ),
         (
+            "cue_edge_accept_out_of_fds_total",
+            "Accept passes stopped by EMFILE/ENFILE: devices stay queued at the listener until a descriptor frees up (raise LimitNOFILE).",
+            |s| s.accept_out_of_fds.get(),
+        ),
+        (
             "cue_edge_upgrades_total",
             "WebSocket upgrades completed.",
             |s| s.upgrades.get(),
@@ -403,6 +424,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
             |s| s.timer_rescues.get(),
         ),
         (
+            "cue_edge_poll_turns_total",
+            "Turns of the shard's device poller (accepts, device input, timers); one that stops growing while devices queue at the listener means a shard that is not run.",
+            |s| s.poll_turns.get(),
+        ),
+        (
             "cue_edge_uring_submits_total",
             "io_uring submissions of fanout batches (send_path uring).",
             |s| s.uring_submits.get(),
@@ -417,6 +443,9 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], out: &mut String) {
         }),
     ];
     for (name, help, f) in counters {
+        if off(name) {
+            continue;
+        }
         header(out, name, "counter", help);
         for (i, s) in shards.iter().enumerate() {
             sample(out, name, &format!("shard=\"{i}\""), f(s));

@@ -507,7 +507,9 @@ fn tls_and_quic_flags_help_and_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(names), "{args:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let lines: Vec<&str> = err.trim().lines().collect();
+        assert_eq!(lines.len(), 2, "the problem, then the count: {err}");
+        assert_eq!(lines[1], "cue-edge: 1 config problem; nothing started");
     }
 }
 

@@ -336,6 +336,8 @@ fn render_metrics(api: &Api) -> String {
     use cue_common::metrics::{header, sample, single};
     let mut s = (api.render_metrics)();
     api.tenants.render(&mut s);
+    cue_common::metrics::build_info(&mut s, "origin");
+    cue_common::metrics::process(&mut s);
     single(
         &mut s,
         "cue_origin_http_requests_total",

@@ -14,8 +14,17 @@ use cue_origin::config::OriginConfig;
 /// Settings come from `--config FILE` (TOML, keys as in docs/config.md), then flags override
 /// them. With neither, it runs on loopback with embedded defaults.
 #[derive(Parser, Debug)]
-#[command(name = "cue-origin", version)]
+#[command(name = "cue-origin", version = cue_build_info::LONG_VERSION)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, for a log shipper); also CUE_LOG_FORMAT.
+    #[arg(
+        long,
+        global = true,
+        env = "CUE_LOG_FORMAT",
+        default_value = "text",
+        hide_env = true
+    )]
+    log_format: cue_common::logging::LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
@@ -27,6 +36,10 @@ struct ServeArgs {
     /// TOML config file; flags override its values.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Check the settings (file and flags) and every file they name, print each problem, and
+    /// exit 0 (fine) or 2 (problems) without starting or writing anything.
+    #[arg(long)]
+    check_config: bool,
     /// Publish/admin HTTP listen address [default: 127.0.0.1:7000].
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -204,7 +217,13 @@ enum TokenKind {
     },
 }
 
-fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
+/// The settings: the file, then the flags over it, then every check of their values (all
+/// problems, not the first).
+fn config(a: &ServeArgs) -> Result<OriginConfig, Vec<String>> {
+    cue_common::config::checked(file_and_flags(a), OriginConfig::validate)
+}
+
+fn file_and_flags(a: &ServeArgs) -> Result<OriginConfig, String> {
     let mut c: OriginConfig = load_toml(a.config.as_deref())?;
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
@@ -243,23 +262,58 @@ fn config(a: &ServeArgs) -> Result<OriginConfig, String> {
     if a.no_fsync {
         c.fsync = false;
     }
-    let errs = c.validate();
-    if !errs.is_empty() {
-        return Err(errs.join("; "));
-    }
     Ok(c)
+}
+
+/// What a start reads before it binds anything, read only: the token keys (keys a start would
+/// generate need a directory to go in), the relay TLS files, the data directory (embedded
+/// store). `--check-config` stops after it; a start runs it too, so that a bad file named by
+/// the config exits 2 (a config problem) before anything starts.
+fn preflight(cfg: &OriginConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = cue_common::config::check_origin_keys(cfg.auth()) {
+        problems.push(e);
+    }
+    if let Some(files) = cfg.relay_tls() {
+        if let Err(e) = cue_common::tls::relay_server_config(&files) {
+            problems.push(format!("relay TLS: {e}"));
+        }
+    }
+    if cfg.nats().is_none() {
+        let probe = cfg.data_dir.join("log");
+        let usable = if cfg.data_dir.exists() {
+            if cfg.data_dir.is_dir() {
+                cue_common::config::can_create(&probe)
+            } else {
+                Err(format!("{} is not a directory", cfg.data_dir.display()))
+            }
+        } else {
+            cue_common::config::can_create(&cfg.data_dir)
+        };
+        if let Err(e) = usable {
+            problems.push(format!("data_dir: {e}"));
+        }
+    }
+    problems
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_common::logging::init_logging();
+    cue_common::build::set_commit(cue_build_info::COMMIT);
+    cue_common::logging::init_logging(cli.log_format);
     let cfg = match config(&cli.serve) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cue-origin: {e}");
-            return ExitCode::from(2);
-        }
+        Err(problems) => return cue_common::config::config_problems("cue-origin", &problems),
     };
+    if cli.cmd.is_none() {
+        let problems = preflight(&cfg);
+        if !problems.is_empty() {
+            return cue_common::config::config_problems("cue-origin", &problems);
+        }
+        if cli.serve.check_config {
+            return cue_common::config::config_ok("cue-origin", cli.serve.config.as_deref());
+        }
+    }
     match cli.cmd {
         Some(Cmd::Token { kind }) => token(&cfg, kind),
         Some(Cmd::Keys { op }) => keys(&cfg, op),

@@ -421,8 +421,8 @@ fn render(pm: &PublishMetrics, rm: &RelayMetrics, health: &Health) -> String {
     );
     single(
         &mut s,
-        "cue_origin_log_compactions",
-        "gauge",
+        "cue_origin_log_compactions_total",
+        "counter",
         "Log compactions since start.",
         pm.compactions.get(),
     );

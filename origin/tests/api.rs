@@ -673,7 +673,7 @@ fn a_class_outlives_a_restart_of_the_embedded_origin() {
     let compactions = m
         .body
         .lines()
-        .find_map(|l| l.strip_prefix("cue_origin_log_compactions "))
+        .find_map(|l| l.strip_prefix("cue_origin_log_compactions_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(compactions >= Some(1.0), "{compactions:?}");
     o.kill9();

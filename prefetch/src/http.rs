@@ -399,5 +399,8 @@ fn render_metrics(app: &App) -> String {
         let c = u.cache.lock().expect("cache lock");
         (c.stats(), c.len(), c.bytes())
     });
-    app.metrics.render(cache)
+    let mut s = app.metrics.render(cache);
+    cue_common::metrics::build_info(&mut s, "prefetch");
+    cue_common::metrics::process(&mut s);
+    s
 }

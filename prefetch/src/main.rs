@@ -13,11 +13,18 @@ use cue_prefetch::config::PrefetchConfig;
 /// Settings come from `--config FILE` (TOML, keys as in docs/prefetch.md), then flags override
 /// them. With neither, it runs on loopback with embedded defaults (catalog in ./catalog).
 #[derive(Parser, Debug)]
-#[command(name = "cue-prefetch", version)]
+#[command(name = "cue-prefetch", version = cue_build_info::LONG_VERSION)]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line, for a log shipper); also CUE_LOG_FORMAT.
+    #[arg(long, env = "CUE_LOG_FORMAT", default_value = "text", hide_env = true)]
+    log_format: cue_common::logging::LogFormat,
     /// TOML config file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the settings (file and flags) and every file they name, print each problem, and
+    /// exit 0 (fine) or 2 (problems) without starting or writing anything.
+    #[arg(long)]
+    check_config: bool,
     /// HTTP listen address (API, /metrics, /healthz) [default: 127.0.0.1:7100].
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -123,7 +130,13 @@ fn pair<T: std::str::FromStr>(s: &str) -> Result<[T; 2], String> {
     Ok([p(a)?, p(b)?])
 }
 
-fn config(a: &Cli) -> Result<PrefetchConfig, String> {
+/// The settings: the file, then the flags over it, then every check of their values (all
+/// problems, not the first).
+fn config(a: &Cli) -> Result<PrefetchConfig, Vec<String>> {
+    cue_common::config::checked(file_and_flags(a), PrefetchConfig::validate)
+}
+
+fn file_and_flags(a: &Cli) -> Result<PrefetchConfig, String> {
     let mut c: PrefetchConfig = load_toml(a.config.as_deref())?;
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { c.$f = v; } )* };
@@ -169,27 +182,37 @@ fn config(a: &Cli) -> Result<PrefetchConfig, String> {
         c.auth_secret_file = a.auth_secret_file.clone();
     }
     c.no_auth |= a.no_auth;
-    let errs = c.validate();
-    if !errs.is_empty() {
-        return Err(errs.join("; "));
-    }
     Ok(c)
+}
+
+/// What a start reads before it binds anything, read only: the token keys and the catalog.
+/// `--check-config` stops after it; a start runs it too, so that a bad file named by the
+/// config exits 2 (a config problem) before anything starts.
+fn preflight(cfg: &PrefetchConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = cue_common::config::verifier(cfg.auth()) {
+        problems.push(e);
+    }
+    if let Err(e) = cue_prefetch::server::initial_catalog(cfg, &cfg.catalog_limits()) {
+        problems.push(e);
+    }
+    problems
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cue_common::logging::init_logging();
+    cue_common::build::set_commit(cue_build_info::COMMIT);
+    cue_common::logging::init_logging(cli.log_format);
     let cfg = match config(&cli) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cue-prefetch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(problems) => return cue_common::config::config_problems("cue-prefetch", &problems),
     };
-    // A bad catalog is a bad setting: one line, exit 2, before anything starts.
-    if let Err(e) = cue_prefetch::server::initial_catalog(&cfg, &cfg.catalog_limits()) {
-        eprintln!("cue-prefetch: {e}");
-        return ExitCode::from(2);
+    let problems = preflight(&cfg);
+    if !problems.is_empty() {
+        return cue_common::config::config_problems("cue-prefetch", &problems);
+    }
+    if cli.check_config {
+        return cue_common::config::config_ok("cue-prefetch", cli.config.as_deref());
     }
     let threads = cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()

@@ -557,7 +557,16 @@ fn bad_settings_exit_2_with_one_line_and_sigterm_stops() {
     };
     let (code, err) = run(&["--max-age-jitter", "2"]);
     assert_eq!(code, Some(2));
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        2,
+        "a problem and the count: {err}"
+    );
+    assert!(
+        err.trim_end()
+            .ends_with("1 config problem; nothing started"),
+        "{err}"
+    );
     assert!(err.contains("max_age_jitter"), "{err}");
     let (code, err) = run(&["--upstream", "ftp://x"]);
     assert_eq!(code, Some(2));

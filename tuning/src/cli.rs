@@ -20,7 +20,7 @@ Per-connection figures default to Cue's measured/target values (docs/tuning.md s
 comes from); replace them with cue-bench results via the --*-bytes-per-conn flags.";
 
 #[derive(Debug, Parser)]
-#[command(name = "cue-tune", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "cue-tune", version = cue_build_info::LONG_VERSION, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -9,7 +9,7 @@ pub mod quic;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cue_common::time::unix_now_s;
 use cue_common::token::TokenKeys;
@@ -72,6 +72,10 @@ pub struct Edge {
     pub admin: SocketAddr,
     /// QUIC address (a free port unless `--quic` was given).
     pub quic: SocketAddr,
+    /// Where its stderr goes: the file given, or a temporary one that lives as long as the
+    /// edge, so a failed wait can show what the edge said.
+    log: PathBuf,
+    _own_log: Option<tempfile::TempPath>,
 }
 
 pub fn start_edge(relay: SocketAddr, ws: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Edge {
@@ -125,10 +129,14 @@ pub fn spawn_edge_env(
     if !extra.contains(&"--quic-reset-secret-file") {
         quic_args.extend(["--quic-reset-secret-file", reset.as_str()]);
     }
-    let stderr = match log {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
+    let (log, own_log) = match log {
+        Some(p) => (p.to_path_buf(), None),
+        None => {
+            let t = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+            (t.to_path_buf(), Some(t))
+        }
     };
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
     let child = Command::new(workspace_bin("cue-edge"))
         .args([
             "--origin",
@@ -158,6 +166,8 @@ pub fn spawn_edge_env(
         ws,
         admin,
         quic: quic_addr,
+        log,
+        _own_log: own_log,
     }
 }
 
@@ -169,9 +179,22 @@ impl Edge {
     pub fn wait_linked_n(&self, n: usize) {
         let admin = self.admin;
         let want = format!("\"origins_linked\":{n},");
-        wait_until(Duration::from_secs(15), || {
-            request(admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.body.contains(&want))
-        });
+        let t = Instant::now();
+        loop {
+            let last = match request(admin, "GET", "/healthz", &[], b"") {
+                Ok(r) if r.body.contains(&want) => return,
+                Ok(r) => format!("{} {}", r.status, r.body),
+                Err(e) => e.to_string(),
+            };
+            if t.elapsed() > Duration::from_secs(15) {
+                panic!(
+                    "edge (admin {admin}) not linked to {n} origin(s) within 15 s; last /healthz: {last}; \
+                     its log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     pub fn metrics(&self) -> String {
         request(self.admin, "GET", "/metrics", &[], b"")

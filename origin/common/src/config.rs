@@ -211,9 +211,43 @@ pub fn origin_keys(
     now_s: u64,
 ) -> Result<Option<OriginKeys>, String> {
     use crate::keys::{KeyAlg, SigningKeys};
-    match first(&a)? {
-        First::Off => return Ok(None),
-        First::Secret(k) => return Ok(Some(OriginKeys::Secret(k))),
+    let (keys, path) = match find_origin_keys(&a)? {
+        Found::Off => return Ok(None),
+        Found::Secret(k) => return Ok(Some(OriginKeys::Secret(k))),
+        Found::Signing(keys, path) => (keys, path),
+        Found::Missing(path) if create => {
+            let k = SigningKeys::generate(KeyAlg::EdDSA, now_s).map_err(|e| e.to_string())?;
+            write_atomic(&path, &k.to_json(), 0o600)?;
+            tracing::warn!(file = %path.display(), kid = k.active_kid(), "no token keys configured: generated an Ed25519 signing key");
+            (k, path)
+        }
+        Found::Missing(path) => {
+            return Err(format!(
+                "no token keys: {} does not exist (start cue-origin once, or `cue-origin keys new`), and no CUE_AUTH_SECRET or auth_secret_file is set",
+                path.display()
+            ))
+        }
+    };
+    write_public_set(&keys, &path)?;
+    Ok(Some(OriginKeys::Signing { keys, file: path }))
+}
+
+/// What an origin finds of its token keys, reading only.
+// One per check, never moved on a hot path: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    Off,
+    Secret(Box<crate::token::TokenKeys>),
+    Signing(crate::keys::SigningKeys, std::path::PathBuf),
+    /// No keys yet: a start makes them here.
+    Missing(std::path::PathBuf),
+}
+
+fn find_origin_keys(a: &AuthSettings<'_>) -> Result<Found, String> {
+    use crate::keys::SigningKeys;
+    match first(a)? {
+        First::Off => return Ok(Found::Off),
+        First::Secret(k) => return Ok(Found::Secret(k)),
         First::Keys => {}
     }
     let default = a.dir.join(SIGNING_KEYS_FILE);
@@ -221,24 +255,105 @@ pub fn origin_keys(
         .keys_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default.clone());
-    let keys = if path.exists() || a.keys_file.is_some() {
-        SigningKeys::from_json(&read_file(&path, "signing keys")?)
-            .map_err(|e| format!("signing keys {}: {e}", path.display()))?
-    } else if let Some(k) = legacy_secret(a.dir)? {
-        return Ok(Some(OriginKeys::Secret(Box::new(k))));
-    } else if create {
-        let k = SigningKeys::generate(KeyAlg::EdDSA, now_s).map_err(|e| e.to_string())?;
-        write_atomic(&path, &k.to_json(), 0o600)?;
-        tracing::warn!(file = %path.display(), kid = k.active_kid(), "no token keys configured: generated an Ed25519 signing key");
-        k
+    if path.exists() || a.keys_file.is_some() {
+        let keys = SigningKeys::from_json(&read_file(&path, "signing keys")?)
+            .map_err(|e| format!("signing keys {}: {e}", path.display()))?;
+        return Ok(Found::Signing(keys, path));
+    }
+    if let Some(k) = legacy_secret(a.dir)? {
+        return Ok(Found::Secret(Box::new(k)));
+    }
+    Ok(Found::Missing(path))
+}
+
+/// `--check-config` for an origin's token keys: reads what is there and writes nothing. Keys
+/// a start would generate are fine when their directory can be made.
+pub fn check_origin_keys(a: AuthSettings<'_>) -> Result<(), String> {
+    match find_origin_keys(&a)? {
+        Found::Missing(path) => can_create(&path).map_err(|e| format!("signing keys: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// `--check-config` for a host secret ([`host_secret`]): an existing file must hold a secret;
+/// a missing one must be creatable (a start makes it).
+pub fn check_host_secret(file: &Path) -> Result<(), String> {
+    if file.exists() {
+        let s = std::fs::read_to_string(file)
+            .map_err(|err| format!("reading {}: {err}", file.display()))?;
+        return secret_long_enough(file, s.trim()).map(|_| ());
+    }
+    can_create(file)
+}
+
+/// Whether `file` could be created: its nearest existing ancestor is a directory this process
+/// may write to (nothing is created here).
+pub fn can_create(file: &Path) -> Result<(), String> {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        if d.exists() {
+            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{}: a path with a NUL byte", file.display()))?;
+            // SAFETY: `c` is a live NUL-terminated path; access(2) only reads it.
+            let ok =
+                d.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+            return if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} does not exist and cannot be created: {} is not a writable directory",
+                    file.display(),
+                    d.display()
+                ))
+            };
+        }
+        dir = d.parent();
+    }
+    Err(format!("{}: no directory to create it in", file.display()))
+}
+
+/// The settings as read (`read`: the file, then the flags over it) with every problem of
+/// their values (`validate`), all of them, not the first.
+pub fn checked<C>(
+    read: Result<C, String>,
+    validate: impl FnOnce(&C) -> Vec<String>,
+) -> Result<C, Vec<String>> {
+    let c = read.map_err(|e| vec![e])?;
+    let problems = validate(&c);
+    if problems.is_empty() {
+        Ok(c)
     } else {
-        return Err(format!(
-            "no token keys: {} does not exist (start cue-origin once, or `cue-origin keys new`), and no CUE_AUTH_SECRET or auth_secret_file is set",
-            path.display()
-        ));
-    };
-    write_public_set(&keys, &path)?;
-    Ok(Some(OriginKeys::Signing { keys, file: path }))
+        Err(problems)
+    }
+}
+
+/// Prints each config problem on its own line (`BIN: config: PROBLEM`) and a summary, and
+/// gives exit code 2: what every binary does with a bad setting, at a start or with
+/// `--check-config`.
+pub fn config_problems(bin: &str, problems: &[String]) -> std::process::ExitCode {
+    for p in problems {
+        eprintln!("{bin}: {p}");
+    }
+    eprintln!(
+        "{bin}: {} config problem{}; nothing started",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    std::process::ExitCode::from(2)
+}
+
+/// What `--check-config` prints when the settings hold: exit 0.
+pub fn config_ok(bin: &str, file: Option<&Path>) -> std::process::ExitCode {
+    match file {
+        Some(f) => println!("{bin}: config {} ok", f.display()),
+        None => println!("{bin}: config ok (defaults and flags, no file)"),
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// Checks a `HOST:PORT` address (a host name, an IPv4 address or a bracketed IPv6 address, and
@@ -266,14 +381,66 @@ pub fn load_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("config {}: cannot read: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        format!(
-            "config {}: {}",
-            path.display(),
-            msg.lines().next().unwrap_or("invalid TOML")
-        )
-    })
+    toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))
+}
+
+/// A TOML error as `config FILE:LINE:COLUMN: key `KEY`: MESSAGE`: the line and column of the
+/// error's span, and the dotted key on that line (under its `[table]`), so a wrong type
+/// (`ws = 12`) names the key it is about, not only what was expected.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().lines().next().unwrap_or("invalid TOML");
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!("config {}: {msg}", path.display());
+    };
+    let (line, col, key) = locate(text, at);
+    let key = key.map(|k| format!(" key `{k}`:")).unwrap_or_default();
+    format!("config {}:{line}:{col}:{key} {msg}", path.display())
+}
+
+/// The 1-based line and column of byte `at` in `text`, and the dotted key written on that line
+/// (`table.key` under a `[table]` header; the table itself on a header line), if any.
+fn locate(text: &str, at: usize) -> (usize, usize, Option<String>) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line_no = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = text[start..at].chars().count() + 1;
+    let this = text[start..].lines().next().unwrap_or("");
+    let table = text[..start]
+        .lines()
+        .rev()
+        .find_map(header)
+        .map(str::to_string);
+    let key = if let Some(h) = header(this) {
+        Some(h.to_string())
+    } else {
+        this.split_once('=')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\''))
+            .filter(|k| !k.is_empty() && !k.starts_with('#'))
+            .map(|k| match &table {
+                Some(t) => format!("{t}.{k}"),
+                None => k.to_string(),
+            })
+    };
+    (line_no, col, key)
+}
+
+/// The name in a `[table]` or `[[array]]` header line.
+fn header(line: &str) -> Option<&str> {
+    let l = line.trim();
+    let inner = l
+        .strip_prefix("[[")
+        .and_then(|r| r.split_once("]]"))
+        .map(|(n, _)| n);
+    let inner = inner.or_else(|| {
+        l.strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(n, _)| n)
+    });
+    inner.map(str::trim).filter(|n| !n.is_empty())
 }
 
 /// A secret that the processes of one host share and nobody else needs (the edges' QUIC
@@ -315,7 +482,10 @@ pub fn host_secret(file: &Path) -> Result<Vec<u8>, String> {
         linked?;
     }
     let s = std::fs::read_to_string(file).map_err(|err| e("reading", err))?;
-    let s = s.trim();
+    secret_long_enough(file, s.trim())
+}
+
+fn secret_long_enough(file: &Path, s: &str) -> Result<Vec<u8>, String> {
     if s.len() < crate::token::MIN_SECRET_LEN {
         return Err(format!(
             "{}: secret is {} bytes, needs at least {}",
@@ -366,6 +536,64 @@ pub fn resolve_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        ws: String,
+        port: u16,
+        tls: SampleTls,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct SampleTls {
+        cert: String,
+    }
+
+    fn load_err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let e = load_toml::<Sample>(Some(&p)).unwrap_err();
+        e.replace(&p.display().to_string(), "c.toml")
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key_and_its_line() {
+        assert_eq!(
+            load_err("port = 1\nws = 12\n"),
+            "config c.toml:2:6: key `ws`: invalid type: integer `12`, expected a string"
+        );
+        assert_eq!(
+            load_err("ws = \"a\"\n\n[tls]\ncert = 5\n"),
+            "config c.toml:4:8: key `tls.cert`: invalid type: integer `5`, expected a string"
+        );
+        let e = load_err("port = 70000\n");
+        assert!(e.starts_with("config c.toml:1:8: key `port`:"), "{e}");
+    }
+
+    #[test]
+    fn broken_toml_and_unknown_keys_say_where() {
+        let e = load_err("ws = \"a\"\nport = = 3\n");
+        assert!(e.starts_with("config c.toml:2:"), "{e}");
+        let e = load_err("[tls]\nkey = \"x\"\n");
+        assert!(
+            e.starts_with("config c.toml:2:1: key `tls.key`: unknown field `key`"),
+            "{e}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any text and any offset (in or past it, on or off a character boundary) gives a
+        /// line and column inside the text and no panic.
+        #[test]
+        fn locate_never_panics_and_stays_in_the_text(text in "(?s).{0,200}", at in 0usize..300) {
+            let (line, col, _) = locate(&text, at);
+            proptest::prop_assert!(line >= 1 && line <= text.matches('\n').count() + 1);
+            proptest::prop_assert!(col >= 1 && col <= text.chars().count() + 1);
+        }
+    }
 
     #[test]
     fn host_secret_is_made_once_and_shared_by_racing_processes() {

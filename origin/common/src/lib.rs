@@ -11,10 +11,11 @@
 //! - [`config`]: TOML loading and token-secret resolution.
 //! - [`limits`]: raising the soft rlimits at start-up and saying what caps the process.
 //! - [`tls`]: the relay's mutual TLS (rustls configs from PEM files, reloadable).
-//! - [`logging`], [`time`], [`units`]: the top of every binary.
+//! - [`logging`], [`time`], [`units`], [`build`]: the top of every binary.
 //!
 //! It does no I/O of its own beyond reading config and secret files and the rlimit calls.
 
+pub mod build;
 pub mod config;
 pub mod cue;
 pub mod keys;
