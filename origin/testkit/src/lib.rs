@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod nats;
+pub mod shipped_config;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,9 @@
+//! The prefetch config the Debian package ships (`tuning/package/etc/prefetch.toml`) holds every key
+//! and its commented defaults are the code's (`cue_testkit::shipped_config`).
+
+#[test]
+fn the_shipped_prefetch_config_has_every_key_and_true_defaults() {
+    let text = include_str!("../../tuning/package/etc/prefetch.toml");
+    let p = cue_testkit::shipped_config::problems::<cue_prefetch::config::PrefetchConfig>(text);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+}
