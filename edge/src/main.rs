@@ -144,12 +144,6 @@ struct Cli {
     send_path: Option<cue_edge::config::SendPath>,
 }
 
-/// The settings: the file, then the flags over it, then every check of their values (all
-/// problems, not the first).
-fn config(cli: &Cli) -> Result<EdgeConfig, Vec<String>> {
-    cue_common::config::checked(file_and_flags(cli), EdgeConfig::validate)
-}
-
 fn file_and_flags(cli: &Cli) -> Result<EdgeConfig, String> {
     let mut c: EdgeConfig = load_toml(cli.config.as_deref())?;
     if !cli.origins.is_empty() {
@@ -295,17 +289,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
     cue_common::logging::init_logging(cli.log_format);
-    let cfg = match config(&cli) {
+    let cfg = match cue_common::config::settle(
+        "cue-edge",
+        file_and_flags(&cli),
+        EdgeConfig::validate,
+        preflight,
+        cli.check_config,
+        cli.config.as_deref(),
+    ) {
         Ok(c) => c,
-        Err(problems) => return cue_common::config::config_problems("cue-edge", &problems),
+        Err(code) => return code,
     };
-    let problems = preflight(&cfg);
-    if !problems.is_empty() {
-        return cue_common::config::config_problems("cue-edge", &problems);
-    }
-    if cli.check_config {
-        return cue_common::config::config_ok("cue-edge", cli.config.as_deref());
-    }
     match run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

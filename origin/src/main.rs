@@ -217,12 +217,6 @@ enum TokenKind {
     },
 }
 
-/// The settings: the file, then the flags over it, then every check of their values (all
-/// problems, not the first).
-fn config(a: &ServeArgs) -> Result<OriginConfig, Vec<String>> {
-    cue_common::config::checked(file_and_flags(a), OriginConfig::validate)
-}
-
 fn file_and_flags(a: &ServeArgs) -> Result<OriginConfig, String> {
     let mut c: OriginConfig = load_toml(a.config.as_deref())?;
     macro_rules! over {
@@ -301,19 +295,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
     cue_common::logging::init_logging(cli.log_format);
-    let cfg = match config(&cli.serve) {
+    // Subcommands (token, keys) need the settings, not the files a start reads.
+    let serving = cli.cmd.is_none();
+    let cfg = match cue_common::config::settle(
+        "cue-origin",
+        file_and_flags(&cli.serve),
+        OriginConfig::validate,
+        |c| if serving { preflight(c) } else { Vec::new() },
+        serving && cli.serve.check_config,
+        cli.serve.config.as_deref(),
+    ) {
         Ok(c) => c,
-        Err(problems) => return cue_common::config::config_problems("cue-origin", &problems),
+        Err(code) => return code,
     };
-    if cli.cmd.is_none() {
-        let problems = preflight(&cfg);
-        if !problems.is_empty() {
-            return cue_common::config::config_problems("cue-origin", &problems);
-        }
-        if cli.serve.check_config {
-            return cue_common::config::config_ok("cue-origin", cli.serve.config.as_deref());
-        }
-    }
     match cli.cmd {
         Some(Cmd::Token { kind }) => token(&cfg, kind),
         Some(Cmd::Keys { op }) => keys(&cfg, op),

@@ -130,12 +130,6 @@ fn pair<T: std::str::FromStr>(s: &str) -> Result<[T; 2], String> {
     Ok([p(a)?, p(b)?])
 }
 
-/// The settings: the file, then the flags over it, then every check of their values (all
-/// problems, not the first).
-fn config(a: &Cli) -> Result<PrefetchConfig, Vec<String>> {
-    cue_common::config::checked(file_and_flags(a), PrefetchConfig::validate)
-}
-
 fn file_and_flags(a: &Cli) -> Result<PrefetchConfig, String> {
     let mut c: PrefetchConfig = load_toml(a.config.as_deref())?;
     macro_rules! over {
@@ -203,17 +197,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
     cue_common::logging::init_logging(cli.log_format);
-    let cfg = match config(&cli) {
+    let cfg = match cue_common::config::settle(
+        "cue-prefetch",
+        file_and_flags(&cli),
+        PrefetchConfig::validate,
+        preflight,
+        cli.check_config,
+        cli.config.as_deref(),
+    ) {
         Ok(c) => c,
-        Err(problems) => return cue_common::config::config_problems("cue-prefetch", &problems),
+        Err(code) => return code,
     };
-    let problems = preflight(&cfg);
-    if !problems.is_empty() {
-        return cue_common::config::config_problems("cue-prefetch", &problems);
-    }
-    if cli.check_config {
-        return cue_common::config::config_ok("cue-prefetch", cli.config.as_deref());
-    }
     let threads = cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -332,6 +332,29 @@ pub fn checked<C>(
     }
 }
 
+/// The whole settling of a start: the settings as read, their values checked, then the files
+/// they name (`preflight`); any problem is printed ([`config_problems`]) and gives exit 2.
+/// With `check_only` (`--check-config`) a good config prints [`config_ok`] and gives exit 0.
+/// `Ok` is a config to start with.
+pub fn settle<C>(
+    bin: &str,
+    read: Result<C, String>,
+    validate: impl FnOnce(&C) -> Vec<String>,
+    preflight: impl FnOnce(&C) -> Vec<String>,
+    check_only: bool,
+    file: Option<&Path>,
+) -> Result<C, std::process::ExitCode> {
+    let c = checked(read, validate).map_err(|p| config_problems(bin, &p))?;
+    let problems = preflight(&c);
+    if !problems.is_empty() {
+        return Err(config_problems(bin, &problems));
+    }
+    if check_only {
+        return Err(config_ok(bin, file));
+    }
+    Ok(c)
+}
+
 /// Prints each config problem on its own line (`BIN: config: PROBLEM`) and a summary, and
 /// gives exit code 2: what every binary does with a bad setting, at a start or with
 /// `--check-config`.
