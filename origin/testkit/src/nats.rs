@@ -84,7 +84,8 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Writes the configs of `n` nodes under `dir` (one store directory each) and starts them;
-    /// returns once every node's `/healthz` says JetStream is ready.
+    /// returns once every node's `/healthz` says JetStream is ready and, with several nodes, once
+    /// the cluster can place a stream on all of them (see [`NatsCluster::wait_placeable`]).
     pub fn start(dir: &Path, n: usize) -> NatsCluster {
         Self::start_with(dir, n, true)
     }
@@ -97,6 +98,9 @@ impl NatsCluster {
         }
         for i in 0..n {
             c.wait_ready(i, Duration::from_secs(30));
+        }
+        if jetstream && n > 1 {
+            c.wait_placeable(Duration::from_secs(60));
         }
         c
     }
@@ -126,6 +130,10 @@ impl NatsCluster {
                 ));
             }
             if n > 1 {
+                // A cluster name of its own: a node of another test's cluster that dials a
+                // port this cluster took over (ports are free again between a kill and a
+                // restart) is refused instead of merging the two clusters.
+                let cluster_name = format!("cue-test-{}", ports[0].1.port());
                 let routes: Vec<String> = ports
                     .iter()
                     .enumerate()
@@ -133,7 +141,7 @@ impl NatsCluster {
                     .map(|(_, p)| format!("nats-route://{}", p.1))
                     .collect();
                 conf.push_str(&format!(
-                    "cluster {{\n  name: cue-test\n  listen: {route}\n  routes: [{}]\n}}\n",
+                    "cluster {{\n  name: {cluster_name}\n  listen: {route}\n  routes: [{}]\n}}\n",
                     routes.join(", ")
                 ));
             }
@@ -217,6 +225,59 @@ impl NatsCluster {
         }
     }
 
+    /// Waits until the cluster places a stream on every node, up to `d`: creates and deletes a
+    /// memory stream `CUE_READY_PROBE` with as many replicas as nodes, as an origin's
+    /// `--nats-replicas` does. Every node's `/healthz` can say ready while the meta leader has not
+    /// yet heard every peer's JetStream stats, and until then it answers "no suitable peers for
+    /// placement".
+    pub fn wait_placeable(&self, d: Duration) {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("nats://{}", n.client))
+            .collect();
+        let replicas = self.nodes.len();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let t = Instant::now();
+        let last = rt.block_on(async {
+            let mut last = String::new();
+            let mut probes = 0;
+            while t.elapsed() < d {
+                probes += 1;
+                match probe_placement(&urls, replicas).await {
+                    Ok(()) if probes == 1 => return None,
+                    Ok(()) => {
+                        eprintln!(
+                            "NATS cluster placeable after {:?} and {probes} probes; the last refusal: {last}",
+                            t.elapsed()
+                        );
+                        return None;
+                    }
+                    Err(e) => last = e,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(last)
+        });
+        if let Some(e) = last {
+            let logs: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    format!("--- {} ---\n{log}", n.name)
+                })
+                .collect();
+            panic!(
+                "the NATS cluster cannot place a stream of {replicas} replicas within {d:?}: {e}\n{}",
+                logs.join("\n")
+            );
+        }
+    }
+
     /// The name of the node that leads stream `stream`, from a running node's `/jsz`.
     pub fn stream_leader(&self, stream: &str) -> Option<String> {
         let q = "/jsz?streams=true&accounts=true";
@@ -248,5 +309,43 @@ impl NatsCluster {
             .iter()
             .position(|n| n.name == name)
             .expect("node name")
+    }
+}
+
+/// Creates and deletes a memory stream of `replicas` replicas; the error says which step failed.
+async fn probe_placement(urls: &[String], replicas: usize) -> Result<(), String> {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    let addrs = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("NATS URL: {e}"))?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(addrs.as_slice())
+        .await
+        .map_err(|e| format!("connecting to {urls:?}: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    let name = "CUE_READY_PROBE";
+    let created = tokio::time::timeout(
+        Duration::from_secs(5),
+        js.create_stream(Config {
+            name: name.into(),
+            subjects: vec!["cue-ready-probe".into()],
+            num_replicas: replicas,
+            storage: StorageType::Memory,
+            ..Default::default()
+        }),
+    )
+    .await;
+    match created {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("creating the probe stream: {e}")),
+        Err(_) => return Err("creating the probe stream: no answer in 5 s".into()),
+    }
+    match tokio::time::timeout(Duration::from_secs(5), js.delete_stream(name)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("deleting the probe stream: {e}")),
+        Err(_) => Err("deleting the probe stream: no answer in 5 s".into()),
     }
 }
