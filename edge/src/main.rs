@@ -85,9 +85,13 @@ struct Cli {
     /// QUIC keep-alive, seconds (< idle timeout) [default: 30].
     #[arg(long)]
     quic_keep_alive_s: Option<u64>,
-    /// Steer QUIC datagrams to their connection's socket across processes with a reuseport
-    /// eBPF program (needs root: CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN; without, a warning) [default: true].
+    /// Do not steer QUIC datagrams to their connection's socket across processes (steering is
+    /// a reuseport eBPF program, on by default; it needs root: CAP_BPF, CAP_NET_ADMIN,
+    /// CAP_SYS_ADMIN, else a warning).
     #[arg(long)]
+    no_quic_steer: bool,
+    /// Older spelling of --no-quic-steer (`--quic-steer false`); kept for scripts.
+    #[arg(long, hide = true)]
     quic_steer: Option<bool>,
     /// Admin/metrics listen address [default: 127.0.0.1:9100].
     #[arg(long)]
@@ -177,6 +181,9 @@ fn file_and_flags(cli: &Cli) -> Result<EdgeConfig, String> {
         }
     }
     c.relay_insecure |= cli.relay_insecure;
+    if cli.no_quic_steer {
+        c.quic_steer = false;
+    }
     if cli.wss.is_some() {
         c.wss = cli.wss;
     }
@@ -288,7 +295,7 @@ fn preflight(cfg: &EdgeConfig) -> Vec<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
-    cue_common::logging::init_logging(cli.log_format);
+    cue_common::logging::init_logging(cli.log_format, cli.check_config);
     let cfg = match cue_common::config::settle(
         "cue-edge",
         file_and_flags(&cli),

@@ -15,6 +15,7 @@ fn run(bin: &str, cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(cwd)
         .env_remove("CUE_AUTH_SECRET")
+        .env_remove("CUE_LOG")
         .output()
         .unwrap()
 }
@@ -69,6 +70,11 @@ fn edge_check_config_passes_a_good_file_and_writes_nothing() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), format!("cue-edge: config {cfg} ok"));
+    assert!(
+        !stderr(&out).contains("INFO"),
+        "a check's output is its verdict, not info lines: {}",
+        stderr(&out)
+    );
     assert_eq!(tree(dir.path()), before, "a check wrote files");
 }
 
@@ -195,6 +201,11 @@ fn origin_check_config_touches_no_data_dir_and_names_bad_ones() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), format!("cue-origin: config {cfg} ok"));
     assert!(
+        !stderr(&out).contains("INFO"),
+        "a check's output is its verdict, not info lines: {}",
+        stderr(&out)
+    );
+    assert!(
         !dir.path().join("data").exists(),
         "a check made the data directory"
     );
@@ -262,6 +273,11 @@ fn prefetch_check_config_reads_the_catalog() {
     assert_eq!(
         stdout(&out).trim(),
         format!("cue-prefetch: config {cfg} ok")
+    );
+    assert!(
+        !stderr(&out).contains("INFO"),
+        "a check's output is its verdict, not info lines: {}",
+        stderr(&out)
     );
     write(
         &dir.path().join("catalog"),

@@ -316,7 +316,7 @@ fn quic_rebinding_device_is_forwarded_between_shards() {
         origin.relay,
         free_addr(),
         free_addr(),
-        &["--quic-steer", "false"],
+        &["--no-quic-steer"],
         Some(&log),
     );
     let fp = logged_fingerprint(&log);

@@ -185,8 +185,13 @@ enum TokenKind {
         /// Events the device may follow, comma-separated, or '*' for all.
         #[arg(long)]
         events: String,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 86_400)]
+        /// Lifetime, seconds (`--ttl` is the same flag).
+        #[arg(
+            long = "ttl-s",
+            visible_alias = "ttl",
+            value_name = "SECS",
+            default_value_t = 86_400
+        )]
         ttl: u64,
         /// Grant prefetch's `critical` priority class (never shed) to this device.
         #[arg(long)]
@@ -198,8 +203,13 @@ enum TokenKind {
     },
     /// A publisher token.
     Publisher {
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 86_400)]
+        /// Lifetime, seconds (`--ttl` is the same flag).
+        #[arg(
+            long = "ttl-s",
+            visible_alias = "ttl",
+            value_name = "SECS",
+            default_value_t = 86_400
+        )]
         ttl: u64,
         /// Events the token may publish, comma-separated [default: every event].
         #[arg(long)]
@@ -211,8 +221,13 @@ enum TokenKind {
     },
     /// An admin token: drains and undrains edges (`POST /admin/drain`, `/admin/undrain`).
     Admin {
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3_600)]
+        /// Lifetime, seconds (`--ttl` is the same flag).
+        #[arg(
+            long = "ttl-s",
+            visible_alias = "ttl",
+            value_name = "SECS",
+            default_value_t = 3_600
+        )]
         ttl: u64,
     },
 }
@@ -294,7 +309,7 @@ fn preflight(cfg: &OriginConfig) -> Vec<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
-    cue_common::logging::init_logging(cli.log_format);
+    cue_common::logging::init_logging(cli.log_format, cli.cmd.is_none() && cli.serve.check_config);
     // Subcommands (token, keys) need the settings, not the files a start reads.
     let serving = cli.cmd.is_none();
     let cfg = match cue_common::config::settle(

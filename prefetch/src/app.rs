@@ -77,6 +77,8 @@ pub struct App {
     pub default_ttl_s: u64,
     /// Seed of the per-thread jitter RNGs.
     pub seed: u64,
+    /// Which browser pages may read the API.
+    pub cors: crate::cors::CorsPolicy,
 }
 
 impl std::fmt::Debug for App {

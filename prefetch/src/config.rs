@@ -20,7 +20,7 @@ pub struct PrefetchConfig {
     /// HTTP listener (API, `/metrics`, `/healthz`). Default `127.0.0.1:7100`.
     pub http: SocketAddr,
     /// The origin's HTTP API, polled (`GET /v1/events/{event}`) for the live signal. Default
-    /// `http://127.0.0.1:7000`. Empty turns the live signal off.
+    /// `http://127.0.0.1:7000`. `"none"` (or empty) turns the live signal off.
     pub origin_http: String,
     /// How often each catalog event's current cue is polled, ms (jittered by up to 20%).
     /// Default 500. Shorter notices a live event sooner and costs the origin one small GET per
@@ -100,6 +100,10 @@ pub struct PrefetchConfig {
     pub keys: Option<PathBuf>,
     /// Turn token checks off (local experiments only; logged as a warning). Default false.
     pub no_auth: bool,
+    /// Page origins (`https://app.example`) whose scripts may read the API from a browser
+    /// (CORS; docs/sdk.md). Default `["*"]`: any page (every request carries its own token,
+    /// never a cookie). `[]`: none, for a fleet with no browser devices.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for PrefetchConfig {
@@ -140,6 +144,7 @@ impl Default for PrefetchConfig {
             auth_secret_file: None,
             keys: None,
             no_auth: false,
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -162,6 +167,9 @@ impl PrefetchConfig {
             if let Err(m) = crate::upstream::parse_http_base(&self.origin_http) {
                 e.push(format!("origin_http: {m}"));
             }
+        }
+        if let Err(m) = crate::cors::CorsPolicy::parse(&self.cors_origins) {
+            e.push(format!("cors_origins: {m}"));
         }
         if let Some(u) = &self.upstream {
             if let Err(m) = UrlTemplate::parse(u) {

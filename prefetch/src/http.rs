@@ -8,6 +8,7 @@
 //!   is cheap and it is what spreads the load. A token is optional here (the answer is a time
 //!   derived from the device id), but a bad one is refused.
 //! * `GET /metrics`, `GET /healthz`.
+//! * CORS for browser devices on every `/v1/` answer, and `OPTIONS` preflights (`cors.rs`).
 //!
 //! Order of checks for a prefetch: route, priority header and query (400), token (401), event
 //! (404), token allows the event (403), shedding (503), then the map.
@@ -23,12 +24,16 @@ use cue_common::token::{Claims, TokenError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CACHE_CONTROL,
+    CONTENT_TYPE, ETAG, IF_NONE_MATCH, ORIGIN, RETRY_AFTER, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::catalog::EventSpec;
+use crate::cors::{self, CorsPolicy};
 use crate::metrics::ClassMetrics;
 use crate::query::{self, PrefetchQuery};
 use crate::schedule::{jittered_max_age, prefetch_at, retry_after_s};
@@ -78,7 +83,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infal
     let _g = InFlight::new(&app);
     app.metrics.requests.inc();
     let path = req.uri().path();
-    let resp = if let Some(rest) = path.strip_prefix("/v1/events/") {
+    let api = path.starts_with("/v1/");
+    let resp = if req.method() == Method::OPTIONS && api {
+        preflight(&app, &req)
+    } else if let Some(rest) = path.strip_prefix("/v1/events/") {
         match (req.method(), rest.split_once('/')) {
             (&Method::GET, Some((event, "prefetch"))) => {
                 let event = event.to_string();
@@ -103,8 +111,96 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infal
             _ => error(StatusCode::NOT_FOUND, "no such route"),
         }
     };
+    let mut resp = resp;
+    if api && req.method() != Method::OPTIONS {
+        cors_headers(&app, &req, &mut resp);
+    }
     app.metrics.response(resp.status().as_u16());
     Ok(resp)
+}
+
+fn origin_of(req: &Request<Incoming>) -> Option<&str> {
+    req.headers().get(ORIGIN).and_then(|v| v.to_str().ok())
+}
+
+/// CORS headers on an API answer (every status: a page must read a 503's `Retry-After` too).
+fn cors_headers(app: &App, req: &Request<Incoming>, resp: &mut Resp) {
+    if !app.cors.is_on() {
+        return;
+    }
+    let h = resp.headers_mut();
+    if let Some(allow) = app.cors.allow_origin(origin_of(req)) {
+        if let Ok(v) = HeaderValue::from_str(allow.as_str()) {
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            h.insert(
+                ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(cors::EXPOSE_HEADERS),
+            );
+        }
+    }
+    if matches!(app.cors, CorsPolicy::Only(_)) {
+        h.append(VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// A CORS preflight: `204` with what the API takes when the page's origin, the method (`GET`)
+/// and the headers asked for are allowed; else `403` naming what is not (the browser then
+/// refuses the request without sending it).
+fn preflight(app: &App, req: &Request<Incoming>) -> Resp {
+    let Some(allow) = app.cors.allow_origin(origin_of(req)) else {
+        app.metrics.cors_refused.inc();
+        return error(StatusCode::FORBIDDEN, "origin not allowed (cors_origins)");
+    };
+    let method = req
+        .headers()
+        .get(ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|v| v.to_str().ok());
+    if method.is_some_and(|m| m != "GET") {
+        app.metrics.cors_refused.inc();
+        return error(StatusCode::FORBIDDEN, "the API takes GET only");
+    }
+    let asked = req
+        .headers()
+        .get(ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let allowed: Vec<String> = cors::ALLOW_HEADERS
+        .split(", ")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if let Some(h) = asked
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .find(|h| !h.is_empty() && !allowed.contains(h))
+    {
+        app.metrics.cors_refused.inc();
+        return error(StatusCode::FORBIDDEN, &format!("header {h} not allowed"));
+    }
+    app.metrics.cors_preflights.inc();
+    let mut r = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()))
+        .expect("valid response");
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(allow.as_str()) {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(cors::ALLOW_HEADERS),
+    );
+    h.insert(
+        ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(cors::PREFLIGHT_MAX_AGE_S),
+    );
+    if matches!(app.cors, CorsPolicy::Only(_)) {
+        h.insert(VARY, HeaderValue::from_static("Origin"));
+    }
+    r
 }
 
 fn bearer<'a>(req: &'a Request<Incoming>, q: &'a PrefetchQuery<'a>) -> Option<&'a str> {

@@ -19,6 +19,7 @@ pub mod app;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod cors;
 pub mod deadline;
 pub mod hash;
 pub mod http;

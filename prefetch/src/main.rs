@@ -28,7 +28,7 @@ struct Cli {
     /// HTTP listen address (API, /metrics, /healthz) [default: 127.0.0.1:7100].
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// The origin's HTTP API, polled for the live signal; '' turns it off
+    /// The origin's HTTP API, polled for the live signal; 'none' turns it off ('' too)
     /// [default: http://127.0.0.1:7000].
     #[arg(long)]
     origin_http: Option<String>,
@@ -116,6 +116,11 @@ struct Cli {
     /// Turn token checks off: any device may prefetch. Local experiments only.
     #[arg(long)]
     no_auth: bool,
+    /// Page origins whose scripts may read the API from a browser (CORS), comma-separated
+    /// (https://app.example,https://tv.example); '*' any page; 'none' no browser page
+    /// [default: *].
+    #[arg(long, value_name = "LIST")]
+    cors_origins: Option<String>,
 }
 
 fn pair<T: std::str::FromStr>(s: &str) -> Result<[T; 2], String> {
@@ -163,6 +168,15 @@ fn file_and_flags(a: &Cli) -> Result<PrefetchConfig, String> {
     if a.upstream.is_some() {
         c.upstream = a.upstream.clone();
     }
+    if c.origin_http == "none" {
+        c.origin_http.clear();
+    }
+    if let Some(list) = &a.cors_origins {
+        c.cors_origins = match list.trim() {
+            "none" => Vec::new(),
+            l => l.split(',').map(|o| o.trim().to_string()).collect(),
+        };
+    }
     if a.threads.is_some() {
         c.threads = a.threads;
     }
@@ -196,7 +210,7 @@ fn preflight(cfg: &PrefetchConfig) -> Vec<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cue_common::build::set_commit(cue_build_info::COMMIT);
-    cue_common::logging::init_logging(cli.log_format);
+    cue_common::logging::init_logging(cli.log_format, cli.check_config);
     let cfg = match cue_common::config::settle(
         "cue-prefetch",
         file_and_flags(&cli),

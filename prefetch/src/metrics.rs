@@ -7,7 +7,7 @@ use crate::shed::Priority;
 
 /// Statuses counted individually in `cue_prefetch_http_responses_total`; others count as
 /// `other`.
-pub const STATUSES: [u16; 9] = [200, 304, 400, 401, 403, 404, 405, 503, 504];
+pub const STATUSES: [u16; 10] = [200, 204, 304, 400, 401, 403, 404, 405, 503, 504];
 
 /// Per-class counters.
 #[derive(Debug, Default)]
@@ -37,6 +37,10 @@ pub struct Metrics {
     pub requests: Counter,
     /// Schedule answers.
     pub schedules: Counter,
+    /// CORS preflights (`OPTIONS`) answered for an allowed origin.
+    pub cors_preflights: Counter,
+    /// CORS preflights refused: origin not allowed, or a method or header the API does not take.
+    pub cors_refused: Counter,
     /// Requests that asked for `critical` without a token granting it (served as `normal`).
     pub critical_demoted: Counter,
     /// Connections closed because an answer was not read within `write_timeout_ms`.
@@ -226,6 +230,20 @@ impl Metrics {
             "counter",
             "Connections closed because an answer was not read within write_timeout_ms.",
             self.write_timeouts.get(),
+        );
+        single(
+            &mut s,
+            "cue_prefetch_cors_preflights_total",
+            "counter",
+            "CORS preflights (OPTIONS) answered for an allowed page origin.",
+            self.cors_preflights.get(),
+        );
+        single(
+            &mut s,
+            "cue_prefetch_cors_refused_total",
+            "counter",
+            "CORS preflights refused (origin not allowed, or a method or header the API does not take).",
+            self.cors_refused.get(),
         );
         single(
             &mut s,

@@ -79,6 +79,8 @@ pub async fn run(
         retry_after_s: cfg.retry_after_s,
         default_ttl_s: cfg.default_ttl_s,
         seed,
+        cors: crate::cors::CorsPolicy::parse(&cfg.cors_origins)
+            .map_err(|e| anyhow::anyhow!("cors_origins: {e}"))?,
     });
     app.metrics
         .catalog_events

@@ -6,6 +6,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use cue_testkit::client::request;
 use serde_json::{json, Value};
 use support::*;
 
@@ -793,5 +794,154 @@ fn an_upstream_serves_tenants_only_when_its_url_names_the_tenant() {
         up.calls_for("ev/tv-1"),
         2,
         "the default tenant's call and acme's"
+    );
+}
+
+#[test]
+fn browsers_get_cors_answers_and_preflights_for_allowed_pages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_event(
+        dir.path(),
+        "fight",
+        &json!({"window": window_now(), "ttl_s": 600, "stages": {"round-1": 1}}),
+    );
+    let tok = device_token("tv-1", &["fight"]);
+    let auth = format!("Bearer {tok}");
+    let path = "/v1/events/fight/prefetch?device=tv-1";
+    let preflight = |p: &Prefetch, origin: &str, headers: &str| {
+        request(
+            p.http,
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "GET"),
+                ("Access-Control-Request-Headers", headers),
+            ],
+            b"",
+        )
+        .unwrap()
+    };
+
+    // The default: any page.
+    let p = start_prefetch(dir.path(), &["--origin-http", "none"]);
+    let r = preflight(
+        &p,
+        "https://app.example",
+        "authorization,if-none-match,x-cue-priority",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET"));
+    assert_eq!(r.header("access-control-max-age"), Some("7200"));
+    let allowed = r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["authorization", "if-none-match", "x-cue-priority"] {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    let r = p.get(
+        path,
+        &[("Authorization", &auth), ("Origin", "https://app.example")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("ETag, Retry-After")
+    );
+    // A refusal is readable by the page too (its status and Retry-After).
+    let r = p.get(path, &[("Origin", "https://app.example")]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    // No Origin (not a browser): no CORS headers.
+    let r = p.get(path, &[("Authorization", &auth)]);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // A header the API does not take, or another method: refused, named.
+    let r = preflight(&p, "https://app.example", "x-evil");
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("x-evil"), "{}", r.body);
+    let r = request(
+        p.http,
+        "OPTIONS",
+        path,
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "DELETE"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(p.metric("cue_prefetch_cors_preflights_total"), 1.0);
+    assert_eq!(p.metric("cue_prefetch_cors_refused_total"), 2.0);
+    drop(p);
+
+    // A list: its origins are echoed with Vary: Origin, others get nothing.
+    let p = start_prefetch(
+        dir.path(),
+        &[
+            "--origin-http",
+            "none",
+            "--cors-origins",
+            "https://app.example,http://127.0.0.1:8000",
+        ],
+    );
+    let r = preflight(&p, "http://127.0.0.1:8000", "authorization");
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://127.0.0.1:8000")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = preflight(&p, "https://evil.example", "authorization");
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("origin not allowed"), "{}", r.body);
+    let r = p.get(
+        path,
+        &[("Authorization", &auth), ("Origin", "https://evil.example")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("vary"), Some("Origin"));
+    drop(p);
+
+    // none: no CORS header at all; preflights refused.
+    let p = start_prefetch(
+        dir.path(),
+        &["--origin-http", "none", "--cors-origins", "none"],
+    );
+    let r = p.get(
+        path,
+        &[("Authorization", &auth), ("Origin", "https://app.example")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(
+        preflight(&p, "https://app.example", "authorization").status,
+        403
+    );
+}
+
+#[test]
+fn a_bad_cors_origin_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cue-prefetch"))
+        .args(["--catalog"])
+        .arg(dir.path())
+        .args([
+            "--cors-origins",
+            "https://app.example/path",
+            "--check-config",
+        ])
+        .env("CUE_AUTH_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cors_origins") && err.contains("https://app.example/path"),
+        "{err}"
     );
 }

@@ -102,7 +102,8 @@ struct Opts {
     /// Ports cue-edge listens on, comma-separated. Default 8080,8443,9100.
     #[arg(long, global = true, value_name = "PORTS", value_delimiter = ',')]
     edge_ports: Option<Vec<u16>>,
-    /// systemd unit the drop-in is for. Default cue-edge.
+    /// systemd unit the drop-in is for. Default cue-edge@ where the package's template unit is
+    /// installed, else cue-edge.
     #[arg(long, global = true, value_name = "UNIT")]
     service: Option<String>,
     /// Root directory for host files read and written. Default /.
@@ -143,6 +144,7 @@ impl Opts {
         if self.cores.is_some() {
             c.cores = self.cores;
         }
+        let c = c.with_installed_unit();
         if let Err(problems) = c.validate() {
             bail!("invalid settings: {problems}");
         }

@@ -54,7 +54,9 @@ pub struct Config {
     /// Ports the edge listens on; `check` makes sure outgoing connections cannot take them.
     /// Default [8080, 8443, 9100] (WebSocket, QUIC, admin).
     pub edge_ports: Vec<u16>,
-    /// systemd unit name the drop-in is written for. Default "cue-edge".
+    /// systemd unit name the drop-in is written for. Default "cue-edge@" when the Debian
+    /// package's template unit is installed under `root` (one drop-in for every `cue-edge@PORT`
+    /// process), else "cue-edge" ([`Config::with_installed_unit`]).
     pub service: String,
     /// Root directory for every host file read or written (`proc/`, `sys/`, `etc/`, `run/`,
     /// `var/lib/cue-tune/`). Default "/". Tests and dry runs point it at a copy.
@@ -258,6 +260,26 @@ impl Config {
         }
     }
 
+    /// Where the package's template unit may be installed, relative to `root`.
+    pub const TEMPLATE_UNIT_PATHS: [&'static str; 3] = [
+        "etc/systemd/system/cue-edge@.service",
+        "lib/systemd/system/cue-edge@.service",
+        "usr/lib/systemd/system/cue-edge@.service",
+    ];
+
+    /// With the default `service` and the package's `cue-edge@.service` installed under
+    /// `root`, the template (`cue-edge@`): that is the unit the package's edges run as, and
+    /// a drop-in for a `cue-edge.service` nothing provides would change nothing.
+    pub fn with_installed_unit(mut self) -> Self {
+        let installed = Self::TEMPLATE_UNIT_PATHS
+            .iter()
+            .any(|p| self.root.join(p).is_file());
+        if self.service == "cue-edge" && installed {
+            self.service = "cue-edge@".into();
+        }
+        self
+    }
+
     /// The unit name without a `.service` suffix.
     pub fn service_name(&self) -> &str {
         self.service
@@ -341,6 +363,29 @@ mod tests {
             err.to_string().contains("unknown field `conections`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_package_template_unit_is_the_default_where_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let plain = Config {
+            root: root.clone(),
+            ..Config::default()
+        };
+        assert_eq!(plain.clone().with_installed_unit().service, "cue-edge");
+        std::fs::create_dir_all(root.join("lib/systemd/system")).unwrap();
+        std::fs::write(
+            root.join("lib/systemd/system/cue-edge@.service"),
+            "[Unit]\n",
+        )
+        .unwrap();
+        assert_eq!(plain.clone().with_installed_unit().service, "cue-edge@");
+        let chosen = Config {
+            service: "edge-blue".into(),
+            ..plain
+        };
+        assert_eq!(chosen.with_installed_unit().service, "edge-blue");
     }
 
     #[test]

@@ -22,10 +22,12 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Logs to stderr, filtered by `CUE_LOG` (default `info`), in `format`.
-pub fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by `CUE_LOG` (default `info`; `warn` for a `--check-config` run,
+/// `check_only`, whose output is its verdict, not what loading the files said), in `format`.
+pub fn init_logging(format: LogFormat, check_only: bool) {
+    let default = if check_only { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
