@@ -841,6 +841,16 @@ pub fn run_paths(
     }))
 }
 
+/// Devices that did not end on the newest cue, over every send path of a run's figures
+/// (`missed` of one run, or of each run under `send_paths`); `None` when a run has no such
+/// figure (a reading that is not there is not 0).
+pub fn missed_total(v: &serde_json::Value) -> Option<u64> {
+    match v.get("send_paths").and_then(|p| p.as_object()) {
+        Some(paths) => paths.values().map(missed_total).sum(),
+        None => v.get("missed")?.as_u64(),
+    }
+}
+
 /// Runs the scenario; returns the JSON figures.
 pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(&o.out)?;
@@ -1410,6 +1420,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn missed_is_summed_over_send_paths_and_never_taken_as_zero_when_absent() {
+        assert_eq!(missed_total(&json!({"missed": 0})), Some(0));
+        assert_eq!(missed_total(&json!({"missed": 7})), Some(7));
+        let two = json!({"send_paths": {"syscall": {"missed": 2}, "uring": {"missed": 3}}});
+        assert_eq!(missed_total(&two), Some(5));
+        assert_eq!(missed_total(&json!({"devices": 10})), None);
+        let half = json!({"send_paths": {"syscall": {"missed": 0}, "uring": {}}});
+        assert_eq!(missed_total(&half), None);
+    }
+
     use super::*;
 
     #[test]

@@ -499,7 +499,21 @@ fn main() -> ExitCode {
             o.rx_steer = rx_steer;
             o.tune_host = tune_host;
             o.perf = perf;
-            fanout::run_paths(&o, &send_path, "fanout")
+            match fanout::run_paths(&o, &send_path, "fanout") {
+                // At-least-once is the contract: a device that does not end on the newest cue
+                // fails the run, after its figures are printed for the record.
+                Ok(v) if fanout::missed_total(&v) != Some(0) => {
+                    println!("{v}");
+                    match fanout::missed_total(&v) {
+                        Some(n) => eprintln!(
+                            "cue-bench: {n} device(s) did not end on the newest cue (\"missed\"): the run failed"
+                        ),
+                        None => eprintln!("cue-bench: the run's figures have no \"missed\" count"),
+                    }
+                    return ExitCode::from(1);
+                }
+                r => r,
+            }
         }
         Cmd::Store {
             devices,
