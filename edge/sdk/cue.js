@@ -141,8 +141,9 @@ export function nextFetch(map, prefetchAt, live, nowMs) {
  * - `onCue({event, key, seq, ts, stage})`: a new cue; `stage` is the prefetched payload of its
  *   key, or undefined when the map is missing or has no such key.
  * - `onMap({event, status})`: a map arrived (200) or was confirmed (304).
- * - `onStatus({state, ...})`: `connecting` (url, since, attempt), `open`, `closed` (code, reason,
- *   waitMs), `map-error` (event, status, waitMs), `duplicate` (event, seq).
+ * - `onStatus({state, ...})`: `connecting` (url without the token, since, attempt), `open`,
+ *   `closed` (code, reason, waitMs), `map-error` (event, status, waitMs), `duplicate`
+ *   (event, seq).
  * - `backoff`: {baseMs: 500, maxMs: 30000}.
  * - `since`: initial event -> seq (e.g. restored from storage).
  * - `random`, `now`: for tests (default Math.random, Date.now).
@@ -171,7 +172,12 @@ export class CueClient {
     this.maxMs = opts.backoff?.maxMs ?? 30000;
     this.random = opts.random || Math.random;
     this.now = opts.now || Date.now;
-    this._since = { ...(opts.since || {}) };
+    // Only what an edge takes: a subscribed event and a seq (an unsigned safe integer); a
+    // stored value that is neither would make every reconnect a 400.
+    this._since = {};
+    for (const [e, s] of Object.entries(opts.since || {})) {
+      if (events.includes(e) && Number.isSafeInteger(s) && s >= 0) this._since[e] = s;
+    }
     this.maps = new Map(); // event -> {stages, etag, expiresAt}
     this.schedules = new Map(); // event -> prefetchAt ms
     this.mapTimers = new Map();
@@ -232,7 +238,9 @@ export class CueClient {
     }
     if (this.stopped) return;
     const url = subscribeUrl(this.edge, this.events, this._since, token);
-    this.onStatus({ state: "connecting", url, since: this.since(), attempt: this.attempt });
+    // The URL as reported leaves the token out: pages log their status.
+    const shown = url.replace(/([?&]token=)[^&]*/, "$1(token)");
+    this.onStatus({ state: "connecting", url: shown, since: this.since(), attempt: this.attempt });
     let ws;
     try {
       ws = new WebSocket(url);

@@ -296,6 +296,13 @@ fn a_browser_device_prefetches_on_schedule_shows_cues_and_reconnects_as_told() {
         connecting["url"].as_str().unwrap().contains(&since),
         "reconnected without {since}: {connecting}"
     );
+    assert!(
+        connecting["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("&token=(token)"),
+        "the reported URL must leave the token out: {connecting}"
+    );
     let s2 = publish_ok(origin.http, "fight", "round-2");
     let cue2 = reports.wait(n(&back), Duration::from_secs(10), "the second cue", |r| {
         kind(r, "cue") && r["seq"] == s2

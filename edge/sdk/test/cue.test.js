@@ -144,3 +144,12 @@ test("the client refuses options that no edge would take", () => {
   assert.throws(() => new CueClient({ edge: "ws://x", events: many }), /events/);
   assert.doesNotThrow(() => new CueClient({ edge: "ws://x", events: ["fight", "fight"] }));
 });
+
+test("a stored since keeps only subscribed events and seqs an edge takes", () => {
+  const c = new CueClient({
+    edge: "ws://x",
+    events: ["fight", "news", "gala"],
+    since: { fight: 42, other: 7, news: -1, gala: 1.5, x: "9" },
+  });
+  assert.deepEqual(c.since(), { fight: 42 });
+});
