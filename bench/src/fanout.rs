@@ -1420,6 +1420,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn missed_is_summed_over_send_paths_and_never_taken_as_zero_when_absent() {
@@ -1431,8 +1432,6 @@ mod tests {
         let half = json!({"send_paths": {"syscall": {"missed": 0}, "uring": {}}});
         assert_eq!(missed_total(&half), None);
     }
-
-    use super::*;
 
     #[test]
     fn a_rate_needs_both_work_and_cpu_time() {

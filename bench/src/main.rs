@@ -499,20 +499,25 @@ fn main() -> ExitCode {
             o.rx_steer = rx_steer;
             o.tune_host = tune_host;
             o.perf = perf;
+            // At-least-once is the contract: a device that does not end on the newest cue
+            // fails the run, after its figures are printed for the record.
             match fanout::run_paths(&o, &send_path, "fanout") {
-                // At-least-once is the contract: a device that does not end on the newest cue
-                // fails the run, after its figures are printed for the record.
-                Ok(v) if fanout::missed_total(&v) != Some(0) => {
-                    println!("{v}");
-                    match fanout::missed_total(&v) {
-                        Some(n) => eprintln!(
-                            "cue-bench: {n} device(s) did not end on the newest cue (\"missed\"): the run failed"
-                        ),
-                        None => eprintln!("cue-bench: the run's figures have no \"missed\" count"),
+                Ok(v) => match fanout::missed_total(&v) {
+                    Some(0) => Ok(v),
+                    missed => {
+                        println!("{v}");
+                        match missed {
+                            Some(n) => eprintln!(
+                                "cue-bench: {n} device(s) did not end on the newest cue (\"missed\"): the run failed"
+                            ),
+                            None => {
+                                eprintln!("cue-bench: the run's figures have no \"missed\" count")
+                            }
+                        }
+                        return ExitCode::from(1);
                     }
-                    return ExitCode::from(1);
-                }
-                r => r,
+                },
+                e => e,
             }
         }
         Cmd::Store {

@@ -20,6 +20,8 @@ pub enum CorsPolicy {
 
 /// Request headers a preflight may ask for (`Access-Control-Allow-Headers`).
 pub const ALLOW_HEADERS: &str = "Authorization, If-None-Match, X-Cue-Priority";
+/// The same names, as a preflight's `Access-Control-Request-Headers` spells them (any case).
+const ALLOWED_REQUEST_HEADERS: [&str; 3] = ["authorization", "if-none-match", "x-cue-priority"];
 /// Response headers a page may read besides the CORS-safelisted ones (`Cache-Control` is one).
 pub const EXPOSE_HEADERS: &str = "ETag, Retry-After";
 /// How long a browser may reuse a preflight's answer, s (Chromium caps it at 7200).
@@ -58,6 +60,34 @@ impl CorsPolicy {
                 .iter()
                 .any(|o| o.eq_ignore_ascii_case(origin))
                 .then_some(AllowOrigin::Echo(origin)),
+        }
+    }
+
+    /// A preflight's verdict from its `Origin`, `Access-Control-Request-Method` and
+    /// `Access-Control-Request-Headers`: the `Access-Control-Allow-Origin` of a `204`, or what
+    /// is not allowed (the page's origin, a method other than `GET`, a header the API does not
+    /// take).
+    pub fn preflight<'a>(
+        &self,
+        origin: Option<&'a str>,
+        method: Option<&str>,
+        headers: Option<&str>,
+    ) -> Result<AllowOrigin<'a>, String> {
+        let allow = self
+            .allow_origin(origin)
+            .ok_or("origin not allowed (cors_origins)")?;
+        if method.is_some_and(|m| m != "GET") {
+            return Err("the API takes GET only".into());
+        }
+        let refused = headers.unwrap_or("").split(',').map(str::trim).find(|h| {
+            !h.is_empty()
+                && !ALLOWED_REQUEST_HEADERS
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(h))
+        });
+        match refused {
+            Some(h) => Err(format!("header {} not allowed", h.to_ascii_lowercase())),
+            None => Ok(allow),
         }
     }
 
@@ -155,6 +185,40 @@ mod tests {
             CorsPolicy::Off.allow_origin(Some("https://a.example")),
             None
         );
+    }
+
+    #[test]
+    fn a_preflight_names_what_it_refuses() {
+        let p = CorsPolicy::Any;
+        let ok = p.preflight(
+            Some("https://a.example"),
+            Some("GET"),
+            Some("Authorization, if-none-match,X-Cue-Priority"),
+        );
+        assert_eq!(ok, Ok(AllowOrigin::Any));
+        assert_eq!(
+            p.preflight(Some("https://a.example"), None, None),
+            Ok(AllowOrigin::Any)
+        );
+        assert!(p
+            .preflight(Some("https://a.example"), Some("DELETE"), None)
+            .unwrap_err()
+            .contains("GET only"));
+        assert_eq!(
+            p.preflight(
+                Some("https://a.example"),
+                Some("GET"),
+                Some("authorization, X-Evil")
+            ),
+            Err("header x-evil not allowed".into())
+        );
+        assert!(p
+            .preflight(None, Some("GET"), None)
+            .unwrap_err()
+            .contains("origin not allowed"));
+        assert!(CorsPolicy::Off
+            .preflight(Some("https://a.example"), Some("GET"), None)
+            .is_err());
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infal
     app.metrics.requests.inc();
     let path = req.uri().path();
     let api = path.starts_with("/v1/");
-    let resp = if req.method() == Method::OPTIONS && api {
+    let mut resp = if req.method() == Method::OPTIONS && api {
         preflight(&app, &req)
     } else if let Some(rest) = path.strip_prefix("/v1/events/") {
         match (req.method(), rest.split_once('/')) {
@@ -111,7 +111,6 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infal
             _ => error(StatusCode::NOT_FOUND, "no such route"),
         }
     };
-    let mut resp = resp;
     if api && req.method() != Method::OPTIONS {
         cors_headers(&app, &req, &mut resp);
     }
@@ -147,35 +146,19 @@ fn cors_headers(app: &App, req: &Request<Incoming>, resp: &mut Resp) {
 /// and the headers asked for are allowed; else `403` naming what is not (the browser then
 /// refuses the request without sending it).
 fn preflight(app: &App, req: &Request<Incoming>) -> Resp {
-    let Some(allow) = app.cors.allow_origin(origin_of(req)) else {
-        app.metrics.cors_refused.inc();
-        return error(StatusCode::FORBIDDEN, "origin not allowed (cors_origins)");
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let verdict = app.cors.preflight(
+        origin_of(req),
+        header(ACCESS_CONTROL_REQUEST_METHOD),
+        header(ACCESS_CONTROL_REQUEST_HEADERS),
+    );
+    let allow = match verdict {
+        Ok(a) => a,
+        Err(why) => {
+            app.metrics.cors_refused.inc();
+            return error(StatusCode::FORBIDDEN, &why);
+        }
     };
-    let method = req
-        .headers()
-        .get(ACCESS_CONTROL_REQUEST_METHOD)
-        .and_then(|v| v.to_str().ok());
-    if method.is_some_and(|m| m != "GET") {
-        app.metrics.cors_refused.inc();
-        return error(StatusCode::FORBIDDEN, "the API takes GET only");
-    }
-    let asked = req
-        .headers()
-        .get(ACCESS_CONTROL_REQUEST_HEADERS)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let allowed: Vec<String> = cors::ALLOW_HEADERS
-        .split(", ")
-        .map(str::to_ascii_lowercase)
-        .collect();
-    if let Some(h) = asked
-        .split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .find(|h| !h.is_empty() && !allowed.contains(h))
-    {
-        app.metrics.cors_refused.inc();
-        return error(StatusCode::FORBIDDEN, &format!("header {h} not allowed"));
-    }
     app.metrics.cors_preflights.inc();
     let mut r = Response::builder()
         .status(StatusCode::NO_CONTENT)

@@ -248,12 +248,13 @@ impl NatsCluster {
             while t.elapsed() < d {
                 probes += 1;
                 match probe_placement(&urls, replicas).await {
-                    Ok(()) if probes == 1 => return None,
                     Ok(()) => {
-                        eprintln!(
-                            "NATS cluster placeable after {:?} and {probes} probes; the last refusal: {last}",
-                            t.elapsed()
-                        );
+                        if probes > 1 {
+                            eprintln!(
+                                "NATS cluster placeable after {:?} and {probes} probes; the last refusal: {last}",
+                                t.elapsed()
+                            );
+                        }
                         return None;
                     }
                     Err(e) => last = e,
