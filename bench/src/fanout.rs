@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -1349,14 +1349,45 @@ pub(crate) fn fanout_totals(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
     Ok((c.fanout_deliveries, c.ws_cpu))
 }
 
+/// How long an edge may take to answer `/metrics`. A loaded host (a million devices on one core
+/// pinging and ponging) can leave an admin thread unanswered past one request's 10 s read
+/// timeout; the reading is retried until this, then the run fails: it never becomes 0.
+const METRICS_DEADLINE: Duration = Duration::from_secs(90);
+
+/// One edge's `/metrics` text, retried (each try has the client's own timeouts) until
+/// [`METRICS_DEADLINE`]; a slow answer is reported on stderr with how long it took.
+fn read_metrics(a: SocketAddr) -> anyhow::Result<String> {
+    let t = Instant::now();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let err = match stack::http(a, "GET", "/metrics", &[], b"") {
+            Ok((200, m)) => {
+                if tries > 1 || t.elapsed() > Duration::from_secs(2) {
+                    eprintln!(
+                        "cue-bench: edge metrics at {a} answered after {:.1} s ({tries} tries)",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(m);
+            }
+            Ok((st, _)) => anyhow!("HTTP {st}"),
+            Err(e) => e,
+        };
+        if t.elapsed() >= METRICS_DEADLINE {
+            return Err(err.context(format!(
+                "edge metrics at {a}: no answer in {:.0} s ({tries} tries)",
+                t.elapsed().as_secs_f64()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
     let mut c = EdgeCounters::default();
     for a in admins {
-        let (st, m) = stack::http(*a, "GET", "/metrics", &[], b"")
-            .with_context(|| format!("edge metrics at {a}"))?;
-        if st != 200 {
-            bail!("edge metrics at {a}: HTTP {st}");
-        }
+        let m = read_metrics(*a)?;
         parse_lag(&m, &mut c.lag)?;
         c.lane_holds += metric_sum(&m, "cue_edge_lane_background_holds_total");
         c.lane_conflated += metric_sum(&m, "cue_edge_lane_conflated_total");

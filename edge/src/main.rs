@@ -506,7 +506,7 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
     let mut senders = Vec::new();
     let mut catchup_rx = Vec::new();
     let mut handles = Vec::new();
-    let mut ticker = shard::Ticker::new();
+    let mut ticker = shard::Ticker::new().map_err(|e| format!("ticker epoll set: {e}"))?;
     for (i, stats) in shard_stats.iter().enumerate() {
         let tick = ticker
             .shard_timer()

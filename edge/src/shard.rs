@@ -175,23 +175,28 @@ pub fn spawn(spec: ShardSpec) -> std::io::Result<glommio::ExecutorJoinHandle<()>
         .map_err(|e| std::io::Error::other(format!("starting shard executor: {e}")))
 }
 
-/// The ticker thread's period: a shard whose deadline passed is woken within about this.
-pub const TICK: Duration = Duration::from_millis(5);
+/// The ticker thread's longest wait: a shard whose deadline passed is woken within about this
+/// even when glommio's timer does not fire (device input wakes it at once, see [`Ticker`]).
+pub const TICK: Duration = Duration::from_millis(20);
 
 /// A wake by the ticker this much past the deadline means glommio's timer did not fire: it is
 /// counted (`cue_edge_timer_rescues_total`).
 const RESCUE_LATE: Duration = Duration::from_millis(10);
 
-/// A shard's timer outside glommio: its poller arms a deadline before each wait, and the
-/// process's ticker thread ([`spawn_ticker`]) writes a byte to the shard's tick socket once
-/// that deadline has passed. The poller waits for glommio's timer or that byte, whichever comes
-/// first.
+/// A shard's wake-ups from outside glommio, through the process's ticker thread
+/// ([`spawn_ticker`]), which writes a byte to the shard's tick socket (I/O on glommio's own
+/// ring) in two cases:
 ///
-/// Why: with 56 edge processes sharing one core (the million-device run), a shard's glommio
-/// timer sometimes never fired; the shard stopped polling and accepting, with thousands of
-/// devices queued at its listener, for minutes, until the run gave up. Waking the executor was
-/// not enough (its expired-timer pass did not run the poller either). The ticker's byte is I/O
-/// on glommio's ring, which completes.
+/// * **Device input.** The shard's epoll set (its listeners, devices, QUIC socket) is in the
+///   ticker's epoll set, one-shot. A shard that found nothing to do arms it ([`Self::watch`])
+///   before it waits; the first event on any of its sockets then wakes it at once, so an idle
+///   shard neither polls nor waits out an interval for its next upgrade or pong.
+/// * **A missed deadline.** The poller arms its deadline before each wait; once it has passed
+///   the ticker wakes the shard. With 56 edge processes sharing one core (the million-device
+///   run) a shard's glommio timer sometimes never fired, and the shard stopped polling and
+///   accepting, with thousands of devices queued at its listener.
+///
+/// The poller waits for glommio's timer or that byte, whichever comes first.
 #[derive(Debug, Clone)]
 pub struct ShardTimer {
     /// The shard's end of its tick socket.
@@ -199,6 +204,9 @@ pub struct ShardTimer {
     /// The deadline, ns since `epoch`; 0 when the poller is not waiting.
     wake: Arc<std::sync::atomic::AtomicU64>,
     epoch: Instant,
+    /// The ticker's epoll set and this shard's index in it.
+    watch: Arc<OwnedFd>,
+    index: u64,
 }
 
 impl ShardTimer {
@@ -211,9 +219,32 @@ impl ShardTimer {
     fn disarm(&self) {
         self.wake.store(0, std::sync::atomic::Ordering::Release);
     }
+
+    /// Asks the ticker to wake this shard at the first event in `epfd` (once: one-shot, armed
+    /// again by the next call). The first call adds the set, later ones re-arm it; an event
+    /// already waiting wakes the ticker at once (epoll checks readiness on `EPOLL_CTL_MOD`).
+    fn watch(&self, epfd: RawFd, added: &mut bool) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
+            u64: self.index,
+        };
+        let op = if *added {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
+        // SAFETY: both descriptors are open (the ticker's set lives as long as any
+        // ShardTimer, `epfd` is the calling shard's); `ev` is a valid event for the call.
+        if unsafe { libc::epoll_ctl(self.watch.as_raw_fd(), op, epfd, &mut ev) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *added = true;
+        Ok(())
+    }
 }
 
-/// The ticker's side of every shard's timer.
+/// The ticker's side of every shard's timer: their tick sockets and deadlines, and an epoll set
+/// holding each shard's own epoll set.
 #[derive(Debug)]
 pub struct Ticker {
     shards: Vec<(
@@ -221,15 +252,23 @@ pub struct Ticker {
         Arc<std::sync::atomic::AtomicU64>,
     )>,
     epoch: Instant,
+    watch: Arc<OwnedFd>,
 }
 
 impl Ticker {
     /// A ticker for no shard yet.
-    pub fn new() -> Self {
-        Self {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
             shards: Vec::new(),
             epoch: Instant::now(),
-        }
+            // SAFETY: `fd` is a fresh descriptor (checked above) that nothing else owns.
+            watch: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+        })
     }
 
     /// A timer for one more shard.
@@ -242,40 +281,69 @@ impl Ticker {
             sock: Arc::new(theirs),
             wake,
             epoch: self.epoch,
+            watch: self.watch.clone(),
+            index: self.shards.len() as u64 - 1,
         })
     }
 }
 
-impl Default for Ticker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Starts the ticker thread: every [`TICK`] it writes a byte to each shard whose armed deadline
-/// has passed (and disarms it, so a busy shard gets one byte, not a byte a tick).
+/// Starts the ticker thread. It waits (at most [`TICK`]) on the epoll set of the shards' epoll
+/// sets; it writes a byte to each shard with input waiting, and to each shard whose armed
+/// deadline has passed (disarming it, so a busy shard gets one byte, not a byte a tick).
 pub fn spawn_ticker(t: Ticker) -> std::io::Result<()> {
+    use std::io::Write;
     use std::sync::atomic::Ordering;
+    const EVENTS: usize = 64;
     std::thread::Builder::new()
         .name("cue-ticker".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            let now = t.epoch.elapsed().as_nanos() as u64;
-            for (sock, wake) in &t.shards {
-                let at = wake.load(Ordering::Acquire);
-                if at != 0
-                    && now >= at
-                    && wake
-                        .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    use std::io::Write;
-                    // A full socket already holds a wake; a closed one (exit) needs none.
-                    let _ = (&*sock).write(&[1]);
+        .spawn(move || {
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+            loop {
+                // SAFETY: `events` holds EVENTS entries for the kernel to fill; the set is ours.
+                let n = unsafe {
+                    libc::epoll_wait(
+                        t.watch.as_raw_fd(),
+                        events.as_mut_ptr(),
+                        EVENTS as i32,
+                        TICK.as_millis() as i32,
+                    )
+                };
+                for ev in events.iter().take(n.max(0) as usize) {
+                    if let Some((sock, _)) = t.shards.get(ev.u64 as usize) {
+                        // A full socket already holds a wake; a closed one (exit) needs none.
+                        let _ = (&*sock).write(&[1]);
+                    }
+                }
+                let now = t.epoch.elapsed().as_nanos() as u64;
+                for (sock, wake) in &t.shards {
+                    let at = wake.load(Ordering::Acquire);
+                    if at != 0
+                        && now >= at
+                        && wake
+                            .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        let _ = (&*sock).write(&[1]);
+                    }
                 }
             }
         })
         .map(|_| ())
+}
+
+/// Marks a turn that found nothing to do: the next wait is input-driven ([`quiet_wait`]).
+const QUIET: Duration = Duration::ZERO;
+
+/// After a quiet turn: how long the poller may wait for input, at most `idle_max`, less when a
+/// QUIC timer falls due sooner (never under 1 ms).
+fn quiet_wait(d: &Driver, now: Instant, idle_max: Duration) -> Duration {
+    let quic = d
+        .io
+        .quic
+        .as_ref()
+        .and_then(|q| q.next_timer())
+        .map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)));
+    quic.map_or(idle_max, |q| q.min(idle_max))
 }
 
 /// The poller's pause between two fanout slices: just long enough for the executor to poll
@@ -417,11 +485,26 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             use futures_lite::AsyncReadExt;
             let mut tick_sock = tick_sock;
             let mut tick_buf = [0u8; 4096];
-            // Adaptive: `poll` while anything happens, doubling to `idle_max` while nothing does.
+            // `poll` while anything happens (input is taken in batches, at most one turn a
+            // `poll`); once a turn finds nothing, the ticker watches the shard's sockets and
+            // input wakes it at once, `idle_max` (or the next QUIC timer) at the latest. If the
+            // ticker cannot watch them, the interval doubles from `poll` to `idle_max` instead.
             let mut interval = poll;
             let mut last = Instant::now();
+            let (mut watched, mut watching) = (false, true);
+            let epfd = d.borrow().io.epfd;
             while !stop.get() {
                 let armed = Instant::now();
+                if interval == QUIET {
+                    interval = match timer.watch(epfd, &mut watched) {
+                        Ok(()) => quiet_wait(&d.borrow(), armed, idle_max),
+                        Err(e) => {
+                            watching = false;
+                            tracing::warn!(error = %e, "the ticker cannot watch this shard's sockets; polling them instead");
+                            poll
+                        }
+                    };
+                }
                 timer.arm(armed + interval);
                 let by_ticker = futures_lite::future::or(
                     async {
@@ -442,8 +525,13 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 let elapsed = last.elapsed();
                 last = Instant::now();
                 let mut drv = d.borrow_mut();
-                if by_ticker && last.saturating_duration_since(armed) > interval + RESCUE_LATE {
-                    drv.stats.timer_rescues.inc();
+                if by_ticker {
+                    let waited = last.saturating_duration_since(armed);
+                    if waited > interval + RESCUE_LATE {
+                        drv.stats.timer_rescues.inc();
+                    } else if waited < interval {
+                        drv.stats.input_wakes.inc();
+                    }
                 }
                 drv.stats.poll_turns.inc();
                 let mut active = drv.poll_once(elapsed);
@@ -471,6 +559,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                     FANOUT_TURN
                 } else if active {
                     poll
+                } else if watching {
+                    // Quiet: the next wait watches the sockets (above).
+                    QUIET
                 } else {
                     (interval * 2).min(idle_max)
                 };

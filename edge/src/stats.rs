@@ -129,6 +129,8 @@ pub struct ShardStats {
     /// Turns of the shard's device poller (one `epoll_wait` pass each): a shard whose count
     /// stops while devices wait at its listener is not being run.
     pub poll_turns: Counter,
+    /// Poller turns woken by device input (through the ticker's watch of the shard's sockets).
+    pub input_wakes: Counter,
     /// Open QUIC sessions (also counted in `connections`).
     pub quic_sessions: Gauge,
     /// Cues written to QUIC devices (also counted in `deliveries`).
@@ -277,7 +279,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], quic: bool, out: &mut Strin
             sample(out, name, &format!("shard=\"{i}\""), f(s) as f64 / 1e9);
         }
     }
-    let counters: [Row; 33] = [
+    let counters: [Row; 34] = [
         (
             "cue_edge_quic_hello_timeouts_total",
             "QUIC connections closed (1008) because they opened no stream within handshake_timeout_s.",
@@ -427,6 +429,11 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], quic: bool, out: &mut Strin
             "cue_edge_poll_turns_total",
             "Turns of the shard's device poller (accepts, device input, timers); one that stops growing while devices queue at the listener means a shard that is not run.",
             |s| s.poll_turns.get(),
+        ),
+        (
+            "cue_edge_input_wakes_total",
+            "Turns of the shard's device poller woken at once by device input (accepts, upgrades, pongs, QUIC datagrams) after a quiet turn, instead of at its next timer.",
+            |s| s.input_wakes.get(),
         ),
         (
             "cue_edge_uring_submits_total",

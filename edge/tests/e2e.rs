@@ -185,6 +185,36 @@ fn bad_flags_and_config_exit_nonzero_with_one_clear_line() {
     }
 }
 
+/// A quiet shard is woken by device input at once (the ticker thread watches its sockets), not
+/// at its next timer: with the idle interval at its 1 s maximum, each of five devices arriving
+/// after a quiet spell wakes the shard (counted), and each gets a cue.
+#[test]
+fn quiet_shard_is_woken_by_device_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = start_origin(dir.path(), free_addr(), free_addr());
+    let toml = dir.path().join("edge.toml");
+    std::fs::write(&toml, "poll_idle_max_ms = 1000\n").unwrap();
+    let toml = toml.display().to_string();
+    let edge = start_edge(
+        origin.relay,
+        free_addr(),
+        free_addr(),
+        &["--config", &toml],
+    );
+    edge.wait_linked();
+    let tok = device_token(&["wake"]);
+    let seq = publish_ok(origin.http, "wake", "k1");
+    let before = metric(&edge.metrics(), "cue_edge_input_wakes_total");
+    for _ in 0..5 {
+        // Quiet long enough for a turn that finds nothing (1 ms turns while busy).
+        std::thread::sleep(Duration::from_millis(200));
+        let mut d = subscribe(edge.ws, "events=wake", Some(&tok)).unwrap();
+        assert_eq!(next_cue(&mut d), ("wake".into(), "k1".into(), seq));
+    }
+    let woken = metric(&edge.metrics(), "cue_edge_input_wakes_total") - before;
+    assert!(woken >= 5.0, "5 devices after quiet spells, {woken} input wakes");
+}
+
 /// Python's `websockets` library as an independent client (`.ci/run` installs it).
 #[test]
 fn python_websockets_client() {

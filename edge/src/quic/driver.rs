@@ -197,6 +197,11 @@ impl QuicDriver {
             || self.timers.peek().is_some_and(|Reverse((t, _))| *t <= now)
     }
 
+    /// The earliest connection timer (it may be one already replaced: then early, never late).
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
     /// Reads every waiting datagram (bounded per call) when the socket is `readable`, and the
     /// datagrams other shards forwarded, and feeds each to its connection.
     pub fn receive(&mut self, now: Instant, readable: bool) {
