@@ -122,13 +122,13 @@ pub struct EdgeConfig {
     /// the first one that finds none), its own secret, never derived from token keys. Default
     /// `./cue-data/quic-reset.secret`.
     pub quic_reset_secret_file: PathBuf,
-    /// Device input poll interval in ms (upgrades, pongs, closes; never cue delivery).
-    /// Default 1. Larger saves wake-ups and adds that much to handshake latency.
+    /// Turn interval in ms of a shard's device poller while input keeps coming (upgrades,
+    /// pongs, closes; never cue delivery): input is taken in batches at most this often.
+    /// Default 1. A quiet shard is woken by its next input at once (docs/edge.md).
     pub poll_ms: u64,
-    /// Longest device input poll interval in ms when a shard is idle. Default 16. The interval
-    /// doubles from `poll_ms` up to this while no device input, accept or QUIC work shows up,
-    /// and drops back to `poll_ms` at the first; so an idle shard wakes ~60 times a second
-    /// instead of 1000, and the first upgrade after a quiet spell waits at most this long.
+    /// Longest wait in ms of a quiet shard (its last turn found nothing) before its sweep of
+    /// timers and pings; sooner for a due QUIC timer, and device input wakes it before that.
+    /// Default 16: an idle shard wakes ~60 times a second.
     pub poll_idle_max_ms: u64,
     /// Idle seconds before a ping; silent devices are closed one interval later. Default 30.
     pub ping_interval_s: u64,

@@ -337,12 +337,10 @@ const QUIET: Duration = Duration::ZERO;
 /// After a quiet turn: how long the poller may wait for input, at most `idle_max`, less when a
 /// QUIC timer falls due sooner (never under 1 ms).
 fn quiet_wait(d: &Driver, now: Instant, idle_max: Duration) -> Duration {
-    let quic = d
-        .io
-        .quic
-        .as_ref()
-        .and_then(|q| q.next_timer())
-        .map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)));
+    let quic = d.io.quic.as_ref().and_then(|q| q.next_timer()).map(|t| {
+        t.saturating_duration_since(now)
+            .max(Duration::from_millis(1))
+    });
     quic.map_or(idle_max, |q| q.min(idle_max))
 }
 
@@ -467,9 +465,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
     let catchups = spec.catchups.connect().await;
     let stop = Rc::new(std::cell::Cell::new(false));
 
-    // The tick socket: the ticker thread writes to it once the poller's deadline has passed
-    // ([`spawn_ticker`]); read through glommio's own ring, it wakes the poller when glommio's
-    // timer does not.
+    // The tick socket: the ticker thread writes to it when input reaches a quiet shard and
+    // once the poller's deadline has passed ([`spawn_ticker`]); read through glommio's own
+    // ring, it wakes the poller without glommio's timer.
     let tick_fd = spec
         .tick
         .sock

@@ -195,12 +195,7 @@ fn quiet_shard_is_woken_by_device_input() {
     let toml = dir.path().join("edge.toml");
     std::fs::write(&toml, "poll_idle_max_ms = 1000\n").unwrap();
     let toml = toml.display().to_string();
-    let edge = start_edge(
-        origin.relay,
-        free_addr(),
-        free_addr(),
-        &["--config", &toml],
-    );
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &["--config", &toml]);
     edge.wait_linked();
     let tok = device_token(&["wake"]);
     let seq = publish_ok(origin.http, "wake", "k1");
@@ -212,7 +207,10 @@ fn quiet_shard_is_woken_by_device_input() {
         assert_eq!(next_cue(&mut d), ("wake".into(), "k1".into(), seq));
     }
     let woken = metric(&edge.metrics(), "cue_edge_input_wakes_total") - before;
-    assert!(woken >= 5.0, "5 devices after quiet spells, {woken} input wakes");
+    assert!(
+        woken >= 5.0,
+        "5 devices after quiet spells, {woken} input wakes"
+    );
 }
 
 /// Python's `websockets` library as an independent client (`.ci/run` installs it).
