@@ -388,7 +388,18 @@ fn a_browser_device_waits_out_a_503_retry_after_for_its_map() {
         dir.path(),
         prefetch,
         origin.http,
-        &["--shed-rps", "0.001,0.001", "--retry-after-s", "3"],
+        // One request (a 10 rps reading of 100 ms) puts the level at high; it decays under
+        // 0.05 in ~1.2 s and steps down twice 200 ms apart, so a device that waited out its
+        // Retry-After (3-6 s) is served, while one that asked sooner would be shed. (With the
+        // default 2 s cooldowns the level stayed high past 3-4 s draws and the map never came.)
+        &[
+            "--shed-rps",
+            "0.05,0.05",
+            "--shed-cooldown-ms",
+            "200",
+            "--retry-after-s",
+            "3",
+        ],
     );
     let (reports, _page, _chromium) = open_device_page(dir.path(), ws, prefetch);
     let shed = reports.wait(0, Duration::from_secs(30), "a shed map request", |r| {
