@@ -222,9 +222,7 @@ fn a_browser_device_prefetches_on_schedule_shows_cues_and_reconnects_as_told() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     // Short drain hints, so the test waits seconds, not the default 5-60.
-    let edge_toml = dir.path().join("edge.toml");
-    std::fs::write(&edge_toml, "retry_after_min_s = 2\nretry_after_max_s = 3\n").unwrap();
-    let edge_toml = edge_toml.display().to_string();
+    let edge_toml = edge_config(dir.path(), "retry_after_min_s = 2\nretry_after_max_s = 3\n");
     let edge_args = ["--config", edge_toml.as_str()];
     let ws = free_addr();
     let mut edge = start_edge(origin.relay, ws, free_addr(), &edge_args);

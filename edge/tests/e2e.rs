@@ -192,9 +192,7 @@ fn bad_flags_and_config_exit_nonzero_with_one_clear_line() {
 fn quiet_shard_is_woken_by_device_input() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let toml = dir.path().join("edge.toml");
-    std::fs::write(&toml, "poll_idle_max_ms = 1000\n").unwrap();
-    let toml = toml.display().to_string();
+    let toml = edge_config(dir.path(), "poll_idle_max_ms = 1000\n");
     let edge = start_edge(origin.relay, free_addr(), free_addr(), &["--config", &toml]);
     edge.wait_linked();
     let tok = device_token(&["wake"]);

@@ -56,15 +56,9 @@ fn ten_thousand_events_over_one_edges_life_with_max_events_4096() {
     let _origin = start_origin(dir.path(), http, relay);
     // Exactly the case that used to fail: 4,200 events before the edge starts.
     publish_events(http, 0..4200);
-    let conf = dir.path().join("edge.toml");
-    std::fs::write(&conf, "max_events = 4096\n").unwrap();
+    let conf = edge_config(dir.path(), "max_events = 4096\n");
     let (ws, admin) = (free_addr(), free_addr());
-    let edge = start_edge(
-        relay,
-        ws,
-        admin,
-        &["--config", &conf.display().to_string(), "--quic", "none"],
-    );
+    let edge = start_edge(relay, ws, admin, &["--config", &conf, "--quic", "none"]);
     // Each of the 2 shards fills its table and takes no slot for the rest.
     wait_until(Duration::from_secs(20), || {
         let m = edge.metrics();
@@ -183,9 +177,7 @@ fn a_publish_gives_its_event_a_class_that_reaches_the_edge() {
 fn while_fanout_lags_background_cues_wait_and_critical_ones_go() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let conf = dir.path().join("edge.toml");
-    std::fs::write(&conf, "fanout_slice = 8\n").unwrap();
-    let conf = conf.display().to_string();
+    let conf = edge_config(dir.path(), "fanout_slice = 8\n");
     let edge = start_edge(
         origin.relay,
         free_addr(),

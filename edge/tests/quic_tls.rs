@@ -520,13 +520,12 @@ fn quic_connection_without_a_stream_is_closed_at_the_hello_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     let log = dir.path().join("edge.log");
-    let conf = dir.path().join("edge.toml");
-    std::fs::write(&conf, "handshake_timeout_s = 2\n").unwrap();
+    let conf = edge_config(dir.path(), "handshake_timeout_s = 2\n");
     let edge = start_edge_logged(
         origin.relay,
         free_addr(),
         free_addr(),
-        &["--config", &conf.display().to_string()],
+        &["--config", &conf],
         Some(&log),
     );
     let fp = logged_fingerprint(&log);

@@ -172,14 +172,11 @@ fn a_tenants_device_quota_refuses_its_devices_while_anothers_are_admitted() {
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     // 2 devices and 1 event per named tenant, split between the edge's 2 shards.
-    let conf = dir.path().join("edge.toml");
-    std::fs::write(&conf, "tenant_max_devices = 2\ntenant_max_events = 2\n").unwrap();
-    let edge = start_edge(
-        origin.relay,
-        free_addr(),
-        free_addr(),
-        &["--config", conf.to_str().unwrap()],
+    let conf = edge_config(
+        dir.path(),
+        "tenant_max_devices = 2\ntenant_max_events = 2\n",
     );
+    let edge = start_edge(origin.relay, free_addr(), free_addr(), &["--config", &conf]);
     let acme = device_of(Some("acme"), &["fight", "gala", "other"]);
     let (mut admitted, mut refused) = (Vec::new(), Vec::new());
     for _ in 0..8 {
@@ -252,14 +249,13 @@ fn a_quic_device_of_a_tenant_gets_its_tenants_cue_and_quota_refusals_name_it() {
     use support::quic::{endpoint, hello, logged_fingerprint};
     let dir = tempfile::tempdir().unwrap();
     let origin = start_origin(dir.path(), free_addr(), free_addr());
-    let conf = dir.path().join("edge.toml");
-    std::fs::write(&conf, "[tenant_quotas.brand-b]\nmax_devices = 1\n").unwrap();
+    let conf = edge_config(dir.path(), "[tenant_quotas.brand-b]\nmax_devices = 1\n");
     let log = dir.path().join("edge.log");
     let edge = start_edge_logged(
         origin.relay,
         free_addr(),
         free_addr(),
-        &["--config", conf.to_str().unwrap()],
+        &["--config", &conf],
         Some(&log),
     );
     let fp = logged_fingerprint(&log);

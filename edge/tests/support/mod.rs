@@ -20,6 +20,13 @@ use tungstenite::{Message, WebSocket};
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
+/// Writes `toml` as `dir/edge.toml` and returns its path, for `--config`.
+pub fn edge_config(dir: &Path, toml: &str) -> String {
+    let p = dir.join("edge.toml");
+    std::fs::write(&p, toml).unwrap();
+    p.display().to_string()
+}
+
 pub fn keys() -> TokenKeys {
     TokenKeys::new(SECRET.as_bytes()).unwrap()
 }
