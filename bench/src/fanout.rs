@@ -552,8 +552,9 @@ struct Seen {
     missed: usize,
     /// (cue, device) pairs that never arrived.
     not_delivered: u64,
-    /// Median over cues of devices reached per second between the first and last arrival.
-    wall_rate: f64,
+    /// Median over cues of devices reached per second between the first and last arrival;
+    /// `None` when no cue reached two devices at distinct times (no cues, one device).
+    wall_rate: Option<f64>,
     per_cue: Vec<serde_json::Value>,
     closed: usize,
     refusals: HashMap<u16, usize>,
@@ -633,11 +634,7 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Se
         delivered,
         missed,
         not_delivered,
-        wall_rate: if rates.is_empty() {
-            0.0
-        } else {
-            rates[rates.len() / 2]
-        },
+        wall_rate: (!rates.is_empty()).then(|| rates[rates.len() / 2]),
         per_cue,
         closed: reports.iter().map(|r| r.closed).sum(),
         refusals,
@@ -671,14 +668,28 @@ fn publish_series(
     Ok((ws, quic))
 }
 
+/// What the floor phase measured.
+struct FloorFigures {
+    /// Writes per CPU-second of the write loops.
+    cpu_rate: f64,
+    /// Devices reached per second as the fleet saw it (median over rounds).
+    wall_rate: Option<f64>,
+    /// Writes per second of the write loops' own wall span (all processes of a round: first
+    /// loop start to last write returned), median over rounds: the floor's side of
+    /// [`EdgeWall`].
+    send_wall_rate: f64,
+    missed: usize,
+    /// Where the edge core's time went, with `--perf`.
+    profile: Option<serde_json::Value>,
+}
+
 /// The floor phase: floor processes pinned to the edge core, the same fleet shape, the same
-/// number of rounds. Returns (CPU-based rate, wall rate seen by the fleet, missed, where the
-/// edge core's time went with `--perf`).
+/// number of rounds.
 fn floor_phase(
     o: &RunOpts,
     fleet_cpu: Option<usize>,
     interval: Duration,
-) -> anyhow::Result<(f64, f64, usize, Option<serde_json::Value>)> {
+) -> anyhow::Result<FloorFigures> {
     let nworkers = o.devices.div_ceil(o.per_worker).max(1);
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
@@ -706,16 +717,24 @@ fn floor_phase(
         p.line()?; // accepted
     }
     let mut total = FloorResult::default();
+    let mut send_rates = Vec::new();
     let mut round = |seq: u64| -> anyhow::Result<Published> {
         let t = stack::unix_us();
         for p in procs.iter_mut() {
             p.round(seq)?;
         }
+        let (mut writes, mut first, mut last) = (0u64, u64::MAX, 0u64);
         for p in procs.iter_mut() {
             let r: FloorResult = serde_json::from_str(&p.line()?)?;
             total.writes += r.writes;
             total.seconds += r.seconds;
             total.cpu_s += r.cpu_s;
+            writes += r.writes;
+            first = first.min(r.started_us);
+            last = last.max(r.done_us);
+        }
+        if writes > 0 {
+            send_rates.push(span_rate(writes, first, last).context("write() floor round")?);
         }
         // The floor writes cue number `seq` with that seq.
         Ok(Published {
@@ -738,7 +757,94 @@ fn floor_phase(
     };
     let cpu_rate = rate_of(total.writes as f64, total.cpu_s, "write() floor", false)?
         .context("the write() floor made no writes")?;
-    Ok((cpu_rate, seen.wall_rate, seen.missed, profile))
+    if send_rates.is_empty() {
+        bail!("the write() floor made no writes");
+    }
+    Ok(FloorFigures {
+        cpu_rate,
+        wall_rate: seen.wall_rate,
+        send_wall_rate: median(send_rates),
+        missed: seen.missed,
+        profile,
+    })
+}
+
+/// `n` devices over the span `first_us..last_us` (Unix us), per second; an error when the span
+/// is empty or backwards (a clock that cannot time it is not a rate).
+fn span_rate(n: u64, first_us: u64, last_us: u64) -> anyhow::Result<f64> {
+    if last_us <= first_us {
+        bail!("{n} sends timed from {first_us} to {last_us} us: no span to divide by");
+    }
+    Ok(n as f64 / ((last_us - first_us) as f64 / 1e6))
+}
+
+/// The edges' own side of the wall rate, from their `GET /fanouts` records: per cue, the
+/// devices every shard wrote it to over the span from the first shard taking it in to the last
+/// shard's last send accepted by the kernel. This is what the edge core achieved whatever the
+/// receivers' side of loopback did; the fleet's first-to-last arrival span also holds the
+/// receive work (on the fleet's core with `--rx-steer`) and the fleet's own reads.
+struct EdgeWall {
+    /// Median over cues of devices per second of that span.
+    median: f64,
+    /// Per cue: seq, devices, first taken in and last send done (Unix us).
+    per_cue: Vec<(u64, u64, u64, u64)>,
+}
+
+/// Finished fanouts a shard keeps (`cue_edge::stats::RECENT_FANOUTS`): the edge wall is read
+/// for the newest this many cues of a phase.
+const FANOUT_RECORDS: usize = cue_edge::stats::RECENT_FANOUTS;
+
+/// Reads [`EdgeWall`] for the bench event's cues `seqs` (the newest [`FANOUT_RECORDS`] of them)
+/// from every edge; a cue no shard has a record of fails the reading.
+fn edge_wall(admins: &[SocketAddr], seqs: &[u64]) -> anyhow::Result<EdgeWall> {
+    let texts = read_all(admins, "/fanouts")?;
+    // seq -> (devices, first taken, last done)
+    let mut spans: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+    for (a, text) in admins.iter().zip(texts) {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("edge /fanouts at {a}: not JSON"))?;
+        let shards = v["shards"]
+            .as_array()
+            .with_context(|| format!("edge /fanouts at {a}: no shards list"))?;
+        for f in shards
+            .iter()
+            .flat_map(|s| s["fanouts"].as_array().into_iter().flatten())
+        {
+            if f["event"].as_str() != Some("bench") {
+                continue;
+            }
+            let field = |k: &str| {
+                f[k].as_u64()
+                    .with_context(|| format!("edge /fanouts at {a}: a record without {k}: {f}"))
+            };
+            let e = spans.entry(field("seq")?).or_insert((0, u64::MAX, 0));
+            e.0 += field("devices")?;
+            e.1 = e.1.min(field("taken_us")?);
+            e.2 = e.2.max(field("done_us")?);
+        }
+    }
+    let mut seqs = seqs.to_vec();
+    seqs.sort_unstable();
+    let from = seqs.len().saturating_sub(FANOUT_RECORDS);
+    let mut per_cue = Vec::new();
+    let mut rates = Vec::new();
+    for &seq in &seqs[from..] {
+        let &(n, first, last) = spans.get(&seq).with_context(|| {
+            format!("edge /fanouts: no shard has a record of cue {seq} (superseded, or an edge older than this bench)")
+        })?;
+        if n == 0 {
+            bail!("edge /fanouts: cue {seq} was written to no device");
+        }
+        rates.push(span_rate(n, first, last).with_context(|| format!("edge fanout of cue {seq}"))?);
+        per_cue.push((seq, n, first, last));
+    }
+    if rates.is_empty() {
+        bail!("edge /fanouts: no cue to measure");
+    }
+    Ok(EdgeWall {
+        median: median(rates),
+        per_cue,
+    })
 }
 
 /// Runs the scenario once per send path (`paths` empty: once, on the edge's default path),
@@ -807,7 +913,13 @@ pub fn run_paths(
         .last()
         .and_then(|r| r["wall"]["floor_deliveries_per_s"].as_f64());
     let floor_missed = runs.last().map(|r| r["wall"]["floor_missed"].clone());
+    let floor_send = runs
+        .last()
+        .and_then(|r| r["send_wall"]["floor_deliveries_per_s"].as_f64());
     for r in &mut runs {
+        let send = r["send_wall"]["deliveries_per_s"].as_f64();
+        r["send_wall"]["floor_deliveries_per_s"] = json!(floor_send);
+        r["send_wall"]["ratio_to_floor"] = json!(send.zip(floor_send).map(|(a, b)| a / b));
         let rate = r["deliveries_per_s_per_core"].as_f64();
         let wall = r["wall"]["deliveries_per_s"].as_f64();
         r["floor_deliveries_per_s_per_core"] = json!(floor_cpu);
@@ -824,6 +936,8 @@ pub fn run_paths(
     let cmp = json!({
         "cpu_rate": ratio(&["deliveries_per_s_per_core"]),
         "wall_rate": ratio(&["wall", "deliveries_per_s"]),
+        "send_wall_rate": ratio(&["send_wall", "deliveries_per_s"]),
+        "slice_wall_rate": ratio(&["send_wall", "slice_wall_deliveries_per_s"]),
         "last_device_ms": ratio(&["last_device_ms_median"]),
         "basis": format!("{last} / {first}, same fleet shape, edge core and run"),
     });
@@ -968,7 +1082,9 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         )?),
         _ => None,
     };
+    let sampler = crate::corebusy::Sampler::start(fleet_cpu)?;
     let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
+    let busy = sampler.stop()?;
     let rec = rec.map(|r| r.stop()).transpose()?;
     flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flood_published = match flooder {
@@ -1034,19 +1150,86 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         ws_rate
     };
+    // The edges' own wall span per cue; a flood's many events push the fleet's cues out of
+    // the shards' records, so it is not read then.
+    let edge_send_wall = if !peer && o.cues > 0 && o.transport != Transport::Quic {
+        if o.flood > 0 {
+            log.push("flood: no edge-side wall rate (the flood's fanouts fill the shards' /fanouts records)".into());
+            None
+        } else {
+            let seqs: Vec<u64> = ws_series.times.keys().copied().collect();
+            Some(edge_wall(&target.edge_admins, &seqs)?)
+        }
+    } else {
+        None
+    };
+    let mut per_cue = seen.per_cue.clone();
+    // How busy the edge core and the fleet core were from each cue's publish to its last
+    // arrival: which side the fleet-observed wall rate measured.
+    let (mut edge_busy, mut fleet_busy) = (Vec::new(), Vec::new());
+    for c in &mut per_cue {
+        let (Some(seq), Some(last_ms)) = (c["seq"].as_u64(), c["last_ms"].as_f64()) else {
+            continue;
+        };
+        let Some(&p) = ws_series
+            .times
+            .get(&seq)
+            .or_else(|| quic_series.times.get(&seq))
+        else {
+            continue;
+        };
+        let end = p + (last_ms * 1e3) as u64;
+        let e = busy.fraction(o.edge_cpu, p, end)?;
+        c["edge_core_busy"] = json!(e);
+        edge_busy.push(e);
+        if let Some(f) = fleet_cpu {
+            let f = busy.fraction(f, p, end)?;
+            c["fleet_core_busy"] = json!(f);
+            fleet_busy.push(f);
+        }
+    }
+    let core_busy = (!edge_busy.is_empty()).then(|| {
+        json!({
+            "edge_core": median(edge_busy),
+            "fleet_core": (!fleet_busy.is_empty()).then(|| median(fleet_busy)),
+            "basis": "busy fraction of each core (/proc/stat, all but idle and iowait) from a cue's publish to its last arrival, median over cues: a fleet core near 1.0 with an edge core below it means the fleet-observed wall rate is the fleet's bound",
+        })
+    });
+    // Within the edges' own span of each cue: how busy the edge core was, and (over the
+    // phase) which share of the spans the shards spent inside fanout slices; the rest is the
+    // turns between slices.
+    let mut span_busy = Vec::new();
+    let mut span_total_s = 0.0;
+    if let Some(w) = &edge_send_wall {
+        for c in &mut per_cue {
+            if let Some(&(_, n, first, last)) =
+                w.per_cue.iter().find(|p| Some(p.0) == c["seq"].as_u64())
+            {
+                let b = busy.fraction(o.edge_cpu, first, last)?;
+                c["edge_devices"] = json!(n);
+                c["edge_span_ms"] = json!((last - first) as f64 / 1e3);
+                c["edge_core_busy_in_span"] = json!(b);
+                span_busy.push(b);
+                span_total_s += (last - first) as f64 / 1e6;
+            }
+        }
+    }
     for p in &mut target.procs {
         p.stop(Duration::from_secs(5));
     }
     drop(target.procs);
 
-    let (floor_cpu, floor_wall, floor_missed, floor_profile) =
-        if o.cues > 0 && !o.no_floor && o.transport != Transport::Quic {
-            let (c, w, m, p) = floor_phase(o, fleet_cpu, interval)?;
-            (Some(c), Some(w), Some(m), p)
-        } else {
-            (None, None, None, None)
-        };
-    let rate = if peer { Some(seen.wall_rate) } else { cpu_rate };
+    let floor = if o.cues > 0 && !o.no_floor && o.transport != Transport::Quic {
+        Some(floor_phase(o, fleet_cpu, interval)?)
+    } else {
+        None
+    };
+    let floor_cpu = floor.as_ref().map(|f| f.cpu_rate);
+    let floor_wall = floor.as_ref().and_then(|f| f.wall_rate);
+    let floor_send_wall = floor.as_ref().map(|f| f.send_wall_rate);
+    let floor_missed = floor.as_ref().map(|f| f.missed);
+    let floor_profile = floor.and_then(|f| f.profile);
+    let rate = if peer { seen.wall_rate } else { cpu_rate };
     let floor_rate = if peer { floor_wall } else { floor_cpu };
     let n = connected.max(1) as f64;
     let user_bytes = if server_pids.is_empty() {
@@ -1095,9 +1278,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     if flood_published.is_some() {
         log.push("flood: the edges' delivery and CPU figures include the flood's; the fleet's latency is its own cues'".into());
     }
-    Ok(json!({
-        "scenario": scenario,
-        "flood": flood_published.map(|n| json!({
+    let flood = flood_published.map(|n| json!({
             "devices": o.flood,
             "events": o.flood_events.max(1),
             "cues_published": n,
@@ -1111,7 +1292,30 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             },
             "lane_background_holds": m.lane_holds,
             "lane_conflated": m.lane_conflated,
-        })),
+        }));
+    let wall = json!({
+        "deliveries_per_s": seen.wall_rate,
+        "floor_deliveries_per_s": floor_wall,
+        "ratio_to_floor": seen.wall_rate.zip(floor_wall).map(|(w, f)| w / f),
+        "floor_missed": floor_missed,
+        "basis": "devices reached per second as the fleet saw it: first to last arrival of a cue, median over cues (holds the receive side: the fleet core's with --rx-steer)",
+    });
+    let send_wall = json!({
+        "deliveries_per_s": edge_send_wall.as_ref().map(|w| w.median),
+        "floor_deliveries_per_s": floor_send_wall,
+        "ratio_to_floor": edge_send_wall.as_ref().zip(floor_send_wall).map(|(w, f)| w.median / f),
+        "basis": "devices written per second of the sender's own span: edge, the first shard taking a cue in to the last shard's last send accepted by the kernel (GET /fanouts); floor, its write loops' span; median over cues",
+        "edge_core_busy_in_span": (!span_busy.is_empty()).then(|| median(span_busy)),
+        "in_slices": (span_total_s > 0.0 && edges == 1).then(|| m.slice_wall / span_total_s),
+        // The shard's thread CPU clock covers ~99% of a send() slice's wall but ~84% of an
+        // io_uring slice's on this machine, while a scheduler trace shows the shard on the core
+        // throughout (docs/edge.md): the slices' wall time is the conservative basis.
+        "slice_wall_deliveries_per_s": (edges == 1 && m.slice_wall > 0.0).then(|| ws_fanout / m.slice_wall),
+        "in_slices_basis": "one edge process: wall seconds inside fanout slices over the phase (cue_edge_fanout_seconds_sum) / the sum of the cues' spans; the rest is the turns between slices",
+    });
+    let mut out = json!({
+        "scenario": scenario,
+        "flood": flood,
         "transport": format!("{:?}", o.transport).to_lowercase(),
         "quic": quic,
         "target": if peer { o.target_url.clone().unwrap_or_default() } else { "cue".into() },
@@ -1141,12 +1345,6 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             "uring_submits": m.uring_submits,
             "uring_sends": m.uring_sends,
             "sends_per_submit": (m.uring_submits > 0.0).then(|| m.uring_sends / m.uring_submits),
-        },
-        "wall": {
-            "deliveries_per_s": seen.wall_rate,
-            "floor_deliveries_per_s": floor_wall,
-            "ratio_to_floor": floor_wall.map(|f| seen.wall_rate / f),
-            "floor_missed": floor_missed,
         },
         "process_cpu": {
             "seconds": server_cpu,
@@ -1178,11 +1376,15 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "interval_ms": interval.as_millis() as u64,
         "store": o.store.as_ref().map_or(json!("embedded"), |s| json!({"url": s.url, "replicas": s.replicas, "origins": s.origins})),
         "origin_killed_before_cue": o.store.as_ref().and_then(|s| s.kill_origin_before_cue),
-        "per_cue": seen.per_cue,
+        "per_cue": per_cue,
         "closed_by_server": seen.closed,
         "refusals": seen.refusals,
         "notes": log,
-    }))
+    });
+    out["wall"] = wall;
+    out["core_busy"] = json!(core_busy);
+    out["send_wall"] = send_wall;
+    Ok(out)
 }
 
 /// The edges' counters the run reads, summed over edge processes.
@@ -1203,6 +1405,8 @@ struct EdgeCounters {
     uring_active: f64,
     shards: f64,
     ws_cpu: f64,
+    /// Wall seconds inside fanout slices (`cue_edge_fanout_seconds_sum`).
+    slice_wall: f64,
     quic_cpu: f64,
     quic_handshake_cpu_total: f64,
     quic_datagrams_out: f64,
@@ -1228,6 +1432,7 @@ impl EdgeCounters {
             uring_sends: self.uring_sends - before.uring_sends,
             uring_active: self.uring_active,
             shards: self.shards,
+            slice_wall: self.slice_wall - before.slice_wall,
             ws_cpu: self.ws_cpu - before.ws_cpu,
             quic_cpu: self.quic_cpu - before.quic_cpu,
             quic_handshake_cpu_total: self.quic_handshake_cpu_total,
@@ -1354,18 +1559,19 @@ pub(crate) fn fanout_totals(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
 /// timeout; the reading is retried until this, then the run fails: it never becomes 0.
 const METRICS_DEADLINE: Duration = Duration::from_secs(90);
 
-/// One edge's `/metrics` text, retried (each try has the client's own timeouts) until
-/// [`METRICS_DEADLINE`]; a slow answer is reported on stderr with how long it took.
-fn read_metrics(a: SocketAddr) -> anyhow::Result<String> {
+/// One edge's admin `path` (`/metrics`, `/fanouts`), retried (each try has the client's own
+/// timeouts) until [`METRICS_DEADLINE`]; a slow answer is reported on stderr with how long it
+/// took.
+fn read_admin(a: SocketAddr, path: &str) -> anyhow::Result<String> {
     let t = Instant::now();
     let mut tries = 0;
     loop {
         tries += 1;
-        let err = match stack::http(a, "GET", "/metrics", &[], b"") {
+        let err = match stack::http(a, "GET", path, &[], b"") {
             Ok((200, m)) => {
                 if tries > 1 || t.elapsed() > Duration::from_secs(2) {
                     eprintln!(
-                        "cue-bench: edge metrics at {a} answered after {:.1} s ({tries} tries)",
+                        "cue-bench: edge {path} at {a} answered after {:.1} s ({tries} tries)",
                         t.elapsed().as_secs_f64()
                     );
                 }
@@ -1376,7 +1582,7 @@ fn read_metrics(a: SocketAddr) -> anyhow::Result<String> {
         };
         if t.elapsed() >= METRICS_DEADLINE {
             return Err(err.context(format!(
-                "edge metrics at {a}: no answer in {:.0} s ({tries} tries)",
+                "edge {path} at {a}: no answer in {:.0} s ({tries} tries)",
                 t.elapsed().as_secs_f64()
             )));
         }
@@ -1384,24 +1590,28 @@ fn read_metrics(a: SocketAddr) -> anyhow::Result<String> {
     }
 }
 
-fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
-    let mut c = EdgeCounters::default();
-    // Every edge at once: 56 loaded edges read one after another took minutes.
-    let texts: Vec<anyhow::Result<String>> = std::thread::scope(|s| {
+/// Every edge's admin `path` at once (56 loaded edges read one after another took minutes);
+/// one that cannot be read fails the reading.
+fn read_all(admins: &[SocketAddr], path: &str) -> anyhow::Result<Vec<String>> {
+    std::thread::scope(|s| {
         let reads: Vec<_> = admins
             .iter()
-            .map(|a| s.spawn(move || read_metrics(*a)))
+            .map(|a| s.spawn(move || read_admin(*a, path)))
             .collect();
         reads
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("metrics reader panicked")))
+                    .unwrap_or_else(|_| Err(anyhow!("edge {path} reader panicked")))
             })
             .collect()
-    });
+    })
+}
+
+fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
+    let mut c = EdgeCounters::default();
+    let texts = read_all(admins, "/metrics")?;
     for (a, m) in admins.iter().zip(texts) {
-        let m = m?;
         parse_lag(&m, &mut c.lag)?;
         c.lane_holds += metric_sum(&m, "cue_edge_lane_background_holds_total");
         c.lane_conflated += metric_sum(&m, "cue_edge_lane_conflated_total");
@@ -1421,6 +1631,7 @@ fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
             .filter(|l| l.starts_with("cue_edge_uring_active{"))
             .count() as f64;
         c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
+        c.slice_wall += metric_sum(&m, "cue_edge_fanout_seconds_sum");
         c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");
         c.quic_handshake_cpu_total += metric_sum(&m, "cue_edge_quic_handshake_cpu_seconds_total");
         c.quic_datagrams_out += metric_sum(&m, "cue_edge_quic_datagrams_out_total");

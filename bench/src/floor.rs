@@ -7,7 +7,7 @@
 //!
 //! Protocol with the parent: the process prints `{"listening":true}` once bound, `{"accepted":N}`
 //! once it holds its share of devices; then each stdin line `SEQ` makes one round, answered by
-//! `{"writes":N,"seconds":S,"cpu_s":C}`; `quit` (or EOF) ends it.
+//! `{"writes":N,"seconds":S,"cpu_s":C,"started_us":T0,"done_us":T1}`; `quit` (or EOF) ends it.
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -40,6 +40,10 @@ pub struct FloorResult {
     pub seconds: f64,
     /// CPU seconds (user + system) of the write loop.
     pub cpu_s: f64,
+    /// When the write loop began and when its last write returned, Unix us (so the rounds of
+    /// several floor processes on one core combine into one wall span).
+    pub started_us: u64,
+    pub done_us: u64,
 }
 
 fn cpu_now() -> f64 {
@@ -94,7 +98,7 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
         let ts = crate::stack::unix_us() / 1000;
         let cue = cue_common::cue::Cue::new("bench", &format!("stage-{seq}"), seq, ts)?;
         let frame = cue_edge::encoded::EncodedCue::new(cue).ws_json;
-        let (t0, c0) = (Instant::now(), cpu_now());
+        let (t0, c0, started_us) = (Instant::now(), cpu_now(), crate::stack::unix_us());
         for s in &mut socks {
             s.write_all(&frame)?;
         }
@@ -102,6 +106,8 @@ pub fn run(spec: &FloorSpec) -> anyhow::Result<()> {
             writes: socks.len() as u64,
             seconds: t0.elapsed().as_secs_f64(),
             cpu_s: cpu_now() - c0,
+            started_us,
+            done_us: crate::stack::unix_us(),
         };
         println!("{}", serde_json::to_string(&r)?);
         std::io::stdout().flush()?;

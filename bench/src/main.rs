@@ -2,6 +2,7 @@
 //! object with the figures of the run.
 
 mod compare;
+mod corebusy;
 mod fanout;
 mod floor;
 mod gameday;

@@ -131,10 +131,18 @@ pub fn open_socket(src: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStre
 
 /// Pins the calling thread to `cpu`.
 pub fn pin(cpu: usize) {
-    unsafe {
+    // SAFETY: `set` is a plain bitmask, zeroed then filled by CPU_SET within its size; the
+    // call reads it for the calling thread (0) only.
+    let ok = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if !ok {
+        eprintln!(
+            "cue-bench: pinning to core {cpu} failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -236,6 +236,13 @@ fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
     }
     match (method, route) {
         ("GET", "/metrics") => respond(sock, 200, "text/plain; version=0.0.4", &metrics(st), body),
+        ("GET", "/fanouts") => respond(
+            sock,
+            200,
+            "application/json",
+            &crate::stats::render_fanouts(&st.shards),
+            body,
+        ),
         ("GET", "/healthz" | "/readyz") => {
             let draining = st.draining.load(Ordering::Relaxed);
             let linked = st.link.linked.get();
@@ -315,9 +322,10 @@ fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
                 true,
             )
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/drain" | "/admin/undrain") => {
-            respond(sock, 405, "text/plain", "method not allowed\n", body)
-        }
+        (
+            _,
+            "/metrics" | "/fanouts" | "/healthz" | "/readyz" | "/admin/drain" | "/admin/undrain",
+        ) => respond(sock, 405, "text/plain", "method not allowed\n", body),
         _ => respond(sock, 404, "text/plain", "not found\n", body),
     }
 }

@@ -476,6 +476,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         .expect("duplicating the shard's tick socket");
     // SAFETY: `tick_fd` is ours (a fresh dup of the tick socket), handed over whole.
     let tick_sock = unsafe { glommio::net::UnixStream::from_raw_fd(tick_fd.into_raw_fd()) };
+    // Rung by the cue handler when it starts a fanout on an idle shard: the poller, asleep for
+    // up to `poll_idle_max` (no device input is coming), runs the fanout's next slice at once.
+    let (fanout_bell, fanout_rung) = glommio::channels::local_channel::new_bounded::<()>(1);
     let poller = {
         let (d, stop, poll, idle_max) = (d.clone(), stop.clone(), spec.poll, spec.poll_idle_max);
         let timer = spec.tick.clone();
@@ -505,17 +508,27 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 }
                 timer.arm(armed + interval);
                 let by_ticker = futures_lite::future::or(
+                    futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(interval).await;
+                            false
+                        },
+                        async {
+                            // Only a deadline passed writes here; an error (the ticker gone at
+                            // exit) must not spin: wait out the interval then.
+                            if tick_sock.read(&mut tick_buf).await.is_err() {
+                                glommio::timer::sleep(interval).await;
+                            }
+                            true
+                        },
+                    ),
                     async {
-                        glommio::timer::sleep(interval).await;
-                        false
-                    },
-                    async {
-                        // Only a deadline passed writes here; an error (the ticker gone at
-                        // exit) must not spin: wait out the interval then.
-                        if tick_sock.read(&mut tick_buf).await.is_err() {
+                        // A fanout started (the sender lives as long as the shard; once it is
+                        // gone, wait out the interval).
+                        if fanout_rung.recv().await.is_none() {
                             glommio::timer::sleep(interval).await;
                         }
-                        true
+                        false
                     },
                 )
                 .await;
@@ -588,11 +601,11 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 // between its other work.
                 let was_idle = !d.borrow().core.fanout_pending();
                 let mut closed = false;
-                d.borrow_mut().core.take_cue(cue);
+                d.borrow_mut().core.take_cue_at(cue, unix_us());
                 loop {
                     match futures_lite::future::poll_once(rx.recv()).await {
                         Some(Some(ShardMsg::Cue(c))) => {
-                            d.borrow_mut().core.take_cue(c);
+                            d.borrow_mut().core.take_cue_at(c, unix_us());
                         }
                         Some(Some(other)) => {
                             next = Some(other);
@@ -608,6 +621,10 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
                 let mut drv = d.borrow_mut();
                 if was_idle && drv.core.fanout_pending() {
                     drv.fan();
+                    if drv.core.fanout_pending() {
+                        // Full: the poller is awake or about to be.
+                        let _ = fanout_bell.try_send(());
+                    }
                 } else {
                     let backlog = drv.core.fanout_backlog() as i64;
                     drv.stats.fanout_backlog.set(backlog);
@@ -690,7 +707,7 @@ fn inject_panic(id: usize) {
 fn now() -> Now {
     Now {
         mono: Instant::now(),
-        unix_ms: unix_ms(),
+        unix_ms: unix_us() / 1000,
     }
 }
 
@@ -705,10 +722,10 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
@@ -742,10 +759,12 @@ impl Driver {
             stats.uring_submits.add(submits);
             stats.uring_sends.add(sends);
         }
-        let now_ms = unix_ms();
-        self.core.take_finished(|ts, class| {
-            let lag_ms = now_ms.saturating_sub(ts);
-            stats.delivery_lag[class as usize].observe_us(lag_ms.saturating_mul(1000));
+        let done_us = unix_us();
+        let now_ms = done_us / 1000;
+        self.core.take_finished(|f| {
+            let lag_ms = now_ms.saturating_sub(f.published_ms);
+            stats.delivery_lag[f.class as usize].observe_us(lag_ms.saturating_mul(1000));
+            stats.fanout_finished(f, done_us);
         });
     }
 

@@ -47,6 +47,28 @@ pub const CLOSE_REASONS: [&str; 10] = [
 /// HTTP statuses the edge refuses upgrades with, in the order of [`ShardStats::refused`].
 pub const REFUSAL_STATUSES: [u16; 9] = [400, 401, 403, 404, 405, 426, 429, 431, 503];
 
+/// Finished fanouts a shard keeps for `GET /fanouts`, newest last; the oldest is dropped
+/// past this (~150 B each).
+pub const RECENT_FANOUTS: usize = 64;
+
+/// One finished fanout of a cue on a shard.
+#[derive(Debug, Clone)]
+pub struct FanoutRecord {
+    pub event: cue_common::cue::EventName,
+    pub seq: u64,
+    pub class: Priority,
+    /// Origin publish time, Unix ms.
+    pub published_ms: u64,
+    /// The shard took the cue in, Unix us.
+    pub taken_us: u64,
+    /// The kernel had accepted the fanout's last send, Unix us.
+    pub done_us: u64,
+    /// Devices that followed the event when the cue came.
+    pub followers: u64,
+    /// Devices written to (the others were blocked, gone, or already had it).
+    pub devices: u64,
+}
+
 /// One shard's counters.
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -109,8 +131,13 @@ pub struct ShardStats {
     /// Origin publish time to the shard's last write of that cue (shard-local fanout done), by
     /// class (`Priority as usize`).
     pub delivery_lag: [Histogram; 3],
-    /// Time the shard spent writing one cue to all its subscribers.
+    /// Wall time of one fanout slice (up to `fanout_slice` devices visited).
     pub fanout_time: Histogram,
+    /// Wall time of one cue's fanout on the shard: from the shard taking the cue in to the
+    /// kernel accepting its last send (every slice and the turns between them).
+    pub cue_fanout_time: Histogram,
+    /// The newest finished fanouts, at most [`RECENT_FANOUTS`] (`GET /fanouts`).
+    pub recent_fanouts: std::sync::Mutex<std::collections::VecDeque<FanoutRecord>>,
     /// Thread CPU time spent in fanout (writing cues), nanoseconds: deliveries divided by this
     /// is the shard core's delivery rate, whatever else shares the core.
     pub fanout_cpu_ns: Counter,
@@ -170,6 +197,31 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Records a fanout that finished at `done_us` (Unix us): its wall time, and its record in
+    /// the recent ones. A cue no device here followed (its slot kept for catch-up) had no
+    /// fanout to speak of and is not recorded.
+    pub fn fanout_finished(&self, f: crate::core::Finished, done_us: u64) {
+        if f.followers == 0 {
+            return;
+        }
+        self.cue_fanout_time
+            .observe_us(done_us.saturating_sub(f.taken_us));
+        let mut recent = self.recent_fanouts.lock().expect("recent fanouts lock");
+        if recent.len() == RECENT_FANOUTS {
+            recent.pop_front();
+        }
+        recent.push_back(FanoutRecord {
+            event: f.event,
+            seq: f.seq,
+            class: f.class,
+            published_ms: f.published_ms,
+            taken_us: f.taken_us,
+            done_us,
+            followers: f.followers,
+            devices: f.reached,
+        });
+    }
+
     /// Counts a close.
     pub fn close(&self, r: CloseReason) {
         self.closes[r as usize].inc();
@@ -523,11 +575,24 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], quic: bool, out: &mut Strin
         out,
         "cue_edge_fanout_seconds",
         "histogram",
-        "Time a shard spent writing one cue to all its devices.",
+        "Wall time of one fanout slice (up to fanout_slice devices visited).",
     );
     for (i, s) in shards.iter().enumerate() {
         s.fanout_time
             .render(out, "cue_edge_fanout_seconds", &format!("shard=\"{i}\""));
+    }
+    header(
+        out,
+        "cue_edge_cue_fanout_seconds",
+        "histogram",
+        "Wall time of one cue's fanout on a shard: the shard taking it in to the kernel accepting its last send.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        s.cue_fanout_time.render(
+            out,
+            "cue_edge_cue_fanout_seconds",
+            &format!("shard=\"{i}\""),
+        );
     }
     render_tenants(out, shards);
 }
@@ -611,4 +676,82 @@ pub fn on_thread_exit(on_exit: impl FnOnce() + 'static) {
         static GUARDS: std::cell::RefCell<Vec<Guard>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     GUARDS.with(|g| g.borrow_mut().push(Guard(Some(Box::new(on_exit)))));
+}
+
+/// The shards' recent finished fanouts as JSON (`GET /fanouts`):
+/// `{"shards":[{"shard":N,"fanouts":[{"event","seq","class","published_ms","taken_us","done_us","followers","devices"}]}]}`,
+/// oldest first.
+pub fn render_fanouts(shards: &[std::sync::Arc<ShardStats>]) -> String {
+    let list: Vec<serde_json::Value> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let recent = s
+                .recent_fanouts
+                .lock()
+                .expect("recent fanouts lock")
+                .clone();
+            let fanouts: Vec<serde_json::Value> = recent
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "event": r.event.as_str(),
+                        "seq": r.seq,
+                        "class": r.class.as_str(),
+                        "published_ms": r.published_ms,
+                        "taken_us": r.taken_us,
+                        "done_us": r.done_us,
+                        "followers": r.followers,
+                        "devices": r.devices,
+                    })
+                })
+                .collect();
+            serde_json::json!({"shard": i, "fanouts": fanouts})
+        })
+        .collect();
+    let mut text = serde_json::json!({ "shards": list }).to_string();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Finished;
+
+    fn done(seq: u64, followers: u64) -> Finished {
+        Finished {
+            event: cue_common::cue::EventName::new("e").unwrap(),
+            seq,
+            published_ms: 1,
+            class: Priority::Normal,
+            taken_us: 1_000,
+            followers,
+            reached: followers,
+        }
+    }
+
+    #[test]
+    fn recent_fanouts_keep_the_newest_and_skip_cues_nobody_followed() {
+        let s = ShardStats::default();
+        s.fanout_finished(done(1, 0), 1_500);
+        assert!(s.recent_fanouts.lock().unwrap().is_empty());
+        assert_eq!(s.cue_fanout_time.count(), 0);
+        for seq in 1..=RECENT_FANOUTS as u64 + 10 {
+            s.fanout_finished(done(seq, 3), 1_000 + seq);
+        }
+        let recent = s.recent_fanouts.lock().unwrap().clone();
+        assert_eq!(recent.len(), RECENT_FANOUTS);
+        assert_eq!(recent.front().unwrap().seq, 11);
+        assert_eq!(recent.back().unwrap().seq, RECENT_FANOUTS as u64 + 10);
+        assert_eq!(s.cue_fanout_time.count(), RECENT_FANOUTS as u64 + 10);
+        let v: serde_json::Value =
+            serde_json::from_str(&render_fanouts(&[std::sync::Arc::new(s)])).unwrap();
+        let last = &v["shards"][0]["fanouts"][RECENT_FANOUTS - 1];
+        assert_eq!(last["done_us"], 1_000 + RECENT_FANOUTS as u64 + 10);
+        assert_eq!(
+            (last["followers"].clone(), last["devices"].clone()),
+            (3.into(), 3.into())
+        );
+    }
 }

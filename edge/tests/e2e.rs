@@ -25,6 +25,32 @@ fn subscribe_publish_reconnect_with_since_and_auth_refusals() {
     let s1 = publish_ok(origin.http, "fight", "round-1");
     assert_eq!(next_cue(&mut a), ("fight".into(), "round-1".into(), s1));
     assert_eq!(next_cue(&mut b), ("fight".into(), "round-1".into(), s1));
+    // The shards' records of that fanout: both devices between them, each handed in after
+    // the publish, its last send accepted after that.
+    let r = cue_testkit::client::request(edge.admin, "GET", "/fanouts", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let recs: Vec<&serde_json::Value> = v["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["fanouts"].as_array().unwrap().iter())
+        .filter(|f| f["event"] == "fight" && f["seq"] == s1)
+        .collect();
+    let devices: u64 = recs.iter().map(|f| f["devices"].as_u64().unwrap()).sum();
+    assert_eq!(devices, 2, "{v}");
+    for rec in recs {
+        assert_eq!(rec["class"], "normal", "{rec}");
+        let (published, taken, done) = (
+            rec["published_ms"].as_u64().unwrap(),
+            rec["taken_us"].as_u64().unwrap(),
+            rec["done_us"].as_u64().unwrap(),
+        );
+        assert!(published <= taken / 1000 && taken <= done, "{rec}");
+    }
+    assert!(edge
+        .metrics()
+        .contains("cue_edge_cue_fanout_seconds_count{shard=\"0\"}"));
 
     // `a` goes away; three cues are published; it comes back with since=its last seq and gets
     // only the newest, then live cues.

@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use cue_common::cue::Priority;
-
 use super::conn::{Conn, State, BLOCKED};
-use super::{BatchSend, Closing, ConnKey, Fanout, Io, Sent, ShardCore, Sweep};
+use super::{BatchSend, Closing, ConnKey, Fanout, Finished, Io, Sent, ShardCore, Sweep};
 use crate::encoded::EncodedCue;
 use crate::encoded::Transport;
 use crate::stats::{CloseReason, ShardStats};
@@ -38,6 +36,12 @@ impl ShardCore {
     /// cue waiting in its channel this way before it runs a slice, so the most urgent of them
     /// goes first and [`ShardCore::fanout_backlog`] counts all of them.
     pub fn take_cue(&mut self, cue: Arc<EncodedCue>) -> bool {
+        self.take_cue_at(cue, 0)
+    }
+
+    /// [`ShardCore::take_cue`], with the time the driver handed the cue in (Unix microseconds)
+    /// kept for the fanout's [`Finished`] record.
+    pub fn take_cue_at(&mut self, cue: Arc<EncodedCue>, taken_us: u64) -> bool {
         self.stats.cues_in.inc();
         let Some(slot_idx) = self.slot_for_cue(cue.cue.event()) else {
             // No device here follows it and the table is full: the link keeps it for catch-up.
@@ -76,6 +80,8 @@ impl ShardCore {
                 cue,
                 devices,
                 next: 0,
+                taken_us,
+                reached: 0,
             },
         );
         true
@@ -161,6 +167,7 @@ impl ShardCore {
             self.batch = batch;
             self.batch_of = batch_of;
             let n = fanout.ws + fanout.quic - before;
+            sw.reached += n;
             if n > 0 {
                 let tenant = self.slots[sw.slot as usize].tenant;
                 let mut t = self.stats.tenants.lock().expect("tenants lock");
@@ -171,7 +178,15 @@ impl ShardCore {
             if sw.next < sw.devices.len() {
                 self.sweeps.push_front(sw);
             } else {
-                self.finished.push((sw.cue.cue.ts(), sw.cue.class));
+                self.finished.push(Finished {
+                    event: sw.cue.cue.event().clone(),
+                    seq,
+                    published_ms: sw.cue.cue.ts(),
+                    class: sw.cue.class,
+                    taken_us: sw.taken_us,
+                    followers: sw.devices.len() as u64,
+                    reached: sw.reached,
+                });
                 self.spare = std::mem::take(&mut sw.devices);
             }
         }
@@ -182,11 +197,10 @@ impl ShardCore {
         fanout
     }
 
-    /// Hands the publish times (Unix ms) and classes of the cues whose fanout finished since
-    /// the last call to `f`.
-    pub fn take_finished(&mut self, mut f: impl FnMut(u64, Priority)) {
-        for (ts, class) in self.finished.drain(..) {
-            f(ts, class);
+    /// Hands the cues whose fanout finished since the last call to `f`.
+    pub fn take_finished(&mut self, mut f: impl FnMut(Finished)) {
+        for done in self.finished.drain(..) {
+            f(done);
         }
     }
 

@@ -221,6 +221,26 @@ struct Sweep {
     /// as their catch-up; entries of devices gone since are skipped).
     devices: Vec<u32>,
     next: usize,
+    /// When the driver handed the cue in (Unix microseconds, the driver's clock).
+    taken_us: u64,
+    /// Devices written to so far.
+    reached: u64,
+}
+
+/// A cue whose fanout on this shard finished (every device it had to visit was visited).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The cue's event, seq, publish time (Unix ms) and class.
+    pub event: cue_common::cue::EventName,
+    pub seq: u64,
+    pub published_ms: u64,
+    pub class: cue_common::cue::Priority,
+    /// When the driver handed the cue in ([`ShardCore::take_cue_at`]), Unix microseconds.
+    pub taken_us: u64,
+    /// Devices that followed the event when the cue came (the fanout's list).
+    pub followers: u64,
+    /// Devices its fanout wrote it to.
+    pub reached: u64,
 }
 
 /// Catch-up requests a shard queues between two driver turns; beyond, they are dropped and
@@ -274,9 +294,9 @@ pub struct ShardCore {
     /// between slices so a slice allocates nothing).
     batch: Vec<BatchSend>,
     batch_of: Vec<(u32, u32)>,
-    /// Publish times (Unix ms) and classes of cues whose fanout finished, for the driver's lag
-    /// figure.
-    finished: Vec<(u64, cue_common::cue::Priority)>,
+    /// Cues whose fanout finished since the driver last took them ([`ShardCore::take_finished`]):
+    /// at most one per cue taken in between two driver turns.
+    finished: Vec<Finished>,
 }
 
 /// A connection to close at the end of the current call, with what a QUIC device is told.

@@ -848,8 +848,8 @@ fn a_fanout_runs_in_slices_and_reaches_each_device_once() {
     }
     assert_eq!(slices, 4);
     let mut finished = Vec::new();
-    c.take_finished(|ts, _| finished.push(ts));
-    assert_eq!(finished, vec![1_700_000_000_001]);
+    c.take_finished(|f| finished.push((f.event.to_string(), f.seq, f.published_ms, f.reached)));
+    assert_eq!(finished, vec![("e".into(), 1, 1_700_000_000_001, 10)]);
     for d in &mut devs {
         d.read(&mut io);
         assert_eq!(d.cues, vec![("e".into(), 1)]);
@@ -894,12 +894,21 @@ fn a_newer_cue_ends_the_older_ones_fanout() {
     let clock = Clock::new();
     let (mut c, mut io) = (sliced(3, &clock), FakeIo::default());
     let mut devs = devices(&mut c, &mut io, &clock, 10, 10, "/v1/subscribe?events=e");
-    c.on_cue(cue("e", "one", 1), &mut io);
-    c.on_cue(cue("e", "two", 2), &mut io);
+    assert!(c.take_cue_at(cue("e", "one", 1), 5));
+    c.fanout(&mut io);
+    assert!(c.take_cue_at(cue("e", "two", 2), 7));
+    assert!(
+        !c.take_cue_at(cue("e", "old", 1), 9),
+        "not newer: no fanout"
+    );
     while c.fanout_pending() {
         c.fanout(&mut io);
     }
     assert_eq!(c.stats.fanout_superseded.get(), 1);
+    // Only the newest cue's fanout finished, with its own hand-in time and every device.
+    let mut finished = Vec::new();
+    c.take_finished(|f| finished.push((f.seq, f.taken_us, f.followers, f.reached)));
+    assert_eq!(finished, vec![(2, 7, 10, 10)]);
     let mut got_both = 0;
     for d in &mut devs {
         d.read(&mut io);
