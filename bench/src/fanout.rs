@@ -757,13 +757,10 @@ fn floor_phase(
     };
     let cpu_rate = rate_of(total.writes as f64, total.cpu_s, "write() floor", false)?
         .context("the write() floor made no writes")?;
-    if send_rates.is_empty() {
-        bail!("the write() floor made no writes");
-    }
     Ok(FloorFigures {
         cpu_rate,
         wall_rate: seen.wall_rate,
-        send_wall_rate: median(send_rates),
+        send_wall_rate: median(send_rates).context("the write() floor made no writes")?,
         missed: seen.missed,
         profile,
     })
@@ -788,6 +785,9 @@ struct EdgeWall {
     median: f64,
     /// Per cue: seq, devices, first taken in and last send done (Unix us).
     per_cue: Vec<(u64, u64, u64, u64)>,
+    /// Cues of the series no shard has a record of (a cue the devices got by catch-up only, or
+    /// one a newer cue superseded mid-fanout): reported, not timed.
+    untimed: Vec<u64>,
 }
 
 /// Finished fanouts a shard keeps (`cue_edge::stats::RECENT_FANOUTS`): the edge wall is read
@@ -795,55 +795,67 @@ struct EdgeWall {
 const FANOUT_RECORDS: usize = cue_edge::stats::RECENT_FANOUTS;
 
 /// Reads [`EdgeWall`] for the bench event's cues `seqs` (the newest [`FANOUT_RECORDS`] of them)
-/// from every edge; a cue no shard has a record of fails the reading.
+/// from every edge; an edge that cannot be read, a record that does not parse, or no cue timed
+/// at all fails the reading.
 fn edge_wall(admins: &[SocketAddr], seqs: &[u64]) -> anyhow::Result<EdgeWall> {
     let texts = read_all(admins, "/fanouts")?;
-    // seq -> (devices, first taken, last done)
-    let mut spans: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+    let mut spans = HashMap::new();
     for (a, text) in admins.iter().zip(texts) {
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("edge /fanouts at {a}: not JSON"))?;
-        let shards = v["shards"]
-            .as_array()
-            .with_context(|| format!("edge /fanouts at {a}: no shards list"))?;
-        for f in shards
-            .iter()
-            .flat_map(|s| s["fanouts"].as_array().into_iter().flatten())
-        {
-            if f["event"].as_str() != Some("bench") {
-                continue;
-            }
-            let field = |k: &str| {
-                f[k].as_u64()
-                    .with_context(|| format!("edge /fanouts at {a}: a record without {k}: {f}"))
-            };
-            let e = spans.entry(field("seq")?).or_insert((0, u64::MAX, 0));
-            e.0 += field("devices")?;
-            e.1 = e.1.min(field("taken_us")?);
-            e.2 = e.2.max(field("done_us")?);
-        }
+        add_fanout_spans(&text, &mut spans).with_context(|| format!("edge /fanouts at {a}"))?;
     }
+    wall_of_spans(&spans, seqs)
+}
+
+/// Adds one edge's `/fanouts` records of the bench event to `spans`: seq -> (devices, first
+/// taken in, last done), over shards and edges.
+fn add_fanout_spans(text: &str, spans: &mut HashMap<u64, (u64, u64, u64)>) -> anyhow::Result<()> {
+    let v: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    let shards = v["shards"].as_array().context("no shards list")?;
+    for f in shards
+        .iter()
+        .flat_map(|s| s["fanouts"].as_array().into_iter().flatten())
+    {
+        if f["event"].as_str() != Some("bench") {
+            continue;
+        }
+        let field = |k: &str| {
+            f[k].as_u64()
+                .with_context(|| format!("a record without {k}: {f}"))
+        };
+        let e = spans.entry(field("seq")?).or_insert((0, u64::MAX, 0));
+        e.0 += field("devices")?;
+        e.1 = e.1.min(field("taken_us")?);
+        e.2 = e.2.max(field("done_us")?);
+    }
+    Ok(())
+}
+
+/// [`EdgeWall`] of the cues `seqs` (the newest [`FANOUT_RECORDS`]) from the edges' spans.
+fn wall_of_spans(spans: &HashMap<u64, (u64, u64, u64)>, seqs: &[u64]) -> anyhow::Result<EdgeWall> {
     let mut seqs = seqs.to_vec();
     seqs.sort_unstable();
     let from = seqs.len().saturating_sub(FANOUT_RECORDS);
-    let mut per_cue = Vec::new();
-    let mut rates = Vec::new();
+    let (mut per_cue, mut rates, mut untimed) = (Vec::new(), Vec::new(), Vec::new());
     for &seq in &seqs[from..] {
-        let &(n, first, last) = spans.get(&seq).with_context(|| {
-            format!("edge /fanouts: no shard has a record of cue {seq} (superseded, or an edge older than this bench)")
-        })?;
+        let Some(&(n, first, last)) = spans.get(&seq) else {
+            untimed.push(seq);
+            continue;
+        };
         if n == 0 {
             bail!("edge /fanouts: cue {seq} was written to no device");
         }
         rates.push(span_rate(n, first, last).with_context(|| format!("edge fanout of cue {seq}"))?);
         per_cue.push((seq, n, first, last));
     }
-    if rates.is_empty() {
-        bail!("edge /fanouts: no cue to measure");
-    }
     Ok(EdgeWall {
-        median: median(rates),
+        median: median(rates).with_context(|| {
+            format!(
+                "edge /fanouts: no shard has a record of any of the {} cues (an edge older than this bench?)",
+                seqs.len() - from
+            )
+        })?,
         per_cue,
+        untimed,
     })
 }
 
@@ -1188,10 +1200,10 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             fleet_busy.push(f);
         }
     }
-    let core_busy = (!edge_busy.is_empty()).then(|| {
+    let core_busy = median(edge_busy).map(|edge_core| {
         json!({
-            "edge_core": median(edge_busy),
-            "fleet_core": (!fleet_busy.is_empty()).then(|| median(fleet_busy)),
+            "edge_core": edge_core,
+            "fleet_core": median(fleet_busy),
             "basis": "busy fraction of each core (/proc/stat, all but idle and iowait) from a cue's publish to its last arrival, median over cues: a fleet core near 1.0 with an edge core below it means the fleet-observed wall rate is the fleet's bound",
         })
     });
@@ -1305,7 +1317,9 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "floor_deliveries_per_s": floor_send_wall,
         "ratio_to_floor": edge_send_wall.as_ref().zip(floor_send_wall).map(|(w, f)| w.median / f),
         "basis": "devices written per second of the sender's own span: edge, the first shard taking a cue in to the last shard's last send accepted by the kernel (GET /fanouts); floor, its write loops' span; median over cues",
-        "edge_core_busy_in_span": (!span_busy.is_empty()).then(|| median(span_busy)),
+        "edge_core_busy_in_span": median(span_busy),
+        "cues_timed": edge_send_wall.as_ref().map(|w| w.per_cue.len()),
+        "cues_untimed": edge_send_wall.as_ref().map(|w| w.untimed.clone()),
         "in_slices": (span_total_s > 0.0 && edges == 1).then(|| m.slice_wall / span_total_s),
         // The shard's thread CPU clock covers ~99% of a send() slice's wall but ~84% of an
         // io_uring slice's on this machine, while a scheduler trace shows the shard on the core
@@ -1666,12 +1680,10 @@ fn cpu_sum(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|&p| stack::cpu_s(p)).sum()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
+/// The (upper) median; `None` for no values (never 0).
+fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied()
 }
 
 #[cfg(test)]
@@ -1687,6 +1699,53 @@ mod tests {
         assert_eq!(missed_total(&json!({"devices": 10})), None);
         let half = json!({"send_paths": {"syscall": {"missed": 0}, "uring": {}}});
         assert_eq!(missed_total(&half), None);
+    }
+
+    #[test]
+    fn edge_spans_combine_shards_and_edges_and_say_what_they_could_not_time() {
+        let one = r#"{"shards":[
+            {"shard":0,"fanouts":[
+                {"event":"bench","seq":1,"taken_us":1000,"done_us":51000,"devices":400},
+                {"event":"flood-1","seq":1,"taken_us":0,"done_us":1,"devices":9}]},
+            {"shard":1,"fanouts":[
+                {"event":"bench","seq":1,"taken_us":900,"done_us":60000,"devices":600},
+                {"event":"bench","seq":2,"taken_us":2000,"done_us":12000,"devices":1000}]}]}"#;
+        let two = r#"{"shards":[{"shard":0,"fanouts":[
+                {"event":"bench","seq":2,"taken_us":1000,"done_us":11000,"devices":1000}]}]}"#;
+        let mut spans = HashMap::new();
+        add_fanout_spans(one, &mut spans).unwrap();
+        add_fanout_spans(two, &mut spans).unwrap();
+        assert_eq!(
+            spans[&1],
+            (1000, 900, 60000),
+            "devices summed, earliest in, latest done"
+        );
+        assert_eq!(spans[&2], (2000, 1000, 12000));
+        let w = wall_of_spans(&spans, &[3, 1, 2]).unwrap();
+        assert_eq!(w.untimed, vec![3]);
+        // 1000 devices over 59.1 ms, 2000 over 11 ms: the median of two is the upper one.
+        assert!((w.median - 2000.0 / 0.011).abs() < 1.0, "{}", w.median);
+        assert!(
+            wall_of_spans(&spans, &[3]).is_err(),
+            "no cue timed is a failed reading"
+        );
+        assert!(
+            add_fanout_spans("{}", &mut spans).is_err(),
+            "no shards list"
+        );
+        assert!(add_fanout_spans("not json", &mut spans).is_err());
+        let no_devices =
+            r#"{"shards":[{"fanouts":[{"event":"bench","seq":4,"taken_us":1,"done_us":2}]}]}"#;
+        assert!(
+            add_fanout_spans(no_devices, &mut spans).is_err(),
+            "a record without devices"
+        );
+        let zero = r#"{"shards":[{"fanouts":[{"event":"bench","seq":5,"taken_us":1,"done_us":2,"devices":0}]}]}"#;
+        add_fanout_spans(zero, &mut spans).unwrap();
+        assert!(wall_of_spans(&spans, &[5]).is_err(), "written to no device");
+        let backwards = r#"{"shards":[{"fanouts":[{"event":"bench","seq":6,"taken_us":9,"done_us":9,"devices":3}]}]}"#;
+        add_fanout_spans(backwards, &mut spans).unwrap();
+        assert!(wall_of_spans(&spans, &[6]).is_err(), "no span to divide by");
     }
 
     #[test]
