@@ -1321,9 +1321,9 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         "cues_timed": edge_send_wall.as_ref().map(|w| w.per_cue.len()),
         "cues_untimed": edge_send_wall.as_ref().map(|w| w.untimed.clone()),
         "in_slices": (span_total_s > 0.0 && edges == 1).then(|| m.slice_wall / span_total_s),
-        // The shard's thread CPU clock covers ~99% of a send() slice's wall but ~84% of an
-        // io_uring slice's on this machine, while a scheduler trace shows the shard on the core
-        // throughout (docs/edge.md): the slices' wall time is the conservative basis.
+        // The shard's CPU time is ~99% of a send() slice's wall but ~84% of an io_uring
+        // slice's on this machine: during io_uring fanouts other threads on the edge core keep
+        // the shard waiting (docs/edge.md). The slices' wall time counts that; CPU does not.
         "slice_wall_deliveries_per_s": (edges == 1 && m.slice_wall > 0.0).then(|| ws_fanout / m.slice_wall),
         "in_slices_basis": "one edge process: wall seconds inside fanout slices over the phase (cue_edge_fanout_seconds_sum) / the sum of the cues' spans; the rest is the turns between slices",
     });
