@@ -368,9 +368,9 @@ fn a_browser_device_prefetches_on_schedule_shows_cues_and_reconnects_as_told() {
     eprintln!("drain hint {hint} s, redialled after {waited} ms");
 }
 
-/// cue-prefetch sheds the map request (every request counts toward `--shed-rps`, so the
-/// schedule's own request raises the load level): the SDK reads the `503`'s `Retry-After`
-/// through CORS, waits exactly that, and gets the map on the next try.
+/// cue-prefetch sheds the map request (every request counts toward `--shed-rps`; the test's
+/// own requests keep the load level high until the map request is shed): the SDK reads the
+/// `503`'s `Retry-After` through CORS, waits exactly that, and gets the map on the next try.
 #[test]
 fn a_browser_device_waits_out_a_503_retry_after_for_its_map() {
     if !chromium_available() {
@@ -380,16 +380,17 @@ fn a_browser_device_waits_out_a_503_retry_after_for_its_map() {
     let origin = start_origin(dir.path(), free_addr(), free_addr());
     let ws = free_addr();
     let _edge = start_edge(origin.relay, ws, free_addr(), &[]);
-    let due = write_catalog(dir.path(), 1500);
+    let due = write_catalog(dir.path(), 4000);
     let prefetch = free_addr();
     let _prefetch = start_prefetch(
         dir.path(),
         prefetch,
         origin.http,
-        // One request (a 10 rps reading of 100 ms) puts the level at high; it decays under
-        // 0.05 in ~1.2 s and steps down twice 200 ms apart, so a device that waited out its
-        // Retry-After (3-6 s) is served, while one that asked sooner would be shed. (With the
-        // default 2 s cooldowns the level stayed high past 3-4 s draws and the map never came.)
+        // Any request (one is a 10 rps reading of 100 ms) puts the level at high; once they
+        // stop it decays under 0.05 in ~1.2 s and steps down twice 200 ms apart, so a device
+        // that waited out its Retry-After (3-6 s) is served, while one that asked sooner would
+        // be shed. (With the default 2 s cooldowns the level stayed high past 3-4 s draws and
+        // the map never came.)
         &[
             "--shed-rps",
             "0.05,0.05",
@@ -399,10 +400,26 @@ fn a_browser_device_waits_out_a_503_retry_after_for_its_map() {
             "3",
         ],
     );
+    // Load until the map request is shed: the level rises only at the service's next 100 ms
+    // reading after a request, so the page's own schedule request alone raised it in time
+    // only when the map came 0.1-1.2 s later; a Chromium slow to start (in CI) asked for both
+    // within one reading, and the map was served at once.
+    let loading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let loading = loading.clone();
+        std::thread::spawn(move || {
+            while loading.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = request(prefetch, "GET", "/healthz", &[], b"");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
     let (reports, _page, _chromium) = open_device_page(dir.path(), ws, prefetch);
     let shed = reports.wait(0, Duration::from_secs(30), "a shed map request", |r| {
         kind(r, "map-error") && r["status"] == 503
     });
+    loading.store(false, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
     assert!(shed["t"].as_u64().unwrap() >= due, "{shed}");
     // Retry-After is uniform in [3, 6] s; a header the page could not read would have meant
     // the SDK's own backoff (0.5-1 s) instead.

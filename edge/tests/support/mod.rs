@@ -208,6 +208,19 @@ impl Edge {
             .unwrap()
             .body
     }
+
+    /// Every shard's recent fanout records (`GET /fanouts`), one list.
+    pub fn fanouts(&self) -> Vec<serde_json::Value> {
+        let r = request(self.admin, "GET", "/fanouts", &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["shards"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/fanouts without shards: {v}"))
+            .iter()
+            .flat_map(|s| s["fanouts"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
 }
 
 /// The sum of every sample of `name` in Prometheus text; panics when there is none (a missing
