@@ -606,7 +606,6 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Se
             rates.push(n as f64 / ((l - f) as f64 / 1e6));
         }
     }
-    rates.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let last_seq = series.last;
     let held: usize = reports.iter().map(|r| r.final_seqs.len()).sum();
     let missed = reports
@@ -634,7 +633,7 @@ fn finish_fleet(fleet: Fleet, o: &RunOpts, series: &Series) -> anyhow::Result<Se
         delivered,
         missed,
         not_delivered,
-        wall_rate: (!rates.is_empty()).then(|| rates[rates.len() / 2]),
+        wall_rate: median(rates),
         per_cue,
         closed: reports.iter().map(|r| r.closed).sum(),
         refusals,
@@ -1175,29 +1174,42 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     } else {
         None
     };
+    // Per cue: how busy the edge core and the fleet core were from its publish to its last
+    // arrival (which side the fleet-observed wall rate measured), and within the edges' own
+    // span how busy the edge core was; over the phase, which share of the spans the shards
+    // spent inside fanout slices (the rest is the turns between slices).
     let mut per_cue = seen.per_cue.clone();
-    // How busy the edge core and the fleet core were from each cue's publish to its last
-    // arrival: which side the fleet-observed wall rate measured.
-    let (mut edge_busy, mut fleet_busy) = (Vec::new(), Vec::new());
+    let (mut edge_busy, mut fleet_busy, mut span_busy) = (Vec::new(), Vec::new(), Vec::new());
+    let mut span_total_s = 0.0;
     for c in &mut per_cue {
-        let (Some(seq), Some(last_ms)) = (c["seq"].as_u64(), c["last_ms"].as_f64()) else {
+        let Some(seq) = c["seq"].as_u64() else {
             continue;
         };
-        let Some(&p) = ws_series
+        let published = ws_series
             .times
             .get(&seq)
-            .or_else(|| quic_series.times.get(&seq))
-        else {
-            continue;
-        };
-        let end = p + (last_ms * 1e3) as u64;
-        let e = busy.fraction(o.edge_cpu, p, end)?;
-        c["edge_core_busy"] = json!(e);
-        edge_busy.push(e);
-        if let Some(f) = fleet_cpu {
-            let f = busy.fraction(f, p, end)?;
-            c["fleet_core_busy"] = json!(f);
-            fleet_busy.push(f);
+            .or_else(|| quic_series.times.get(&seq));
+        if let (Some(&p), Some(last_ms)) = (published, c["last_ms"].as_f64()) {
+            let end = p + (last_ms * 1e3) as u64;
+            let e = busy.fraction(o.edge_cpu, p, end)?;
+            c["edge_core_busy"] = json!(e);
+            edge_busy.push(e);
+            if let Some(f) = fleet_cpu {
+                let f = busy.fraction(f, p, end)?;
+                c["fleet_core_busy"] = json!(f);
+                fleet_busy.push(f);
+            }
+        }
+        let span = edge_send_wall
+            .as_ref()
+            .and_then(|w| w.per_cue.iter().find(|p| p.0 == seq));
+        if let Some(&(_, n, first, last)) = span {
+            let b = busy.fraction(o.edge_cpu, first, last)?;
+            c["edge_devices"] = json!(n);
+            c["edge_span_ms"] = json!((last - first) as f64 / 1e3);
+            c["edge_core_busy_in_span"] = json!(b);
+            span_busy.push(b);
+            span_total_s += (last - first) as f64 / 1e6;
         }
     }
     let core_busy = median(edge_busy).map(|edge_core| {
@@ -1207,25 +1219,6 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             "basis": "busy fraction of each core (/proc/stat, all but idle and iowait) from a cue's publish to its last arrival, median over cues: a fleet core near 1.0 with an edge core below it means the fleet-observed wall rate is the fleet's bound",
         })
     });
-    // Within the edges' own span of each cue: how busy the edge core was, and (over the
-    // phase) which share of the spans the shards spent inside fanout slices; the rest is the
-    // turns between slices.
-    let mut span_busy = Vec::new();
-    let mut span_total_s = 0.0;
-    if let Some(w) = &edge_send_wall {
-        for c in &mut per_cue {
-            if let Some(&(_, n, first, last)) =
-                w.per_cue.iter().find(|p| Some(p.0) == c["seq"].as_u64())
-            {
-                let b = busy.fraction(o.edge_cpu, first, last)?;
-                c["edge_devices"] = json!(n);
-                c["edge_span_ms"] = json!((last - first) as f64 / 1e3);
-                c["edge_core_busy_in_span"] = json!(b);
-                span_busy.push(b);
-                span_total_s += (last - first) as f64 / 1e6;
-            }
-        }
-    }
     for p in &mut target.procs {
         p.stop(Duration::from_secs(5));
     }

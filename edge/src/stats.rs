@@ -54,19 +54,11 @@ pub const RECENT_FANOUTS: usize = 64;
 /// One finished fanout of a cue on a shard.
 #[derive(Debug, Clone)]
 pub struct FanoutRecord {
-    pub event: cue_common::cue::EventName,
-    pub seq: u64,
-    pub class: Priority,
-    /// Origin publish time, Unix ms.
-    pub published_ms: u64,
-    /// The shard took the cue in, Unix us.
-    pub taken_us: u64,
+    /// What the core said of it (devices written to: `reached`; the others were blocked,
+    /// gone, or already had it).
+    pub fanout: crate::core::Finished,
     /// The kernel had accepted the fanout's last send, Unix us.
     pub done_us: u64,
-    /// Devices that followed the event when the cue came.
-    pub followers: u64,
-    /// Devices written to (the others were blocked, gone, or already had it).
-    pub devices: u64,
 }
 
 /// One shard's counters.
@@ -210,16 +202,7 @@ impl ShardStats {
         if recent.len() == RECENT_FANOUTS {
             recent.pop_front();
         }
-        recent.push_back(FanoutRecord {
-            event: f.event,
-            seq: f.seq,
-            class: f.class,
-            published_ms: f.published_ms,
-            taken_us: f.taken_us,
-            done_us,
-            followers: f.followers,
-            devices: f.reached,
-        });
+        recent.push_back(FanoutRecord { fanout: f, done_us });
     }
 
     /// Counts a close.
@@ -694,15 +677,16 @@ pub fn render_fanouts(shards: &[std::sync::Arc<ShardStats>]) -> String {
             let fanouts: Vec<serde_json::Value> = recent
                 .iter()
                 .map(|r| {
+                    let f = &r.fanout;
                     serde_json::json!({
-                        "event": r.event.as_str(),
-                        "seq": r.seq,
-                        "class": r.class.as_str(),
-                        "published_ms": r.published_ms,
-                        "taken_us": r.taken_us,
+                        "event": f.event.as_str(),
+                        "seq": f.seq,
+                        "class": f.class.as_str(),
+                        "published_ms": f.published_ms,
+                        "taken_us": f.taken_us,
                         "done_us": r.done_us,
-                        "followers": r.followers,
-                        "devices": r.devices,
+                        "followers": f.followers,
+                        "devices": f.reached,
                     })
                 })
                 .collect();
@@ -742,8 +726,11 @@ mod tests {
         }
         let recent = s.recent_fanouts.lock().unwrap().clone();
         assert_eq!(recent.len(), RECENT_FANOUTS);
-        assert_eq!(recent.front().unwrap().seq, 11);
-        assert_eq!(recent.back().unwrap().seq, RECENT_FANOUTS as u64 + 10);
+        assert_eq!(recent.front().unwrap().fanout.seq, 11);
+        assert_eq!(
+            recent.back().unwrap().fanout.seq,
+            RECENT_FANOUTS as u64 + 10
+        );
         assert_eq!(s.cue_fanout_time.count(), RECENT_FANOUTS as u64 + 10);
         let v: serde_json::Value =
             serde_json::from_str(&render_fanouts(&[std::sync::Arc::new(s)])).unwrap();
