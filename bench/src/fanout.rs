@@ -77,6 +77,8 @@ pub struct RunOpts {
     pub priorities: bool,
     /// The edges' `--send-path` (`None`: the edge's default).
     pub send_path: Option<SendPath>,
+    /// Both paths in one phase, taking turns cue by cue ([`crate::alternate`]).
+    pub alternate: Option<[SendPath; 2]>,
     /// Steer the loopback device's receive work to the fleet's core while the run lasts
     /// ([`stack::steer_rx`]), so the edge core pays only the send side, as with a real NIC.
     pub rx_steer: bool,
@@ -141,6 +143,8 @@ struct Series {
 }
 
 struct Target {
+    /// `Authorization` value for the edges' admin endpoints (Cue only).
+    admin_auth: Option<String>,
     addr: SocketAddr,
     host: String,
     path: String,
@@ -291,6 +295,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
     allowed.extend(flood_events(o.flood_events));
     let device_token = keys.mint_device("bench-fleet", &allowed, now, 3600);
     let pub_token = format!("Bearer {}", keys.mint_publisher(now, 3600));
+    let admin_auth = format!("Bearer {}", keys.mint_admin(now, 3600));
     let mut events = Vec::new();
     if o.transport != Transport::Quic {
         events.push("bench");
@@ -345,6 +350,7 @@ fn start_cue(o: &RunOpts, edges: usize, log: &mut Vec<String>) -> anyhow::Result
         Ok(got)
     });
     Ok(Target {
+        admin_auth: Some(admin_auth),
         addr: ws,
         host: ws.to_string(),
         path: "/v1/subscribe?events=bench".into(),
@@ -458,6 +464,7 @@ fn start_peer(o: &RunOpts) -> anyhow::Result<Target> {
         })
     });
     Ok(Target {
+        admin_auth: None,
         addr,
         host,
         path,
@@ -791,7 +798,7 @@ struct EdgeWall {
 
 /// Finished fanouts a shard keeps (`cue_edge::stats::RECENT_FANOUTS`): the edge wall is read
 /// for the newest this many cues of a phase.
-const FANOUT_RECORDS: usize = cue_edge::stats::RECENT_FANOUTS;
+pub const FANOUT_RECORDS: usize = cue_edge::stats::RECENT_FANOUTS;
 
 /// Reads [`EdgeWall`] for the bench event's cues `seqs` (the newest [`FANOUT_RECORDS`] of them)
 /// from every edge; an edge that cannot be read, a record that does not parse, or no cue timed
@@ -890,6 +897,20 @@ pub fn run_paths(
     } else {
         None
     };
+    if let Some(pair) = o.alternate {
+        // Every edge starts with its ring (only a shard with one can be switched to it).
+        let one = RunOpts {
+            send_path: Some(SendPath::Uring),
+            ..o.clone()
+        };
+        let mut v = run(&one, scenario)?;
+        v["send_path"] = json!(format!(
+            "{} and {}, alternating",
+            pair[0].as_str(),
+            pair[1].as_str()
+        ));
+        return Ok(v);
+    }
     if paths.len() <= 1 {
         let one = RunOpts {
             send_path: paths.first().copied(),
@@ -1094,7 +1115,28 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
         _ => None,
     };
     let sampler = crate::corebusy::Sampler::start(fleet_cpu)?;
-    let (ws_series, quic_series) = publish_series(o.cues, interval, &mut target.publish)?;
+    // With --alternate: each cue's path, and the edges' counters right before it.
+    let mut turns: Vec<(SendPath, EdgeCounters)> = Vec::new();
+    let (ws_series, quic_series) = {
+        let admins = target.edge_admins.clone();
+        let auth = target.admin_auth.clone();
+        let inner = &mut target.publish;
+        let mut publish = |n: u64| -> anyhow::Result<Published> {
+            if let Some(pair) = o.alternate {
+                let p = crate::alternate::path_of(n, pair);
+                let before = switch_send_path(&admins, auth.as_deref(), p)?;
+                turns.push((p, before));
+            }
+            inner(n)
+        };
+        publish_series(o.cues, interval, &mut publish)?
+    };
+    // The counters after the last cue close its turn.
+    let turns_end = if o.alternate.is_some() {
+        Some(settled_metrics(&target.edge_admins)?)
+    } else {
+        None
+    };
     let busy = sampler.stop()?;
     let rec = rec.map(|r| r.stop()).transpose()?;
     flood_stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1121,7 +1163,7 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     // them. WebSocket: the shards' fanout CPU (sends). QUIC: stream writes, packets out and the
     // devices' acknowledgements in (handshakes excluded; they were before this phase).
     let m = edge_metrics(&target.edge_admins)?.delta(&metrics_before);
-    if !peer {
+    if !peer && o.alternate.is_none() {
         if let Some(sp) = o.send_path {
             // The path asked for is the path measured: a shard whose ring could not be made
             // would have fallen back to send() calls.
@@ -1211,6 +1253,15 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
             span_busy.push(b);
             span_total_s += (last - first) as f64 / 1e6;
         }
+    }
+    let alternate = match (o.alternate, turns_end) {
+        (Some(pair), Some(end)) => {
+            Some(alternate_figures(pair, &turns, end, &per_cue, &ws_series)?)
+        }
+        _ => None,
+    };
+    if alternate.is_some() {
+        log.push("alternate: the top-level rates mix both send paths; `alternate` has each path's figures and their ratio".into());
     }
     let core_busy = median(edge_busy).map(|edge_core| {
         json!({
@@ -1391,7 +1442,112 @@ pub fn run(o: &RunOpts, scenario: &str) -> anyhow::Result<serde_json::Value> {
     out["wall"] = wall;
     out["core_busy"] = json!(core_busy);
     out["send_wall"] = send_wall;
+    out["alternate"] = json!(alternate);
     Ok(out)
+}
+
+/// The longest the bench waits for the edges' fanouts in progress to end before it switches
+/// their send path.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The edges' counters once no shard has a fanout in progress (so a cue's work is not split
+/// between two turns); an edge still fanning out after [`SETTLE_DEADLINE`] fails the reading.
+fn settled_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
+    let t = Instant::now();
+    loop {
+        let m = edge_metrics(admins)?;
+        if m.fanout_backlog == 0.0 {
+            return Ok(m);
+        }
+        if t.elapsed() >= SETTLE_DEADLINE {
+            bail!(
+                "--alternate: the edges still had {} devices to visit after {SETTLE_DEADLINE:?}",
+                m.fanout_backlog
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Switches every edge to `path` (`POST /admin/send-path`) once their fanouts in progress have
+/// ended; returns their counters at that moment.
+fn switch_send_path(
+    admins: &[SocketAddr],
+    auth: Option<&str>,
+    path: SendPath,
+) -> anyhow::Result<EdgeCounters> {
+    let m = settled_metrics(admins)?;
+    let target = format!("/admin/send-path?path={}", path.as_str());
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    for a in admins {
+        let (st, body) = stack::http(*a, "POST", &target, &headers, b"")
+            .with_context(|| format!("edge {a}: POST {target}"))?;
+        if st != 200 {
+            bail!("edge {a}: POST {target}: {st} {}", body.trim());
+        }
+    }
+    Ok(m)
+}
+
+/// The `alternate` figures: each cue's counters (its turn's, up to the next turn or `end`),
+/// the path its fanout really used, its edge span and fleet rates from `per_cue`.
+fn alternate_figures(
+    pair: [SendPath; 2],
+    turns: &[(SendPath, EdgeCounters)],
+    end: EdgeCounters,
+    per_cue: &[serde_json::Value],
+    series: &Series,
+) -> anyhow::Result<serde_json::Value> {
+    let mut seqs: Vec<(u64, u64)> = series.times.iter().map(|(s, t)| (*t, *s)).collect();
+    seqs.sort_unstable();
+    if seqs.len() != turns.len() {
+        bail!(
+            "--alternate: {} cues published, {} turns",
+            seqs.len(),
+            turns.len()
+        );
+    }
+    let mut samples = Vec::new();
+    for (i, ((path, before), (_, seq))) in turns.iter().zip(&seqs).enumerate() {
+        let after = turns.get(i + 1).map_or(&end, |t| &t.1);
+        let d = after.clone().delta(before);
+        // The path asked for is the path measured: the gauge after the fanout says which the
+        // shards used, and the ring's sends must be there or not.
+        let on_ring = d.uring_active == d.shards;
+        let want_ring = *path == SendPath::Uring;
+        if on_ring != want_ring
+            || (want_ring && d.uring_sends < d.fanout_deliveries)
+            || (!want_ring && d.uring_sends > 0.0)
+        {
+            bail!(
+                "--alternate: cue {seq} on {}: {} of {} shards on io_uring, {} ring sends for {} deliveries",
+                path.as_str(),
+                d.uring_active,
+                d.shards,
+                d.uring_sends,
+                d.fanout_deliveries
+            );
+        }
+        let c = per_cue.iter().find(|c| c["seq"].as_u64() == Some(*seq));
+        let rate = |n: &str, ms: Option<f64>| -> Option<f64> {
+            let n = c?[n].as_f64()?;
+            ms.filter(|&ms| ms > 0.0).map(|ms| n / (ms / 1e3))
+        };
+        let span = rate("edge_devices", c.and_then(|c| c["edge_span_ms"].as_f64()));
+        let fleet = rate(
+            "devices",
+            c.and_then(|c| Some(c["last_ms"].as_f64()? - c["first_ms"].as_f64()?)),
+        );
+        samples.push(crate::alternate::CueSample {
+            seq: *seq,
+            path: *path,
+            deliveries: d.fanout_deliveries,
+            cpu_s: d.ws_cpu,
+            span_rate: span,
+            fleet_rate: fleet,
+        });
+    }
+    crate::alternate::summarize(pair, &samples)
 }
 
 /// The edges' counters the run reads, summed over edge processes.
@@ -1411,6 +1567,8 @@ struct EdgeCounters {
     /// Shards sending on io_uring (a gauge: not a delta), and shards.
     uring_active: f64,
     shards: f64,
+    /// Devices the shards' fanouts in progress have yet to visit (a gauge).
+    fanout_backlog: f64,
     ws_cpu: f64,
     /// Wall seconds inside fanout slices (`cue_edge_fanout_seconds_sum`).
     slice_wall: f64,
@@ -1439,6 +1597,7 @@ impl EdgeCounters {
             uring_sends: self.uring_sends - before.uring_sends,
             uring_active: self.uring_active,
             shards: self.shards,
+            fanout_backlog: self.fanout_backlog,
             slice_wall: self.slice_wall - before.slice_wall,
             ws_cpu: self.ws_cpu - before.ws_cpu,
             quic_cpu: self.quic_cpu - before.quic_cpu,
@@ -1637,6 +1796,7 @@ fn edge_metrics(admins: &[SocketAddr]) -> anyhow::Result<EdgeCounters> {
             .lines()
             .filter(|l| l.starts_with("cue_edge_uring_active{"))
             .count() as f64;
+        c.fanout_backlog += metric_sum(&m, "cue_edge_fanout_backlog_devices");
         c.ws_cpu += metric_sum(&m, "cue_edge_fanout_cpu_seconds_total");
         c.slice_wall += metric_sum(&m, "cue_edge_fanout_seconds_sum");
         c.quic_cpu += metric_sum(&m, "cue_edge_quic_cpu_seconds_total");

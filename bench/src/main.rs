@@ -1,6 +1,7 @@
 //! `cue-bench`: synthetic device fleet and scenarios. The last line of every run is one JSON
 //! object with the figures of the run.
 
+mod alternate;
 mod compare;
 mod corebusy;
 mod fanout;
@@ -103,6 +104,12 @@ enum Cmd {
         /// [default: the edge's own, uring].
         #[arg(long, value_enum, value_delimiter = ',')]
         send_path: Vec<fanout::SendPath>,
+        /// With two send paths: one phase instead of two, the paths taking turns cue by cue
+        /// (A, B, B, A, ...) on the same edges and fleet, switched on every edge before each
+        /// cue (`POST /admin/send-path`); figures per path and the ratio of each pair of
+        /// neighbouring cues. Needs an even --cues, at most 64.
+        #[arg(long)]
+        alternate: bool,
         /// Steer the loopback device's receive work to the fleet's core while the run lasts
         /// (/sys/class/net/lo/queues/rx-0/rps_cpus, restored after; needs root), so the edge
         /// core's CPU per delivery is the send side alone, as with a real NIC.
@@ -282,6 +289,7 @@ fn opts(c: &Common, cues: usize) -> fanout::RunOpts {
         flood_events: 1,
         priorities: false,
         send_path: None,
+        alternate: None,
         rx_steer: false,
         tune_host: false,
         perf: None,
@@ -477,6 +485,7 @@ fn main() -> ExitCode {
             flood_events,
             priorities,
             send_path,
+            alternate,
             rx_steer,
             tune_host,
             perf,
@@ -500,6 +509,21 @@ fn main() -> ExitCode {
             o.rx_steer = rx_steer;
             o.tune_host = tune_host;
             o.perf = perf;
+            if alternate {
+                match (send_path.as_slice(), cues) {
+                    ([a, b], c) if a != b && c % 2 == 0 && c <= fanout::FANOUT_RECORDS => {
+                        o.alternate = Some([*a, *b]);
+                    }
+                    _ => {
+                        eprintln!("cue-bench: --alternate: needs --send-path with two different paths and an even --cues of at most {}", fanout::FANOUT_RECORDS);
+                        return ExitCode::from(2);
+                    }
+                }
+                if o.target_url.is_some() || o.transport != fanout::Transport::Ws || flood > 0 {
+                    eprintln!("cue-bench: --alternate: Cue's WebSocket fleet only (no peer, QUIC or flood)");
+                    return ExitCode::from(2);
+                }
+            }
             // At-least-once is the contract: a device that does not end on the newest cue
             // fails the run, after its figures are printed for the record.
             match fanout::run_paths(&o, &send_path, "fanout") {

@@ -153,6 +153,7 @@ pub fn run(o: &StoreBenchOpts) -> anyhow::Result<serde_json::Value> {
                 flood_events: 1,
                 priorities: false,
                 send_path: None,
+                alternate: None,
                 rx_steer: false,
                 tune_host: false,
                 perf: None,

@@ -1,9 +1,10 @@
-//! The edge's admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`,
-//! `POST /admin/undrain`, the last two with an admin token), and the drain supervisor: a
-//! small blocking server off the shards' cores' hot path, one thread per connection up to
-//! [`MAX_ADMIN_CONNECTIONS`] (beyond: 503 at once), each request read within
-//! [`ADMIN_DEADLINE`] from its accept. It only reads counters and sends control messages; it
-//! never touches shard state.
+//! The edge's admin HTTP listener (`/metrics`, `/fanouts`, `/healthz`, `/readyz`,
+//! `POST /admin/drain`, `POST /admin/undrain`, `POST /admin/send-path`, the last three with an
+//! admin token), and the drain supervisor: a small blocking server off the shards' cores' hot
+//! path, one thread per connection up to [`MAX_ADMIN_CONNECTIONS`] (beyond: 503 at once), each
+//! request read within [`ADMIN_DEADLINE`] from its accept. It reads counters, sends control
+//! messages and sets the shards' send-path flag (an atomic each shard reads once a fanout
+//! slice); it never touches shard state.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -128,6 +129,43 @@ fn admin_auth(st: &AdminState, authorization: Option<&str>) -> Result<(), (u16, 
     }
 }
 
+/// `POST /admin/send-path?path=uring|syscall`: how every shard sends its next fanout slices.
+/// `syscall` pauses the shards' rings (one `send()` per device); `uring` resumes them, and is
+/// refused (409, nothing changed) unless every shard has a ring (`send_path = "uring"` at
+/// start and the kernel allowed it). Answers the path asked for and the shards it holds for.
+pub fn set_send_path(shards: &[Arc<ShardStats>], query: &str) -> Result<String, (u16, String)> {
+    let path = query.split('&').find_map(|kv| kv.strip_prefix("path="));
+    let pause = match path {
+        Some("syscall") => true,
+        Some("uring") => false,
+        _ => return Err((400, "path: must be uring or syscall\n".into())),
+    };
+    let ready = shards
+        .iter()
+        .filter(|s| s.uring_ready.load(Ordering::SeqCst))
+        .count();
+    if !pause && ready < shards.len() {
+        return Err((
+            409,
+            format!(
+                "{} of {} shards have no io_uring (send_path = \"syscall\" at start, or the kernel refused a ring: see the log)\n",
+                shards.len() - ready,
+                shards.len()
+            ),
+        ));
+    }
+    for s in shards {
+        s.uring_paused.store(pause, Ordering::SeqCst);
+        let ring = s.uring_ready.load(Ordering::SeqCst);
+        s.uring_active.set(i64::from(ring && !pause));
+    }
+    Ok(format!(
+        "{{\"send_path\":\"{}\",\"shards\":{}}}\n",
+        if pause { "syscall" } else { "uring" },
+        shards.len()
+    ))
+}
+
 /// Admin connections served at once; beyond, a connection is answered 503 and closed.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Time a client has to send its request, from the accept.
@@ -227,7 +265,12 @@ fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
         "HEAD" => ("GET", false),
         m => (m, true),
     };
-    if method == "POST" && matches!(route, "/admin/drain" | "/admin/undrain") {
+    if method == "POST"
+        && matches!(
+            route,
+            "/admin/drain" | "/admin/undrain" | "/admin/send-path"
+        )
+    {
         if let Err((code, text)) = admin_auth(st, authorization.as_deref()) {
             st.refused.inc();
             tracing::warn!(route, code, "admin request refused");
@@ -322,9 +365,14 @@ fn handle(sock: &mut TcpStream, st: &Arc<AdminState>) -> std::io::Result<()> {
                 true,
             )
         }
+        ("POST", "/admin/send-path") => match set_send_path(&st.shards, query) {
+            Ok(text) => respond(sock, 200, "application/json", &text, true),
+            Err((code, why)) => respond(sock, code, "text/plain", &why, true),
+        },
         (
             _,
-            "/metrics" | "/fanouts" | "/healthz" | "/readyz" | "/admin/drain" | "/admin/undrain",
+            "/metrics" | "/fanouts" | "/healthz" | "/readyz" | "/admin/drain" | "/admin/undrain"
+            | "/admin/send-path",
         ) => respond(sock, 405, "text/plain", "method not allowed\n", body),
         _ => respond(sock, 404, "text/plain", "not found\n", body),
     }

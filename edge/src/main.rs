@@ -614,7 +614,9 @@ fn run(cfg: EdgeConfig) -> Result<(), String> {
         refused: Default::default(),
     });
     if keys.is_none() {
-        tracing::warn!("auth is off: /admin/drain and /admin/undrain take no token");
+        tracing::warn!(
+            "auth is off: /admin/drain, /admin/undrain and /admin/send-path take no token"
+        );
     }
     link_stats_start(&admin_state);
     let stopping = admin_state.stopping.clone();

@@ -428,6 +428,9 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
         }
     };
     spec.stats.uring_active.set(i64::from(uring.is_some()));
+    spec.stats
+        .uring_ready
+        .store(uring.is_some(), std::sync::atomic::Ordering::SeqCst);
     let core = ShardCore::new(
         spec.core.clone(),
         spec.stats.clone(),
@@ -443,6 +446,7 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             sources: (spec.max_per_source > 0)
                 .then(|| crate::sources::SourceLimit::new(spec.max_per_source)),
             uring,
+            uring_paused: false,
             results: Vec::new(),
         },
         listener: Some(listener),
@@ -734,6 +738,16 @@ impl Driver {
     /// (split between the transports by deliveries) and wall time, and the delivery lag of
     /// every cue whose fanout finished.
     fn fan(&mut self) {
+        // The send path the operator chose last (`POST /admin/send-path`), read once a slice.
+        let paused = self
+            .stats
+            .uring_paused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if paused != self.io.uring_paused {
+            self.io.uring_paused = paused;
+            let on = self.io.uring.is_some() && !paused;
+            tracing::info!(uring = on, "fanout send path switched");
+        }
         let (t0, cpu0) = (Instant::now(), thread_cpu_ns());
         let fan = self.core.fanout(&mut self.io);
         if fan.quic > 0 {
@@ -1258,6 +1272,8 @@ struct SysIo {
     sources: Option<crate::sources::SourceLimit>,
     /// The fanout's send ring (`send_path = "uring"` and the kernel allows it).
     uring: Option<crate::uring::UringSender>,
+    /// Fanouts go out by `send()` although the ring is there (`POST /admin/send-path`).
+    uring_paused: bool,
     /// One result per entry of the batch in flight.
     results: Vec<Sent>,
 }
@@ -1301,7 +1317,12 @@ impl Io for SysIo {
     fn send_cue_batch(&mut self, cue: &EncodedCue, batch: &mut [BatchSend]) {
         // Plain WebSocket sockets go on the ring; wss (through rustls) and QUIC (into a stream)
         // are sent inline, as `send` does. Taken out for the batch so `send` can be called.
-        let Some(mut u) = self.uring.take() else {
+        let ring = if self.uring_paused {
+            None
+        } else {
+            self.uring.take()
+        };
+        let Some(mut u) = ring else {
             for b in batch {
                 b.result = self.send(b.link, cue.frame(b.encoding));
             }

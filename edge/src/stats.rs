@@ -140,8 +140,16 @@ pub struct ShardStats {
     pub uring_submits: Counter,
     /// Sends those submissions carried.
     pub uring_sends: Counter,
-    /// 1 while the shard sends fanouts on its io_uring, 0 on `send()` calls.
+    /// 1 while the shard sends fanouts on its io_uring, 0 on `send()` calls (from its next
+    /// slice on, after a `POST /admin/send-path`).
     pub uring_active: Gauge,
+    /// Set once the shard made its send ring (`send_path = "uring"` and the kernel allowed
+    /// it): only such a shard can be switched to io_uring at run time.
+    pub uring_ready: std::sync::atomic::AtomicBool,
+    /// Set by `POST /admin/send-path?path=syscall`: a shard with a ring sends its next fanout
+    /// slices with one `send()` per device, until `?path=uring` clears it. The shard reads it
+    /// once per slice.
+    pub uring_paused: std::sync::atomic::AtomicBool,
     /// Times glommio's timer did not wake the shard's poller and the ticker thread did, over
     /// 10 ms past the deadline ([`crate::shard::ShardTimer`]).
     pub timer_rescues: Counter,
@@ -277,7 +285,7 @@ pub fn render(shards: &[std::sync::Arc<ShardStats>], quic: bool, out: &mut Strin
         ),
         (
             "cue_edge_uring_active",
-            "1 while the shard writes fanouts with batched io_uring sends (send_path uring), 0 with one send() call per device.",
+            "1 while the shard writes fanouts with batched io_uring sends (send_path uring, not switched off by POST /admin/send-path), 0 with one send() call per device.",
             |s| s.uring_active.get(),
         ),
         (

@@ -36,6 +36,8 @@ pub struct UdpSocket {
 }
 
 fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> bool {
+    // SAFETY: the option value points at a live c_int on this stack frame and the length
+    // passed is its size; the kernel only reads it during the call.
     unsafe {
         libc::setsockopt(
             fd,
@@ -76,6 +78,8 @@ impl UdpSocket {
         let gso = {
             let mut v: libc::c_int = 0;
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are live locals; `len` holds `v`'s size, so the kernel
+            // writes at most that many bytes.
             unsafe {
                 libc::getsockopt(
                     fd,
@@ -86,6 +90,7 @@ impl UdpSocket {
                 ) == 0
             }
         };
+        // SAFETY: `into_raw_fd` gave up socket2's ownership of this open fd: it is ours alone.
         let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
         Ok(Self {
             fd,
@@ -130,6 +135,7 @@ impl Default for RxBatch {
     fn default() -> Self {
         Self {
             bufs: vec![0u8; RX_BATCH * RX_BUF].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain old data: all zeroes is a valid value.
             names: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; RX_BATCH]
                 .into_boxed_slice(),
             ctrl: vec![[0u64; 8]; RX_BATCH].into_boxed_slice(),
@@ -143,7 +149,10 @@ impl Default for RxBatch {
 impl RxBatch {
     /// One `recvmmsg`: returns how many messages arrived (0 when none are waiting).
     pub fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+        // SAFETY: iovec and mmsghdr are plain old data (null pointers, zero lengths): all
+        // zeroes is a valid value, and every entry is filled in below before the call.
         let mut iov: [libc::iovec; RX_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; RX_BATCH] = unsafe { std::mem::zeroed() };
         for i in 0..RX_BATCH {
             iov[i] = libc::iovec {
@@ -239,6 +248,7 @@ fn sockaddr_to(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 fn to_sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data: all zeroes is a valid value.
     let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match a {
         SocketAddr::V4(v4) => {
@@ -307,10 +317,15 @@ impl TxBatch {
         let mut i = 0;
         while i < self.items.len() {
             let n = (self.items.len() - i).min(TX_BATCH);
+            // SAFETY: sockaddr_storage, socklen_t, iovec and mmsghdr are plain old data: all
+            // zeroes is a valid value, and the first `n` entries are filled in below before
+            // the call, which reads no more than `n`.
             let mut names: [(libc::sockaddr_storage, libc::socklen_t); TX_BATCH] =
                 unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
             let mut iov: [libc::iovec; TX_BATCH] = unsafe { std::mem::zeroed() };
             let mut ctrl = [[0u64; 4]; TX_BATCH];
+            // SAFETY: as above.
             let mut hdrs: [libc::mmsghdr; TX_BATCH] = unsafe { std::mem::zeroed() };
             for j in 0..n {
                 let (to, start, size, seg) = self.items[i + j];

@@ -320,14 +320,7 @@ pub fn try_subscribe(ws: SocketAddr, query: &str, bearer: Option<&str>) -> Resul
 
 /// An admin token (drains and undrains edges), as `cue-origin token admin` mints.
 pub fn admin_token() -> String {
-    keys().mint(&cue_common::token::Claims {
-        sub: None,
-        events: None,
-        role: Some("admin".into()),
-        priority: None,
-        tenant: None,
-        exp: unix_now_s() + 3600,
-    })
+    keys().mint_admin(unix_now_s(), 3600)
 }
 
 /// The next cue on `s` as (event, key, seq), skipping pings.

@@ -173,6 +173,19 @@ impl TokenKeys {
         self.mint_publisher_in(tenant, None, now_s, ttl_s)
     }
 
+    /// An admin token (an edge's drain, undrain and send-path switch), valid for `ttl_s` from
+    /// `now_s`.
+    pub fn mint_admin(&self, now_s: u64, ttl_s: u64) -> String {
+        self.mint(&Claims {
+            sub: None,
+            events: None,
+            role: Some("admin".into()),
+            priority: None,
+            tenant: None,
+            exp: now_s.saturating_add(ttl_s),
+        })
+    }
+
     /// A publisher token for every event, valid for `ttl_s` from `now_s`.
     pub fn mint_publisher(&self, now_s: u64, ttl_s: u64) -> String {
         self.mint_publisher_for(None, now_s, ttl_s)
