@@ -42,6 +42,9 @@ pub struct CueSample {
     pub fleet_rate: Option<f64>,
 }
 
+/// One path's CPU rate, and its span and fleet rate medians.
+type Figures = (f64, Option<f64>, Option<f64>);
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v.get(v.len() / 2).copied()
@@ -119,9 +122,8 @@ pub fn summarize(pair: [SendPath; 2], samples: &[CueSample]) -> anyhow::Result<s
             fleet_r.push(y / x);
         }
     }
-    let ratio = |f: fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>| {
-        f(&figures[0]).zip(f(&figures[1])).map(|(a, b)| b / a)
-    };
+    let ratio =
+        |f: fn(&Figures) -> Option<f64>| f(&figures[0]).zip(f(&figures[1])).map(|(a, b)| b / a);
     Ok(json!({
         "order": format!("{a}, {b}, {b}, {a}, ... (pairs (1, 2), (3, 4), ...)", a = pair[0].as_str(), b = pair[1].as_str()),
         "basis": "one stack and fleet; before each cue every edge is switched to its path (POST /admin/send-path) once no fanout is in progress, and its counters read; cpu_rate: fanout deliveries / fanout CPU-seconds over the path's cues; send_wall_rate and wall_rate: medians over the path's cues of the edges' span rate and the fleet's first-to-last rate",
