@@ -15,7 +15,7 @@
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::fanout::SendPath;
+use crate::fanout::{median, SendPath};
 
 /// The path cue `n` (1-based) goes out on: A, B, B, A, repeated.
 pub fn path_of(n: u64, pair: [SendPath; 2]) -> SendPath {
@@ -44,11 +44,6 @@ pub struct CueSample {
 
 /// One path's CPU rate, and its span and fleet rate medians.
 type Figures = (f64, Option<f64>, Option<f64>);
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v.get(v.len() / 2).copied()
-}
 
 /// Median, range and how many values are below 1 (the ratios of a figure over the pairs).
 fn spread(v: Vec<f64>) -> serde_json::Value {

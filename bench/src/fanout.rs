@@ -1511,8 +1511,8 @@ fn alternate_figures(
     for (i, ((path, before), (_, seq))) in turns.iter().zip(&seqs).enumerate() {
         let after = turns.get(i + 1).map_or(&end, |t| &t.1);
         let d = after.clone().delta(before);
-        // The path asked for is the path measured: the gauge after the fanout says which the
-        // shards used, and the ring's sends must be there or not.
+        // The path asked for is the path measured: every shard took the switch (the gauge),
+        // and the ring carried all of the cue's deliveries (uring) or none (syscall).
         let on_ring = d.uring_active == d.shards;
         let want_ring = *path == SendPath::Uring;
         if on_ring != want_ring
@@ -1834,7 +1834,7 @@ fn cpu_sum(pids: &[u32]) -> anyhow::Result<f64> {
 }
 
 /// The (upper) median; `None` for no values (never 0).
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     v.get(v.len() / 2).copied()
 }

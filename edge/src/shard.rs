@@ -427,7 +427,14 @@ async fn run(spec: ShardSpec, listener: OwnedFd, wss: Option<OwnedFd>, udp: Opti
             }
         }
     };
-    spec.stats.uring_active.set(i64::from(uring.is_some()));
+    // An admin switch to send() calls may have come before the shard started.
+    let paused = spec
+        .stats
+        .uring_paused
+        .load(std::sync::atomic::Ordering::SeqCst);
+    spec.stats
+        .uring_active
+        .set(i64::from(uring.is_some() && !paused));
     spec.stats
         .uring_ready
         .store(uring.is_some(), std::sync::atomic::Ordering::SeqCst);
